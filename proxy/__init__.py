@@ -1,0 +1,1 @@
+"""gitlab-pypi-proxy: a caching pull-through proxy in front of GitLab's PyPI registry."""

@@ -1,0 +1,275 @@
+"""Settings: frozen dataclasses loaded from TOML, then env overrides, with one-line errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yarl
+
+ENV_PREFIX = "GITLAB_PYPI_PROXY_"
+CONFIG_ENV = "GITLAB_PYPI_PROXY_CONFIG"
+
+CredentialsMode = Literal["inject", "passthrough", "prefer-client"]
+UploadCredentials = Literal["client", "inject"]
+Forwarding = Literal["redirect", "deny", "cache"]
+LogFormat = Literal["plain", "json"]
+
+
+class ConfigError(Exception):
+    """A config key or value that stops start-up; the message names the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Absolute links are built from this, never from the request's Host header.
+    public_url: str = ""
+    workers: int = 1
+    log_format: LogFormat = "plain"
+    shutdown_grace: float = 10.0
+    accel_redirect: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSettings:
+    url: str = "https://gitlab.com"
+    username: str = "pypi-proxy"
+    token: str = field(default="", repr=False)
+    token_file: str = ""
+    credentials: CredentialsMode = "inject"
+    upload_credentials: UploadCredentials = "client"
+    timeout: float = 30.0
+    forwarding: Forwarding = "redirect"
+    forward_hosts: tuple[str, ...] = ()
+    auth_ttl: float = 60.0
+    max_upload_size: int = 0
+    user_agent: str = "gitlab-pypi-proxy"
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    dir: Path = Path("./cache")
+    max_size: int = 20 * 1024**3
+    index_ttl: float = 300.0
+    negative_ttl: float = 60.0
+    offline: bool = False
+    # Small files are also kept in memory, up to this many bytes in all.
+    memory_size: int = 64 * 1024**2
+    memory_file_max: int = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class AccessSettings:
+    allow: tuple[str, ...] = ()
+    tokens_file: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    access: AccessSettings = field(default_factory=AccessSettings)
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "server": ServerSettings,
+    "upstream": UpstreamSettings,
+    "cache": CacheSettings,
+    "access": AccessSettings,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4}
+_SIZE_KEYS = {"cache.max_size", "cache.memory_size", "cache.memory_file_max"}
+_SIZE_KEYS_UPSTREAM = {"upstream.max_upload_size"}
+
+
+def parse_size(text: str) -> int:
+    """'20GiB' → bytes; binary units with 'i', decimal without."""
+    match = _SIZE_RE.match(text)
+    if match is None:
+        raise ValueError(f"not a size: {text!r} (use e.g. 512MiB, 20GiB)")
+    number, unit = match.groups()
+    unit = (unit or "").upper()
+    if "I" in unit:
+        factor = 1024 ** ("KMGT".index(unit[0]) + 1)
+    else:
+        factor = _SIZE_UNITS[unit.rstrip("B") if unit != "B" else "B"]
+    return int(float(number) * factor)
+
+
+def _convert(key: str, hint: Any, raw: Any, *, from_env: bool) -> Any:
+    """Turn a TOML or env value into the field's type, or raise ConfigError naming the key."""
+    origin = typing.get_origin(hint)
+    if key in _SIZE_KEYS or key in _SIZE_KEYS_UPSTREAM:
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            value = raw
+        elif isinstance(raw, str):
+            try:
+                value = parse_size(raw)
+            except ValueError as e:
+                raise ConfigError(f"{key}: {e}") from None
+        else:
+            raise ConfigError(f"{key}: expected a size like '20GiB', got {raw!r}")
+        if value < 0:
+            raise ConfigError(f"{key}: must not be negative")
+        return value
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if raw not in choices:
+            raise ConfigError(f"{key}: {raw!r} is not one of {', '.join(map(repr, choices))}")
+        return raw
+    if hint is bool:
+        if isinstance(raw, bool):
+            return raw
+        if from_env and isinstance(raw, str) and raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if from_env and isinstance(raw, str) and raw.lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{key}: expected true or false, got {raw!r}")
+    if hint is int or hint is float:
+        if isinstance(raw, bool):
+            raise ConfigError(f"{key}: expected a number, got {raw!r}")
+        try:
+            number = hint(raw) if from_env or isinstance(raw, int | float) else None
+        except ValueError:
+            number = None
+        if number is None or (hint is int and isinstance(raw, float)):
+            raise ConfigError(
+                f"{key}: expected {'an integer' if hint is int else 'a number'}, got {raw!r}"
+            )
+        if number < 0:
+            raise ConfigError(f"{key}: must not be negative")
+        return number
+    if hint is str:
+        if not isinstance(raw, str):
+            raise ConfigError(f"{key}: expected a string, got {raw!r}")
+        return raw
+    if hint is Path:
+        if not isinstance(raw, str) or not raw:
+            raise ConfigError(f"{key}: expected a path, got {raw!r}")
+        return Path(raw)
+    if origin is tuple:
+        items = [s.strip() for s in raw.split(",") if s.strip()] if from_env else raw
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise ConfigError(f"{key}: expected a list of strings, got {raw!r}")
+        return tuple(items)
+    raise ConfigError(f"{key}: unsupported setting type")  # pragma: no cover - a coding error
+
+
+def _section_values(
+    name: str, cls: type[Any], table: Mapping[str, Any], env: Mapping[str, str]
+) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, raw in table.items():
+        if key not in names:
+            raise ConfigError(f"{name}.{key}: unknown key")
+        values[key] = _convert(f"{name}.{key}", hints[key], raw, from_env=False)
+    for fname in names:
+        env_name = f"{ENV_PREFIX}{name.upper()}_{fname.upper()}"
+        if env_name in env:
+            values[fname] = _convert(f"{name}.{fname}", hints[fname], env[env_name], from_env=True)
+    return values
+
+
+def _check_env_names(env: Mapping[str, str]) -> None:
+    known = {
+        f"{ENV_PREFIX}{section.upper()}_{f.name.upper()}"
+        for section, cls in _SECTIONS.items()
+        for f in dataclasses.fields(cls)
+    }
+    for env_name in env:
+        if env_name.startswith(ENV_PREFIX) and env_name != CONFIG_ENV and env_name not in known:
+            raise ConfigError(f"{env_name}: unknown setting")
+
+
+def _validate(settings: Settings) -> None:
+    up = settings.upstream
+    url = yarl.URL(up.url)
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ConfigError(f"upstream.url: {up.url!r} is not an http(s) URL")
+    if settings.server.public_url:
+        public = yarl.URL(settings.server.public_url)
+        if public.scheme not in ("http", "https") or not public.host:
+            raise ConfigError(
+                f"server.public_url: {settings.server.public_url!r} is not an http(s) URL"
+            )
+    if not 0 < settings.server.port < 65536:
+        raise ConfigError(f"server.port: {settings.server.port} is not a TCP port")
+    if settings.server.workers < 1:
+        raise ConfigError("server.workers: must be at least 1")
+    if up.timeout <= 0:
+        raise ConfigError("upstream.timeout: must be more than 0 seconds")
+    if up.forwarding == "cache" and not up.forward_hosts:
+        raise ConfigError(
+            "upstream.forward_hosts: must name the public index's hosts when forwarding = 'cache'"
+        )
+    for scope in settings.access.allow:
+        if not re.match(r"^(projects|groups)/[^/]+$", scope):
+            raise ConfigError(f"access.allow: {scope!r} is not 'projects/ID' or 'groups/ID'")
+
+
+def _ci_defaults(env: Mapping[str, str], has_upstream: bool) -> dict[str, Any]:
+    """Inside a GitLab CI job with no upstream configured, the job's own server and token."""
+    if has_upstream or not env.get("CI_SERVER_URL") or not env.get("CI_JOB_TOKEN"):
+        return {}
+    return {
+        "url": env["CI_SERVER_URL"],
+        "username": "gitlab-ci-token",
+        "token": env["CI_JOB_TOKEN"],
+    }
+
+
+def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Defaults, then the TOML file, then GITLAB_PYPI_PROXY_<SECTION>_<KEY> env overrides."""
+    env = os.environ if env is None else env
+    if path is None and env.get(CONFIG_ENV):
+        path = Path(env[CONFIG_ENV])
+    document: dict[str, Any] = {}
+    if path is not None:
+        try:
+            document = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read config file ({e.strerror})") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    for section, table in document.items():
+        if section not in _SECTIONS:
+            raise ConfigError(f"{section}: unknown section")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{section}: expected a table")
+    _check_env_names(env)
+    sections: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        values = _section_values(name, cls, document.get(name, {}), env)
+        if name == "upstream":
+            values = {**_ci_defaults(env, "url" in values), **values}
+        sections[name] = cls(**values)
+    settings = Settings(**sections)
+    settings = _with_token_file(settings)
+    _validate(settings)
+    return settings
+
+
+def _with_token_file(settings: Settings) -> Settings:
+    up = settings.upstream
+    if not up.token_file:
+        return settings
+    if up.token:
+        raise ConfigError("upstream.token_file: set either token or token_file, not both")
+    try:
+        token = Path(up.token_file).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"upstream.token_file: cannot read {up.token_file!r} ({e})") from None
+    return dataclasses.replace(settings, upstream=dataclasses.replace(up, token=token))

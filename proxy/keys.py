@@ -1,0 +1,19 @@
+"""Typed `web.AppKey`s for every shared resource of the application."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .blobs import BlobStore
+from .config import Settings
+from .files import FileCache
+from .pages import PageCache
+from .store import Store
+from .upstream import Upstream
+
+SETTINGS = web.AppKey("settings", Settings)
+STORE = web.AppKey("store", Store)
+BLOBS = web.AppKey("blobs", BlobStore)
+UPSTREAM = web.AppKey("upstream", Upstream)
+FILES = web.AppKey("files", FileCache)
+PAGES = web.AppKey("pages", PageCache)

@@ -1,0 +1,41 @@
+"""Where a request points: a GitLab project or group, by id as the client sent it."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from .errors import BadRequest
+
+ScopeKind = Literal["projects", "groups"]
+# A numeric id, or a URL-encoded full path; encoded slashes stay encoded (%2F).
+_RAW_ID_RE = re.compile(r"^[A-Za-z0-9._~%-]{1,512}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """A project or group, with its id exactly as received (numeric or URL-encoded path)."""
+
+    kind: ScopeKind
+    raw_id: str
+
+    @property
+    def api_prefix(self) -> str:
+        """The path below /api/v4 where GitLab serves this scope's PyPI API."""
+        if self.kind == "projects":
+            return f"projects/{self.raw_id}/packages/pypi"
+        return f"groups/{self.raw_id}/-/packages/pypi"
+
+    @property
+    def key(self) -> str:
+        """A stable cache key part; `%2f` and `%2F` name the same path."""
+        return f"{self.kind}/{self.raw_id.replace('%2f', '%2F')}"
+
+    @classmethod
+    def parse(cls, kind: str, raw_id: str) -> Scope:
+        if kind not in ("projects", "groups"):
+            raise BadRequest(f"unknown scope kind {kind!r}")
+        if not _RAW_ID_RE.match(raw_id):
+            raise BadRequest("malformed project or group id")
+        return cls(kind, raw_id)  # type: ignore[arg-type]

@@ -1,0 +1,92 @@
+"""The simple-repository model (`Project`, `Distribution`, `Index`) and PEP 503 name rules."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from packaging.utils import (
+    InvalidSdistFilename,
+    InvalidWheelFilename,
+    NormalizedName,
+    canonicalize_name,
+    parse_sdist_filename,
+    parse_wheel_filename,
+)
+from packaging.version import Version
+
+# PEP 508 names: ASCII letters, digits, and . _ - inside; the limit keeps paths and keys sane.
+_NAME_RE = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.IGNORECASE)
+MAX_NAME_LENGTH = 200
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def is_valid_name(name: str) -> bool:
+    """True when `name` is a PEP 508 project name of sane length."""
+    return len(name) <= MAX_NAME_LENGTH and _NAME_RE.match(name) is not None
+
+
+def normalize(name: str) -> NormalizedName:
+    """PEP 503 normalized form of a project name."""
+    return canonicalize_name(name)
+
+
+def is_sha256(value: str) -> bool:
+    """True for 64 lowercase hex digits."""
+    return _SHA256_RE.match(value) is not None
+
+
+def version_of(filename: str) -> Version | None:
+    """The version a wheel or sdist filename carries, or None when the name is not one."""
+    try:
+        if filename.endswith(".whl"):
+            return parse_wheel_filename(filename)[1]
+        return parse_sdist_filename(filename)[1]
+    except (InvalidWheelFilename, InvalidSdistFilename):
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Distribution:
+    """One file of a project as a simple page lists it."""
+
+    filename: str
+    # Where upstream serves the file, absolute, without the #fragment.
+    url: str
+    hashes: dict[str, str] = field(default_factory=dict)
+    requires_python: str | None = None
+    # False: not yanked; True: yanked with no reason; str: yanked with that reason (PEP 592).
+    yanked: bool | str = False
+    # PEP 658/714. False: not advertised; True: available, hash unknown; or "sha256=<hex>".
+    core_metadata: bool | str = False
+    size: int | None = None
+    upload_time: str | None = None
+
+    @property
+    def sha256(self) -> str | None:
+        return self.hashes.get("sha256")
+
+    @property
+    def is_wheel(self) -> bool:
+        return self.filename.endswith(".whl")
+
+
+@dataclass(frozen=True, slots=True)
+class Project:
+    """A package page: the project name and its files, in upstream order."""
+
+    name: str
+    files: tuple[Distribution, ...]
+
+    @property
+    def versions(self) -> tuple[str, ...]:
+        """Distinct versions of the files, sorted (PEP 700)."""
+        found = {v for f in self.files if (v := version_of(f.filename)) is not None}
+        return tuple(str(v) for v in sorted(found))
+
+
+@dataclass(frozen=True, slots=True)
+class Index:
+    """An index page: each project once, by its first-seen display name."""
+
+    projects: tuple[str, ...]

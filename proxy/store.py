@@ -1,0 +1,111 @@
+"""The SQLite index (aiosqlite, WAL): which blobs exist, page models, and their schema."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiosqlite
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS blobs (
+    sha256 TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    filename TEXT NOT NULL,
+    created REAL NOT NULL,
+    last_access REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS blobs_last_access ON blobs (last_access);
+CREATE TABLE IF NOT EXISTS pages (
+    key TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    fetched_at REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class BlobRow:
+    sha256: str
+    size: int
+    filename: str
+    last_access: float
+
+
+@dataclass(frozen=True, slots=True)
+class PageRow:
+    key: str
+    model: str
+    fetched_at: float
+
+
+class Store:
+    """One aiosqlite connection per process; WAL lets worker processes share the file."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self.db = db
+
+    @classmethod
+    async def open(cls, path: Path) -> Store:
+        db = await aiosqlite.connect(path, timeout=30)
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=NORMAL")
+        await db.executescript(_SCHEMA)
+        await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        await db.commit()
+        return cls(db)
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    async def ping(self) -> bool:
+        async with self.db.execute("SELECT 1") as cur:
+            return await cur.fetchone() is not None
+
+    async def add_blob(self, sha256: str, size: int, filename: str) -> None:
+        now = time.time()
+        await self.db.execute(
+            "INSERT INTO blobs (sha256, size, filename, created, last_access) VALUES (?,?,?,?,?)"
+            " ON CONFLICT(sha256) DO UPDATE SET last_access=excluded.last_access",
+            (sha256, size, filename, now, now),
+        )
+        await self.db.commit()
+
+    async def remove_blobs(self, sha256s: Iterable[str]) -> None:
+        await self.db.executemany("DELETE FROM blobs WHERE sha256=?", [(s,) for s in sha256s])
+        await self.db.commit()
+
+    async def blobs(self) -> list[BlobRow]:
+        async with self.db.execute(
+            "SELECT sha256, size, filename, last_access FROM blobs ORDER BY last_access"
+        ) as cur:
+            return [BlobRow(*row) async for row in cur]
+
+    async def touch_blobs(self, accessed: dict[str, float]) -> None:
+        await self.db.executemany(
+            "UPDATE blobs SET last_access=MAX(last_access, ?) WHERE sha256=?",
+            [(at, sha) for sha, at in accessed.items()],
+        )
+        await self.db.commit()
+
+    async def get_page(self, key: str) -> PageRow | None:
+        async with self.db.execute(
+            "SELECT key, model, fetched_at FROM pages WHERE key=?", (key,)
+        ) as cur:
+            row = await cur.fetchone()
+        return PageRow(*row) if row else None
+
+    async def put_page(self, key: str, model: str, fetched_at: float) -> None:
+        await self.db.execute(
+            "INSERT INTO pages (key, model, fetched_at) VALUES (?,?,?)"
+            " ON CONFLICT(key) DO UPDATE SET model=excluded.model, fetched_at=excluded.fetched_at",
+            (key, model, fetched_at),
+        )
+        await self.db.commit()
+
+    async def delete_pages(self, keys: Iterable[str]) -> None:
+        await self.db.executemany("DELETE FROM pages WHERE key=?", [(k,) for k in keys])
+        await self.db.commit()

@@ -1,0 +1,243 @@
+"""The GitLab client: URLs, credentials, redirects (never auth off-host), timeouts, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import aiohttp
+import yarl
+from aiohttp import hdrs
+
+from .config import UpstreamSettings
+from .errors import (
+    ProxyError,
+    UpstreamError,
+    UpstreamStatus,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from .scope import Scope
+
+log = logging.getLogger(__name__)
+
+# A simple page is small; a lying upstream must not make the proxy buffer gigabytes.
+MAX_PAGE_BYTES = 64 * 1024 * 1024
+MAX_REDIRECTS = 5
+_REDIRECTS = (301, 302, 303, 307, 308)
+
+
+@dataclass(frozen=True, slots=True)
+class PageAnswer:
+    """What GitLab said to a simple-page request."""
+
+    status: int
+    body: bytes
+    url: yarl.URL
+    # Set on a redirect: where GitLab pointed (package forwarding).
+    location: yarl.URL | None = None
+    retry_after: float | None = None
+
+
+class Upstream:
+    """One per process: a ClientSession with explicit timeouts, and the auth rules."""
+
+    def __init__(self, settings: UpstreamSettings, session: aiohttp.ClientSession) -> None:
+        self.settings = settings
+        self.session = session
+        self.base = yarl.URL(settings.url.rstrip("/"))
+        self._page_timeout = aiohttp.ClientTimeout(total=settings.timeout)
+        # Big files may take longer than `timeout` in all; what must not stall is each read.
+        self._file_timeout = aiohttp.ClientTimeout(
+            total=None, connect=settings.timeout, sock_read=settings.timeout
+        )
+
+    @property
+    def injected_authorization(self) -> str | None:
+        """The proxy's own Basic credentials, when it has a token."""
+        if not self.settings.token:
+            return None
+        pair = f"{self.settings.username}:{self.settings.token}".encode()
+        return "Basic " + base64.b64encode(pair).decode("ascii")
+
+    def authorization_for(self, client_authorization: str | None) -> str | None:
+        """Which Authorization header goes upstream, by `upstream.credentials`."""
+        mode = self.settings.credentials
+        if mode == "passthrough":
+            return client_authorization
+        if mode == "prefer-client" and client_authorization:
+            return client_authorization
+        return self.injected_authorization
+
+    def url_for(self, scope: Scope, tail: str) -> yarl.URL:
+        """GitLab URL for `tail` below the scope's PyPI API; the raw id is kept encoded."""
+        return yarl.URL(f"{self.base}/api/v4/{scope.api_prefix}/{tail}", encoded=True)
+
+    def is_upstream_host(self, url: yarl.URL) -> bool:
+        """Credentials go only to the configured GitLab origin (scheme, host and port)."""
+        return (url.scheme, url.host, url.port) == (
+            self.base.scheme,
+            self.base.host,
+            self.base.port,
+        )
+
+    def _headers(self, url: yarl.URL, authorization: str | None) -> dict[str, str]:
+        headers: dict[str, str] = {hdrs.USER_AGENT: self.settings.user_agent}
+        if authorization and self.is_upstream_host(url):
+            headers[hdrs.AUTHORIZATION] = authorization
+        return headers
+
+    async def get_page(
+        self, url: yarl.URL, authorization: str | None, *, follow_to: tuple[str, ...] = ()
+    ) -> PageAnswer:
+        """GET a simple page. Redirects are returned, or followed to `follow_to` hosts only."""
+        hops = 0
+        try:
+            while True:
+                async with self.session.get(
+                    url,
+                    headers=self._headers(url, authorization),
+                    allow_redirects=False,
+                    timeout=self._page_timeout,
+                ) as resp:
+                    location = _location(resp)
+                    if resp.status in _REDIRECTS and location is not None:
+                        if location.host in follow_to and hops < MAX_REDIRECTS:
+                            hops += 1
+                            url = location
+                            continue
+                        return PageAnswer(resp.status, b"", url, location=location)
+                    body = await _read_limited(resp, MAX_PAGE_BYTES)
+                    return PageAnswer(resp.status, body, url, retry_after=_retry_after(resp))
+        except TimeoutError as e:
+            raise UpstreamTimeout(f"GitLab did not answer within {self.settings.timeout:g}s") from e
+        except aiohttp.ClientError as e:
+            raise UpstreamUnavailable(f"GitLab is unreachable: {_describe(e)}") from e
+
+    @asynccontextmanager
+    async def open_file(
+        self, url: yarl.URL, authorization: str | None
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """A 200 response for a file, following object-storage redirects without credentials."""
+        hops = 0
+        try:
+            while True:
+                resp = await self.session.get(
+                    url,
+                    headers=self._headers(url, authorization),
+                    allow_redirects=False,
+                    timeout=self._file_timeout,
+                    # A file body is hashed as sent: it must arrive as stored, not re-encoded.
+                    auto_decompress=False,
+                )
+                location = _location(resp)
+                if resp.status in _REDIRECTS and location is not None and hops < MAX_REDIRECTS:
+                    resp.release()
+                    hops += 1
+                    url = location
+                    continue
+                break
+            try:
+                if resp.status != 200:
+                    raise await self.status_error(resp)
+                yield resp
+            finally:
+                resp.release()
+        except TimeoutError as e:
+            raise UpstreamTimeout(f"GitLab did not answer within {self.settings.timeout:g}s") from e
+        except aiohttp.ClientError as e:
+            raise UpstreamUnavailable(f"GitLab is unreachable: {_describe(e)}") from e
+
+    async def status_error(self, resp: aiohttp.ClientResponse) -> ProxyError:
+        """The client-facing error for a non-200 answer to a file request."""
+        message = await _message(resp)
+        return self.error_for(
+            resp.status, message, _retry_after(resp), on_upstream=self.is_upstream_host(resp.url)
+        )
+
+    def error_for(
+        self, status: int, message: str, retry_after: float | None, *, on_upstream: bool = True
+    ) -> ProxyError:
+        """GitLab's non-200 answer as the client should see it, keeping its meaning."""
+        if status in (401, 403) and on_upstream and self.settings.credentials == "inject":
+            return UpstreamError(
+                f"GitLab refused the proxy's credentials ({status}); check upstream.token"
+            )
+        if status in (401, 403, 404, 410) and on_upstream:
+            headers: dict[str, str] = {}
+            if status == 401:
+                headers[hdrs.WWW_AUTHENTICATE] = 'Basic realm="GitLab Packages Registry"'
+            return UpstreamStatus(status, message, headers=headers)
+        if status == 429:
+            retry: dict[str, str] = {}
+            if retry_after is not None:
+                retry[hdrs.RETRY_AFTER] = str(int(retry_after))
+            return UpstreamUnavailable("GitLab is rate limiting the proxy", headers=retry)
+        if status >= 500:
+            return UpstreamUnavailable(f"GitLab answered {status}")
+        # Object storage answers for itself: its status is not GitLab's.
+        return UpstreamError(f"upstream answered {status}")
+
+
+def message_of(body: bytes, status: int) -> str:
+    """GitLab's own JSON `message`, or the bare status; never more than a short string."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return str(status)
+    if isinstance(data, dict) and isinstance(data.get("message"), str):
+        return str(data["message"])[:500]
+    return str(status)
+
+
+def _location(resp: aiohttp.ClientResponse) -> yarl.URL | None:
+    raw = resp.headers.get(hdrs.LOCATION)
+    if not raw:
+        return None
+    try:
+        return resp.url.join(yarl.URL(raw))
+    except ValueError:
+        return None
+
+
+def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
+    raw = resp.headers.get(hdrs.RETRY_AFTER, "")
+    try:
+        return max(0.0, float(raw)) if raw else None
+    except ValueError:
+        return None
+
+
+async def _read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(256 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise UpstreamError(f"GitLab sent a page larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _message(resp: aiohttp.ClientResponse) -> str:
+    try:
+        body = await asyncio.wait_for(resp.content.read(64 * 1024), timeout=5)
+    except (aiohttp.ClientError, TimeoutError):
+        return str(resp.status)
+    return message_of(body, resp.status)
+
+
+def _describe(e: aiohttp.ClientError) -> str:
+    """A short reason that names no URL, so no signed query or credential leaks."""
+    if isinstance(e, aiohttp.ClientConnectorError):
+        return "connection refused or host unknown"
+    if isinstance(e, aiohttp.ServerDisconnectedError):
+        return "server disconnected"
+    if isinstance(e, aiohttp.ClientPayloadError):
+        return "incomplete body"
+    return type(e).__name__

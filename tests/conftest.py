@@ -1,0 +1,53 @@
+"""Shared fixtures: a fake GitLab on a real port, and a proxy in front of it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fake_gitlab import FakeGitLab
+from tests.proxy_harness import RunningProxy, make_settings, start_proxy
+
+TOKEN = "glpat-proxy-secret-token-1234567890"
+
+
+@pytest.fixture
+async def gitlab() -> AsyncIterator[FakeGitLab]:
+    """GitLab with group 7 'platform' holding private project 42 'platform/tools'."""
+    fake = FakeGitLab(token=TOKEN)
+    fake.add_group(7, "platform")
+    fake.add_project(42, "platform/tools", group_id=7)
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+
+
+ProxyFactory = Callable[..., Awaitable[RunningProxy]]
+
+
+@pytest.fixture
+async def make_proxy(tmp_path: Path, gitlab: FakeGitLab) -> AsyncIterator[ProxyFactory]:
+    """Start proxies in front of `gitlab`; keyword sections override settings."""
+    started: list[RunningProxy] = []
+
+    async def factory(cache_dir: Path | None = None, **sections: Any) -> RunningProxy:
+        settings = make_settings(gitlab.url, cache_dir or tmp_path / "cache", TOKEN, **sections)
+        proxy = await start_proxy(settings)
+        started.append(proxy)
+        return proxy
+
+    try:
+        yield factory
+    finally:
+        for proxy in started:
+            await proxy.stop()
+
+
+@pytest.fixture
+async def proxy(make_proxy: ProxyFactory) -> RunningProxy:
+    return await make_proxy()

@@ -1,0 +1,840 @@
+"""Fake GitLab PyPI registry, object storage and public index, each a real server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import calendar
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import socket
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from html import escape
+from http import HTTPStatus
+from types import TracebackType
+from typing import Self
+from urllib.parse import quote, urlencode
+
+from aiohttp import BodyPartReader, web
+from aiohttp.typedefs import Handler
+from multidict import CIMultiDict
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
+
+from tests.wheels import make_sdist, make_wheel
+
+CHALLENGE = 'Basic realm="GitLab Packages Registry"'
+# PEP 508 names; GitLab refuses an upload whose name is not one.
+_VALID_NAME = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.IGNORECASE)
+# Outcomes that tests count apart from the route they hit.
+_KIND_BY_STATUS = {401: "unauthorized", 404: "notfound"}
+
+
+@dataclass
+class FakeFile:
+    filename: str
+    content: bytes = field(repr=False)
+    sha256: str
+    requires_python: str
+    name: str
+    version: str
+    project_id: int | None = None  # None on the public index
+
+
+@dataclass
+class RequestRecord:
+    method: str
+    path: str  # raw: percent-encoding and query string as the client sent them
+    kind: str
+    headers: CIMultiDict[str]
+    status: int = 0  # stays 0 if the connection was cut instead of answered
+
+
+@dataclass
+class _Group:
+    id: int
+    full_path: str
+    name: str
+
+
+@dataclass
+class _Project:
+    id: int
+    full_path: str
+    name: str
+    public: bool
+
+
+@dataclass
+class _Package:
+    """One version of one name in one project: a row of GitLab's packages table."""
+
+    project_id: int
+    name: str  # as uploaded; GitLab keeps the raw name and normalizes it in queries
+    version: str
+    requires_python: str  # belongs to the version, so the last upload of it wins
+    files: list[FakeFile] = field(default_factory=list)
+
+    @property
+    def normalized(self) -> str:
+        return canonicalize_name(self.name)
+
+
+@dataclass(frozen=True)
+class _Caller:
+    projects: frozenset[int] | None  # None: every project
+    can_write: bool
+
+
+class _Reply(Exception):
+    """Ends a request with GitLab's JSON error shape; the middleware renders it."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+def _json(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    """GitLab's error (and upload) body, compact as Rails renders it."""
+    body = json.dumps({"message": message}, separators=(",", ":"))
+    return web.Response(status=status, text=body, content_type="application/json", headers=headers)
+
+
+def _unauthorized() -> _Reply:
+    return _Reply(401, "401 Unauthorized", {"WWW-Authenticate": CHALLENGE})
+
+
+def _erb_escape(text: str) -> str:
+    """ERB::Util.html_escape, which GitLab uses: `'` becomes `&#39;`, not Python's `&#x27;`."""
+    return escape(text, quote=True).replace("&#x27;", "&#39;")
+
+
+def _gitlab_page(title: str, anchors: Iterable[str]) -> web.Response:
+    # GitLab's `<<-HTML.lstrip` heredoc: only the first line loses its Ruby indentation.
+    body = (
+        "<!DOCTYPE html>\n"
+        "        <html>\n"
+        "          <head>\n"
+        f"            <title>Links for {_erb_escape(title)}</title>\n"
+        "          </head>\n"
+        "          <body>\n"
+        f"            <h1>Links for {_erb_escape(title)}</h1>\n"
+        f"            {''.join(anchors)}\n"
+        "          </body>\n"
+        "        </html>\n"
+    )
+    return web.Response(text=body, content_type="text/html")
+
+
+def _gitlab_anchor(url: str, requires_python: str, text: str) -> str:
+    return f'<a href="{url}" data-requires-python="{_erb_escape(requires_python)}">{text}</a>'
+
+
+class _Server:
+    """A real aiohttp server on 127.0.0.1 that records every request before answering it."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.requests: list[RequestRecord] = []
+        self._runner: web.AppRunner | None = None
+        self._port = 0
+
+    def _routes(self) -> list[web.RouteDef]:
+        """Routes named `kind` or `kind.variant`: the kind is what `counts` counts."""
+        raise NotImplementedError
+
+    async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse | None:
+        """The response, or None once the connection has been cut; fakes hook faults in here."""
+        return await handler(request)
+
+    @property
+    def server_url(self) -> str:
+        """Where the server really listens."""
+        if not self._port:
+            raise RuntimeError("server not started")
+        return f"http://127.0.0.1:{self._port}"
+
+    @property
+    def url(self) -> str:
+        return self.server_url
+
+    async def start(self) -> None:
+        """Listen on a free port; after `stop()`, on the same port again, as a restart would."""
+        if self._runner is not None:
+            return
+
+        @web.middleware
+        async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
+            return await self._record(request, handler)
+
+        app = web.Application(middlewares=[record])
+        app.add_routes(self._routes())
+        # A short shutdown_timeout: stop() must not wait out a handler sleeping in `delay`.
+        runner = web.AppRunner(
+            app, access_log=None, handler_cancellation=True, shutdown_timeout=0.1
+        )
+        await runner.setup()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self._port))
+        await web.SockSite(runner, sock).start()
+        self._port = sock.getsockname()[1]
+        self._runner = runner
+
+    async def stop(self) -> None:
+        """Close the listener and every connection; safe to call twice."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def _record(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        route = request.match_info.route.name
+        kind = route.partition(".")[0] if route else "notfound"
+        # Recorded before answering: a streamed body may reach the client before this returns.
+        record = RequestRecord(request.method, request.raw_path, kind, CIMultiDict(request.headers))
+        self.requests.append(record)
+        self.counts[kind] += 1
+        try:
+            response = await self._answer(request, handler)
+        except _Reply as reply:
+            response = _json(reply.status, reply.message, reply.headers)
+        except web.HTTPException as exc:  # the router's own 404 and 405
+            response = _json(exc.status, f"{exc.status} {exc.reason}")
+        if response is None:
+            return web.Response()  # never sent: the transport is already gone
+        record.status = response.status
+        outcome = _KIND_BY_STATUS.get(response.status, kind)
+        if kind == "page" and response.status == 302:
+            outcome = "forward"
+        if outcome != kind:
+            self.counts[kind] -= 1
+            self.counts[outcome] += 1
+            record.kind = outcome
+        return response
+
+
+async def _send_file(
+    request: web.Request, file: FakeFile, gitlab: FakeGitLab
+) -> web.StreamResponse:
+    """Stream a file as GitLab's local storage does, with the body faults `gitlab` asks for."""
+    body = memoryview(file.content)
+    if gitlab.corrupt_files and body:
+        middle = len(body) // 2
+        flipped = bytes([body[middle] ^ 0xFF])
+        body = memoryview(b"".join([body[:middle], flipped, body[middle + 1 :]]))
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "application/octet-stream",
+            "Content-Disposition": (
+                f"attachment; filename=\"{file.filename}\"; filename*=UTF-8''{quote(file.filename)}"
+            ),
+        }
+    )
+    response.content_length = len(body)
+    await response.prepare(request)
+    end = len(body) // 2 if gitlab.truncate_files else len(body)
+    step = max(1, gitlab.file_chunk_size)
+    for start in range(0, end, step):
+        if start and gitlab.file_chunk_delay:
+            await asyncio.sleep(gitlab.file_chunk_delay)
+        await response.write(body[start : min(start + step, end)])
+    if gitlab.truncate_files and request.transport is not None:
+        # Closing (not aborting) flushes the half already written, then the client sees EOF
+        # before Content-Length is reached.
+        request.transport.close()
+        return response
+    await response.write_eof()
+    return response
+
+
+class FakeObjectStorage(_Server):
+    """S3-like host GitLab redirects file downloads to; requests count on the GitLab's `counts`."""
+
+    def __init__(self, gitlab: FakeGitLab) -> None:
+        super().__init__()
+        self.counts = gitlab.counts
+        self.requests = gitlab.requests
+        self._gitlab = gitlab
+        self._secret = secrets.token_bytes(32)
+
+    def _routes(self) -> list[web.RouteDef]:
+        return [web.get("/packages/{sha256}/{filename}", self._object, name="object")]
+
+    def _signature(self, path: str, date: str, expires: str) -> str:
+        message = f"{path}\n{date}\n{expires}".encode()
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
+
+    def signed_url(self, file: FakeFile) -> str:
+        """A pre-signed URL for `file`, valid for the GitLab's `signed_url_ttl` seconds."""
+        path = f"/packages/{file.sha256}/{file.filename}"
+        date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        expires = str(self._gitlab.signed_url_ttl)
+        query = {
+            "X-Amz-Algorithm": "AWS4-HMAC-SHA256",
+            "X-Amz-Date": date,
+            "X-Amz-Expires": expires,
+            "X-Amz-SignedHeaders": "host",
+            "X-Amz-Signature": self._signature(path, date, expires),
+        }
+        return f"{self.server_url}{quote(path)}?{urlencode(query)}"
+
+    async def _object(self, request: web.Request) -> web.StreamResponse:
+        if "Authorization" in request.headers:
+            return _s3_error(
+                400,
+                "InvalidArgument",
+                "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter, "
+                "Signature query string parameter or the Authorization header should be specified",
+            )
+        date = request.query.get("X-Amz-Date", "")
+        expires = request.query.get("X-Amz-Expires", "")
+        expected = self._signature(request.path, date, expires)
+        if not hmac.compare_digest(request.query.get("X-Amz-Signature", ""), expected):
+            return _s3_error(403, "SignatureDoesNotMatch", "The request signature does not match.")
+        # The signature covers date and expiry, so both parse; a ttl of 0 is born expired.
+        signed_at = calendar.timegm(time.strptime(date, "%Y%m%dT%H%M%SZ"))
+        if time.time() >= signed_at + int(expires):
+            return _s3_error(403, "AccessDenied", "Request has expired")
+        file = self._gitlab.find_file(
+            request.match_info["sha256"], request.match_info["filename"], None
+        )
+        if file is None:
+            return _s3_error(404, "NoSuchKey", "The specified key does not exist.")
+        return await _send_file(request, file, self._gitlab)
+
+
+def _s3_error(status: int, code: str, message: str) -> web.Response:
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Error><Code>{code}</Code><Message>{message}</Message></Error>"
+    )
+    return web.Response(status=status, text=body, content_type="application/xml")
+
+
+class FakeGitLab(_Server):
+    """GitLab's PyPI registry API as /work/shared/GITLAB_PYPI.md describes it."""
+
+    def __init__(
+        self,
+        *,
+        token: str = "glpat-secret-token",  # noqa: S107 - a fake's token, meant to be seen
+        external_url: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.token = token
+        self.external_url = external_url.rstrip("/") if external_url else None
+        # Access: `token` reads and writes everything; these narrow or widen that per test.
+        self.tokens: dict[str, set[int] | None] = {}  # extra token -> readable project ids
+        self.job_tokens: set[str] = set()  # valid only with username gitlab-ci-token
+        self.read_only_tokens: set[str] = set()
+        self.revoked: set[str] = set()
+        # Behaviour switches.
+        self.object_storage = False
+        self.signed_url_ttl = 300
+        self.forwarding = True
+        self.public_index_url = "https://pypi.org"
+        self.max_upload_size: int | None = None
+        # Faults. down/delay/fail_status hit GitLab only; the file faults also hit object storage.
+        self.down = False
+        self.delay = 0.0
+        self.fail_status: int | None = None
+        self.retry_after = 1
+        self.file_chunk_delay = 0.0
+        self.file_chunk_size = 65536
+        self.truncate_files = False
+        self.corrupt_files = False
+        self.object_store = FakeObjectStorage(self)
+        self._groups: dict[int, _Group] = {}
+        self._projects: dict[int, _Project] = {}
+        self._packages: list[_Package] = []  # in creation order, which is GitLab's page order
+
+    @property
+    def url(self) -> str:
+        """The external URL: what absolute links on pages start with."""
+        return self.external_url or self.server_url
+
+    async def start(self) -> None:
+        await self.object_store.start()
+        await super().start()
+
+    async def stop(self) -> None:
+        await super().stop()
+        await self.object_store.stop()
+
+    # Test setup.
+
+    def add_group(self, group_id: int, full_path: str, *, name: str | None = None) -> None:
+        self._groups[group_id] = _Group(group_id, full_path, name or full_path.rsplit("/", 1)[-1])
+
+    def add_project(
+        self,
+        project_id: int,
+        full_path: str,
+        *,
+        group_id: int | None = None,
+        public: bool = False,
+        name: str | None = None,
+    ) -> None:
+        """A project; it belongs to every group whose full path prefixes its own."""
+        if group_id is not None and not full_path.startswith(
+            self._groups[group_id].full_path + "/"
+        ):
+            raise ValueError(f"{full_path!r} is not under group {group_id}")
+        project_name = name or full_path.rsplit("/", 1)[-1]
+        self._projects[project_id] = _Project(project_id, full_path, project_name, public)
+
+    def add_file(
+        self,
+        project_id: int,
+        name: str,
+        version: str,
+        filename: str,
+        content: bytes,
+        *,
+        requires_python: str = "",
+        sha256: str | None = None,
+    ) -> FakeFile:
+        """Store a file as an upload would; `sha256` lets a test store a lying digest."""
+        if project_id not in self._projects:
+            raise ValueError(f"no project {project_id}")
+        digest = sha256 or hashlib.sha256(content).hexdigest()
+        return self._store(project_id, name, version, filename, content, requires_python, digest)
+
+    def add_wheel(
+        self,
+        project_id: int,
+        name: str,
+        version: str,
+        *,
+        requires: Sequence[str] = (),
+        requires_python: str | None = None,
+        tag: str = "py3-none-any",
+        payload_size: int = 0,
+    ) -> FakeFile:
+        filename, content = make_wheel(
+            name,
+            version,
+            requires=requires,
+            requires_python=requires_python,
+            tag=tag,
+            payload_size=payload_size,
+        )
+        return self.add_file(
+            project_id, name, version, filename, content, requires_python=requires_python or ""
+        )
+
+    def add_sdist(
+        self,
+        project_id: int,
+        name: str,
+        version: str,
+        *,
+        requires: Sequence[str] = (),
+        requires_python: str | None = None,
+    ) -> FakeFile:
+        filename, content = make_sdist(
+            name, version, requires=requires, requires_python=requires_python
+        )
+        return self.add_file(
+            project_id, name, version, filename, content, requires_python=requires_python or ""
+        )
+
+    def revoke(self, token: str) -> None:
+        """From now on GitLab answers 401 to this token, even on public projects."""
+        self.tokens.pop(token, None)
+        self.job_tokens.discard(token)
+        self.revoked.add(token)
+
+    def find_file(
+        self, sha256: str, filename: str, project_ids: set[int] | None
+    ) -> FakeFile | None:
+        """The file with this exact name and stored digest, in `project_ids` (None: anywhere)."""
+        for package in self._packages:
+            if project_ids is not None and package.project_id not in project_ids:
+                continue
+            for file in package.files:
+                if file.filename == filename and file.sha256 == sha256:
+                    return file
+        return None
+
+    def _store(
+        self,
+        project_id: int,
+        name: str,
+        version: str,
+        filename: str,
+        content: bytes,
+        requires_python: str,
+        sha256: str,
+    ) -> FakeFile:
+        # GitLab finds the package by the exact raw name, not the normalized one.
+        package = next(
+            (
+                p
+                for p in self._packages
+                if (p.project_id, p.name, p.version) == (project_id, name, version)
+            ),
+            None,
+        )
+        if package is None:
+            package = _Package(project_id, name, version, requires_python)
+            self._packages.append(package)
+        if any(f.filename == filename for f in package.files):
+            raise _Reply(400, "Validation failed: File name has already been taken")
+        package.requires_python = requires_python
+        file = FakeFile(filename, content, sha256, requires_python, name, version, project_id)
+        package.files.append(file)
+        return file
+
+    # Access control, as GitLab's packages API helpers decide it.
+
+    def _caller(self, request: web.Request) -> _Caller | None:
+        """Who is asking; None is anonymous, which is also what an unknown token counts as."""
+        credentials = _credentials(request)
+        if credentials is None:
+            return None
+        username, secret = credentials
+        if secret in self.revoked:
+            raise _unauthorized()
+        can_write = secret not in self.read_only_tokens
+        if secret == self.token:
+            return _Caller(None, can_write)
+        if username == "gitlab-ci-token" and secret in self.job_tokens:
+            return _Caller(None, can_write)
+        if secret in self.tokens:
+            allowed = self.tokens[secret]
+            return _Caller(None if allowed is None else frozenset(allowed), can_write)
+        return None
+
+    @staticmethod
+    def _is_member(caller: _Caller | None, project: _Project) -> bool:
+        return caller is not None and (caller.projects is None or project.id in caller.projects)
+
+    def _can_read(self, caller: _Caller | None, project: _Project) -> bool:
+        return project.public or self._is_member(caller, project)
+
+    def _project(self, request: web.Request) -> tuple[_Project, _Caller | None]:
+        """The readable project; 401 for anonymous and 404 for others, so nothing leaks."""
+        caller = self._caller(request)
+        raw_id = request.match_info["id"]
+        if raw_id.isdigit():
+            project = self._projects.get(int(raw_id))
+        else:
+            project = next(
+                (p for p in self._projects.values() if p.full_path.lower() == raw_id.lower()), None
+            )
+        if project is None or not self._can_read(caller, project):
+            raise _unauthorized() if caller is None else _Reply(404, "404 Not Found")
+        return project, caller
+
+    def _group(self, request: web.Request) -> tuple[_Group, list[_Project]]:
+        """The group and the projects of its subtree the caller can read."""
+        caller = self._caller(request)
+        raw_id = request.match_info["id"]
+        if raw_id.isdigit():
+            group = self._groups.get(int(raw_id))
+        else:
+            group = next(
+                (g for g in self._groups.values() if g.full_path.lower() == raw_id.lower()), None
+            )
+        projects = [
+            p
+            for p in self._projects.values()
+            if group is not None
+            and p.full_path.startswith(group.full_path + "/")
+            and self._can_read(caller, p)
+        ]
+        sees_group = caller is not None and caller.projects is None
+        if group is None or not (projects or sees_group):
+            raise _unauthorized() if caller is None else _Reply(404, "404 Not Found")
+        return group, projects
+
+    # Faults, then routes.
+
+    async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse | None:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.down:
+            if request.transport is not None:
+                request.transport.abort()
+            return None
+        if self.fail_status is not None:
+            status = self.fail_status
+            headers = {"Retry-After": str(self.retry_after)} if status in (429, 503) else {}
+            raise _Reply(status, f"{status} {HTTPStatus(status).phrase}", headers)
+        return await handler(request)
+
+    def _routes(self) -> list[web.RouteDef]:
+        project = "/api/v4/projects/{id}/packages/pypi"
+        group = "/api/v4/groups/{id}/-/packages/pypi"
+        return [
+            web.get(project + "/simple{slash:/?}", self._project_index, name="index.project"),
+            web.get(project + "/simple/{name}{slash:/?}", self._project_page, name="page.project"),
+            web.get(
+                project + "/files/{sha256}/{filename}", self._project_file, name="file.project"
+            ),
+            web.post(project, self._upload, name="upload"),
+            web.get(group + "/simple{slash:/?}", self._group_index, name="index.group"),
+            web.get(group + "/simple/{name}{slash:/?}", self._group_page, name="page.group"),
+            web.get(group + "/files/{sha256}/{filename}", self._group_file, name="file.group"),
+        ]
+
+    def _index(self, title: str, base: str, project_ids: set[int]) -> web.Response:
+        # One anchor per package version, so a name repeats once per version.
+        return _gitlab_page(
+            title,
+            (
+                _gitlab_anchor(f"{base}/simple/{p.normalized}", p.requires_python, p.name)
+                for p in self._packages
+                if p.project_id in project_ids
+            ),
+        )
+
+    def _package_page(self, request: web.Request, base: str, project_ids: set[int]) -> web.Response:
+        requested = request.match_info["name"]
+        # GitLab lowercases the request and nothing else, so `my.pkg` misses `my-pkg`.
+        packages = [
+            p
+            for p in self._packages
+            if p.project_id in project_ids and p.normalized == requested.lower()
+        ]
+        if not packages:
+            if self.forwarding:
+                location = f"{self.public_index_url.rstrip('/')}/simple/{requested}/"
+                return web.Response(status=302, headers={"Location": location})
+            raise _Reply(404, "404 Package Not Found")
+        return _gitlab_page(
+            packages[0].name,
+            (
+                _gitlab_anchor(
+                    f"{base}/files/{f.sha256}/{f.filename}#sha256={f.sha256}",
+                    p.requires_python,
+                    f.filename,
+                )
+                for p in packages
+                for f in p.files
+            ),
+        )
+
+    async def _file(self, request: web.Request, project_ids: set[int]) -> web.StreamResponse:
+        file = self.find_file(
+            request.match_info["sha256"], request.match_info["filename"], project_ids
+        )
+        if file is None:
+            raise _Reply(404, "404 Not Found")
+        if self.object_storage:
+            return web.Response(
+                status=302, headers={"Location": self.object_store.signed_url(file)}
+            )
+        return await _send_file(request, file, self)
+
+    def _project_base(self, project: _Project) -> str:
+        return f"{self.url}/api/v4/projects/{project.id}/packages/pypi"
+
+    def _group_base(self, group: _Group) -> str:
+        return f"{self.url}/api/v4/groups/{group.id}/-/packages/pypi"
+
+    async def _project_index(self, request: web.Request) -> web.StreamResponse:
+        project, _ = self._project(request)
+        return self._index(project.name, self._project_base(project), {project.id})
+
+    async def _project_page(self, request: web.Request) -> web.StreamResponse:
+        project, _ = self._project(request)
+        return self._package_page(request, self._project_base(project), {project.id})
+
+    async def _project_file(self, request: web.Request) -> web.StreamResponse:
+        project, _ = self._project(request)
+        return await self._file(request, {project.id})
+
+    async def _group_index(self, request: web.Request) -> web.StreamResponse:
+        group, projects = self._group(request)
+        return self._index(group.name, self._group_base(group), {p.id for p in projects})
+
+    async def _group_page(self, request: web.Request) -> web.StreamResponse:
+        group, projects = self._group(request)
+        return self._package_page(request, self._group_base(group), {p.id for p in projects})
+
+    async def _group_file(self, request: web.Request) -> web.StreamResponse:
+        _, projects = self._group(request)
+        return await self._file(request, {p.id for p in projects})
+
+    async def _upload(self, request: web.Request) -> web.StreamResponse:
+        project, caller = self._project(request)
+        if caller is None:
+            raise _unauthorized()
+        if not (caller.can_write and self._is_member(caller, project)):
+            raise _Reply(403, "403 Forbidden")
+        fields, filename, content, size = await _read_upload(request, self.max_upload_size)
+        missing = [
+            key
+            for key, value in [
+                ("content", filename),
+                ("name", fields.get("name")),
+                ("version", fields.get("version")),
+            ]
+            if not value
+        ]
+        if missing:
+            raise _Reply(400, "400 Bad request - " + ", ".join(f"{m} is missing" for m in missing))
+        if self.max_upload_size is not None and size > self.max_upload_size:
+            raise _Reply(400, "File is too large")
+        name, version = fields["name"], fields["version"]
+        if not _VALID_NAME.match(name):
+            raise _Reply(400, "Validation failed: Name is invalid")
+        try:
+            Version(version)
+        except InvalidVersion:
+            raise _Reply(400, "Validation failed: Version is invalid") from None
+        # GitLab stores the digest the uploader claims and never re-hashes the file.
+        sha256 = fields.get("sha256_digest") or hashlib.sha256(content).hexdigest()
+        requires_python = fields.get("requires_python", "")
+        self._store(project.id, name, version, filename, content, requires_python, sha256)
+        return _json(201, "201 Created")
+
+
+def _credentials(request: web.Request) -> tuple[str, str] | None:
+    """(username, secret) from Basic auth or GitLab's token headers."""
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            username, _, password = base64.b64decode(value, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return username, password
+    for header in ("Private-Token", "Deploy-Token"):
+        if secret := request.headers.get(header):
+            return "", secret
+    if secret := request.headers.get("Job-Token"):
+        return "gitlab-ci-token", secret
+    return None
+
+
+async def _read_upload(
+    request: web.Request, limit: int | None
+) -> tuple[dict[str, str], str, bytes, int]:
+    """Form fields, filename, content (cut at the size limit) and the content's full size."""
+    fields: dict[str, str] = {}
+    filename = ""
+    content = bytearray()
+    size = 0
+    if not request.content_type.startswith("multipart/"):
+        return fields, filename, bytes(content), size
+    reader = await request.multipart()
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader):
+            continue  # a nested multipart: no uploader sends one
+        if part.name != "content":
+            fields[part.name or ""] = await part.text()
+            continue
+        filename = part.filename or ""
+        while chunk := await part.read_chunk(65536):
+            size += len(chunk)
+            # Past the limit keep reading but not storing, so the client gets to read our 400.
+            if limit is None or size <= limit:
+                content += chunk
+    return fields, filename, bytes(content), size
+
+
+class FakePublicIndex(_Server):
+    """The public PyPI index's shape: where GitLab's forwarding sends pip, and never a token."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._files: list[FakeFile] = []
+
+    @property
+    def files_url(self) -> str:
+        """Where file links point; the same server here, a separate host on the real PyPI."""
+        return self.server_url
+
+    def add_file(
+        self, name: str, version: str, filename: str, content: bytes, *, requires_python: str = ""
+    ) -> FakeFile:
+        sha256 = hashlib.sha256(content).hexdigest()
+        file = FakeFile(filename, content, sha256, requires_python, name, version)
+        self._files.append(file)
+        return file
+
+    def add_wheel(
+        self,
+        name: str,
+        version: str,
+        *,
+        requires: Sequence[str] = (),
+        requires_python: str | None = None,
+        tag: str = "py3-none-any",
+        payload_size: int = 0,
+    ) -> FakeFile:
+        filename, content = make_wheel(
+            name,
+            version,
+            requires=requires,
+            requires_python=requires_python,
+            tag=tag,
+            payload_size=payload_size,
+        )
+        return self.add_file(
+            name, version, filename, content, requires_python=requires_python or ""
+        )
+
+    def file_url(self, file: FakeFile) -> str:
+        sha = file.sha256
+        return f"{self.files_url}/packages/{sha[:2]}/{sha[2:4]}/{sha}/{file.filename}#sha256={sha}"
+
+    def _routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/simple/{name}{slash:/?}", self._page, name="page"),
+            web.get("/packages/{a}/{b}/{sha256}/{filename}", self._file, name="file"),
+        ]
+
+    async def _page(self, request: web.Request) -> web.StreamResponse:
+        requested = request.match_info["name"]
+        normalized = canonicalize_name(requested)
+        # Like PyPI: one canonical URL per project, everything else redirects to it.
+        if requested != normalized or not request.match_info["slash"]:
+            return web.Response(status=301, headers={"Location": f"/simple/{normalized}/"})
+        files = [f for f in self._files if canonicalize_name(f.name) == normalized]
+        if not files:
+            raise _Reply(404, "404 Not Found")
+        anchors = "".join(
+            f'    <a href="{self.file_url(f)}"'
+            + (f' data-requires-python="{escape(f.requires_python)}"' if f.requires_python else "")
+            + f">{f.filename}</a><br />\n"
+            for f in files
+        )
+        body = (
+            "<!DOCTYPE html>\n<html>\n  <head>\n"
+            '    <meta name="pypi:repository-version" content="1.0">\n'
+            f"    <title>Links for {escape(files[0].name)}</title>\n"
+            f"  </head>\n  <body>\n    <h1>Links for {escape(files[0].name)}</h1>\n"
+            f"{anchors}  </body>\n</html>\n<!--SERIAL {len(self._files)}-->\n"
+        )
+        return web.Response(text=body, content_type="text/html")
+
+    async def _file(self, request: web.Request) -> web.StreamResponse:
+        sha256, filename = request.match_info["sha256"], request.match_info["filename"]
+        for file in self._files:
+            if (file.sha256, file.filename) == (sha256, filename):
+                return web.Response(body=file.content, content_type="application/octet-stream")
+        raise _Reply(404, "404 Not Found")

@@ -1,0 +1,162 @@
+"""Starts the real proxy app on a real port, and runs real pip/uv/twine with a clean environment."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from proxy.app import create_app
+from proxy.config import CacheSettings, ServerSettings, Settings, UpstreamSettings
+
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class RunningProxy:
+    runner: web.AppRunner
+    url: str
+    settings: Settings
+
+    @property
+    def app(self) -> web.Application:
+        return self.runner.app
+
+    def index_url(self, scope: str) -> str:
+        """pip's --index-url for 'projects/42' or 'groups/7'."""
+        kind, _, raw_id = scope.partition("/")
+        if kind == "projects":
+            return f"{self.url}/api/v4/projects/{raw_id}/packages/pypi/simple/"
+        return f"{self.url}/api/v4/groups/{raw_id}/-/packages/pypi/simple/"
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+def make_settings(
+    upstream_url: str, cache_dir: Path, token: str, **sections: Mapping[str, Any]
+) -> Settings:
+    """Settings for a test proxy; `sections` override keys, e.g. upstream={"forwarding": "deny"}."""
+    settings = Settings(
+        server=ServerSettings(host="127.0.0.1", port=8080),
+        upstream=UpstreamSettings(url=upstream_url, username="proxy", token=token, timeout=10),
+        cache=CacheSettings(dir=cache_dir),
+    )
+    for name, values in sections.items():
+        section = dataclasses.replace(getattr(settings, name), **values)
+        settings = dataclasses.replace(settings, **{name: section})
+    return settings
+
+
+async def start_proxy(settings: Settings) -> RunningProxy:
+    runner = web.AppRunner(create_app(settings), handler_cancellation=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    server = site._server
+    assert server is not None
+    port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+    return RunningProxy(runner, f"http://127.0.0.1:{port}", settings)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment without this machine's pip/uv config, so only our index is used."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PIP_", "UV_", "GITLAB_PYPI_PROXY_", "CI_"))
+    }
+    env["PIP_CONFIG_FILE"] = os.devnull
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    env["UV_NO_CONFIG"] = "1"
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Completed:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def check(self) -> Completed:
+        assert self.returncode == 0, f"exit {self.returncode}\n{self.stdout}\n{self.stderr}"
+        return self
+
+
+async def run(
+    args: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 180
+) -> Completed:
+    """Run a command without blocking the event loop the in-process servers live on."""
+    proc = await asyncio.create_subprocess_exec(
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=dict(env) if env is not None else clean_env(),
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return Completed(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
+
+
+async def pip_install(
+    index_url: str, target: Path, *requirements: str, extra: Sequence[str] = ()
+) -> Completed:
+    """Real pip, isolated from user config and caches, installing into `target`."""
+    return await run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--isolated",
+            "--no-cache-dir",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--only-binary",
+            ":all:",
+            "--index-url",
+            index_url,
+            "--target",
+            str(target),
+            *extra,
+            *requirements,
+        ]
+    )
+
+
+async def uv_pip_install(
+    index_url: str, target: Path, *requirements: str, cache_dir: Path
+) -> Completed:
+    """Real uv, with its own empty cache so every run downloads through the proxy."""
+    return await run(
+        [
+            str(BIN / "uv"),
+            "pip",
+            "install",
+            "--no-config",
+            "--index-url",
+            index_url,
+            "--target",
+            str(target),
+            "--cache-dir",
+            str(cache_dir),
+            "--python",
+            sys.executable,
+            "--only-binary",
+            ":all:",
+            *requirements,
+        ]
+    )

@@ -1,0 +1,152 @@
+"""Config loading and the command line: defaults, env overrides, one-line errors, a real start."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from proxy.config import ConfigError, load_settings, parse_size
+from tests.proxy_harness import clean_env, run
+
+
+def test_defaults_need_no_config() -> None:
+    settings = load_settings(None, env={})
+    assert settings.upstream.url == "https://gitlab.com"
+    assert settings.cache.dir == Path("./cache")
+    assert settings.server.host == "127.0.0.1"
+    assert settings.cache.max_size == 20 * 1024**3
+
+
+def test_example_config_is_the_defaults() -> None:
+    example = Path(__file__).parent.parent / "config.example.toml"
+    assert load_settings(example, env={}) == load_settings(None, env={})
+
+
+def test_file_then_env_overrides(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(
+        '[upstream]\nurl = "https://gitlab.example.com"\ntoken = "from-file"\n'
+        '[cache]\nmax_size = "1GiB"\nindex_ttl = 10\n[access]\nallow = ["groups/7"]\n'
+    )
+    env = {
+        "GITLAB_PYPI_PROXY_UPSTREAM_TOKEN": "from-env",
+        "GITLAB_PYPI_PROXY_CACHE_OFFLINE": "true",
+        "GITLAB_PYPI_PROXY_ACCESS_ALLOW": "groups/7, projects/42",
+    }
+    settings = load_settings(config, env=env)
+    assert settings.upstream.url == "https://gitlab.example.com"
+    assert settings.upstream.token == "from-env"
+    assert settings.cache.max_size == 1024**3
+    assert settings.cache.index_ttl == 10
+    assert settings.cache.offline is True
+    assert settings.access.allow == ("groups/7", "projects/42")
+    assert "from-env" not in repr(settings)
+
+
+def test_token_file(tmp_path: Path) -> None:
+    secret = tmp_path / "token"
+    secret.write_text("glpat-from-file\n")
+    settings = load_settings(None, env={"GITLAB_PYPI_PROXY_UPSTREAM_TOKEN_FILE": str(secret)})
+    assert settings.upstream.token == "glpat-from-file"
+
+
+def test_ci_job_defaults_apply_only_without_an_upstream() -> None:
+    ci = {"CI_SERVER_URL": "https://gitlab.corp", "CI_JOB_TOKEN": "job-123"}
+    settings = load_settings(None, env=ci)
+    assert (settings.upstream.url, settings.upstream.username, settings.upstream.token) == (
+        "https://gitlab.corp",
+        "gitlab-ci-token",
+        "job-123",
+    )
+    configured = load_settings(None, env={**ci, "GITLAB_PYPI_PROXY_UPSTREAM_URL": "https://x.y"})
+    assert configured.upstream.url == "https://x.y"
+    assert configured.upstream.token == ""
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "names"),
+    [
+        ("[upstream]\ntokn = 'x'\n", {}, "upstream.tokn"),
+        ("[nosuch]\n", {}, "nosuch"),
+        ("[server]\nport = 'eighty'\n", {}, "server.port"),
+        ("[server]\nport = 70000\n", {}, "server.port"),
+        ("[upstream]\ncredentials = 'steal'\n", {}, "upstream.credentials"),
+        ("[upstream]\nurl = 'ftp://x'\n", {}, "upstream.url"),
+        ("[cache]\nmax_size = 'lots'\n", {}, "cache.max_size"),
+        ("[upstream]\nforwarding = 'cache'\n", {}, "upstream.forward_hosts"),
+        ("", {"GITLAB_PYPI_PROXY_CACHE_OFFLINE": "maybe"}, "cache.offline"),
+        ("", {"GITLAB_PYPI_PROXY_UPSTREAM_TOKNE": "x"}, "GITLAB_PYPI_PROXY_UPSTREAM_TOKNE"),
+        ("[access]\nallow = ['users/1']\n", {}, "access.allow"),
+        ("not toml at all = = =", {}, "not valid TOML"),
+    ],
+)
+def test_bad_config_names_the_key(
+    tmp_path: Path, toml: str, env: dict[str, str], names: str
+) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(toml)
+    with pytest.raises(ConfigError, match=names.replace(".", r"\.")):
+        load_settings(config, env=env)
+
+
+def test_sizes() -> None:
+    assert parse_size("20GiB") == 20 * 1024**3
+    assert parse_size("256KiB") == 256 * 1024
+    assert parse_size("1.5MB") == 1_500_000
+    assert parse_size("123") == 123
+    with pytest.raises(ValueError):
+        parse_size("12 parsecs")
+
+
+async def test_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("[server]\nport = 'x'\n")
+    result = await run(
+        [sys.executable, "-m", "proxy", "serve", "--config", str(config)], env=clean_env()
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "server.port" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def test_serve_starts_with_no_config_at_all(tmp_path: Path) -> None:
+    port = _free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "proxy",
+        "serve",
+        "--port",
+        str(port),
+        cwd=tmp_path,
+        env=clean_env(),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(100):
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/-/health") as resp:
+                        assert resp.status == 200
+                        break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.1)
+            else:
+                pytest.fail("the proxy did not start")
+        assert (tmp_path / "cache" / "index.sqlite3").exists()
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 15)

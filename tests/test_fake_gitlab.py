@@ -1,0 +1,594 @@
+"""The fake GitLab, object storage and public index behave as GitLab and PyPI do; wheels install."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+import os
+import subprocess
+import sys
+import tarfile
+import time
+import zipfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from multidict import CIMultiDictProxy
+
+from tests.fake_gitlab import FakeGitLab, FakePublicIndex
+from tests.wheels import make_sdist, make_wheel, wheel_metadata
+
+TOKEN = "glpat-fake-test-token"
+API = "/api/v4/projects/42/packages/pypi"
+GROUP_API = "/api/v4/groups/7/-/packages/pypi"
+
+# Verbatim copy of /work/shared/samples/gitlab-project-package-page.html.
+PROJECT_PAGE_SAMPLE = (
+    "<!DOCTYPE html>\n"
+    "        <html>\n"
+    "          <head>\n"
+    "            <title>Links for My.Pkg</title>\n"
+    "          </head>\n"
+    "          <body>\n"
+    "            <h1>Links for My.Pkg</h1>\n"
+    '            <a href="https://gitlab.example.com/api/v4/projects/42/packages/pypi/fil'
+    "es/ff4c0e2a727f902fc5ea4d5b5475b9e58ef00d6a628c30f8bf1d33b909cd1f04/my_pkg-1.0.0-py3"
+    "-none-any.whl#sha256=ff4c0e2a727f902fc5ea4d5b5475b9e58ef00d6a628c30f8bf1d33b909cd1f0"
+    '4" data-requires-python="&gt;=3.8">my_pkg-1.0.0-py3-none-any.whl</a><a href="https:/'
+    "/gitlab.example.com/api/v4/projects/42/packages/pypi/files/c0752a2c6ec1b4d76af024883"
+    "01a82385e1d808b489c1f91ccb4203b413e00f1/my_pkg-1.0.0.tar.gz#sha256=c0752a2c6ec1b4d76"
+    'af02488301a82385e1d808b489c1f91ccb4203b413e00f1" data-requires-python="&gt;=3.8">my_'
+    'pkg-1.0.0.tar.gz</a><a href="https://gitlab.example.com/api/v4/projects/42/packages/'
+    "pypi/files/c10961407011b4f4d54edc9fd6207f5bf03de713628ef0ddfd28a7483bae63eb/my_pkg-1"
+    ".1.0-py3-none-any.whl#sha256=c10961407011b4f4d54edc9fd6207f5bf03de713628ef0ddfd28a74"
+    '83bae63eb" data-requires-python="&gt;=3.9,&lt;4">my_pkg-1.1.0-py3-none-any.whl</a><a'
+    ' href="https://gitlab.example.com/api/v4/projects/42/packages/pypi/files/e8817d18661'
+    "6a36fb471eeebc5ff6d0c16cfdb7da1c5bd228160615d0ef7fa45/my_pkg-1.1.0-cp311-cp311-manyl"
+    "inux_2_17_x86_64.manylinux2014_x86_64.whl#sha256=e8817d186616a36fb471eeebc5ff6d0c16c"
+    'fdb7da1c5bd228160615d0ef7fa45" data-requires-python="&gt;=3.9,&lt;4">my_pkg-1.1.0-cp'
+    '311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl</a><a href="https://gitlab.'
+    "example.com/api/v4/projects/42/packages/pypi/files/4a750a0b6cd7d3bea3a3c219ef455e124"
+    "2d6d15e1c1cea35ad4d44c4ce213f2f/my_pkg-2.0.0rc1.tar.gz#sha256=4a750a0b6cd7d3bea3a3c2"
+    '19ef455e1242d6d15e1c1cea35ad4d44c4ce213f2f" data-requires-python="">my_pkg-2.0.0rc1.'
+    "tar.gz</a>\n"
+    "          </body>\n"
+    "        </html>\n"
+)
+
+# Verbatim copy of /work/shared/samples/gitlab-group-index-page.html.
+GROUP_INDEX_SAMPLE = (
+    "<!DOCTYPE html>\n"
+    "        <html>\n"
+    "          <head>\n"
+    "            <title>Links for Platform Team</title>\n"
+    "          </head>\n"
+    "          <body>\n"
+    "            <h1>Links for Platform Team</h1>\n"
+    '            <a href="https://gitlab.example.com/api/v4/groups/7/-/packages/pypi/simp'
+    'le/my-pkg" data-requires-python="&gt;=3.8">My.Pkg</a><a href="https://gitlab.example'
+    '.com/api/v4/groups/7/-/packages/pypi/simple/my-pkg" data-requires-python="&gt;=3.9,&'
+    'lt;4">My.Pkg</a><a href="https://gitlab.example.com/api/v4/groups/7/-/packages/pypi/'
+    'simple/my-pkg" data-requires-python="">My.Pkg</a><a href="https://gitlab.example.com'
+    '/api/v4/groups/7/-/packages/pypi/simple/other-tool" data-requires-python="">other_to'
+    'ol</a><a href="https://gitlab.example.com/api/v4/groups/7/-/packages/pypi/simple/zop'
+    'e-interface" data-requires-python="&gt;=3.9">Zope.Interface</a>\n'
+    "          </body>\n"
+    "        </html>\n"
+)
+
+
+def basic(password: str, username: str = "anyone") -> dict[str, str]:
+    raw = base64.b64encode(f"{username}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {raw}"}
+
+
+AUTH = basic(TOKEN)
+
+
+async def fetch(
+    url: str, headers: dict[str, str] | None = None
+) -> tuple[int, CIMultiDictProxy[str], bytes]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(url, headers=headers, allow_redirects=False) as resp,
+    ):
+        return resp.status, resp.headers, await resp.read()
+
+
+@pytest.fixture
+async def gl() -> AsyncIterator[FakeGitLab]:
+    """Group 7 'platform' (subgroup 'platform/sub') with private projects 42 and 44."""
+    async with FakeGitLab(token=TOKEN) as fake:
+        fake.add_group(7, "platform", name="Platform Team")
+        fake.add_group(8, "platform/sub")
+        fake.add_project(42, "platform/tools", group_id=7)
+        fake.add_project(44, "platform/sub/lib", group_id=8)
+        yield fake
+
+
+# Access control.
+
+
+async def test_private_project_challenges_anonymous_and_hides_from_strangers(
+    gl: FakeGitLab,
+) -> None:
+    for path in [f"{API}/simple/", "/api/v4/projects/999/packages/pypi/simple/"]:
+        status, headers, body = await fetch(gl.url + path)
+        assert status == 401
+        assert headers["WWW-Authenticate"] == 'Basic realm="GitLab Packages Registry"'
+        assert body == b'{"message":"401 Unauthorized"}'
+    # An unknown token is no token: still the challenge, so pip retries with credentials.
+    status, _, _ = await fetch(gl.url + API + "/simple/", basic("glpat-unknown"))
+    assert status == 401
+    status, _, body = await fetch(gl.url + "/api/v4/projects/999/packages/pypi/simple/", AUTH)
+    assert (status, body) == (404, b'{"message":"404 Not Found"}')
+    assert gl.counts["unauthorized"] == 3
+    assert gl.counts["notfound"] == 1
+
+
+async def test_token_is_accepted_as_basic_password_or_header(gl: FakeGitLab) -> None:
+    gl.job_tokens.add("job-123")
+    accepted = [
+        AUTH,
+        basic(TOKEN, ""),
+        {"Private-Token": TOKEN},
+        basic("job-123", "gitlab-ci-token"),
+    ]
+    for headers in accepted:
+        status, _, _ = await fetch(gl.url + API + "/simple/", headers)
+        assert status == 200, headers
+    # A job token only counts with the username GitLab reserves for it.
+    status, _, _ = await fetch(gl.url + API + "/simple/", basic("job-123", "someone"))
+    assert status == 401
+    assert gl.requests[0].headers["Authorization"] == AUTH["Authorization"]
+
+
+async def test_per_token_access_public_projects_and_revocation(gl: FakeGitLab) -> None:
+    gl.add_project(43, "platform/open", group_id=7, public=True)
+    gl.tokens["glpat-lib-only"] = {44}
+    lib_only = basic("glpat-lib-only")
+    assert (await fetch(gl.url + API + "/simple/", lib_only))[0] == 404
+    assert (await fetch(gl.url + "/api/v4/projects/44/packages/pypi/simple/", lib_only))[0] == 200
+    assert (await fetch(gl.url + "/api/v4/projects/43/packages/pypi/simple/"))[0] == 200
+    # The group shows each caller only what it may read.
+    gl.add_wheel(42, "secret-tool", "1.0")
+    gl.add_wheel(43, "open-tool", "1.0")
+    gl.add_wheel(44, "lib-tool", "1.0")
+    _, _, anonymous = await fetch(gl.url + GROUP_API + "/simple/")
+    _, _, restricted = await fetch(gl.url + GROUP_API + "/simple/", lib_only)
+    assert b">open-tool<" in anonymous and b"tool<" not in anonymous.replace(b">open-tool<", b"")
+    assert b">lib-tool<" in restricted and b">secret-tool<" not in restricted
+    # A revoked token is refused everywhere, even where anonymous is welcome.
+    gl.revoke("glpat-lib-only")
+    status, _, _ = await fetch(gl.url + "/api/v4/projects/43/packages/pypi/simple/", lib_only)
+    assert status == 401
+
+
+async def test_group_with_nothing_visible_challenges_anonymous(gl: FakeGitLab) -> None:
+    status, headers, _ = await fetch(gl.url + GROUP_API + "/simple/")
+    assert status == 401
+    assert "WWW-Authenticate" in headers
+    gl.tokens["glpat-elsewhere"] = set()
+    assert (await fetch(gl.url + GROUP_API + "/simple/", basic("glpat-elsewhere")))[0] == 404
+    assert (await fetch(gl.url + "/api/v4/groups/99/-/packages/pypi/simple/", AUTH))[0] == 404
+
+
+# Pages.
+
+
+async def test_package_page_is_byte_for_byte_gitlabs_shape() -> None:
+    async with FakeGitLab(token=TOKEN, external_url="https://gitlab.example.com/") as fake:
+        fake.add_project(42, "platform/tools")
+        # The sample's digests are made up, so store them as a lying uploader would.
+        for version, filename, sha256, requires_python in [
+            ("1.0.0", "my_pkg-1.0.0-py3-none-any.whl", "ff4c0e2a", ">=3.8"),
+            ("1.0.0", "my_pkg-1.0.0.tar.gz", "c0752a2c", ">=3.8"),
+            ("1.1.0", "my_pkg-1.1.0-py3-none-any.whl", "c1096140", ">=3.9,<4"),
+            (
+                "1.1.0",
+                "my_pkg-1.1.0-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
+                "e8817d18",
+                ">=3.9,<4",
+            ),
+            ("2.0.0rc1", "my_pkg-2.0.0rc1.tar.gz", "4a750a0b", ""),
+        ]:
+            full = next(
+                part.split("/")[0]
+                for part in PROJECT_PAGE_SAMPLE.split("files/")[1:]
+                if part.startswith(sha256)
+            )
+            fake.add_file(
+                42, "My.Pkg", version, filename, b"x", requires_python=requires_python, sha256=full
+            )
+        status, headers, body = await fetch(fake.server_url + API + "/simple/My.Pkg/", AUTH)
+        assert status == 302, "GitLab does not normalize dots, it only lowercases"
+        status, headers, body = await fetch(fake.server_url + API + "/simple/My-Pkg", AUTH)
+    assert status == 200
+    assert headers["Content-Type"] == "text/html; charset=utf-8"
+    assert body.decode() == PROJECT_PAGE_SAMPLE
+
+
+async def test_group_index_repeats_names_once_per_version() -> None:
+    async with FakeGitLab(token=TOKEN, external_url="https://gitlab.example.com") as fake:
+        fake.add_group(7, "platform", name="Platform Team")
+        fake.add_project(42, "platform/tools", group_id=7)
+        fake.add_project(43, "platform/more", group_id=7)
+        fake.add_wheel(42, "My.Pkg", "1.0.0", requires_python=">=3.8")
+        fake.add_wheel(42, "My.Pkg", "1.1.0", requires_python=">=3.9,<4")
+        fake.add_wheel(43, "My.Pkg", "2.0.0rc1")
+        fake.add_sdist(43, "other_tool", "0.1")
+        fake.add_wheel(42, "Zope.Interface", "6.0", requires_python=">=3.9")
+        status, _, body = await fetch(fake.server_url + GROUP_API + "/simple", AUTH)
+    assert status == 200
+    assert body.decode() == GROUP_INDEX_SAMPLE
+
+
+async def test_project_index_links_by_numeric_id_and_last_upload_sets_requires_python(
+    gl: FakeGitLab,
+) -> None:
+    gl.add_wheel(42, "corp-util", "1.0", requires_python=">=3.8")
+    gl.add_sdist(42, "corp-util", "1.0", requires_python=">=3.9")
+    status, _, body = await fetch(
+        gl.url + "/api/v4/projects/platform%2Ftools/packages/pypi/simple", AUTH
+    )
+    assert status == 200
+    page = body.decode()
+    assert "<title>Links for tools</title>" in page
+    assert (
+        f'<a href="{gl.url}{API}/simple/corp-util" data-requires-python="&gt;=3.9">corp-util</a>'
+        in page
+    )
+    _, _, body = await fetch(gl.url + API + "/simple/corp-util/", AUTH)
+    assert body.decode().count('data-requires-python="&gt;=3.9"') == 2
+
+
+async def test_encoded_full_path_routes_and_a_literal_slash_does_not(gl: FakeGitLab) -> None:
+    gl.add_wheel(44, "lib", "1.0")
+    good = "/api/v4/projects/platform%2Fsub%2Flib/packages/pypi/simple/lib"
+    assert (await fetch(gl.url + good, AUTH))[0] == 200
+    assert gl.requests[-1].path == good
+    bad = "/api/v4/projects/platform/sub/lib/packages/pypi/simple/lib"
+    status, headers, _ = await fetch(gl.url + bad, AUTH)
+    assert status == 404
+    assert headers["Content-Type"].startswith("application/json")
+    assert (await fetch(gl.url + "/api/v4/groups/platform%2Fsub/-/packages/pypi/simple/lib", AUTH))[
+        0
+    ] == 200
+
+
+async def test_group_page_covers_subgroups_with_group_links(gl: FakeGitLab) -> None:
+    wheel = gl.add_wheel(44, "lib", "1.0")
+    status, _, body = await fetch(gl.url + GROUP_API + "/simple/lib/", AUTH)
+    assert status == 200
+    link = f"{gl.url}{GROUP_API}/files/{wheel.sha256}/{wheel.filename}#sha256={wheel.sha256}"
+    assert f'href="{link}"' in body.decode()
+    status, _, content = await fetch(link.partition("#")[0], AUTH)
+    assert (status, content) == (200, wheel.content)
+
+
+@pytest.mark.parametrize("requested", ["my.pkg", "my_pkg", "My_Pkg"])
+async def test_name_lookup_only_lowercases_then_forwards_or_404s(
+    gl: FakeGitLab, requested: str
+) -> None:
+    gl.add_wheel(42, "My.Pkg", "1.0")
+    assert (await fetch(gl.url + API + "/simple/MY-PKG/", AUTH))[0] == 200
+    status, headers, _ = await fetch(gl.url + API + f"/simple/{requested}/", AUTH)
+    assert status == 302
+    assert headers["Location"] == f"https://pypi.org/simple/{requested}/"
+    assert gl.counts["forward"] == 1
+    gl.forwarding = False
+    status, _, body = await fetch(gl.url + API + f"/simple/{requested}/", AUTH)
+    assert (status, body) == (404, b'{"message":"404 Package Not Found"}')
+
+
+# Files.
+
+
+async def test_file_needs_exact_name_and_digest(gl: FakeGitLab) -> None:
+    wheel = gl.add_wheel(42, "corp-util", "1.0")
+    status, headers, body = await fetch(
+        gl.url + f"{API}/files/{wheel.sha256}/{wheel.filename}", AUTH
+    )
+    assert status == 200
+    assert headers["Content-Type"] == "application/octet-stream"
+    assert headers["Content-Disposition"].startswith(f'attachment; filename="{wheel.filename}"')
+    assert int(headers["Content-Length"]) == len(body)
+    assert hashlib.sha256(body).hexdigest() == wheel.sha256
+    for sha, name in [("0" * 64, wheel.filename), (wheel.sha256, wheel.filename.upper())]:
+        status, _, body = await fetch(gl.url + f"{API}/files/{sha}/{name}", AUTH)
+        assert (status, body) == (404, b'{"message":"404 Not Found"}')
+    assert gl.counts["file"] == 1
+
+
+async def test_object_storage_redirects_and_refuses_a_second_auth_mechanism(
+    gl: FakeGitLab,
+) -> None:
+    gl.object_storage = True
+    wheel = gl.add_wheel(42, "corp-util", "1.0")
+    status, headers, _ = await fetch(gl.url + f"{API}/files/{wheel.sha256}/{wheel.filename}", AUTH)
+    assert status == 302
+    signed = headers["Location"]
+    assert signed.startswith(gl.object_store.url) and "X-Amz-Signature=" in signed
+
+    status, _, body = await fetch(signed, AUTH)
+    assert status == 400
+    assert b"Only one auth mechanism allowed" in body
+    status, headers, body = await fetch(signed)
+    assert status == 200
+    assert hashlib.sha256(body).hexdigest() == wheel.sha256
+    status, _, body = await fetch(signed.replace("X-Amz-Signature=", "X-Amz-Signature=0"))
+    assert (status, b"SignatureDoesNotMatch" in body) == (403, True)
+    # Links die: a cached signed URL stops working.
+    gl.signed_url_ttl = 0
+    _, headers, _ = await fetch(gl.url + f"{API}/files/{wheel.sha256}/{wheel.filename}", AUTH)
+    status, _, body = await fetch(headers["Location"])
+    assert (status, b"Request has expired" in body) == (403, True)
+
+    assert gl.counts["file"] == 2
+    assert gl.counts["object"] == 4
+    leaked = [r for r in gl.requests if r.kind == "object" and "Authorization" in r.headers]
+    assert len(leaked) == 1  # only the one this test sent on purpose
+
+
+# Upload.
+
+
+def upload_form(filename: str, content: bytes, **fields: str) -> aiohttp.FormData:
+    """The multipart body twine sends: metadata fields, then the file as `content`."""
+    form = aiohttp.FormData()
+    form.add_field(":action", "file_upload")
+    form.add_field("protocol_version", "1")
+    for key, value in fields.items():
+        form.add_field(key, value)
+    form.add_field("content", content, filename=filename, content_type="application/octet-stream")
+    return form
+
+
+async def post(
+    url: str, form: aiohttp.FormData, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, data=form, headers=headers) as resp,
+    ):
+        return resp.status, await resp.read()
+
+
+async def test_upload_creates_then_refuses_the_same_filename(gl: FakeGitLab) -> None:
+    filename, content = make_wheel("corp-util", "1.0", requires_python=">=3.9")
+    digest = hashlib.sha256(content).hexdigest()
+    fields = {
+        "name": "corp-util",
+        "version": "1.0",
+        "sha256_digest": digest,
+        "requires_python": ">=3.9",
+    }
+    status, body = await post(gl.url + API, upload_form(filename, content, **fields), AUTH)
+    assert (status, body) == (201, b'{"message":"201 Created"}')
+    _, _, page = await fetch(gl.url + API + "/simple/corp-util", AUTH)
+    assert f"files/{digest}/{filename}#sha256={digest}" in page.decode()
+    assert 'data-requires-python="&gt;=3.9"' in page.decode()
+
+    status, body = await post(gl.url + API, upload_form(filename, content, **fields), AUTH)
+    assert (status, body) == (
+        400,
+        b'{"message":"Validation failed: File name has already been taken"}',
+    )
+    assert gl.counts["upload"] == 2
+
+
+async def test_upload_refusals(gl: FakeGitLab) -> None:
+    filename, content = make_wheel("corp-util", "1.0")
+    fields = {"name": "corp-util", "version": "1.0"}
+    gl.read_only_tokens.add("glpat-reader")
+    gl.tokens["glpat-reader"] = None
+    gl.tokens["glpat-stranger"] = {44}
+    for headers, status in [
+        (None, 401),
+        (basic("glpat-reader"), 403),
+        (basic("glpat-stranger"), 404),
+    ]:
+        assert (await post(gl.url + API, upload_form(filename, content, **fields), headers))[
+            0
+        ] == status
+    got, body = await post(gl.url + API, upload_form(filename, content, version="1.0"), AUTH)
+    assert (got, body) == (400, b'{"message":"400 Bad request - name is missing"}')
+    got, body = await post(
+        gl.url + API, upload_form(filename, content, name="x", version="one"), AUTH
+    )
+    assert (got, body) == (400, b'{"message":"Validation failed: Version is invalid"}')
+    gl.max_upload_size = len(content) - 1
+    got, body = await post(gl.url + API, upload_form(filename, content, **fields), AUTH)
+    assert (got, body) == (400, b'{"message":"File is too large"}')
+    assert gl.find_file(hashlib.sha256(content).hexdigest(), filename, None) is None
+
+
+async def test_real_twine_uploads(gl: FakeGitLab, tmp_path: Path) -> None:
+    filename, content = make_wheel("corp-util", "1.0", requires_python=">=3.8")
+    (tmp_path / filename).write_bytes(content)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "twine",
+        "upload",
+        "--non-interactive",
+        "--disable-progress-bar",
+        "--repository-url",
+        gl.url + API,
+        "-u",
+        "__token__",
+        "-p",
+        TOKEN,
+        str(tmp_path / filename),
+        env=clean_env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0, out.decode()
+    stored = gl.find_file(hashlib.sha256(content).hexdigest(), filename, {42})
+    assert stored is not None and stored.content == content
+    assert stored.requires_python == ">=3.8"
+
+
+# Faults.
+
+
+async def test_fail_status_429_says_when_to_retry(gl: FakeGitLab) -> None:
+    gl.fail_status = 429
+    gl.retry_after = 7
+    status, headers, body = await fetch(gl.url + API + "/simple/x/", AUTH)
+    assert (status, headers["Retry-After"]) == (429, "7")
+    assert body == b'{"message":"429 Too Many Requests"}'
+    assert gl.counts["page"] == 1
+
+
+async def test_truncated_and_corrupt_files(gl: FakeGitLab) -> None:
+    wheel = gl.add_wheel(42, "corp-util", "1.0", payload_size=300_000)
+    url = gl.url + f"{API}/files/{wheel.sha256}/{wheel.filename}"
+    gl.corrupt_files = True
+    status, _, body = await fetch(url, AUTH)
+    assert (status, len(body)) == (200, len(wheel.content))
+    assert hashlib.sha256(body).hexdigest() != wheel.sha256
+    gl.corrupt_files = False
+    gl.truncate_files = True
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await fetch(url, AUTH)
+    assert gl.requests[-1].headers["Authorization"] == AUTH["Authorization"]
+
+
+async def test_down_slow_and_paced(gl: FakeGitLab) -> None:
+    wheel = gl.add_wheel(42, "corp-util", "1.0", payload_size=100_000)
+    gl.down = True
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        await fetch(gl.url + API + "/simple/", AUTH)
+    assert gl.requests[-1].status == 0
+    gl.down = False
+    gl.delay = 5.0
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.3):
+            await fetch(gl.url + API + "/simple/", AUTH)
+    gl.delay = 0.0
+    gl.file_chunk_size = 25_000
+    gl.file_chunk_delay = 0.1
+    status, _, body = await fetch(gl.url + f"{API}/files/{wheel.sha256}/{wheel.filename}", AUTH)
+    assert status == 200 and body == wheel.content
+    assert time.monotonic() - started >= 0.3 + 0.4  # five chunks, four pauses between them
+
+
+async def test_stop_is_idempotent_and_restart_keeps_the_port(gl: FakeGitLab) -> None:
+    url = gl.url
+    await gl.stop()
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await fetch(url + API + "/simple/", AUTH)
+    await gl.stop()
+    await gl.start()
+    assert gl.url == url
+    assert (await fetch(url + API + "/simple/", AUTH))[0] == 200
+
+
+# Public index.
+
+
+async def test_public_index_serves_pep_503_pages_and_files() -> None:
+    async with FakePublicIndex() as pub:
+        wheel = pub.add_wheel("Six", "1.17.0", requires_python=">=2.7, !=3.0.*")
+        status, headers, _ = await fetch(pub.url + "/simple/Six")
+        assert (status, headers["Location"]) == (301, "/simple/six/")
+        status, _, body = await fetch(pub.url + "/simple/six/", {"Authorization": "Bearer x"})
+        page = body.decode()
+        assert status == 200
+        assert '<meta name="pypi:repository-version" content="1.0">' in page
+        sha = wheel.sha256
+        link = f"{pub.files_url}/packages/{sha[:2]}/{sha[2:4]}/{sha}/{wheel.filename}"
+        assert f'href="{link}#sha256={sha}" data-requires-python="&gt;=2.7, !=3.0.*">' in page
+        status, _, content = await fetch(link)
+        assert (status, content) == (200, wheel.content)
+        assert (await fetch(pub.url + "/simple/nothing/"))[0] == 404
+    assert [r.kind for r in pub.requests] == ["page", "page", "file", "notfound"]
+    assert pub.requests[1].headers["Authorization"] == "Bearer x"
+
+
+# Distributions.
+
+
+def clean_env() -> dict[str, str]:
+    """No PIP_*/UV_* settings: this machine's pip config adds indexes a test must never use."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_"))}
+    env["PIP_CONFIG_FILE"] = os.devnull
+    return env
+
+
+def test_wheel_is_reproducible_with_a_valid_record() -> None:
+    filename, content = make_wheel("Corp.Util", "1.0.0", requires=["six>=1"], payload_size=10_000)
+    assert filename == "corp_util-1.0.0-py3-none-any.whl"
+    assert make_wheel("Corp.Util", "1.0.0", requires=["six>=1"], payload_size=10_000)[1] == content
+    assert make_wheel("Corp.Util", "1.0.1")[1] != make_wheel("Corp.Util", "1.0.0")[1]
+    with zipfile.ZipFile(io.BytesIO(content)) as archive:
+        record = archive.read("corp_util-1.0.0.dist-info/RECORD").decode().splitlines()
+        for line in record:
+            path, digest, size = line.rsplit(",", 2)
+            if path.endswith("RECORD"):
+                continue
+            data = archive.read(path)
+            expected = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+            assert (digest, int(size)) == (f"sha256={expected.decode()}", len(data))
+        assert len(archive.read("corp_util/payload.bin")) == 10_000
+    metadata = wheel_metadata(content).decode()
+    assert "Name: Corp.Util\n" in metadata and "Requires-Dist: six>=1\n" in metadata
+
+
+def test_sdist_is_a_well_formed_tarball() -> None:
+    filename, content = make_sdist("Corp.Util", "2.0rc1", requires_python=">=3.9")
+    assert filename == "corp_util-2.0rc1.tar.gz"
+    assert make_sdist("Corp.Util", "2.0rc1", requires_python=">=3.9")[1] == content
+    with tarfile.open(fileobj=io.BytesIO(content)) as archive:
+        pkg_info = archive.extractfile("corp_util-2.0rc1/PKG-INFO")
+        assert pkg_info is not None
+        assert b"Requires-Python: >=3.9\n" in pkg_info.read()
+        assert "corp_util-2.0rc1/pyproject.toml" in archive.getnames()
+
+
+@pytest.mark.parametrize("installer", ["pip", "uv"])
+def test_made_wheel_installs_with_real_installers(tmp_path: Path, installer: str) -> None:
+    filename, content = make_wheel("Corp.Util", "1.2.0", requires_python=">=3.8", payload_size=1000)
+    wheel = tmp_path / filename
+    wheel.write_bytes(content)
+    target = tmp_path / "target"
+    if installer == "pip":
+        command = [sys.executable, "-m", "pip", "install", "--isolated", "--no-index"]
+    else:
+        uv = Path(sys.executable).parent / "uv"
+        command = [
+            str(uv),
+            "pip",
+            "install",
+            "--no-config",
+            "--no-index",
+            "--python",
+            sys.executable,
+        ]
+    subprocess.run(
+        [*command, "--target", str(target), str(wheel)],
+        env=clean_env(),
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    check = [sys.executable, "-c", "import corp_util; print(corp_util.__version__)"]
+    done = subprocess.run(
+        check,
+        env={**clean_env(), "PYTHONPATH": str(target)},
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    assert done.stdout.strip() == "1.2.0"
+    assert (target / "corp_util-1.2.0.dist-info" / "METADATA").read_bytes() == wheel_metadata(
+        content
+    )
