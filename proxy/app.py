@@ -43,7 +43,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         # Proxies come only from our config, never from the environment of the process.
         trust_env=False,
     )
-    upstream = Upstream(settings.upstream, session)
+    upstream = Upstream(settings.upstream, session, offline=settings.cache.offline)
     files = FileCache(settings.cache, blobs, store, upstream)
     await files.load()
     app[keys.STORE] = store

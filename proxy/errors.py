@@ -37,6 +37,13 @@ class NotFound(ProxyError):
     status = 404
 
 
+class Offline(NotFound):
+    """A miss while `cache.offline` is on: nothing may be asked of upstream."""
+
+    def __init__(self) -> None:
+        super().__init__("not in the cache, and this proxy is offline (cache.offline)")
+
+
 class PayloadTooLarge(ProxyError):
     status = 413
 

@@ -19,7 +19,7 @@ from cachetools import LRUCache
 
 from .blobs import BlobStore
 from .config import CacheSettings
-from .errors import ProxyError, UpstreamError, UpstreamUnavailable
+from .errors import Offline, ProxyError, UpstreamError, UpstreamUnavailable
 from .store import Store
 from .upstream import Upstream
 
@@ -170,6 +170,8 @@ class FileCache:
         blob = self.hit(sha256, filename)
         if blob is not None:
             return await self._respond_hit(request, sha256, blob)
+        if self.upstream.offline:
+            raise Offline()
         fill = self.fills.get(sha256)
         if fill is None:
             fill = self._start_fill(sha256, filename, source, authorization)

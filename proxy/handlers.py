@@ -138,7 +138,10 @@ async def ready(request: web.Request) -> web.StreamResponse:
     if not request.app[keys.BLOBS].writable():
         problems.append("cache directory is not writable")
     status = 503 if problems else 200
-    return web.json_response({"ready": not problems, "problems": problems}, status=status)
+    offline = request.app[keys.UPSTREAM].offline
+    return web.json_response(
+        {"ready": not problems, "offline": offline, "problems": problems}, status=status
+    )
 
 
 def add_routes(app: web.Application) -> None:

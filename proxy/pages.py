@@ -16,6 +16,7 @@ from cachetools import TTLCache
 from .config import Settings
 from .errors import (
     NotFound,
+    Offline,
     ProxyError,
     Redirect,
     UpstreamError,
@@ -110,6 +111,12 @@ class PageCache:
             page = await self._single_flight(
                 key, lambda: self._fetch(key, url, authorization, parse, forwarding=forwarding)
             )
+        except Offline:
+            stored = await self._stored(key)
+            if stored is None:
+                raise
+            # Offline, the stored copy is the truth whatever its age: an air-gapped mirror.
+            return PageResult(stored, "HIT")
         except (UpstreamUnavailable, UpstreamTimeout, UpstreamError) as e:
             stored = await self._stored(key)
             if stored is None:

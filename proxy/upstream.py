@@ -16,6 +16,7 @@ from aiohttp import hdrs
 
 from .config import UpstreamSettings
 from .errors import (
+    Offline,
     ProxyError,
     UpstreamError,
     UpstreamStatus,
@@ -47,8 +48,12 @@ class PageAnswer:
 class Upstream:
     """One per process: a ClientSession with explicit timeouts, and the auth rules."""
 
-    def __init__(self, settings: UpstreamSettings, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self, settings: UpstreamSettings, session: aiohttp.ClientSession, *, offline: bool = False
+    ) -> None:
         self.settings = settings
+        # Checked before every request, so no code path can reach the network when offline.
+        self.offline = offline
         self.session = session
         self.base = yarl.URL(settings.url.rstrip("/"))
         self._page_timeout = aiohttp.ClientTimeout(total=settings.timeout)
@@ -96,6 +101,8 @@ class Upstream:
         self, url: yarl.URL, authorization: str | None, *, follow_to: tuple[str, ...] = ()
     ) -> PageAnswer:
         """GET a simple page. Redirects are returned, or followed to `follow_to` hosts only."""
+        if self.offline:
+            raise Offline()
         hops = 0
         try:
             while True:
@@ -124,6 +131,8 @@ class Upstream:
         self, url: yarl.URL, authorization: str | None
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """A 200 response for a file, following object-storage redirects without credentials."""
+        if self.offline:
+            raise Offline()
         hops = 0
         try:
             while True:

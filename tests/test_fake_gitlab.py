@@ -569,6 +569,7 @@ def test_made_wheel_installs_with_real_installers(tmp_path: Path, installer: str
             "pip",
             "install",
             "--no-config",
+            "--no-cache",
             "--no-index",
             "--python",
             sys.executable,

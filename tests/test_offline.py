@@ -1,0 +1,40 @@
+"""Offline mode: what was cached is served whatever its age; nothing reaches upstream."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.conftest import ProxyFactory
+from tests.fake_gitlab import FakeGitLab
+from tests.proxy_harness import pip_install
+from tests.test_pull_through import PROJECT_PAGE, get, installed, publish_app_with_dependency
+
+
+async def test_offline_serves_the_warm_cache_and_never_calls_upstream(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    publish_app_with_dependency(gitlab)
+    online = await make_proxy()
+    (await pip_install(online.index_url("projects/42"), tmp_path / "warm", "corp-app")).check()
+    await online.stop()
+
+    # index_ttl 0: every stored page is long expired, and still served.
+    offline = await make_proxy(cache={"offline": True, "index_ttl": 0})
+    # GitLab stays up, so any request the proxy made would be seen here.
+    seen = len(gitlab.requests)
+    result = await pip_install(offline.index_url("projects/42"), tmp_path / "cold", "corp-app")
+    result.check()
+    assert installed(tmp_path / "cold") == installed(tmp_path / "warm")
+
+    status, _, body = await get(f"{offline.url}{PROJECT_PAGE}never-seen/")
+    assert status == 404
+    assert b"offline" in body
+    sha = "a" * 64
+    status, _, body = await get(
+        f"{offline.url}/api/v4/projects/42/packages/pypi/files/{sha}/x-1.0.tar.gz"
+    )
+    assert status == 404
+    assert b"offline" in body
+    status, _, body = await get(f"{offline.url}/-/ready")
+    assert (status, b'"offline": true' in body) == (200, True)
+    assert len(gitlab.requests) == seen
