@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -240,8 +240,18 @@ class Warmer:
         """pip resolves for `target` through the proxy, then every file it chose is made sure of."""
         async with self.jobs:
             chosen = await self._pip(target, requirements, files, only_binary)
-        if chosen is not None:
-            await asyncio.gather(*(self.ensure(sha, name) for sha, name in chosen))
+        if chosen is None:
+            return
+        through_proxy = []
+        for url, sha256, filename in chosen:
+            if url.startswith(self.files_url) and is_sha256(sha256):
+                through_proxy.append(self.ensure(sha256, filename))
+            else:
+                self.tally.failed[filename] = (
+                    f"pip was sent elsewhere for it ({_host(url)}): GitLab forwards this name; "
+                    "set upstream.forwarding = 'cache' and forward_hosts to mirror it"
+                )
+        await asyncio.gather(*through_proxy)
 
     async def mirror(self, packages: list[Requirement], only_binary: bool) -> None:
         """Every file of every package (or of `packages`) the scope's pages list."""
@@ -304,13 +314,14 @@ class Warmer:
         return chosen
 
     async def _get(self, url: str) -> tuple[int, bytes]:
-        async with self.jobs, self.session.get(url) as resp:
+        # Not followed: a redirect means GitLab forwards the name, which --all cannot mirror.
+        async with self.jobs, self.session.get(url, allow_redirects=False) as resp:
             return resp.status, await resp.read()
 
     async def _pip(
         self, target: Target, requirements: list[str], files: list[Path], only_binary: bool
-    ) -> list[tuple[str, str]] | None:
-        """(sha256, filename) of every file pip resolved, or None when it failed."""
+    ) -> list[tuple[str, str, str]] | None:
+        """(url, sha256, filename) of every file pip resolved, or None when it failed."""
         with tempfile.TemporaryDirectory(prefix="gitlab-pypi-proxy-warm-") as tmp:
             report = Path(tmp) / "report.json"
             args = [
@@ -351,21 +362,27 @@ class Warmer:
         return list(_report_files(data))
 
 
-def _report_files(report: object) -> Iterator[tuple[str, str]]:
-    """(sha256, filename) of the files in a pip installation report."""
+def _report_files(report: object) -> Iterator[tuple[str, str, str]]:
+    """(url, sha256, filename) of the files in a pip installation report."""
     installs = report.get("install", []) if isinstance(report, dict) else []
     for item in installs:
         url = str(item.get("download_info", {}).get("url", ""))
         head, _, filename = url.rpartition("/")
-        sha256 = head.rpartition("/")[2]
-        if is_sha256(sha256):
-            yield sha256, unquote(filename)
+        yield url, head.rpartition("/")[2], unquote(filename)
+
+
+def _host(url: str) -> str:
+    return urlsplit(url).netloc or "another host"
 
 
 def _pip_env() -> dict[str, str]:
     """This environment without pip's own config: only the proxy is an index for this pip."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
     env["PIP_CONFIG_FILE"] = os.devnull
+    # The proxy is on loopback: no HTTP proxy from the environment may stand in between.
+    env["NO_PROXY"] = env["no_proxy"] = ",".join(
+        filter(None, [env.get("NO_PROXY") or env.get("no_proxy"), "127.0.0.1"])
+    )
     return env
 
 
@@ -376,6 +393,11 @@ def _pip_reason(stderr: bytes) -> str:
 
 
 def _message(status: int, body: bytes) -> str:
+    if status in (301, 302, 303, 307, 308):
+        return (
+            "GitLab forwards this name to the public index; set upstream.forwarding = 'cache'"
+            " and forward_hosts to mirror it"
+        )
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):

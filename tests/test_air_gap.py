@@ -183,7 +183,9 @@ async def test_warm_exits_non_zero_naming_what_failed_and_why(
 ) -> None:
     good = gitlab.add_wheel(42, "corp-util", "1.0.0")
     content = b"not the bytes the digest was taken of"
-    gitlab.add_file(42, "corp-bad", "1.0", "corp_bad-1.0-py3-none-any.whl", content, sha256="0" * 64)
+    gitlab.add_file(
+        42, "corp-bad", "1.0", "corp_bad-1.0-py3-none-any.whl", content, sha256="0" * 64
+    )
     cache = tmp_path / "cache"
     env = online_env(gitlab, None, cache)
 
@@ -212,3 +214,17 @@ async def test_warm_refuses_what_it_cannot_do(tmp_path: Path) -> None:
     )
     assert offline.returncode == 2
     assert "offline" in offline.stderr
+
+
+async def test_warm_says_when_forwarding_would_bypass_the_cache(
+    gitlab: FakeGitLab, public: FakePublicIndex, tmp_path: Path
+) -> None:
+    public.add_wheel("tiny-json", "1.0")
+    cache = tmp_path / "cache"
+    # forwarding = "redirect" (the default): pip is sent to the public index itself.
+    env = online_env(gitlab, None, cache)
+    for args in (["tiny-json"], ["--all", "--package", "tiny-json"]):
+        result = await cli(env, "warm", "projects/42", *args)
+        assert result.returncode == 1, result.stderr
+        assert "GitLab forwards this name" in result.stderr
+    assert not blobs_in(cache)
