@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from proxy.cli import main as cli_main
 from tests.conftest import TOKEN
 from tests.fake_gitlab import FakeGitLab, FakePublicIndex
 from tests.proxy_harness import Completed, clean_env, make_settings, pip_install, run, start_proxy
@@ -202,18 +203,26 @@ async def test_warm_exits_non_zero_naming_what_failed_and_why(
     assert "no-such-package" in result.stderr
 
 
-async def test_warm_refuses_what_it_cannot_do(tmp_path: Path) -> None:
-    env = clean_env(GITLAB_PYPI_PROXY_CACHE_DIR=str(tmp_path / "cache"))
-    nothing = await cli(env, "warm", "projects/42")
-    assert nothing.returncode == 2
-    assert "needs requirements" in nothing.stderr
-    targets = await cli(env, "warm", "projects/42", "--all", "--platform", "win_amd64")
-    assert targets.returncode == 2
-    offline = await cli(
-        {**env, "GITLAB_PYPI_PROXY_CACHE_OFFLINE": "true"}, "warm", "projects/42", "--all"
-    )
-    assert offline.returncode == 2
-    assert "offline" in offline.stderr
+def test_warm_refuses_what_it_cannot_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("GITLAB_PYPI_PROXY_CACHE_DIR", str(tmp_path / "cache"))
+    for args, message in [
+        (["projects/42"], "needs requirements"),
+        (["projects/42", "--all", "--platform", "win_amd64"], "shape requirements"),
+        (["projects/42", "foo", "--package", "foo"], "--package filters --all"),
+        (["projects/42", "-r", str(tmp_path / "missing.txt")], "no such file"),
+        (["nowhere/42", "foo"], "unknown scope kind"),
+        (["projects/42", "--all", "--package", "foo>>1"], "argument --package"),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            cli_main(["warm", *args])
+        assert exit_.value.code == 2
+        assert message in capsys.readouterr().err
+    monkeypatch.setenv("GITLAB_PYPI_PROXY_CACHE_OFFLINE", "true")
+    assert cli_main(["warm", "projects/42", "--all"]) == 2
+    assert "offline" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()
 
 
 async def test_warm_says_when_forwarding_would_bypass_the_cache(
