@@ -11,6 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from . import bundle, warm
 from .app import create_app
 from .config import ConfigError, Settings, load_settings
 from .log import setup_logging
@@ -34,6 +35,17 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--offline", action="store_true", help="never contact upstream (cache.offline)"
     )
+    warm_parser = commands.add_parser(
+        "warm", help="fill the cache from requirements or a whole scope, while online"
+    )
+    warm_parser.add_argument("--config", type=Path, dest="sub_config", help="TOML config file")
+    warm.add_arguments(warm_parser)
+    export = commands.add_parser("export", help="write cached pages and files to a bundle")
+    export.add_argument("--config", type=Path, dest="sub_config", help="TOML config file")
+    bundle.add_export_arguments(export)
+    import_ = commands.add_parser("import", help="merge a bundle into the cache, verified")
+    import_.add_argument("--config", type=Path, dest="sub_config", help="TOML config file")
+    bundle.add_import_arguments(import_)
     return parser
 
 
@@ -72,7 +84,10 @@ def serve(settings: Settings) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "warm":
+        warm.check_arguments(parser, args)
     try:
         settings = _settings(args)
     except ConfigError as e:
@@ -80,4 +95,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "serve":
         return serve(settings)
+    setup_logging(settings.server.log_format, [settings.upstream.token], logging.WARNING)
+    if args.command == "warm":
+        return warm.main(settings, args)
+    if args.command == "export":
+        return bundle.export_main(settings, args)
+    if args.command == "import":
+        return bundle.import_main(settings, args)
     raise AssertionError(f"unhandled command {args.command}")  # argparse rejects the rest

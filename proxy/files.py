@@ -9,6 +9,7 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,6 +110,8 @@ class FileCache:
         self.fills: dict[str, Fill] = {}
         self.accessed: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # Told of each fill as it starts, so a warm-up can count what it caused.
+        self.fill_observers: list[Callable[[Fill], None]] = []
 
     async def load(self) -> None:
         """Start-up reconciliation: drop temp files, rows without blobs, blobs without rows."""
@@ -226,6 +229,8 @@ class FileCache:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         fill = Fill(sha256, filename, temp)
         self.fills[sha256] = fill
+        for observe in self.fill_observers:
+            observe(fill)
         # Its own task: a client that disconnects does not cancel what others rely on.
         task = asyncio.create_task(self._run_fill(fill, fd, source, authorization))
         self._tasks.add(task)

@@ -120,10 +120,15 @@ async def file_download(request: web.Request) -> web.StreamResponse:
     scope = scope_of(request)
     sha256, filename = _checked_file(request)
     upstream = request.app[keys.UPSTREAM]
+    files = request.app[keys.FILES]
     source = upstream.url_for(scope, f"files/{sha256}/{quote(filename, safe='')}")
-    return await request.app[keys.FILES].respond(
-        request, sha256, filename, source, authorization(request)
-    )
+    auth = authorization(request)
+    if files.hit(sha256, filename) is None and not upstream.offline:
+        forwarded = await request.app[keys.PAGES].forwarded_source(scope, sha256, filename)
+        if forwarded is not None:
+            # A public index's file: fetched from there, and never with GitLab's credentials.
+            source, auth = forwarded, None
+    return await files.respond(request, sha256, filename, source, auth)
 
 
 async def health(request: web.Request) -> web.StreamResponse:

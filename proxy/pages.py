@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -24,11 +25,11 @@ from .errors import (
     UpstreamUnavailable,
 )
 from .scope import Scope
-from .simple import Index, Project
+from .simple import Index, Project, is_sha256
 from .simple_html import PageParseError, parse_index_page, parse_project_page
 from .simple_json import index_from_dict, index_to_dict, project_from_dict, project_to_dict
-from .store import Store
-from .upstream import PageAnswer, Upstream, message_of
+from .store import ForwardedRow, Store
+from .upstream import PageAnswer, Upstream, is_listed_host, message_of
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +84,50 @@ class PageCache:
         url = self.upstream.url_for(scope, f"simple/{name}")
 
         def parse(answer: PageAnswer) -> Model:
-            return parse_project_page(answer.body, str(answer.url), name)
+            project = parse_project_page(answer.body, str(answer.url), name)
+            if self.upstream.is_upstream_host(answer.url):
+                return project
+            return self._forwarded_project(project)
 
-        return await self._get(page_key(scope, name), url, authorization, parse, forwarding=True)
+        key = page_key(scope, name)
+        page = await self._get(key, url, authorization, parse, forwarding=True)
+        if page.state == "MISS" and self.settings.upstream.forwarding == "cache":
+            await self._remember_sources(scope, page.project)
+        return page
+
+    async def forwarded_source(self, scope: Scope, sha256: str, filename: str) -> yarl.URL | None:
+        """Where a file of a forwarded page lives, if it is one and its host is still allowed."""
+        up = self.settings.upstream
+        if up.forwarding != "cache":
+            return None
+        raw = await self.store.forwarded_url(scope.key, sha256, filename)
+        if raw is None:
+            return None
+        url = yarl.URL(raw, encoded=True)
+        return url if is_listed_host(url, up.forward_hosts) else None
+
+    def _forwarded_project(self, project: Project) -> Project:
+        """A public page as this proxy can serve it: files on `forward_hosts`, with a sha256."""
+        hosts = self.settings.upstream.forward_hosts
+        files = tuple(
+            # No core-metadata: the proxy mirrors file bodies, and pip fails on a missing one.
+            dataclasses.replace(dist, core_metadata=False)
+            for dist in project.files
+            if dist.sha256 is not None
+            and is_sha256(dist.sha256)
+            and is_listed_host(yarl.URL(dist.url, encoded=True), hosts)
+        )
+        return Project(project.name, files)
+
+    async def _remember_sources(self, scope: Scope, project: Project) -> None:
+        """Record where each file of a forwarded page comes from, for the files route."""
+        rows = [
+            ForwardedRow(scope.key, dist.sha256, dist.filename, dist.url)
+            for dist in project.files
+            if dist.sha256 is not None and not self.upstream.is_upstream_host(yarl.URL(dist.url))
+        ]
+        if rows:
+            await self.store.put_forwarded(rows)
 
     async def index(self, scope: Scope, authorization: str | None) -> PageResult:
         url = self.upstream.url_for(scope, "simple")
@@ -145,12 +187,17 @@ class PageCache:
         *,
         forwarding: bool,
     ) -> CachedPage:
-        answer = await self.upstream.get_page(url, authorization)
+        up = self.settings.upstream
+        follow = up.forward_hosts if forwarding and up.forwarding == "cache" else ()
+        answer = await self.upstream.get_page(url, authorization, follow_to=follow)
         if answer.location is not None and forwarding:
             raise self._forwarded(answer.location)
         if answer.status != 200:
             raise self.upstream.error_for(
-                answer.status, message_of(answer.body, answer.status), answer.retry_after
+                answer.status,
+                message_of(answer.body, answer.status),
+                answer.retry_after,
+                on_upstream=self.upstream.is_upstream_host(answer.url),
             )
         try:
             model = parse(answer)
@@ -167,6 +214,11 @@ class PageCache:
                 "package not found in GitLab; this proxy does not follow forwarding "
                 "to the public index (upstream.forwarding = 'deny')"
             )
+        if self.settings.upstream.forwarding == "cache":
+            return NotFound(
+                f"package not found in GitLab, which forwards to {location.host}, "
+                "a host not in upstream.forward_hosts"
+            )
         return Redirect(str(location))
 
     async def _stored(self, key: str) -> CachedPage | None:
@@ -179,6 +231,16 @@ class PageCache:
             log.error("stored page %s is unreadable; ignoring it", key)
             return None
         return CachedPage(model, row.fetched_at)
+
+
+def stored_model(data: object) -> Model:
+    """A stored page model from untrusted data (a bundle); ValueError when it is not one."""
+    return _from_dict(data)
+
+
+def stored_data(model: Model) -> dict[str, object]:
+    """The JSON-ready form of a page model, as SQLite and bundles hold it."""
+    return _to_dict(model)
 
 
 def _to_dict(model: Model) -> dict[str, object]:

@@ -39,3 +39,11 @@ class Scope:
         if not _RAW_ID_RE.match(raw_id):
             raise BadRequest("malformed project or group id")
         return cls(kind, raw_id)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_text(cls, text: str) -> Scope:
+        """A command-line scope: 'projects/42', 'groups/my-group' or 'groups/a/b' (a subgroup)."""
+        kind, _, rest = text.partition("/")
+        if not rest:
+            raise BadRequest(f"{text!r} is not 'projects/ID' or 'groups/ID'")
+        return cls.parse(kind, rest.replace("/", "%2F"))

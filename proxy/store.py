@@ -24,6 +24,13 @@ CREATE TABLE IF NOT EXISTS pages (
     model TEXT NOT NULL,
     fetched_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS forwarded_files (
+    scope TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    filename TEXT NOT NULL,
+    url TEXT NOT NULL,
+    PRIMARY KEY (scope, sha256, filename)
+);
 """
 
 
@@ -40,6 +47,16 @@ class PageRow:
     key: str
     model: str
     fetched_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardedRow:
+    """Where a file of a forwarded page really lives (not on GitLab), for one scope."""
+
+    scope: str
+    sha256: str
+    filename: str
+    url: str
 
 
 class Store:
@@ -108,4 +125,72 @@ class Store:
 
     async def delete_pages(self, keys: Iterable[str]) -> None:
         await self.db.executemany("DELETE FROM pages WHERE key=?", [(k,) for k in keys])
+        await self.db.commit()
+
+    async def pages(self, prefixes: Iterable[str] = ("",)) -> list[PageRow]:
+        """Stored pages whose key starts with one of `prefixes` ('' matches all)."""
+        rows: dict[str, PageRow] = {}
+        for prefix in prefixes:
+            async with self.db.execute(
+                "SELECT key, model, fetched_at FROM pages WHERE substr(key, 1, ?) = ?",
+                (len(prefix), prefix),
+            ) as cur:
+                rows.update({row[0]: PageRow(*row) async for row in cur})
+        return [rows[key] for key in sorted(rows)]
+
+    async def put_forwarded(self, rows: Iterable[ForwardedRow]) -> None:
+        await self.db.executemany(
+            "INSERT INTO forwarded_files (scope, sha256, filename, url) VALUES (?,?,?,?)"
+            " ON CONFLICT(scope, sha256, filename) DO UPDATE SET url=excluded.url",
+            [(r.scope, r.sha256, r.filename, r.url) for r in rows],
+        )
+        await self.db.commit()
+
+    async def forwarded_url(self, scope: str, sha256: str, filename: str) -> str | None:
+        async with self.db.execute(
+            "SELECT url FROM forwarded_files WHERE scope=? AND sha256=? AND filename=?",
+            (scope, sha256, filename),
+        ) as cur:
+            row = await cur.fetchone()
+        return str(row[0]) if row else None
+
+    async def forwarded(self, scopes: Iterable[str] | None = None) -> list[ForwardedRow]:
+        """Forwarded file sources of `scopes` (None: all)."""
+        async with self.db.execute(
+            "SELECT scope, sha256, filename, url FROM forwarded_files ORDER BY scope, sha256"
+        ) as cur:
+            rows = [ForwardedRow(*row) async for row in cur]
+        if scopes is None:
+            return rows
+        wanted = set(scopes)
+        return [r for r in rows if r.scope in wanted]
+
+    async def merge(
+        self,
+        blobs: Iterable[BlobRow],
+        pages: Iterable[PageRow],
+        forwarded: Iterable[ForwardedRow],
+    ) -> None:
+        """A bundle's rows in one transaction; a page already stored stays unless older."""
+        now = time.time()
+        try:
+            await self.db.executemany(
+                "INSERT INTO blobs (sha256, size, filename, created, last_access)"
+                " VALUES (?,?,?,?,?) ON CONFLICT(sha256) DO NOTHING",
+                [(b.sha256, b.size, b.filename, now, now) for b in blobs],
+            )
+            await self.db.executemany(
+                "INSERT INTO pages (key, model, fetched_at) VALUES (?,?,?)"
+                " ON CONFLICT(key) DO UPDATE SET model=excluded.model,"
+                " fetched_at=excluded.fetched_at WHERE excluded.fetched_at > pages.fetched_at",
+                [(p.key, p.model, p.fetched_at) for p in pages],
+            )
+            await self.db.executemany(
+                "INSERT INTO forwarded_files (scope, sha256, filename, url) VALUES (?,?,?,?)"
+                " ON CONFLICT(scope, sha256, filename) DO UPDATE SET url=excluded.url",
+                [(r.scope, r.sha256, r.filename, r.url) for r in forwarded],
+            )
+        except BaseException:
+            await self.db.rollback()
+            raise
         await self.db.commit()

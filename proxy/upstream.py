@@ -114,7 +114,7 @@ class Upstream:
                 ) as resp:
                     location = _location(resp)
                     if resp.status in _REDIRECTS and location is not None:
-                        if location.host in follow_to and hops < MAX_REDIRECTS:
+                        if is_listed_host(location, follow_to) and hops < MAX_REDIRECTS:
                             hops += 1
                             url = location
                             continue
@@ -191,6 +191,13 @@ class Upstream:
             return UpstreamUnavailable(f"GitLab answered {status}")
         # Object storage answers for itself: its status is not GitLab's.
         return UpstreamError(f"upstream answered {status}")
+
+
+def is_listed_host(url: yarl.URL, hosts: tuple[str, ...]) -> bool:
+    """True for an http(s) URL whose host, or host:port, is one of `hosts`."""
+    if url.scheme not in ("http", "https") or not url.host:
+        return False
+    return url.host in hosts or f"{url.host}:{url.port}" in hosts
 
 
 def message_of(body: bytes, status: int) -> str:

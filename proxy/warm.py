@@ -1,0 +1,528 @@
+"""`warm`: fill the cache while online, from requirements resolved by pip or from a whole scope."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit
+
+import aiohttp
+from aiohttp import web
+from packaging.requirements import InvalidRequirement, Requirement
+from rich.console import Console
+from rich.filesize import decimal
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from . import keys
+from .app import create_app
+from .config import Settings
+from .errors import ProxyError
+from .files import Fill, FillState
+from .scope import Scope
+from .simple import Distribution, is_sha256, normalize, version_of
+from .simple_html import PageParseError, parse_index_page, parse_project_page
+
+# Enough to keep pip's ERROR lines without flooding the summary.
+_REASON_LINES = 6
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One environment pip resolves for; None means the running interpreter's own."""
+
+    python_version: str | None = None
+    platform: str | None = None
+    implementation: str | None = None
+    abis: tuple[str, ...] = ()
+
+    def pip_args(self) -> list[str]:
+        args: list[str] = []
+        if self.python_version:
+            args += ["--python-version", self.python_version]
+        if self.platform:
+            args += ["--platform", self.platform]
+        if self.implementation:
+            args += ["--implementation", self.implementation]
+        for abi in self.abis:
+            args += ["--abi", abi]
+        return args
+
+    @property
+    def restricted(self) -> bool:
+        return bool(self.pip_args())
+
+    def describe(self) -> str:
+        parts = [
+            f"python {self.python_version}" if self.python_version else "",
+            self.platform or "",
+            self.implementation or "",
+            "/".join(self.abis),
+        ]
+        return ", ".join(p for p in parts if p) or "this interpreter"
+
+
+def targets_of(args: argparse.Namespace) -> list[Target]:
+    """Every combination of the target flags; ABIs go together, pip picks among them."""
+    return [
+        Target(python, platform, implementation, tuple(args.abi or ()))
+        for python, platform, implementation in itertools.product(
+            args.python_version or [None], args.platform or [None], args.implementation or [None]
+        )
+    ]
+
+
+def parse_scope(text: str) -> Scope:
+    """A scope argument, or ValueError saying what is wrong with it."""
+    try:
+        return Scope.from_text(text)
+    except ProxyError as e:
+        raise ValueError(f"{text!r}: {e.message}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("scope", help="projects/ID or groups/ID (a path or a numeric id)")
+    parser.add_argument("requirements", nargs="*", help="requirement strings, e.g. 'foo>=1.2'")
+    parser.add_argument(
+        "-r", "--requirement", action="append", type=Path, default=[], help="requirements file"
+    )
+    for flag, what in [
+        ("--python-version", "e.g. 3.11"),
+        ("--platform", "e.g. manylinux2014_x86_64, win_amd64"),
+        ("--implementation", "e.g. cp, pp"),
+        ("--abi", "e.g. cp311, abi3"),
+    ]:
+        parser.add_argument(flag, action="append", help=f"target environment ({what}); repeatable")
+    parser.add_argument("--all", action="store_true", help="every file of every package in scope")
+    parser.add_argument(
+        "--package",
+        action="append",
+        type=_requirement,
+        default=[],
+        help="with --all: only this package, optionally with a version specifier ('foo>=1.2')",
+    )
+    parser.add_argument("--only-binary", action="store_true", help="wheels only, no sdists")
+    parser.add_argument("--jobs", type=_positive, default=4, help="concurrent downloads")
+
+
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse combinations that could only do nothing or something else than asked."""
+    try:
+        args.scope = parse_scope(args.scope)
+    except ValueError as e:
+        parser.error(str(e))
+    wants_resolve = bool(args.requirements or args.requirement)
+    if not (wants_resolve or args.all):
+        parser.error("warm needs requirements (-r FILE or 'name>=1.0') or --all")
+    if args.package and not args.all:
+        parser.error("--package filters --all; for requirements, name them directly")
+    if not wants_resolve and any(t.restricted for t in targets_of(args)):
+        parser.error("--python-version/--platform/--implementation/--abi shape requirements")
+    for path in args.requirement:
+        if not path.is_file():
+            parser.error(f"-r {path}: no such file")
+
+
+def _requirement(text: str) -> Requirement:
+    try:
+        return Requirement(text)
+    except InvalidRequirement as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+@dataclass
+class Tally:
+    """What this run did with each file, by sha256, as seen by the proxy serving it."""
+
+    fills: dict[str, Fill] = field(default_factory=dict)
+    present: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def add_fill(self, fill: Fill) -> None:
+        # A retry after a failed fill replaces it: the last attempt is the outcome.
+        self.fills[fill.sha256] = fill
+
+    @property
+    def fetched(self) -> dict[str, int]:
+        return {sha: f.written for sha, f in self.fills.items() if f.state is FillState.DONE}
+
+    def bytes_fetched(self) -> int:
+        return sum(fill.written for fill in self.fills.values())
+
+    def files_done(self) -> int:
+        finished = {sha for sha, f in self.fills.items() if f.state is not FillState.RUNNING}
+        return len(finished | set(self.present))
+
+    def settle(self) -> None:
+        """Turn failed fills into named failures; a file fetched is not also 'already there'."""
+        for fill in self.fills.values():
+            if fill.state is not FillState.DONE:
+                reason = fill.error.message if fill.error else "download did not complete"
+                self.failed.setdefault(fill.filename, reason)
+        for sha in self.fetched:
+            self.present.pop(sha, None)
+
+
+class Warmer:
+    """Drives pip and direct downloads against an in-process proxy, counting what they cause."""
+
+    def __init__(self, app: web.Application, scope: Scope, jobs: int, *, resolving: bool) -> None:
+        self.app = app
+        self.scope = scope
+        # pip's files are not known ahead, so with requirements there is no total to show.
+        self.resolving = resolving
+        self.jobs = asyncio.Semaphore(jobs)
+        self.tally = Tally()
+        self.total: int | None = None
+        self.index_url = ""
+        self.files_url = ""
+        self._session: aiohttp.ClientSession | None = None
+
+    def connect(self, base_url: str, session: aiohttp.ClientSession) -> None:
+        """Where the proxy listens, once it does."""
+        self.index_url = f"{base_url}/api/v4/{self.scope.api_prefix}/simple/"
+        self.files_url = f"{base_url}/api/v4/{self.scope.api_prefix}/files/"
+        self._session = session
+        self.app[keys.FILES].fill_observers.append(self.tally.add_fill)
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "connect() first"
+        return self._session
+
+    async def record(self, request: web.Request, response: web.StreamResponse) -> None:
+        """on_response_prepare: every file the proxy answers from the cache."""
+        sha256 = response.headers.get("X-Checksum-Sha256")
+        if sha256 is None:
+            return
+        # Fills are counted as they start (see connect); here only hits.
+        blob = self.app[keys.FILES].known.get(sha256)
+        if response.headers.get("X-Cache") == "HIT" and blob is not None:
+            self.tally.present[sha256] = blob.size
+
+    async def index(self) -> None:
+        """The scope's index page, so the offline side can list it too."""
+        status, body = await self._get(self.index_url)
+        if status != 200:
+            self.tally.failed["index page"] = _message(status, body)
+
+    async def resolve(
+        self, target: Target, requirements: list[str], files: list[Path], only_binary: bool
+    ) -> None:
+        """pip resolves for `target` through the proxy, then every file it chose is made sure of."""
+        async with self.jobs:
+            chosen = await self._pip(target, requirements, files, only_binary)
+        if chosen is None:
+            return
+        through_proxy = []
+        for url, sha256, filename in chosen:
+            if url.startswith(self.files_url) and is_sha256(sha256):
+                through_proxy.append(self.ensure(sha256, filename))
+            else:
+                self.tally.failed[filename] = (
+                    f"pip was sent elsewhere for it ({_host(url)}): GitLab forwards this name; "
+                    "set upstream.forwarding = 'cache' and forward_hosts to mirror it"
+                )
+        await asyncio.gather(*through_proxy)
+
+    async def mirror(self, packages: list[Requirement], only_binary: bool) -> None:
+        """Every file of every package (or of `packages`) the scope's pages list."""
+        if packages:
+            wanted = {normalize(p.name): p for p in packages}
+        else:
+            status, body = await self._get(self.index_url)
+            if status != 200:
+                self.tally.failed["index page"] = _message(status, body)
+                return
+            wanted = {normalize(n): Requirement(n) for n in parse_index_page(body).projects}
+        pages = await asyncio.gather(*(self._files_of(req, only_binary) for req in wanted.values()))
+        dists = [d for page in pages for d in page]
+        if not self.resolving:
+            self.total = len({d.sha256 for d in dists})
+        await asyncio.gather(*(self.ensure(d.sha256 or "", d.filename) for d in dists))
+
+    async def ensure(self, sha256: str, filename: str) -> None:
+        """The file in the cache: already there, or fetched through the proxy now."""
+        files = self.app[keys.FILES]
+        blob = files.hit(sha256, filename)
+        if blob is not None:
+            self.tally.present.setdefault(sha256, blob.size)
+            return
+        url = f"{self.files_url}{sha256}/{quote(filename, safe='')}"
+        async with self.jobs:
+            try:
+                async with self.session.get(url) as resp:
+                    if resp.status != 200:
+                        self.tally.failed[filename] = _message(resp.status, await resp.read())
+                        return
+                    async for _ in resp.content.iter_chunked(256 * 1024):
+                        pass
+            except aiohttp.ClientError:
+                # The proxy cut the download: the fill failed, and settle() names its reason.
+                if sha256 not in self.tally.fills:
+                    self.tally.failed[filename] = "the download was cut"
+
+    async def _files_of(self, req: Requirement, only_binary: bool) -> list[Distribution]:
+        name = normalize(req.name)
+        status, body = await self._get(f"{self.index_url}{name}/")
+        if status != 200:
+            self.tally.failed[f"page {name}"] = _message(status, body)
+            return []
+        try:
+            project = parse_project_page(body, f"{self.index_url}{name}/", name)
+        except PageParseError:
+            self.tally.failed[f"page {name}"] = "not a simple page"
+            return []
+        chosen = []
+        for dist in project.files:
+            version = version_of(dist.filename)
+            if dist.sha256 is None or not is_sha256(dist.sha256) or version is None:
+                continue
+            if only_binary and not dist.is_wheel:
+                continue
+            if req.specifier and not req.specifier.contains(version, prereleases=True):
+                continue
+            chosen.append(dist)
+        return chosen
+
+    async def _get(self, url: str) -> tuple[int, bytes]:
+        # Not followed: a redirect means GitLab forwards the name, which --all cannot mirror.
+        async with self.jobs, self.session.get(url, allow_redirects=False) as resp:
+            return resp.status, await resp.read()
+
+    async def _pip(
+        self, target: Target, requirements: list[str], files: list[Path], only_binary: bool
+    ) -> list[tuple[str, str, str]] | None:
+        """(url, sha256, filename) of every file pip resolved, or None when it failed."""
+        with tempfile.TemporaryDirectory(prefix="gitlab-pypi-proxy-warm-") as tmp:
+            report = Path(tmp) / "report.json"
+            args = [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--dry-run",
+                "--ignore-installed",
+                "--isolated",
+                "--no-cache-dir",
+                "--disable-pip-version-check",
+                "--no-input",
+                "--progress-bar",
+                "off",
+                "--quiet",
+                "--report",
+                str(report),
+                "--index-url",
+                self.index_url,
+                *target.pip_args(),
+                # pip only resolves for another environment from wheels.
+                *(["--only-binary", ":all:"] if only_binary or target.restricted else []),
+                *itertools.chain.from_iterable(("-r", str(f)) for f in files),
+                *requirements,
+            ]
+            proc = await asyncio.create_subprocess_exec(
+                *args,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+                env=_pip_env(),
+            )
+            _, err = await proc.communicate()
+            if proc.returncode != 0:
+                self.tally.failed[f"resolving for {target.describe()}"] = _pip_reason(err)
+                return None
+            data = json.loads(await asyncio.to_thread(report.read_text, encoding="utf-8"))
+        return list(_report_files(data))
+
+
+def _report_files(report: object) -> Iterator[tuple[str, str, str]]:
+    """(url, sha256, filename) of the files in a pip installation report."""
+    installs = report.get("install", []) if isinstance(report, dict) else []
+    for item in installs:
+        url = str(item.get("download_info", {}).get("url", ""))
+        head, _, filename = url.rpartition("/")
+        yield url, head.rpartition("/")[2], unquote(filename)
+
+
+def _host(url: str) -> str:
+    return urlsplit(url).netloc or "another host"
+
+
+def _pip_env() -> dict[str, str]:
+    """This environment without pip's own config: only the proxy is an index for this pip."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env["PIP_CONFIG_FILE"] = os.devnull
+    # The proxy is on loopback: no HTTP proxy from the environment may stand in between.
+    env["NO_PROXY"] = env["no_proxy"] = ",".join(
+        filter(None, [env.get("NO_PROXY") or env.get("no_proxy"), "127.0.0.1"])
+    )
+    return env
+
+
+def _pip_reason(stderr: bytes) -> str:
+    lines = [line.strip() for line in stderr.decode(errors="replace").splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("ERROR")] or lines
+    return " / ".join(errors[-_REASON_LINES:]) or "pip failed"
+
+
+def _message(status: int, body: bytes) -> str:
+    if status in (301, 302, 303, 307, 308):
+        return (
+            "GitLab forwards this name to the public index; set upstream.forwarding = 'cache'"
+            " and forward_hosts to mirror it"
+        )
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("message"), str):
+        return f"{status}: {data['message'][:300]}"
+    return f"HTTP {status}"
+
+
+class _BytesColumn(ProgressColumn):
+    """Bytes fetched from upstream so far, and the rate since the start."""
+
+    def render(self, task: Task) -> Text:
+        fetched = int(task.fields.get("fetched", 0))
+        elapsed = task.elapsed or 0.0
+        rate = fetched / elapsed if elapsed > 0 else 0.0
+        return Text(f"{decimal(fetched)} at {decimal(int(rate))}/s", style="progress.download")
+
+
+@contextlib.asynccontextmanager
+async def _served(app: web.Application) -> AsyncIterator[str]:
+    """The proxy itself on a free loopback port, for pip and for the direct downloads."""
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        server = site._server
+        assert server is not None
+        port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def _tick(progress: Progress, task: TaskID, warmer: Warmer) -> None:
+    while True:
+        tally = warmer.tally
+        progress.update(
+            task,
+            completed=tally.files_done(),
+            total=warmer.total,
+            fetched=tally.bytes_fetched(),
+        )
+        await asyncio.sleep(0.2)
+
+
+async def warm(settings: Settings, args: argparse.Namespace) -> Tally:
+    """Run the warm-up `args` asks for through an in-process proxy; return what it did."""
+    # The warm-up authenticates as the proxy: there is no client to pass credentials on.
+    settings = dataclasses.replace(
+        settings, upstream=dataclasses.replace(settings.upstream, credentials="inject")
+    )
+    console = Console(stderr=True)
+    progress = Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("files"),
+        _BytesColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    resolving = bool(args.requirements or args.requirement)
+    app = create_app(settings)
+    warmer = Warmer(app, args.scope, args.jobs, resolving=resolving)
+    app.on_response_prepare.append(warmer.record)
+    with progress:
+        task = progress.add_task(args.scope.key, total=None, fetched=0)
+        async with (
+            _served(app) as url,
+            aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, sock_read=settings.upstream.timeout * 4),
+                trust_env=False,
+            ) as session,
+        ):
+            warmer.connect(url, session)
+            ticker = asyncio.create_task(_tick(progress, task, warmer))
+            try:
+                await warmer.index()
+                jobs = []
+                if resolving:
+                    jobs += [
+                        warmer.resolve(t, args.requirements, args.requirement, args.only_binary)
+                        for t in targets_of(args)
+                    ]
+                if args.all:
+                    jobs.append(warmer.mirror(args.package, args.only_binary))
+                await asyncio.gather(*jobs)
+            finally:
+                ticker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await ticker
+        # The proxy has stopped, so every fill it ran has ended one way or the other.
+        warmer.tally.settle()
+        done = warmer.tally.files_done()
+        progress.update(task, completed=done, total=done, fetched=warmer.tally.bytes_fetched())
+    return warmer.tally
+
+
+def summary(tally: Tally, scope: Scope) -> Table:
+    fetched = tally.fetched
+    table = Table(title=f"warm-up of {scope.key}")
+    table.add_column("")
+    table.add_column("files", justify="right")
+    table.add_column("size", justify="right")
+    table.add_row("fetched", str(len(fetched)), decimal(sum(fetched.values())))
+    table.add_row("already there", str(len(tally.present)), decimal(sum(tally.present.values())))
+    table.add_row("failed", str(len(tally.failed)), "")
+    total = sum(fetched.values()) + sum(tally.present.values())
+    table.add_row("total", str(len(fetched) + len(tally.present)), decimal(total))
+    return table
+
+
+def main(settings: Settings, args: argparse.Namespace) -> int:
+    if settings.cache.offline:
+        print(
+            "gitlab-pypi-proxy: warm needs the network, and cache.offline is set", file=sys.stderr
+        )
+        return 2
+    started = time.monotonic()
+    tally = asyncio.run(warm(settings, args))
+    Console().print(summary(tally, args.scope))
+    elapsed = time.monotonic() - started
+    print(f"took {elapsed:.1f}s")
+    for what, why in sorted(tally.failed.items()):
+        print(f"failed: {what}: {why}", file=sys.stderr)
+    return 1 if tally.failed else 0
