@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import getpass
 import logging
+import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from aiohttp import web
 
+from .access import hash_token
 from .app import create_app
 from .config import ConfigError, Settings, load_settings
 from .log import setup_logging
@@ -34,7 +37,32 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--offline", action="store_true", help="never contact upstream (cache.offline)"
     )
+    hash_cmd = commands.add_parser(
+        "hash-token",
+        help="print the access.tokens_file line for a token read from stdin (or a new one)",
+    )
+    hash_cmd.add_argument(
+        "--generate",
+        action="store_true",
+        help="make a new random token, print it on stderr and its hash line on stdout",
+    )
     return parser
+
+
+def hash_token_command(generate: bool) -> int:
+    """Read a token (never from argv, where `ps` shows it) and print its tokens-file line."""
+    if generate:
+        token = secrets.token_urlsafe(32)
+        print(f"token: {token}", file=sys.stderr)
+    elif sys.stdin.isatty():
+        token = getpass.getpass("token: ")
+    else:
+        token = sys.stdin.readline().strip()
+    if not token:
+        print("gitlab-pypi-proxy: hash-token: no token given", file=sys.stderr)
+        return 2
+    print(hash_token(token))
+    return 0
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -61,8 +89,13 @@ def serve(settings: Settings) -> int:
         settings.upstream.url,
         settings.cache.dir,
     )
+    try:
+        app = create_app(settings)
+    except ConfigError as e:
+        print(f"gitlab-pypi-proxy: config error: {e}", file=sys.stderr)
+        return 2
     web.run_app(
-        create_app(settings),
+        app,
         host=settings.server.host,
         port=settings.server.port,
         print=None,
@@ -73,6 +106,8 @@ def serve(settings: Settings) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "hash-token":
+        return hash_token_command(args.generate)
     try:
         settings = _settings(args)
     except ConfigError as e:

@@ -191,11 +191,13 @@ class Upload:
     failure: ProxyError | None = None
 
     async def body(self) -> AsyncIterator[bytes]:
-        """The request body as it arrives, checked before each chunk goes upstream.
+        """The request body as it arrives, checked before it goes upstream.
 
-        The chunk that completes the closing boundary goes out only once the whole body has
-        checked out, so GitLab never receives a complete body the proxy refused.
+        Each chunk goes out only once the next one has arrived, and the last one only once the
+        whole body has checked out: a body the proxy refuses, or a client that goes away, always
+        leaves GitLab with an incomplete request, never a complete one to accept.
         """
+        pending = b""
         try:
             while True:
                 try:
@@ -208,19 +210,21 @@ class Upload:
                 if self.limit and self.received > self.limit:
                     raise _too_large(self.limit)
                 self.scanner.feed(chunk)
-                if self.scanner.done:
-                    self.scanner.check()
-                yield chunk
-            if self.request.content.exception() is not None:
-                raise ClientGone("the client went away mid-upload")
+                if pending:
+                    yield pending
+                pending = chunk
             expected = self.request.content_length
-            if expected is not None and self.received < expected:
+            if self.request.content.exception() is not None or (
+                expected is not None and self.received < expected
+            ):
                 raise ClientGone("the client went away mid-upload")
             self.scanner.check()
         except ProxyError as e:
             # Raised into aiohttp's writer, which then cuts the connection to GitLab.
             self.failure = e
             raise
+        if pending:
+            yield pending
 
 
 def _too_large(limit: int) -> PayloadTooLarge:
