@@ -82,6 +82,11 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def serve(settings: Settings) -> int:
     setup_logging(settings.server.log_format, [settings.upstream.token])
+    try:
+        app = create_app(settings)
+    except ConfigError as e:
+        print(f"gitlab-pypi-proxy: config error: {e}", file=sys.stderr)
+        return 2
     log.info(
         "gitlab-pypi-proxy serving http://%s:%d/ in front of %s, cache in %s",
         settings.server.host,
@@ -89,11 +94,6 @@ def serve(settings: Settings) -> int:
         settings.upstream.url,
         settings.cache.dir,
     )
-    try:
-        app = create_app(settings)
-    except ConfigError as e:
-        print(f"gitlab-pypi-proxy: config error: {e}", file=sys.stderr)
-        return 2
     web.run_app(
         app,
         host=settings.server.host,
