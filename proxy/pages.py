@@ -33,6 +33,7 @@ from .upstream import PageAnswer, Upstream, message_of
 log = logging.getLogger(__name__)
 
 CacheState = Literal["HIT", "MISS", "STALE"]
+MAX_PRIVATE_PAGES = 2_000
 Model = Project | Index
 
 
@@ -80,6 +81,10 @@ class PageCache:
         self.fresh: TTLCache[str, CachedPage] = TTLCache(
             maxsize=20_000, ttl=settings.cache.index_ttl, timer=time.time
         )
+        # Group pages as one client's credentials see them: many per-job tokens in CI, so fewer.
+        self.private: TTLCache[str, CachedPage] = TTLCache(
+            maxsize=MAX_PRIVATE_PAGES, ttl=settings.cache.index_ttl, timer=time.time
+        )
         self._inflight: dict[str, asyncio.Future[CachedPage]] = {}
 
     def freshness_left(self, page: CachedPage) -> int:
@@ -121,7 +126,9 @@ class PageCache:
             if decision is not None and not decision.allowed:
                 raise decision.error()
             trusted = decision is not None
-        page = self.fresh.get(key) if trusted else None
+        shared = view == scope.key
+        memory = self.fresh if shared else self.private
+        page = memory.get(key) if trusted else None
         if page is not None:
             return PageResult(page, "HIT")
         # An untrusted client asks GitLab itself; it must not ride on another client's answer.
@@ -129,10 +136,12 @@ class PageCache:
         try:
             page = await self._single_flight(
                 flight,
-                lambda: self._fetch(scope, key, url, caller, parse, forwarding=forwarding),
+                lambda: self._fetch(
+                    scope, key, url, caller, parse, forwarding=forwarding, shared=shared
+                ),
             )
         except (UpstreamUnavailable, UpstreamTimeout, UpstreamError) as e:
-            stored = await self._stored(key) if trusted else None
+            stored = await self._stored(key) if trusted and shared else None
             if stored is None:
                 raise
             log.warning("serving %s stale: %s", key, e.message)
@@ -159,6 +168,7 @@ class PageCache:
         parse: Callable[[PageAnswer], Model],
         *,
         forwarding: bool,
+        shared: bool,
     ) -> CachedPage:
         answer = await self.upstream.get_page(url, caller.authorization)
         message = message_of(answer.body, answer.status)
@@ -174,12 +184,14 @@ class PageCache:
         except PageParseError as e:
             raise UpstreamError("GitLab sent a page that is not a simple index") from e
         page = CachedPage(model, time.time())
-        self.fresh[key] = page
         if isinstance(model, Project):
             self.gate.listed(caller.view(scope), (f.sha256 for f in model.files if f.sha256))
-        # A client's own group view is kept in memory only: no per-user copies on disk.
-        if key.startswith(f"{scope.key}:"):
-            await self.store.put_page(key, json.dumps(_to_dict(model)), page.fetched_at)
+        if not shared:
+            # A client's own group view is kept in memory only: no per-user copies on disk.
+            self.private[key] = page
+            return page
+        self.fresh[key] = page
+        await self.store.put_page(key, json.dumps(_to_dict(model)), page.fetched_at)
         return page
 
     def _judge(
@@ -198,8 +210,9 @@ class PageCache:
         The proxy cannot know which groups hold a project, nor which ids alias it, without
         asking GitLab; dropping the name everywhere is cheap, since uploads are rare.
         """
-        for key in [k for k in list(self.fresh.keys()) if k.partition(":")[2] in ("", name)]:
-            self.fresh.pop(key, None)
+        for memory in (self.fresh, self.private):
+            for key in [k for k in list(memory.keys()) if k.partition(":")[2] in ("", name)]:
+                memory.pop(key, None)
         await self.store.delete_pages_named(name)
 
     def _forwarded(self, location: yarl.URL) -> ProxyError:

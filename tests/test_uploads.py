@@ -144,8 +144,8 @@ async def test_duplicates_become_409_and_what_each_client_makes_of_it(
     assert "UnsupportedConfiguration" in skipped.stdout + skipped.stderr
     assert len(gitlab.requests) == before
 
-    # The proxy's 409 is what twine's own skip test (used by twine < 6.1, poetry and pdm alike)
-    # reads as "already exists"; GitLab's 400 is not.
+    # twine's own skip test, which twine < 6.2 ran for any index with --skip-existing, reads
+    # the proxy's 409 as "already exists"; GitLab's 400 it does not.
     def post(base: str) -> requests.Response:
         # requests blocks, and the servers live on this thread's event loop.
         return requests.post(
@@ -423,3 +423,29 @@ async def test_inject_upload_credentials_use_the_proxys_token(
     assert uploads(gitlab) == [201]
     proxy_auth = "Basic " + base64.b64encode(f"proxy:{TOKEN}".encode()).decode()
     assert gitlab.requests[-1].headers["Authorization"] == proxy_auth
+
+
+@pytest.mark.parametrize(("length", "expected"), [(10_000_000, b" 413 "), (len(GOOD), b" 100 ")])
+async def test_expect_100_continue_is_refused_or_granted_before_the_body(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory, length: int, expected: bytes
+) -> None:
+    proxy = await make_proxy(upstream={"max_upload_size": 4096})
+    host, port = proxy.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        (
+            f"POST {UPLOAD} HTTP/1.1\r\nHost: x\r\nAuthorization: {basic(TOKEN)}\r\n"
+            "Content-Type: multipart/form-data; boundary=xyz\r\n"
+            f"Content-Length: {length}\r\nExpect: 100-continue\r\n\r\n"
+        ).encode()
+    )
+    status_line = await asyncio.wait_for(reader.readline(), 10)
+    assert expected in status_line
+    if expected == b" 100 ":
+        await reader.readline()
+        writer.write(GOOD)
+        while (line := await reader.readline()) == b"\r\n":
+            pass
+        assert b" 201 " in line
+    writer.close()
+    assert uploads(gitlab) == ([201] if expected == b" 100 " else [])
