@@ -209,3 +209,27 @@ async def test_odd_credentials_are_a_clear_400_never_sent_nor_logged(
     for leaked in ("glpat-", "secret", header.partition(" ")[2]):
         assert leaked not in caplog.text
         assert leaked.encode() not in body
+
+
+async def test_cached_file_for_a_new_client_is_checked_with_gitlab_first(
+    gitlab: FakeGitLab, passthrough: RunningProxy
+) -> None:
+    gitlab.object_storage = True
+    wheel = gitlab.add_wheel(42, "corp-util", "1.0.0")
+    url = file_url(passthrough, "projects/42/packages/pypi", wheel.sha256, wheel.filename)
+    status, headers, body = await get(url, ALICE)
+    assert (status, headers["X-Cache"], body) == (200, "MISS", wheel.content)
+    objects = gitlab.counts["object"]
+    # Carol never asked for a page: GitLab is asked about her and this file (a HEAD, answered
+    # with the object-storage redirect, which is not followed), then the cache serves her.
+    before = len(gitlab.requests)
+    status, headers, body = await get(url, CAROL)
+    assert (status, headers["X-Cache"], body) == (200, "HIT", wheel.content)
+    asked = gitlab.requests[before:]
+    assert [(r.method, r.status) for r in asked] == [("HEAD", 302)]
+    assert asked[0].headers["Authorization"] == basic(CAROL)
+    assert gitlab.counts["object"] == objects
+    # Bob is asked about the same way, and refused.
+    status, _, body = await get(url, BOB)
+    assert status == 404
+    assert wheel.content[:64] not in body
