@@ -320,22 +320,23 @@ async def test_good_handmade_body_is_accepted(gitlab: FakeGitLab, proxy: Running
 async def test_client_gone_mid_upload_is_never_a_success(
     gitlab: FakeGitLab, proxy: RunningProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
-    head = GOOD[: len(GOOD) // 2]
-    request = (
+    head = (
         f"POST {UPLOAD} HTTP/1.1\r\nHost: x\r\nAuthorization: {basic(TOKEN)}\r\n"
         "Content-Type: multipart/form-data; boundary=xyz\r\n"
         f"Content-Length: {len(GOOD) + 100_000}\r\n\r\n"
-    ).encode() + head
+    ).encode()
     host, port = proxy.url.removeprefix("http://").split(":")
     with caplog.at_level(logging.INFO):
         _, writer = await asyncio.open_connection(host, int(port))
-        writer.write(request)
-        await writer.drain()
-        # Wait until GitLab has the half-sent request open, then vanish.
-        for _ in range(200):
+        writer.write(head)
+        # Piece by piece, until GitLab has the half-sent request open; then vanish.
+        for piece in (GOOD[i : i + 64] for i in range(0, len(GOOD) // 2, 64)):
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0.02)
             if uploads(gitlab):
                 break
-            await asyncio.sleep(0.01)
+        assert uploads(gitlab) == [0], "GitLab should have the upload open, unanswered"
         writer.transport.abort()
         for _ in range(200):
             if "went away" in caplog.text:
