@@ -10,6 +10,8 @@ import aiohttp
 from aiohttp import web
 
 from . import handlers, keys
+from .access import AccessGuard, access_middleware
+from .auth import Gatekeeper
 from .blobs import BlobStore
 from .config import Settings
 from .errors import error_middleware
@@ -22,8 +24,11 @@ DB_NAME = "index.sqlite3"
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[error_middleware])
+    """The application; raises ConfigError when the access tokens file is unusable."""
+    guard = AccessGuard(settings.access)
+    app = web.Application(middlewares=[error_middleware, access_middleware(guard)])
     app[keys.SETTINGS] = settings
+    app[keys.ACCESS] = guard
     app.cleanup_ctx.append(_resources)
     handlers.add_routes(app)
     return app
@@ -50,7 +55,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[keys.BLOBS] = blobs
     app[keys.UPSTREAM] = upstream
     app[keys.FILES] = files
-    app[keys.PAGES] = PageCache(settings, upstream, store)
+    gate = Gatekeeper(settings.upstream, upstream)
+    app[keys.GATE] = gate
+    app[keys.PAGES] = PageCache(settings, upstream, store, gate)
     flusher = asyncio.create_task(files.run_access_flusher())
     try:
         yield

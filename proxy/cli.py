@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import getpass
 import logging
+import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +14,7 @@ from pathlib import Path
 from aiohttp import web
 
 from . import bundle, warm
+from .access import hash_token
 from .app import create_app
 from .config import ConfigError, Settings, load_settings
 from .log import setup_logging
@@ -46,7 +49,32 @@ def _parser() -> argparse.ArgumentParser:
     import_ = commands.add_parser("import", help="merge a bundle into the cache, verified")
     import_.add_argument("--config", type=Path, dest="sub_config", help="TOML config file")
     bundle.add_import_arguments(import_)
+    hash_cmd = commands.add_parser(
+        "hash-token",
+        help="print the access.tokens_file line for a token read from stdin (or a new one)",
+    )
+    hash_cmd.add_argument(
+        "--generate",
+        action="store_true",
+        help="make a new random token, print it on stderr and its hash line on stdout",
+    )
     return parser
+
+
+def hash_token_command(generate: bool) -> int:
+    """Read a token (never from argv, where `ps` shows it) and print its tokens-file line."""
+    if generate:
+        token = secrets.token_urlsafe(32)
+        print(f"token: {token}", file=sys.stderr)
+    elif sys.stdin.isatty():
+        token = getpass.getpass("token: ")
+    else:
+        token = sys.stdin.readline().strip()
+    if not token:
+        print("gitlab-pypi-proxy: hash-token: no token given", file=sys.stderr)
+        return 2
+    print(hash_token(token))
+    return 0
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -66,6 +94,11 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def serve(settings: Settings) -> int:
     setup_logging(settings.server.log_format, [settings.upstream.token])
+    try:
+        app = create_app(settings)
+    except ConfigError as e:
+        print(f"gitlab-pypi-proxy: config error: {e}", file=sys.stderr)
+        return 2
     log.info(
         "gitlab-pypi-proxy serving http://%s:%d/ in front of %s, cache in %s",
         settings.server.host,
@@ -74,7 +107,7 @@ def serve(settings: Settings) -> int:
         settings.cache.dir,
     )
     web.run_app(
-        create_app(settings),
+        app,
         host=settings.server.host,
         port=settings.server.port,
         print=None,
@@ -86,6 +119,8 @@ def serve(settings: Settings) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "hash-token":
+        return hash_token_command(args.generate)
     if args.command == "warm":
         warm.check_arguments(parser, args)
     try:

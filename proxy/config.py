@@ -215,6 +215,11 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(
             "upstream.forward_hosts: must name the public index's hosts when forwarding = 'cache'"
         )
+    if settings.access.tokens_file and up.credentials != "inject":
+        raise ConfigError(
+            "access.tokens_file: needs upstream.credentials = 'inject'; clients' Authorization "
+            "then carries the proxy's access token, which must never go to GitLab"
+        )
     for scope in settings.access.allow:
         if not re.match(r"^(projects|groups)/[^/]+$", scope):
             raise ConfigError(f"access.allow: {scope!r} is not 'projects/ID' or 'groups/ID'")

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import aiohttp
 import yarl
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
 IMMUTABLE = "public, max-age=31536000, immutable"
+# A file GitLab gave to one client's credentials: no shared HTTP cache may hand it to others.
+PRIVATE_IMMUTABLE = "private, max-age=31536000, immutable"
 ACCESS_FLUSH_SECONDS = 30.0
 
 
@@ -91,6 +94,16 @@ class Fill:
             return self.written
         # Holding one byte back means no client ever completes a file that then fails to verify.
         return max(0, self.written - 1)
+
+
+class Admission(Protocol):
+    """Whether one client may have a file the cache holds or is fetching for someone else."""
+
+    async def admit(self) -> None:
+        """Return if GitLab lets this client have the file, else raise GitLab's answer."""
+
+    def answered(self, error: ProxyError | None) -> None:
+        """GitLab's answer to this client's own download: None for a 200."""
 
 
 class FileCache:
@@ -168,16 +181,36 @@ class FileCache:
         filename: str,
         source: yarl.URL,
         authorization: str | None,
+        admission: Admission | None = None,
     ) -> web.StreamResponse:
-        """Serve a file: from the cache when verified there, else through one shared fill."""
+        """Serve a file: from the cache when verified there, else through one shared fill.
+
+        With an `admission`, bytes fetched for anyone else reach this client only once it is
+        admitted; a fill it starts itself is GitLab's answer to its own credentials.
+        """
+        private = admission is not None
+        if admission is not None and (
+            self.hit(sha256, filename) is not None or sha256 in self.fills
+        ):
+            await admission.admit()
         blob = self.hit(sha256, filename)
         if blob is not None:
-            return await self._respond_hit(request, sha256, blob)
+            return await self._respond_hit(request, sha256, blob, private=private)
         if self.upstream.offline:
             raise Offline()
         fill = self.fills.get(sha256)
         if fill is None:
             fill = self._start_fill(sha256, filename, source, authorization)
+            if admission is not None:
+                while not fill.started and fill.state is FillState.RUNNING:
+                    await fill.changed()
+                admission.answered(None if fill.started else fill.error)
+                # The fill ran on while this waited: it may be over, its temp file gone.
+                if fill.state is FillState.FAILED:
+                    raise fill.error or UpstreamError(f"fill of {filename} failed")
+                blob = self.hit(sha256, filename)
+                if fill.state is FillState.DONE and blob is not None:
+                    return await self._respond_hit(request, sha256, blob, private=private)
         if request.http_range.start is not None or request.http_range.stop is not None:
             # A range read needs the whole verified file; wait, then answer it like a hit.
             while fill.state is FillState.RUNNING:
@@ -186,22 +219,22 @@ class FileCache:
                 raise fill.error
             blob = self.known.get(sha256)
             if blob is not None:
-                return await self._respond_hit(request, sha256, blob)
-        return await self._respond_fill(request, fill)
+                return await self._respond_hit(request, sha256, blob, private=private)
+        return await self._respond_fill(request, fill, private=private)
 
-    def _headers(self, sha256: str, filename: str) -> dict[str, str]:
+    def _headers(self, sha256: str, filename: str, *, private: bool) -> dict[str, str]:
         return {
-            hdrs.CACHE_CONTROL: IMMUTABLE,
+            hdrs.CACHE_CONTROL: PRIVATE_IMMUTABLE if private else IMMUTABLE,
             hdrs.CONTENT_TYPE: "application/octet-stream",
             hdrs.CONTENT_DISPOSITION: f'attachment; filename="{filename}"',
             "X-Checksum-Sha256": sha256,
         }
 
     async def _respond_hit(
-        self, request: web.Request, sha256: str, blob: KnownBlob
+        self, request: web.Request, sha256: str, blob: KnownBlob, *, private: bool
     ) -> web.StreamResponse:
         self.accessed[sha256] = time.time()
-        headers = self._headers(sha256, blob.filename)
+        headers = self._headers(sha256, blob.filename, private=private)
         headers["X-Cache"] = "HIT"
         conditional = (
             request.http_range.start is not None
@@ -282,7 +315,9 @@ class FileCache:
                 fill.fail(UpstreamError(f"fill of {fill.filename} was interrupted"))
             self.fills.pop(fill.sha256, None)
 
-    async def _respond_fill(self, request: web.Request, fill: Fill) -> web.StreamResponse:
+    async def _respond_fill(
+        self, request: web.Request, fill: Fill, *, private: bool
+    ) -> web.StreamResponse:
         # Opened before any await, so a rename or a failed fill's unlink cannot race it.
         reader = fill.path.open("rb")
         try:
@@ -290,7 +325,7 @@ class FileCache:
                 await fill.changed()
             if fill.error is not None and fill.written == 0:
                 raise fill.error
-            headers = self._headers(fill.sha256, fill.filename)
+            headers = self._headers(fill.sha256, fill.filename, private=private)
             headers["X-Cache"] = "MISS"
             response = web.StreamResponse(headers=headers)
             if fill.size is not None:

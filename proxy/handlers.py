@@ -7,7 +7,8 @@ from urllib.parse import quote
 
 from aiohttp import hdrs, web
 
-from . import keys
+from . import keys, uploads
+from .auth import Caller
 from .errors import BadRequest
 from .pages import PageResult
 from .scope import Scope
@@ -28,9 +29,9 @@ def scope_of(request: web.Request) -> Scope:
     return Scope.parse(segments[3], segments[4])
 
 
-def authorization(request: web.Request) -> str | None:
-    """The Authorization header that goes upstream for this request."""
-    return request.app[keys.UPSTREAM].authorization_for(request.headers.get(hdrs.AUTHORIZATION))
+def caller(request: web.Request) -> Caller:
+    """Whom this request acts as upstream: the proxy's token or the client's credentials."""
+    return request.app[keys.GATE].caller(request.headers)
 
 
 def _base(request: web.Request, scope: Scope) -> str | None:
@@ -43,11 +44,15 @@ def _file_path(dist: Distribution) -> str:
     return f"files/{dist.sha256}/{quote(dist.filename, safe='')}"
 
 
-def _page_response(request: web.Request, result: PageResult, body: str) -> web.Response:
+def _page_response(
+    request: web.Request, result: PageResult, body: str, who: Caller
+) -> web.Response:
     pages = request.app[keys.PAGES]
+    # A page GitLab showed one client's credentials is not for a shared HTTP cache.
+    private = "private, " if who.is_client else ""
     headers = {
         "X-Cache": result.state,
-        hdrs.CACHE_CONTROL: f"max-age={pages.freshness_left(result.page)}",
+        hdrs.CACHE_CONTROL: f"{private}max-age={pages.freshness_left(result.page)}",
     }
     if result.state == "STALE":
         headers["Warning"] = '110 - "Response is Stale"'
@@ -56,7 +61,8 @@ def _page_response(request: web.Request, result: PageResult, body: str) -> web.R
 
 async def simple_index(request: web.Request) -> web.StreamResponse:
     scope = scope_of(request)
-    result = await request.app[keys.PAGES].index(scope, authorization(request))
+    who = caller(request)
+    result = await request.app[keys.PAGES].index(scope, who)
     base = _base(request, scope)
     on_slash = request.path.endswith("/")
 
@@ -65,7 +71,7 @@ async def simple_index(request: web.Request) -> web.StreamResponse:
             return f"{base}/simple/{name}/"
         return f"{name}/" if on_slash else f"simple/{name}/"
 
-    return _page_response(request, result, render_index_html(result.index, project_url))
+    return _page_response(request, result, render_index_html(result.index, project_url), who)
 
 
 async def simple_project(request: web.Request) -> web.StreamResponse:
@@ -76,7 +82,8 @@ async def simple_project(request: web.Request) -> web.StreamResponse:
     normalized = normalize(name)
     if name != normalized:
         raise web.HTTPMovedPermanently(_renamed(request, normalized))
-    result = await request.app[keys.PAGES].project(scope, normalized, authorization(request))
+    who = caller(request)
+    result = await request.app[keys.PAGES].project(scope, normalized, who)
     base = _base(request, scope)
     # Relative to the page's own URL: .../simple/NAME/ is two levels below .../pypi/.
     up = "../../" if request.path.endswith("/") else "../"
@@ -91,7 +98,7 @@ async def simple_project(request: web.Request) -> web.StreamResponse:
     servable = tuple(f for f in project.files if f.sha256 and is_sha256(f.sha256))
     if len(servable) != len(project.files):
         project = type(project)(project.name, servable)
-    return _page_response(request, result, render_project_html(project, file_url))
+    return _page_response(request, result, render_project_html(project, file_url), who)
 
 
 def _renamed(request: web.Request, normalized: str) -> str:
@@ -122,13 +129,16 @@ async def file_download(request: web.Request) -> web.StreamResponse:
     upstream = request.app[keys.UPSTREAM]
     files = request.app[keys.FILES]
     source = upstream.url_for(scope, f"files/{sha256}/{quote(filename, safe='')}")
-    auth = authorization(request)
+    who = caller(request)
+    auth = who.authorization
+    admission = request.app[keys.GATE].admission(who, scope, sha256, source)
     if files.hit(sha256, filename) is None and not upstream.offline:
         forwarded = await request.app[keys.PAGES].forwarded_source(scope, sha256, filename)
         if forwarded is not None:
-            # A public index's file: fetched from there, and never with GitLab's credentials.
-            source, auth = forwarded, None
-    return await files.respond(request, sha256, filename, source, auth)
+            # A public index's file: fetched from there, never with GitLab's credentials, and
+            # public, so there is no GitLab decision to wait for.
+            source, auth, admission = forwarded, None, None
+    return await files.respond(request, sha256, filename, source, auth, admission)
 
 
 async def health(request: web.Request) -> web.StreamResponse:
@@ -156,5 +166,7 @@ def add_routes(app: web.Application) -> None:
         app.router.add_get(f"{prefix}/simple/{{name}}", simple_project)
         app.router.add_get(f"{prefix}/simple/{{name}}/", simple_project)
         app.router.add_get(f"{prefix}/files/{{sha256}}/{{filename}}", file_download)
+    for path in (PROJECT_PREFIX, f"{PROJECT_PREFIX}/"):
+        app.router.add_post(path, uploads.upload, expect_handler=uploads.expect_continue)
     app.router.add_get("/-/health", health)
     app.router.add_get("/-/ready", ready)

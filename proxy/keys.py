@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from .access import AccessGuard
+from .auth import Gatekeeper
 from .blobs import BlobStore
 from .config import Settings
 from .files import FileCache
@@ -17,3 +19,5 @@ BLOBS = web.AppKey("blobs", BlobStore)
 UPSTREAM = web.AppKey("upstream", Upstream)
 FILES = web.AppKey("files", FileCache)
 PAGES = web.AppKey("pages", PageCache)
+GATE = web.AppKey("gate", Gatekeeper)
+ACCESS = web.AppKey("access", AccessGuard)

@@ -16,6 +16,8 @@ _PATTERNS = (
         r"(?i)((?:private[-_]token|job[-_]token|token|password|signature|x-amz-signature|x-amz-credential)=)[^&\s\"']+"
     ),
     re.compile(r"(://[^/\s:@]+:)[^@/\s]+(@)"),
+    # A bare credential, e.g. aiohttp quoting the start of an oversized Authorization header.
+    re.compile(r"(?i)(\b(?:basic|bearer)\s+)[A-Za-z0-9+/=._~-]{16,}"),
 )
 REDACTED = "[REDACTED]"
 
@@ -27,6 +29,7 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
             text = text.replace(secret, REDACTED)
     text = _PATTERNS[0].sub(lambda m: m.group(1) + REDACTED, text)
     text = _PATTERNS[1].sub(lambda m: m.group(1) + REDACTED, text)
+    text = _PATTERNS[3].sub(lambda m: m.group(1) + REDACTED, text)
     return _PATTERNS[2].sub(lambda m: m.group(1) + REDACTED + m.group(2), text)
 
 

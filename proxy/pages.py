@@ -14,6 +14,7 @@ from typing import Literal
 import yarl
 from cachetools import TTLCache
 
+from .auth import Caller, Gatekeeper
 from .config import Settings
 from .errors import (
     NotFound,
@@ -34,6 +35,7 @@ from .upstream import PageAnswer, Upstream, is_listed_host, message_of
 log = logging.getLogger(__name__)
 
 CacheState = Literal["HIT", "MISS", "STALE"]
+MAX_PRIVATE_PAGES = 2_000
 Model = Project | Index
 
 
@@ -59,20 +61,28 @@ class PageResult:
         return self.page.model
 
 
-def page_key(scope: Scope, name: str | None) -> str:
-    """SQLite and memory key of a page: the scope and the normalized name ('' for the index)."""
-    return f"{scope.key}:{name or ''}"
+def _view_key(view: str, name: str | None) -> str:
+    """Memory and SQLite key of a page: the scope (or per-credential view) and the normalized
+    name ('' for the index)."""
+    return f"{view}:{name or ''}"
 
 
 class PageCache:
     """Owns the TTL cache, the stored last good copies and in-flight page fetches."""
 
-    def __init__(self, settings: Settings, upstream: Upstream, store: Store) -> None:
+    def __init__(
+        self, settings: Settings, upstream: Upstream, store: Store, gate: Gatekeeper
+    ) -> None:
         self.settings = settings
         self.upstream = upstream
         self.store = store
+        self.gate = gate
         self.fresh: TTLCache[str, CachedPage] = TTLCache(
             maxsize=20_000, ttl=settings.cache.index_ttl, timer=time.time
+        )
+        # Group pages as one client's credentials see them: many per-job tokens in CI, so fewer.
+        self.private: TTLCache[str, CachedPage] = TTLCache(
+            maxsize=MAX_PRIVATE_PAGES, ttl=settings.cache.index_ttl, timer=time.time
         )
         self._inflight: dict[str, asyncio.Future[CachedPage]] = {}
 
@@ -80,7 +90,7 @@ class PageCache:
         """Seconds this page stays fresh, for Cache-Control: max-age."""
         return max(0, int(page.fetched_at + self.settings.cache.index_ttl - time.time()))
 
-    async def project(self, scope: Scope, name: str, authorization: str | None) -> PageResult:
+    async def project(self, scope: Scope, name: str, caller: Caller) -> PageResult:
         url = self.upstream.url_for(scope, f"simple/{name}")
 
         def parse(answer: PageAnswer) -> Model:
@@ -89,8 +99,7 @@ class PageCache:
                 return project
             return self._forwarded_project(project)
 
-        key = page_key(scope, name)
-        page = await self._get(key, url, authorization, parse, forwarding=True)
+        page = await self._get(scope, name, url, caller, parse, forwarding=True)
         if page.state == "MISS" and self.settings.upstream.forwarding == "cache":
             await self._remember_sources(scope, page.project)
         return page
@@ -129,38 +138,55 @@ class PageCache:
         if rows:
             await self.store.put_forwarded(rows)
 
-    async def index(self, scope: Scope, authorization: str | None) -> PageResult:
+    async def index(self, scope: Scope, caller: Caller) -> PageResult:
         url = self.upstream.url_for(scope, "simple")
 
         def parse(answer: PageAnswer) -> Model:
             return parse_index_page(answer.body)
 
-        return await self._get(page_key(scope, None), url, authorization, parse, forwarding=False)
+        return await self._get(scope, None, url, caller, parse, forwarding=False)
 
     async def _get(
         self,
-        key: str,
+        scope: Scope,
+        name: str | None,
         url: yarl.URL,
-        authorization: str | None,
+        caller: Caller,
         parse: Callable[[PageAnswer], Model],
         *,
         forwarding: bool,
     ) -> PageResult:
-        page = self.fresh.get(key)
+        view = caller.view(scope)
+        key = _view_key(view, name)
+        # With a client's own credentials, a cached copy needs GitLab's recent yes to that client.
+        trusted = True
+        if caller.is_client:
+            decision = self.gate.decision(caller, scope)
+            if decision is not None and not decision.allowed:
+                raise decision.error()
+            trusted = decision is not None
+        shared = view == scope.key
+        memory = self.fresh if shared else self.private
+        page = memory.get(key) if trusted else None
         if page is not None:
             return PageResult(page, "HIT")
+        # An untrusted client asks GitLab itself; it must not ride on another client's answer.
+        flight = key if trusted else f"{key}|{caller.key}"
         try:
             page = await self._single_flight(
-                key, lambda: self._fetch(key, url, authorization, parse, forwarding=forwarding)
+                flight,
+                lambda: self._fetch(
+                    scope, key, url, caller, parse, forwarding=forwarding, shared=shared
+                ),
             )
         except Offline:
-            stored = await self._stored(key)
+            stored = await self._stored(key) if trusted and shared else None
             if stored is None:
                 raise
             # Offline, the stored copy is the truth whatever its age: an air-gapped mirror.
             return PageResult(stored, "HIT")
         except (UpstreamUnavailable, UpstreamTimeout, UpstreamError) as e:
-            stored = await self._stored(key)
+            stored = await self._stored(key) if trusted and shared else None
             if stored is None:
                 raise
             log.warning("serving %s stale: %s", key, e.message)
@@ -180,23 +206,28 @@ class PageCache:
 
     async def _fetch(
         self,
+        scope: Scope,
         key: str,
         url: yarl.URL,
-        authorization: str | None,
+        caller: Caller,
         parse: Callable[[PageAnswer], Model],
         *,
         forwarding: bool,
+        shared: bool,
     ) -> CachedPage:
         up = self.settings.upstream
         follow = up.forward_hosts if forwarding and up.forwarding == "cache" else ()
-        answer = await self.upstream.get_page(url, authorization, follow_to=follow)
+        answer = await self.upstream.get_page(url, caller.authorization, follow_to=follow)
+        message = message_of(answer.body, answer.status)
+        self._judge(scope, caller, answer, message, index=not forwarding)
         if answer.location is not None and forwarding:
             raise self._forwarded(answer.location)
         if answer.status != 200:
             raise self.upstream.error_for(
                 answer.status,
-                message_of(answer.body, answer.status),
+                message,
                 answer.retry_after,
+                authorization=caller.authorization,
                 on_upstream=self.upstream.is_upstream_host(answer.url),
             )
         try:
@@ -204,9 +235,36 @@ class PageCache:
         except PageParseError as e:
             raise UpstreamError("GitLab sent a page that is not a simple index") from e
         page = CachedPage(model, time.time())
+        if isinstance(model, Project):
+            self.gate.listed(caller.view(scope), (f.sha256 for f in model.files if f.sha256))
+        if not shared:
+            # A client's own group view is kept in memory only: no per-user copies on disk.
+            self.private[key] = page
+            return page
         self.fresh[key] = page
         await self.store.put_page(key, json.dumps(_to_dict(model)), page.fetched_at)
         return page
+
+    def _judge(
+        self, scope: Scope, caller: Caller, answer: PageAnswer, message: str, *, index: bool
+    ) -> None:
+        """Remember GitLab's yes or no to this client's credentials for this scope."""
+        if answer.status == 200 or (answer.location is not None and not index):
+            self.gate.remember(caller, scope, 200, "200 OK")
+        # A 404 for a package page may just mean no such package; for the index it is a no.
+        elif answer.status in (401, 403) or (answer.status == 404 and index):
+            self.gate.remember(caller, scope, answer.status, message)
+
+    async def invalidate(self, name: str) -> None:
+        """Drop every cached page that may list `name`: its page in any scope, and every index.
+
+        The proxy cannot know which groups hold a project, nor which ids alias it, without
+        asking GitLab; dropping the name everywhere is cheap, since uploads are rare.
+        """
+        for memory in (self.fresh, self.private):
+            for key in [k for k in list(memory.keys()) if k.partition(":")[2] in ("", name)]:
+                memory.pop(key, None)
+        await self.store.delete_pages_named(name)
 
     def _forwarded(self, location: yarl.URL) -> ProxyError:
         if self.settings.upstream.forwarding == "deny":

@@ -123,6 +123,13 @@ class Store:
         )
         await self.db.commit()
 
+    async def delete_pages_named(self, name: str) -> None:
+        """Delete every scope's page for `name` and every scope's index (keys `scope:name`)."""
+        await self.db.execute(
+            "DELETE FROM pages WHERE substr(key, instr(key, ':') + 1) IN (?, '')", (name,)
+        )
+        await self.db.commit()
+
     async def delete_pages(self, keys: Iterable[str]) -> None:
         await self.db.executemany("DELETE FROM pages WHERE key=?", [(k,) for k in keys])
         await self.db.commit()

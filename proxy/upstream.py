@@ -70,15 +70,6 @@ class Upstream:
         pair = f"{self.settings.username}:{self.settings.token}".encode()
         return "Basic " + base64.b64encode(pair).decode("ascii")
 
-    def authorization_for(self, client_authorization: str | None) -> str | None:
-        """Which Authorization header goes upstream, by `upstream.credentials`."""
-        mode = self.settings.credentials
-        if mode == "passthrough":
-            return client_authorization
-        if mode == "prefer-client" and client_authorization:
-            return client_authorization
-        return self.injected_authorization
-
     def url_for(self, scope: Scope, tail: str) -> yarl.URL:
         """GitLab URL for `tail` below the scope's PyPI API; the raw id is kept encoded."""
         return yarl.URL(f"{self.base}/api/v4/{scope.api_prefix}/{tail}", encoded=True)
@@ -153,7 +144,7 @@ class Upstream:
                 break
             try:
                 if resp.status != 200:
-                    raise await self.status_error(resp)
+                    raise await self.status_error(resp, authorization)
                 yield resp
             finally:
                 resp.release()
@@ -162,18 +153,52 @@ class Upstream:
         except aiohttp.ClientError as e:
             raise UpstreamUnavailable(f"GitLab is unreachable: {_describe(e)}") from e
 
-    async def status_error(self, resp: aiohttp.ClientResponse) -> ProxyError:
+    async def probe(
+        self, url: yarl.URL, authorization: str | None
+    ) -> tuple[int, str, float | None]:
+        """HEAD a file with these credentials: GitLab's status, message and Retry-After only."""
+        try:
+            async with self.session.head(
+                url,
+                headers=self._headers(url, authorization),
+                allow_redirects=False,
+                timeout=self._page_timeout,
+            ) as resp:
+                return resp.status, await _message(resp), _retry_after(resp)
+        except TimeoutError as e:
+            raise UpstreamTimeout(f"GitLab did not answer within {self.settings.timeout:g}s") from e
+        except aiohttp.ClientError as e:
+            raise UpstreamUnavailable(f"GitLab is unreachable: {_describe(e)}") from e
+
+    async def status_error(
+        self, resp: aiohttp.ClientResponse, authorization: str | None
+    ) -> ProxyError:
         """The client-facing error for a non-200 answer to a file request."""
         message = await _message(resp)
         return self.error_for(
-            resp.status, message, _retry_after(resp), on_upstream=self.is_upstream_host(resp.url)
+            resp.status,
+            message,
+            _retry_after(resp),
+            on_upstream=self.is_upstream_host(resp.url),
+            authorization=authorization,
         )
 
     def error_for(
-        self, status: int, message: str, retry_after: float | None, *, on_upstream: bool = True
+        self,
+        status: int,
+        message: str,
+        retry_after: float | None,
+        *,
+        authorization: str | None,
+        on_upstream: bool = True,
     ) -> ProxyError:
         """GitLab's non-200 answer as the client should see it, keeping its meaning."""
-        if status in (401, 403) and on_upstream and self.settings.credentials == "inject":
+        # A refusal of the proxy's own token is the operator's problem; of a client's, the client's.
+        injected = self.settings.credentials == "inject" or authorization in (
+            None,
+            self.injected_authorization,
+        )
+        if status in (401, 403) and on_upstream and injected:
             return UpstreamError(
                 f"GitLab refused the proxy's credentials ({status}); check upstream.token"
             )

@@ -1,0 +1,369 @@
+"""Uploads (`POST .../packages/pypi`): streamed to GitLab, checked as they pass, never buffered."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import aiohttp
+import yarl
+from aiohttp import hdrs, web
+from aiohttp.helpers import parse_mimetype
+from aiohttp.multipart import parse_content_disposition
+
+from . import keys
+from .auth import Caller
+from .errors import (
+    BadRequest,
+    Forbidden,
+    NotFound,
+    PayloadTooLarge,
+    ProxyError,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    error_response,
+)
+from .scope import Scope
+from .simple import normalize
+from .upstream import message_of
+
+log = logging.getLogger(__name__)
+
+CHUNK = 256 * 1024
+MAX_PART_HEADERS = 16 * 1024
+MAX_PREAMBLE = 16 * 1024
+# Only `name` and `version` are kept, to name the pages to drop; both are short.
+MAX_KEPT_FIELD = 1024
+KEPT_FIELDS = ("name", "version")
+MAX_ANSWER = 64 * 1024
+DUPLICATE = "File name has already been taken"
+
+
+class Malformed(BadRequest):
+    def __init__(self, why: str) -> None:
+        super().__init__(f"400 Bad request - malformed multipart body: {why}")
+
+
+@dataclass
+class MultipartScanner:
+    """Follows a multipart/form-data body as it streams past, holding only a few bytes of it.
+
+    It keeps the short `name` and `version` fields and the file part's filename; the file's
+    bytes are only counted. `done` turns true on the closing boundary, and not before.
+    """
+
+    boundary: bytes
+    fields: dict[str, str] = field(default_factory=dict)
+    filename: str = ""
+    content_bytes: int = 0
+    done: bool = False
+    _buffer: bytearray = field(default_factory=bytearray)
+    _state: str = "preamble"
+    _part: str | None = None
+    _value: bytearray = field(default_factory=bytearray)
+
+    @property
+    def _delimiter(self) -> bytes:
+        return b"\r\n--" + self.boundary
+
+    def feed(self, data: bytes) -> None:
+        if self.done:
+            return  # the epilogue after the closing boundary carries nothing
+        self._buffer += data
+        while self._step():
+            pass
+
+    def _step(self) -> bool:
+        """Advance over the buffer once; False when more bytes are needed."""
+        buf = self._buffer
+        if self._state == "preamble":
+            # Prefixing CRLF lets a boundary on the very first line match like any other.
+            at = (b"\r\n" + bytes(buf[: len(self._delimiter) + 2])).find(self._delimiter)
+            if at == 0:
+                return self._after_delimiter(len(self._delimiter) - 2)
+            at = buf.find(self._delimiter)
+            if at < 0:
+                if len(buf) > MAX_PREAMBLE:
+                    raise Malformed("no boundary where the body starts")
+                return False
+            return self._after_delimiter(at + len(self._delimiter))
+        if self._state == "headers":
+            end = buf.find(b"\r\n\r\n")
+            if buf.startswith(b"\r\n"):
+                end = -2  # a part with no headers at all
+            if end == -1:
+                if len(buf) > MAX_PART_HEADERS:
+                    raise Malformed("part headers too long")
+                return False
+            self._start_part(bytes(buf[: max(end, 0)]))
+            del buf[: end + 4]
+            self._state = "body"
+            return True
+        if self._state == "body":
+            at = buf.find(self._delimiter)
+            if at < 0:
+                # Keep a tail that may hold the start of a delimiter split across chunks.
+                keep = len(self._delimiter) - 1
+                if len(buf) > keep:
+                    self._body(bytes(buf[: len(buf) - keep]))
+                    del buf[: len(buf) - keep]
+                return False
+            self._body(bytes(buf[:at]))
+            self._end_part()
+            return self._after_delimiter(at + len(self._delimiter))
+        return False
+
+    def _after_delimiter(self, end: int) -> bool:
+        """After `--boundary`: `--` closes the body, CRLF starts the next part's headers."""
+        buf = self._buffer
+        if len(buf) < end + 2:
+            return False
+        tail = bytes(buf[end : end + 2])
+        if tail == b"--":
+            self.done = True
+            self._buffer = bytearray()
+            return False
+        if tail != b"\r\n":
+            raise Malformed("boundary not followed by CRLF")
+        del buf[: end + 2]
+        self._state = "headers"
+        return True
+
+    def _start_part(self, raw_headers: bytes) -> None:
+        disposition = None
+        for line in raw_headers.split(b"\r\n"):
+            name, colon, value = line.partition(b":")
+            if not colon:
+                raise Malformed("part header without a colon")
+            if name.strip().lower() == b"content-disposition":
+                disposition = value.strip().decode("utf-8", "replace")
+        kind, params = parse_content_disposition(disposition)
+        if kind != "form-data" or not params.get("name"):
+            raise Malformed("part without a form-data name")
+        self._part = params["name"]
+        self._value = bytearray()
+        if self._part == "content":
+            self.filename = params.get("filename", "")
+
+    def _body(self, data: bytes) -> None:
+        if self._part == "content":
+            self.content_bytes += len(data)
+        elif self._part in KEPT_FIELDS:
+            self._value += data
+            if len(self._value) > MAX_KEPT_FIELD:
+                raise BadRequest(f"400 Bad request - {self._part} is too long")
+
+    def _end_part(self) -> None:
+        if self._part in KEPT_FIELDS:
+            try:
+                self.fields[self._part] = self._value.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                raise BadRequest(f"400 Bad request - {self._part} is not UTF-8") from None
+        self._part = None
+
+    def check(self) -> None:
+        """At the end: a closed body with the fields GitLab requires, else a clear 400."""
+        if not self.done:
+            raise Malformed("it ends before the closing boundary")
+        missing = [f for f in KEPT_FIELDS if not self.fields.get(f)]
+        if not self.filename:
+            missing.insert(0, "content")
+        if missing:
+            raise BadRequest("400 Bad request - " + ", ".join(f"{m} is missing" for m in missing))
+
+
+class ClientGone(ProxyError):
+    """The uploading client went away mid-body; nobody is left to answer."""
+
+    status = 400
+
+
+@dataclass
+class Upload:
+    """One upload in flight: the scanner, the byte count, and why it stopped if it did."""
+
+    request: web.Request
+    scanner: MultipartScanner
+    limit: int
+    received: int = 0
+    failure: ProxyError | None = None
+
+    async def body(self) -> AsyncIterator[bytes]:
+        """The request body as it arrives, checked before it goes upstream.
+
+        Each chunk goes out only once the next one has arrived, and the last one only once the
+        whole body has checked out: a body the proxy refuses, or a client that goes away, always
+        leaves GitLab with an incomplete request, never a complete one to accept.
+        """
+        pending = b""
+        try:
+            while True:
+                try:
+                    chunk = await self.request.content.readany()
+                except (aiohttp.ClientError, ConnectionError, OSError):
+                    raise ClientGone("the client went away mid-upload") from None
+                if not chunk:
+                    break
+                self.received += len(chunk)
+                if self.limit and self.received > self.limit:
+                    raise _too_large(self.limit)
+                self.scanner.feed(chunk)
+                if pending:
+                    yield pending
+                pending = chunk
+            expected = self.request.content_length
+            if self.request.content.exception() is not None or (
+                expected is not None and self.received < expected
+            ):
+                raise ClientGone("the client went away mid-upload")
+            self.scanner.check()
+        except ProxyError as e:
+            # Raised into aiohttp's writer, which then cuts the connection to GitLab.
+            self.failure = e
+            raise
+        if pending:
+            yield pending
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"413 Payload Too Large - uploads are limited to {limit} bytes")
+
+
+def _scope(request: web.Request) -> Scope:
+    segments = request.rel_url.raw_path.split("/")
+    return Scope.parse(segments[3], segments[4])
+
+
+def _preflight(request: web.Request) -> tuple[Caller, bytes]:
+    """Everything that can be refused before a byte of the body is read."""
+    limit = request.app[keys.SETTINGS].upstream.max_upload_size
+    if limit and request.content_length is not None and request.content_length > limit:
+        raise _too_large(limit)
+    uploader = request.app[keys.GATE].uploader(request.headers)
+    if uploader.authorization is None:
+        raise UpstreamError("uploads need a token: set upstream.token or upload_credentials")
+    if request.app[keys.SETTINGS].access.tokens_file and uploader.is_client:
+        # The client's Authorization carries the proxy's access token, not a GitLab credential.
+        raise Forbidden(
+            "uploads through a proxy with access.tokens_file need "
+            "upstream.upload_credentials = 'inject'"
+        )
+    mime = parse_mimetype(request.headers.get(hdrs.CONTENT_TYPE, ""))
+    boundary = mime.parameters.get("boundary", "")
+    if (mime.type, mime.subtype) != ("multipart", "form-data"):
+        raise BadRequest("400 Bad request - expected a multipart/form-data body (as twine sends)")
+    if not 0 < len(boundary) <= 70 or not boundary.isascii():
+        raise Malformed("missing or invalid boundary")
+    return uploader, boundary.encode()
+
+
+async def expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """On `Expect: 100-continue`, refuse before the client sends its body, or let it send."""
+    try:
+        await request.app[keys.ACCESS].check(request)
+        _preflight(request)
+    except ProxyError as e:
+        return error_response(e.status, e.message, e.headers)
+    if request.headers.get(hdrs.EXPECT, "").lower() != "100-continue":
+        return error_response(417, "417 Expectation Failed - only 100-continue is understood")
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0
+    return None
+
+
+async def upload(request: web.Request) -> web.StreamResponse:
+    scope = _scope(request)
+    if scope.kind != "projects":
+        raise NotFound("404 Not Found")
+    uploader, boundary = _preflight(request)
+    settings = request.app[keys.SETTINGS].upstream
+    upstream = request.app[keys.UPSTREAM]
+    url = yarl.URL(f"{upstream.base}/api/v4/{scope.api_prefix}", encoded=True)
+    state = Upload(request, MultipartScanner(boundary), settings.max_upload_size)
+    headers = {
+        hdrs.USER_AGENT: settings.user_agent,
+        hdrs.CONTENT_TYPE: request.headers[hdrs.CONTENT_TYPE],
+    }
+    if uploader.authorization is not None:
+        headers[hdrs.AUTHORIZATION] = uploader.authorization
+    if request.content_length is not None:
+        headers[hdrs.CONTENT_LENGTH] = str(request.content_length)
+    timeout = aiohttp.ClientTimeout(
+        total=None, connect=settings.timeout, sock_read=max(settings.timeout, 120)
+    )
+    try:
+        async with upstream.session.post(
+            url, data=state.body(), headers=headers, timeout=timeout, allow_redirects=False
+        ) as resp:
+            status = resp.status
+            content_type = resp.headers.get(hdrs.CONTENT_TYPE, "application/json")
+            challenge = resp.headers.get(hdrs.WWW_AUTHENTICATE)
+            answer = await _read_answer(resp)
+    except (aiohttp.ClientError, TimeoutError) as e:
+        if state.failure is not None:
+            _log(scope, state, f"stopped: {state.failure.message}; GitLab's request was cut")
+            raise state.failure from None
+        _log(scope, state, f"failed: {type(e).__name__}")
+        if isinstance(e, TimeoutError):
+            raise UpstreamTimeout("GitLab did not answer the upload in time") from e
+        raise UpstreamUnavailable("GitLab is unreachable; the upload did not complete") from e
+    if state.failure is not None:
+        # GitLab answered before the body was complete: it cannot have accepted it.
+        _log(scope, state, f"stopped: {state.failure.message}; GitLab answered {status}")
+        raise state.failure
+    return await _answer(request, scope, uploader, state, status, content_type, challenge, answer)
+
+
+async def _answer(
+    request: web.Request,
+    scope: Scope,
+    uploader: Caller,
+    state: Upload,
+    status: int,
+    content_type: str,
+    challenge: str | None,
+    answer: bytes,
+) -> web.StreamResponse:
+    """GitLab's answer as the client gets it, after dropping pages the upload made stale."""
+    message = message_of(answer, status)
+    name = state.scanner.fields.get("name", "")
+    duplicate = status == 400 and DUPLICATE in message
+    if status == 201 or duplicate:
+        # A duplicate also means the file exists: a page cached before it was uploaded is stale.
+        await request.app[keys.PAGES].invalidate(normalize(name))
+    _log(scope, state, f"GitLab answered {status}")
+    if duplicate:
+        # 409 is what twine, poetry, pdm and uv read as "already there" (--skip-existing).
+        return error_response(409, f"409 Conflict - file already exists: {message}")
+    if status in (401, 403) and not uploader.is_client:
+        raise UpstreamError(
+            f"GitLab refused the proxy's credentials for the upload ({status}); "
+            "check upstream.token"
+        )
+    headers = {hdrs.CONTENT_TYPE: content_type}
+    if status == 401 and challenge:
+        headers[hdrs.WWW_AUTHENTICATE] = challenge
+    return web.Response(status=status, body=answer, headers=headers)
+
+
+async def _read_answer(resp: aiohttp.ClientResponse) -> bytes:
+    """GitLab's answer body, of which no more than MAX_ANSWER bytes are kept."""
+    answer = bytearray()
+    async for chunk in resp.content.iter_chunked(CHUNK):
+        answer += chunk[: MAX_ANSWER - len(answer)]
+    return bytes(answer)
+
+
+def _log(scope: Scope, state: Upload, outcome: str) -> None:
+    fields = state.scanner.fields
+    log.info(
+        "upload to %s of %r %r (%r, %d bytes received): %s",
+        scope.key,
+        fields.get("name", "?"),
+        fields.get("version", "?"),
+        state.scanner.filename or "no file",
+        state.received,
+        outcome,
+    )
