@@ -209,6 +209,11 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(f"server.port: {settings.server.port} is not a TCP port")
     if settings.server.workers < 1:
         raise ConfigError("server.workers: must be at least 1")
+    accel = settings.server.accel_redirect
+    if accel and not re.fullmatch(r"/(?:[A-Za-z0-9._~-]+/)+", accel):
+        raise ConfigError(
+            f"server.accel_redirect: {accel!r} is not a location like '/_blobs/' (slashes around)"
+        )
     if up.timeout <= 0:
         raise ConfigError("upstream.timeout: must be more than 0 seconds")
     if up.forwarding == "cache" and not up.forward_hosts:

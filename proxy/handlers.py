@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from urllib.parse import quote
 
 from aiohttp import hdrs, web
@@ -13,12 +14,14 @@ from .pages import PageResult
 from .scope import Scope
 from .simple import Distribution, is_sha256, is_valid_name, normalize, version_of
 from .simple_html import render_index_html, render_project_html
+from .status import render_status
 
 MAX_FILENAME_LENGTH = 255
 _BAD_FILENAME_RE = re.compile(r"[/\\\x00]|\.\.")
 
 PROJECT_PREFIX = "/api/v4/projects/{id}/packages/pypi"
 GROUP_PREFIX = "/api/v4/groups/{id}/-/packages/pypi"
+RECENT_OK_SECONDS = 10.0
 
 
 def scope_of(request: web.Request) -> Scope:
@@ -45,6 +48,7 @@ def _file_path(dist: Distribution) -> str:
 
 def _page_response(request: web.Request, result: PageResult, body: str) -> web.Response:
     pages = request.app[keys.PAGES]
+    request.app[keys.METRICS].page_result(result.state)
     headers = {
         "X-Cache": result.state,
         hdrs.CACHE_CONTROL: f"max-age={pages.freshness_left(result.page)}",
@@ -77,6 +81,7 @@ async def simple_project(request: web.Request) -> web.StreamResponse:
     if name != normalized:
         raise web.HTTPMovedPermanently(_renamed(request, normalized))
     result = await request.app[keys.PAGES].project(scope, normalized, authorization(request))
+    request.app[keys.METRICS].package_requested(normalized)
     base = _base(request, scope)
     # Relative to the page's own URL: .../simple/NAME/ is two levels below .../pypi/.
     up = "../../" if request.path.endswith("/") else "../"
@@ -137,8 +142,28 @@ async def ready(request: web.Request) -> web.StreamResponse:
         problems.append("sqlite does not answer")
     if not request.app[keys.BLOBS].writable():
         problems.append("cache directory is not writable")
+    if not request.app[keys.SETTINGS].cache.offline and not await _upstream_reachable(request):
+        problems.append("upstream is unreachable")
     status = 503 if problems else 200
     return web.json_response({"ready": not problems, "problems": problems}, status=status)
+
+
+async def _upstream_reachable(request: web.Request) -> bool:
+    # Real traffic that GitLab answered moments ago says enough; no need to ask it again.
+    last_ok = request.app[keys.METRICS].upstream_last_ok
+    if last_ok is not None and time.time() - last_ok < RECENT_OK_SECONDS:
+        return True
+    return await request.app[keys.UPSTREAM].reachable()
+
+
+async def metrics(request: web.Request) -> web.StreamResponse:
+    return request.app[keys.METRICS].render()
+
+
+async def status(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    page = render_status(app[keys.SETTINGS], app[keys.METRICS])
+    return web.Response(text=page, content_type="text/html", charset="utf-8")
 
 
 def add_routes(app: web.Application) -> None:
@@ -150,3 +175,5 @@ def add_routes(app: web.Application) -> None:
         app.router.add_get(f"{prefix}/files/{{sha256}}/{{filename}}", file_download)
     app.router.add_get("/-/health", health)
     app.router.add_get("/-/ready", ready)
+    app.router.add_get("/-/metrics", metrics)
+    app.router.add_get("/-/status", status)

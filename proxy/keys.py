@@ -7,6 +7,7 @@ from aiohttp import web
 from .blobs import BlobStore
 from .config import Settings
 from .files import FileCache
+from .metrics import Metrics
 from .pages import PageCache
 from .store import Store
 from .upstream import Upstream
@@ -17,3 +18,4 @@ BLOBS = web.AppKey("blobs", BlobStore)
 UPSTREAM = web.AppKey("upstream", Upstream)
 FILES = web.AppKey("files", FileCache)
 PAGES = web.AppKey("pages", PageCache)
+METRICS = web.AppKey("metrics", Metrics)
