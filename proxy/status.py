@@ -16,6 +16,7 @@ table { border-collapse: collapse; width: 100%; }
 th, td { text-align: left; padding: .25em .6em; border-bottom: 1px solid #ddd; }
 th { width: 14em; font-weight: 600; }
 .ok { color: #17702b; } .bad { color: #b00020; } .muted { color: #777; }
+#errors td:first-child { white-space: nowrap; }
 meter { width: 12em; }
 """
 
