@@ -91,7 +91,8 @@ class AccessLogger(AbstractAccessLogger):
             "method": request.method,
             "path": target,
             "status": response.status,
-            "bytes": response.body_length,
+            # Headers included, as nginx's $bytes_sent: what really went out, even if cut.
+            "bytes_sent": response.body_length,
             "duration": round(time, 6),
             "cache": response.headers.get("X-Cache", "-"),
             "user_agent": request.headers.get("User-Agent", "-"),
