@@ -7,6 +7,7 @@ import hashlib
 from pathlib import Path
 
 import aiohttp
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy import keys
@@ -131,10 +132,8 @@ async def test_corrupt_file_is_an_upstream_error_on_record(
     gitlab.corrupt_files = True
     url = f"{proxy.url}/api/v4/projects/42/packages/pypi/files/{wheel.sha256}/{wheel.filename}"
     async with aiohttp.ClientSession() as session, session.get(url) as resp:
-        try:
+        with pytest.raises(aiohttp.ClientPayloadError):
             await resp.read()
-        except aiohttp.ClientPayloadError:
-            pass
     errors = proxy.app[keys.METRICS].recent_errors
     assert [e.message for e in errors] == [f"sha256 mismatch for {wheel.filename}: not stored"]
     _, samples = await scrape(proxy)
