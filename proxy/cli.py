@@ -89,6 +89,9 @@ async def _serve(settings: Settings) -> int:
             log.error("cannot listen on %s:%d: %s", server.host, server.port, e.strerror)
             return 1
         await stop.wait()
+        # A second signal now stops the process at once (SQLite's WAL survives that).
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
         log.info(
             "stopping: no new connections; requests in flight get up to %gs",
             server.shutdown_grace,

@@ -82,6 +82,7 @@ def test_ci_job_defaults_apply_only_without_an_upstream() -> None:
         ("", {"GITLAB_PYPI_PROXY_CACHE_OFFLINE": "maybe"}, "cache.offline"),
         ("", {"GITLAB_PYPI_PROXY_UPSTREAM_TOKNE": "x"}, "GITLAB_PYPI_PROXY_UPSTREAM_TOKNE"),
         ("[access]\nallow = ['users/1']\n", {}, "access.allow"),
+        ("[server]\naccel_redirect = '_blobs'\n", {}, "server.accel_redirect"),
         ("not toml at all = = =", {}, "not valid TOML"),
     ],
 )
