@@ -41,6 +41,12 @@ def free_port() -> int:
         return port
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process: unlike wall time, not stretched by a busy machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -50,7 +56,7 @@ def rss_mib(pid: int) -> float:
 
 async def spawn(
     source: Path, gitlab: FakeGitLab, cache: Path
-) -> tuple[asyncio.subprocess.Process, str, float]:
+) -> tuple[asyncio.subprocess.Process, str, float, float]:
     port = free_port()
     env = clean_env(
         GITLAB_PYPI_PROXY_UPSTREAM_URL=gitlab.url,
@@ -78,7 +84,8 @@ async def spawn(
             try:
                 async with session.get(f"{url}/-/ready") as resp:
                     if resp.status == 200:
-                        return proc, url, time.perf_counter() - started
+                        wall = time.perf_counter() - started
+                        return proc, url, wall, cpu_seconds(proc.pid)
             except aiohttp.ClientConnectionError:
                 pass
             await asyncio.sleep(0.005)
@@ -127,12 +134,13 @@ async def main() -> None:
     await gitlab.start()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            starts = []
+            starts, cpus = [], []
             for run in range(args.runs):
-                proc, _, seconds = await spawn(args.source, gitlab, Path(tmp) / f"cache{run}")
-                starts.append(seconds)
+                proc, _, wall, cpu = await spawn(args.source, gitlab, Path(tmp) / f"cache{run}")
+                starts.append(wall)
+                cpus.append(cpu)
                 await stop(proc)
-            proc, url, seconds = await spawn(args.source, gitlab, Path(tmp) / "cache")
+            proc, url, _, _ = await spawn(args.source, gitlab, Path(tmp) / "cache")
             await asyncio.sleep(1)
             idle = rss_mib(proc.pid)
             base = f"{url}/api/v4/projects/42/packages/pypi"
@@ -153,6 +161,8 @@ async def main() -> None:
         f"start to ready: median {1000 * statistics.median(starts):.0f} ms, "
         f"min {1000 * min(starts):.0f} ms, max {1000 * max(starts):.0f} ms ({args.runs} runs)"
     )
+    print(f"CPU time to ready: median {1000 * statistics.median(cpus):.0f} ms")
+    print(f"load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(f"idle RSS: {idle:.1f} MiB")
     size = len(wheels[0].content)
     print(f"RSS after {args.requests} requests (pages and {size} B files): {after:.1f} MiB")

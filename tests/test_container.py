@@ -94,6 +94,9 @@ def test_the_image_is_small_non_root_and_configured_by_env_alone() -> None:
     healthcheck = final.last("HEALTHCHECK")
     assert "/-/health" in healthcheck
     assert not [a for a in final.all("ARG") if "TOKEN" in a.upper()]
+    # The build stage has what `pip install .` needs: the metadata, the readme it names, the code.
+    copied = " ".join(" ".join(stage.all("COPY")) for stage in stages[:-1]).split()
+    assert {"pyproject.toml", "README.md", "proxy"} <= set(copied)
 
 
 async def test_the_image_command_line_serves_as_a_ci_sidecar(
