@@ -26,13 +26,6 @@ class ServeProcess:
     url: str
     stderr: Path
 
-    def index_url(self, scope: str) -> str:
-        """pip's --index-url for 'projects/42' or 'groups/7'."""
-        kind, _, raw_id = scope.partition("/")
-        if kind == "projects":
-            return f"{self.url}/api/v4/projects/{raw_id}/packages/pypi/simple/"
-        return f"{self.url}/api/v4/groups/{raw_id}/-/packages/pypi/simple/"
-
     def log(self) -> str:
         return self.stderr.read_text(errors="replace")
 

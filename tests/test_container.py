@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from tests.fake_gitlab import FakeGitLab
 from tests.proxy_harness import clean_env, pip_install, run
 
 DOCKERFILE = Path(__file__).parent.parent / "Dockerfile"
+README = Path(__file__).parent.parent / "README.md"
 VENV_IN_IMAGE = "/opt/venv/bin"
 JOB_TOKEN = "glcbt-64_job-token-of-this-ci-job"
 # What the image must set; this test itself binds loopback only.
@@ -69,6 +71,18 @@ def parse_dockerfile(text: str) -> list[Stage]:
     return stages
 
 
+def readme_ci_variables() -> list[tuple[str, str]]:
+    """The job `variables:` of the README's .gitlab-ci.yml example."""
+    blocks = re.findall(r"```yaml\n(.*?)```", README.read_text(), re.DOTALL)
+    assert len(blocks) == 1, "the README carries exactly one .gitlab-ci.yml example"
+    section = re.search(r"\n  variables:\n((?:    \S.*\n)+)", blocks[0])
+    assert section is not None
+    return [
+        (key.strip(), value.strip())
+        for key, _, value in (line.partition(":") for line in section.group(1).splitlines())
+    ]
+
+
 def exec_form(args: str) -> list[str]:
     """ENTRYPOINT/CMD/HEALTHCHECK CMD must be JSON arrays: signals then reach the proxy."""
     parsed = json.loads(args)
@@ -117,9 +131,14 @@ async def test_the_image_command_line_serves_as_a_ci_sidecar(
         GITLAB_PYPI_PROXY_SERVER_PORT=str(port),
         GITLAB_PYPI_PROXY_SERVER_HOST="127.0.0.1",
     )
-    # What a GitLab CI job gives its service containers.
+    # What a GitLab CI service container sees: the job's public variables, so CI_SERVER_URL and
+    # the README's job variables, expanded, but not CI_JOB_TOKEN itself.
     gitlab.job_tokens.add(JOB_TOKEN)
-    env = {**host_env, **image_env, "CI_SERVER_URL": gitlab.url, "CI_JOB_TOKEN": JOB_TOKEN}
+    job_variables = {
+        key: value.replace("$CI_JOB_TOKEN", JOB_TOKEN) for key, value in readme_ci_variables()
+    }
+    assert "CI_JOB_TOKEN" not in job_variables
+    env = {**host_env, **image_env, **job_variables, "CI_SERVER_URL": gitlab.url}
     argv = exec_form(final.last("ENTRYPOINT")) + exec_form(final.last("CMD"))
     workdir = tmp_path / "work"
     workdir.mkdir()
@@ -131,7 +150,8 @@ async def test_the_image_command_line_serves_as_a_ci_sidecar(
 
         gitlab.add_wheel(42, "corp-util", "1.0.0")
         target = tmp_path / "site"
-        (await pip_install(proxy.index_url("groups/7"), target, "corp-util")).check()
+        index = job_variables["PIP_INDEX_URL"].replace("http://pypi-proxy:8080", proxy.url)
+        (await pip_install(index.replace("my-group", "platform"), target, "corp-util")).check()
         assert (target / "corp_util-1.0.0.dist-info").is_dir()
         upstream = [r for r in gitlab.requests if r.kind in ("page", "file")]
         assert upstream and all(r.headers["Authorization"].startswith("Basic ") for r in upstream)
