@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shlex
@@ -154,7 +155,9 @@ async def test_the_image_command_line_serves_as_a_ci_sidecar(
         (await pip_install(index.replace("my-group", "platform"), target, "corp-util")).check()
         assert (target / "corp_util-1.0.0.dist-info").is_dir()
         upstream = [r for r in gitlab.requests if r.kind in ("page", "file")]
-        assert upstream and all(r.headers["Authorization"].startswith("Basic ") for r in upstream)
+        credentials = base64.b64encode(f"gitlab-ci-token:{JOB_TOKEN}".encode()).decode()
+        assert upstream
+        assert all(r.headers["Authorization"] == f"Basic {credentials}" for r in upstream)
         assert gitlab.counts["unauthorized"] == 0
         assert (cache / "index.sqlite3").exists()
         assert JOB_TOKEN not in proxy.log()
