@@ -3,7 +3,7 @@
 #   docker run -p 8080:8080 -v pypi-cache:/cache \
 #     -e GITLAB_PYPI_PROXY_UPSTREAM_URL=https://gitlab.example.com \
 #     -e GITLAB_PYPI_PROXY_UPSTREAM_TOKEN=gldt-... gitlab-pypi-proxy
-# In a GitLab CI job with nothing configured it uses $CI_SERVER_URL and $CI_JOB_TOKEN.
+# As a GitLab CI service it takes the server from $CI_SERVER_URL (README: "As a GitLab CI service").
 
 FROM python:3.12-slim AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
