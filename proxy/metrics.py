@@ -30,7 +30,7 @@ UNMATCHED = "unmatched"
 
 
 @dataclass(frozen=True, slots=True)
-class UpstreamError:
+class UpstreamFailure:
     at: float
     kind: str
     message: str
@@ -54,7 +54,7 @@ class Metrics:
         self.evicted_bytes = 0
         self.upstream_errors = {"page": 0, "file": 0, "probe": 0}
         self.packages: Counter[str] = Counter()
-        self.recent_errors: deque[UpstreamError] = deque(maxlen=RECENT_ERRORS)
+        self.recent_errors: deque[UpstreamFailure] = deque(maxlen=RECENT_ERRORS)
         self.recent_latencies: deque[float] = deque(maxlen=RECENT_LATENCIES)
         self.upstream_last_ok: float | None = None
         self.upstream_last_error: float | None = None
@@ -117,7 +117,7 @@ class Metrics:
         now = time.time()
         self.upstream_errors[kind] += 1
         self.upstream_last_error = now
-        self.recent_errors.appendleft(UpstreamError(now, kind, redact(message)))
+        self.recent_errors.appendleft(UpstreamFailure(now, kind, redact(message)))
 
     def hit_ratio(self) -> float | None:
         """Pages and files answered from the cache, of all that were looked up."""
