@@ -16,6 +16,7 @@ from .blobs import BlobStore
 from .config import Settings
 from .errors import error_middleware
 from .files import FileCache
+from .metrics import Metrics, metrics_middleware
 from .pages import PageCache
 from .store import Store
 from .upstream import Upstream
@@ -26,9 +27,14 @@ DB_NAME = "index.sqlite3"
 def create_app(settings: Settings) -> web.Application:
     """The application; raises ConfigError when the access tokens file is unusable."""
     guard = AccessGuard(settings.access)
-    app = web.Application(middlewares=[error_middleware, access_middleware(guard)])
+    metrics = Metrics()
+    # Metrics outermost, so it counts the statuses clients really get, errors mapped.
+    app = web.Application(
+        middlewares=[metrics_middleware(metrics), error_middleware, access_middleware(guard)]
+    )
     app[keys.SETTINGS] = settings
     app[keys.ACCESS] = guard
+    app[keys.METRICS] = metrics
     app.cleanup_ctx.append(_resources)
     handlers.add_routes(app)
     return app
@@ -48,9 +54,20 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         # Proxies come only from our config, never from the environment of the process.
         trust_env=False,
     )
-    upstream = Upstream(settings.upstream, session, offline=settings.cache.offline)
-    files = FileCache(settings.cache, blobs, store, upstream)
+    metrics = app[keys.METRICS]
+    upstream = Upstream(settings.upstream, session, metrics, offline=settings.cache.offline)
+    files = FileCache(
+        settings.cache,
+        blobs,
+        store,
+        upstream,
+        metrics,
+        accel_redirect=settings.server.accel_redirect,
+    )
     await files.load()
+    metrics.cache_limit = settings.cache.max_size
+    metrics.cache_size = lambda: (sum(b.size for b in files.known.values()), len(files.known))
+    metrics.fills_in_flight = lambda: len(files.fills)
     app[keys.STORE] = store
     app[keys.BLOBS] = blobs
     app[keys.UPSTREAM] = upstream
@@ -65,6 +82,6 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         flusher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await flusher
-        await files.close()
+        await files.close(settings.server.shutdown_grace)
         await session.close()
         await store.close()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import getpass
 import logging
 import secrets
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +19,7 @@ from . import bundle, warm
 from .access import hash_token
 from .app import create_app
 from .config import ConfigError, Settings, load_settings
-from .log import setup_logging
+from .log import ACCESS_LOGGER, AccessLogger, setup_logging
 
 log = logging.getLogger("proxy")
 
@@ -106,13 +108,42 @@ def serve(settings: Settings) -> int:
         settings.upstream.url,
         settings.cache.dir,
     )
-    web.run_app(
+    return asyncio.run(_serve(settings, app))
+
+
+async def _serve(settings: Settings, app: web.Application) -> int:
+    """Serve until SIGTERM or SIGINT, then stop accepting and let in-flight requests finish."""
+    server = settings.server
+    runner = web.AppRunner(
         app,
-        host=settings.server.host,
-        port=settings.server.port,
-        print=None,
-        shutdown_timeout=settings.server.shutdown_grace,
+        handle_signals=False,
+        access_log_class=AccessLogger,
+        access_log=logging.getLogger(ACCESS_LOGGER),
+        # Each request still running gets this long to finish, then it is cancelled.
+        shutdown_timeout=server.shutdown_grace,
     )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await runner.setup()
+    try:
+        try:
+            await web.TCPSite(runner, server.host, server.port).start()
+        except OSError as e:
+            log.error("cannot listen on %s:%d: %s", server.host, server.port, e.strerror)
+            return 1
+        await stop.wait()
+        # A second signal now stops the process at once (SQLite's WAL survives that).
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        log.info(
+            "stopping: no new connections; requests in flight get up to %gs",
+            server.shutdown_grace,
+        )
+    finally:
+        await runner.cleanup()
+    log.info("stopped")
     return 0
 
 

@@ -209,6 +209,11 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(f"server.port: {settings.server.port} is not a TCP port")
     if settings.server.workers < 1:
         raise ConfigError("server.workers: must be at least 1")
+    accel = settings.server.accel_redirect
+    if accel and not re.fullmatch(r"/(?:[A-Za-z0-9._~-]+/)+", accel):
+        raise ConfigError(
+            f"server.accel_redirect: {accel!r} is not a location like '/_blobs/' (slashes around)"
+        )
     if up.timeout <= 0:
         raise ConfigError("upstream.timeout: must be more than 0 seconds")
     if up.forwarding == "cache" and not up.forward_hosts:
@@ -225,15 +230,16 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(f"access.allow: {scope!r} is not 'projects/ID' or 'groups/ID'")
 
 
-def _ci_defaults(env: Mapping[str, str], has_upstream: bool) -> dict[str, Any]:
+def _ci_defaults(env: Mapping[str, str], configured: Mapping[str, Any]) -> dict[str, Any]:
     """Inside a GitLab CI job with no upstream configured, the job's own server and token."""
-    if has_upstream or not env.get("CI_SERVER_URL") or not env.get("CI_JOB_TOKEN"):
+    if "url" in configured or not env.get("CI_SERVER_URL"):
         return {}
-    return {
-        "url": env["CI_SERVER_URL"],
-        "username": "gitlab-ci-token",
-        "token": env["CI_JOB_TOKEN"],
-    }
+    defaults: dict[str, Any] = {"url": env["CI_SERVER_URL"]}
+    # A CI service container sees only the job's public variables, CI_SERVER_URL but not
+    # CI_JOB_TOKEN: then the token comes from upstream.token, and the server still from CI.
+    if env.get("CI_JOB_TOKEN") and not {"token", "token_file"} & configured.keys():
+        defaults.update(username="gitlab-ci-token", token=env["CI_JOB_TOKEN"])
+    return defaults
 
 
 def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -259,7 +265,7 @@ def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None
     for name, cls in _SECTIONS.items():
         values = _section_values(name, cls, document.get(name, {}), env)
         if name == "upstream":
-            values = {**_ci_defaults(env, "url" in values), **values}
+            values = {**_ci_defaults(env, values), **values}
         sections[name] = cls(**values)
     settings = Settings(**sections)
     settings = _with_token_file(settings)

@@ -22,6 +22,7 @@ from cachetools import LRUCache
 from .blobs import BlobStore
 from .config import CacheSettings
 from .errors import Offline, ProxyError, UpstreamError, UpstreamUnavailable
+from .metrics import Metrics
 from .store import Store
 from .upstream import Upstream
 
@@ -110,12 +111,22 @@ class FileCache:
     """Owns `known` blobs, the small-file memory cache, in-flight fills and access times."""
 
     def __init__(
-        self, settings: CacheSettings, blobs: BlobStore, store: Store, upstream: Upstream
+        self,
+        settings: CacheSettings,
+        blobs: BlobStore,
+        store: Store,
+        upstream: Upstream,
+        metrics: Metrics,
+        *,
+        accel_redirect: str = "",
     ) -> None:
         self.settings = settings
         self.blobs = blobs
         self.store = store
         self.upstream = upstream
+        self.metrics = metrics
+        # nginx's internal location for blobs/: hits are then answered by nginx from disk.
+        self.accel_redirect = accel_redirect
         self.known: dict[str, KnownBlob] = {}
         self.memory: LRUCache[str, bytes] = LRUCache(
             maxsize=max(1, settings.memory_size), getsizeof=len
@@ -148,10 +159,14 @@ class FileCache:
                 len(stray),
             )
 
-    async def close(self) -> None:
-        """Let running fills end, then write the last access times."""
+    async def close(self, grace: float | None = None) -> None:
+        """Let running fills end (abandoning those still running after `grace`), then write the
+        last access times."""
         if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            _, late = await asyncio.wait(self._tasks, timeout=grace)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         await self.flush_access()
 
     async def flush_access(self) -> None:
@@ -195,7 +210,9 @@ class FileCache:
             await admission.admit()
         blob = self.hit(sha256, filename)
         if blob is not None:
+            self.metrics.file_hit(blob.size)
             return await self._respond_hit(request, sha256, blob, private=private)
+        self.metrics.file_miss()
         if self.upstream.offline:
             raise Offline()
         fill = self.fills.get(sha256)
@@ -236,6 +253,11 @@ class FileCache:
         self.accessed[sha256] = time.time()
         headers = self._headers(sha256, blob.filename, private=private)
         headers["X-Cache"] = "HIT"
+        if self.accel_redirect:
+            headers["X-Accel-Redirect"] = (
+                f"{self.accel_redirect}{sha256[:2]}/{sha256[2:4]}/{sha256}"
+            )
+            return web.Response(headers=headers)
         conditional = (
             request.http_range.start is not None
             or request.http_range.stop is not None
@@ -283,11 +305,11 @@ class FileCache:
                     digest.update(chunk)
                     fill.advance(len(chunk))
             if fill.size is not None and fill.written != fill.size:
-                raise UpstreamError(
+                raise self._bad_file(
                     f"upstream sent {fill.written} of {fill.size} bytes for {fill.filename}"
                 )
             if digest.hexdigest() != fill.sha256:
-                raise UpstreamError(f"sha256 mismatch for {fill.filename}: not stored")
+                raise self._bad_file(f"sha256 mismatch for {fill.filename}: not stored")
             await asyncio.to_thread(os.fsync, fd)
             final = self.blobs.commit(fill.path, fill.sha256)
             committed = True
@@ -299,7 +321,7 @@ class FileCache:
             fill.fail(e)
         except aiohttp.ClientPayloadError:
             log.warning("fill of %s failed: upstream body incomplete", fill.filename)
-            fill.fail(UpstreamError(f"upstream body for {fill.filename} was incomplete"))
+            fill.fail(self._bad_file(f"upstream body for {fill.filename} was incomplete"))
         except (aiohttp.ClientError, TimeoutError) as e:
             log.warning("fill of %s failed: %s", fill.filename, type(e).__name__)
             fill.fail(UpstreamUnavailable(f"upstream failed while sending {fill.filename}"))
@@ -308,12 +330,17 @@ class FileCache:
             fill.fail(UpstreamError(f"could not write {fill.filename} to the cache"))
         finally:
             os.close(fd)
+            self.metrics.fetched("file", fill.written)
             if not committed:
                 with contextlib.suppress(FileNotFoundError):
                     fill.path.unlink()
             if fill.state is FillState.RUNNING:
                 fill.fail(UpstreamError(f"fill of {fill.filename} was interrupted"))
             self.fills.pop(fill.sha256, None)
+
+    def _bad_file(self, message: str) -> UpstreamError:
+        self.metrics.upstream_failed("file", message)
+        return UpstreamError(message)
 
     async def _respond_fill(
         self, request: web.Request, fill: Fill, *, private: bool

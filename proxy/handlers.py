@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from urllib.parse import quote
 
 from aiohttp import hdrs, web
@@ -14,12 +15,14 @@ from .pages import PageResult
 from .scope import Scope
 from .simple import Distribution, is_sha256, is_valid_name, normalize, version_of
 from .simple_html import render_index_html, render_project_html
+from .status import render_status
 
 MAX_FILENAME_LENGTH = 255
 _BAD_FILENAME_RE = re.compile(r"[/\\\x00]|\.\.")
 
 PROJECT_PREFIX = "/api/v4/projects/{id}/packages/pypi"
 GROUP_PREFIX = "/api/v4/groups/{id}/-/packages/pypi"
+RECENT_OK_SECONDS = 10.0
 
 
 def scope_of(request: web.Request) -> Scope:
@@ -50,6 +53,7 @@ def _page_response(
     pages = request.app[keys.PAGES]
     # A page GitLab showed one client's credentials is not for a shared HTTP cache.
     private = "private, " if who.is_client else ""
+    request.app[keys.METRICS].page_result(result.state)
     headers = {
         "X-Cache": result.state,
         hdrs.CACHE_CONTROL: f"{private}max-age={pages.freshness_left(result.page)}",
@@ -84,6 +88,7 @@ async def simple_project(request: web.Request) -> web.StreamResponse:
         raise web.HTTPMovedPermanently(_renamed(request, normalized))
     who = caller(request)
     result = await request.app[keys.PAGES].project(scope, normalized, who)
+    request.app[keys.METRICS].package_requested(normalized)
     base = _base(request, scope)
     # Relative to the page's own URL: .../simple/NAME/ is two levels below .../pypi/.
     up = "../../" if request.path.endswith("/") else "../"
@@ -152,11 +157,31 @@ async def ready(request: web.Request) -> web.StreamResponse:
         problems.append("sqlite does not answer")
     if not request.app[keys.BLOBS].writable():
         problems.append("cache directory is not writable")
+    if not request.app[keys.SETTINGS].cache.offline and not await _upstream_reachable(request):
+        problems.append("upstream is unreachable")
     status = 503 if problems else 200
     offline = request.app[keys.UPSTREAM].offline
     return web.json_response(
         {"ready": not problems, "offline": offline, "problems": problems}, status=status
     )
+
+
+async def _upstream_reachable(request: web.Request) -> bool:
+    # Real traffic that GitLab answered moments ago says enough; no need to ask it again.
+    last_ok = request.app[keys.METRICS].upstream_last_ok
+    if last_ok is not None and time.time() - last_ok < RECENT_OK_SECONDS:
+        return True
+    return await request.app[keys.UPSTREAM].reachable()
+
+
+async def metrics(request: web.Request) -> web.StreamResponse:
+    return request.app[keys.METRICS].render()
+
+
+async def status(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    page = render_status(app[keys.SETTINGS], app[keys.METRICS])
+    return web.Response(text=page, content_type="text/html", charset="utf-8")
 
 
 def add_routes(app: web.Application) -> None:
@@ -170,3 +195,5 @@ def add_routes(app: web.Application) -> None:
         app.router.add_post(path, uploads.upload, expect_handler=uploads.expect_continue)
     app.router.add_get("/-/health", health)
     app.router.add_get("/-/ready", ready)
+    app.router.add_get("/-/metrics", metrics)
+    app.router.add_get("/-/status", status)

@@ -9,6 +9,7 @@ from .auth import Gatekeeper
 from .blobs import BlobStore
 from .config import Settings
 from .files import FileCache
+from .metrics import Metrics
 from .pages import PageCache
 from .store import Store
 from .upstream import Upstream
@@ -21,3 +22,4 @@ FILES = web.AppKey("files", FileCache)
 PAGES = web.AppKey("pages", PageCache)
 GATE = web.AppKey("gate", Gatekeeper)
 ACCESS = web.AppKey("access", AccessGuard)
+METRICS = web.AppKey("metrics", Metrics)

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from .errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from .metrics import Metrics, UpstreamKind
 from .scope import Scope
 
 log = logging.getLogger(__name__)
@@ -49,18 +51,26 @@ class Upstream:
     """One per process: a ClientSession with explicit timeouts, and the auth rules."""
 
     def __init__(
-        self, settings: UpstreamSettings, session: aiohttp.ClientSession, *, offline: bool = False
+        self,
+        settings: UpstreamSettings,
+        session: aiohttp.ClientSession,
+        metrics: Metrics,
+        *,
+        offline: bool = False,
     ) -> None:
         self.settings = settings
         # Checked before every request, so no code path can reach the network when offline.
         self.offline = offline
         self.session = session
+        self.metrics = metrics
         self.base = yarl.URL(settings.url.rstrip("/"))
         self._page_timeout = aiohttp.ClientTimeout(total=settings.timeout)
         # Big files may take longer than `timeout` in all; what must not stall is each read.
         self._file_timeout = aiohttp.ClientTimeout(
             total=None, connect=settings.timeout, sock_read=settings.timeout
         )
+        # A readiness probe must answer well within a probe's own timeout.
+        self._probe_timeout = aiohttp.ClientTimeout(total=min(settings.timeout, 3.0))
 
     @property
     def injected_authorization(self) -> str | None:
@@ -97,12 +107,7 @@ class Upstream:
         hops = 0
         try:
             while True:
-                async with self.session.get(
-                    url,
-                    headers=self._headers(url, authorization),
-                    allow_redirects=False,
-                    timeout=self._page_timeout,
-                ) as resp:
+                async with await self._send("page", url, authorization, self._page_timeout) as resp:
                     location = _location(resp)
                     if resp.status in _REDIRECTS and location is not None:
                         if is_listed_host(location, follow_to) and hops < MAX_REDIRECTS:
@@ -111,11 +116,12 @@ class Upstream:
                             continue
                         return PageAnswer(resp.status, b"", url, location=location)
                     body = await _read_limited(resp, MAX_PAGE_BYTES)
+                    self.metrics.fetched("page", len(body))
                     return PageAnswer(resp.status, body, url, retry_after=_retry_after(resp))
         except TimeoutError as e:
-            raise UpstreamTimeout(f"GitLab did not answer within {self.settings.timeout:g}s") from e
+            raise self._failed("page", UpstreamTimeout(self._timeout_message)) from e
         except aiohttp.ClientError as e:
-            raise UpstreamUnavailable(f"GitLab is unreachable: {_describe(e)}") from e
+            raise self._failed("page", UpstreamUnavailable(_unreachable(e))) from e
 
     @asynccontextmanager
     async def open_file(
@@ -127,13 +133,9 @@ class Upstream:
         hops = 0
         try:
             while True:
-                resp = await self.session.get(
-                    url,
-                    headers=self._headers(url, authorization),
-                    allow_redirects=False,
-                    timeout=self._file_timeout,
-                    # A file body is hashed as sent: it must arrive as stored, not re-encoded.
-                    auto_decompress=False,
+                # A file body is hashed as sent: it must arrive as stored, not re-encoded.
+                resp = await self._send(
+                    "file", url, authorization, self._file_timeout, auto_decompress=False
                 )
                 location = _location(resp)
                 if resp.status in _REDIRECTS and location is not None and hops < MAX_REDIRECTS:
@@ -149,9 +151,59 @@ class Upstream:
             finally:
                 resp.release()
         except TimeoutError as e:
-            raise UpstreamTimeout(f"GitLab did not answer within {self.settings.timeout:g}s") from e
+            raise self._failed("file", UpstreamTimeout(self._timeout_message)) from e
         except aiohttp.ClientError as e:
-            raise UpstreamUnavailable(f"GitLab is unreachable: {_describe(e)}") from e
+            raise self._failed("file", UpstreamUnavailable(_unreachable(e))) from e
+
+    async def _send(
+        self,
+        kind: UpstreamKind,
+        url: yarl.URL,
+        authorization: str | None,
+        limits: aiohttp.ClientTimeout,
+        *,
+        auto_decompress: bool = True,
+    ) -> aiohttp.ClientResponse:
+        """One GET without redirects, timed to its headers; failing answers are remembered."""
+        started = time.monotonic()
+        resp = await self.session.get(
+            url,
+            headers=self._headers(url, authorization),
+            allow_redirects=False,
+            timeout=limits,
+            auto_decompress=auto_decompress,
+        )
+        self.metrics.upstream_answered(kind, time.monotonic() - started, resp.status)
+        if resp.status >= 500 or resp.status == 429:
+            self.metrics.upstream_failed(kind, f"{url.host} answered {resp.status} for {url.path}")
+        elif (
+            resp.status in (401, 403)
+            and self.settings.credentials == "inject"
+            and self.is_upstream_host(url)
+        ):
+            self.metrics.upstream_failed(
+                kind, f"GitLab refused the proxy's credentials ({resp.status}) for {url.path}"
+            )
+        return resp
+
+    @property
+    def _timeout_message(self) -> str:
+        return f"GitLab did not answer within {self.settings.timeout:g}s"
+
+    def _failed(self, kind: UpstreamKind, error: ProxyError) -> ProxyError:
+        self.metrics.upstream_failed(kind, error.message)
+        return error
+
+    async def reachable(self) -> bool:
+        """Whether GitLab answers HTTP at all (any status): for /-/ready, without credentials."""
+        try:
+            resp = await self._send("probe", self.base, None, self._probe_timeout)
+        except (aiohttp.ClientError, TimeoutError) as e:
+            message = self._timeout_message if isinstance(e, TimeoutError) else _unreachable(e)
+            self.metrics.upstream_failed("probe", message)
+            return False
+        resp.release()
+        return True
 
     async def probe(
         self, url: yarl.URL, authorization: str | None
@@ -271,6 +323,10 @@ async def _message(resp: aiohttp.ClientResponse) -> str:
     except (aiohttp.ClientError, TimeoutError):
         return str(resp.status)
     return message_of(body, resp.status)
+
+
+def _unreachable(e: aiohttp.ClientError) -> str:
+    return f"GitLab is unreachable: {_describe(e)}"
 
 
 def _describe(e: aiohttp.ClientError) -> str:

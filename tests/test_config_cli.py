@@ -68,6 +68,31 @@ def test_ci_job_defaults_apply_only_without_an_upstream() -> None:
     assert configured.upstream.token == ""
 
 
+def test_ci_service_gets_the_server_from_ci_and_the_token_from_config() -> None:
+    """A service container sees CI_SERVER_URL but not CI_JOB_TOKEN (it is not public)."""
+    env = {
+        "CI_SERVER_URL": "https://gitlab.corp",
+        "GITLAB_PYPI_PROXY_UPSTREAM_USERNAME": "gitlab-ci-token",
+        "GITLAB_PYPI_PROXY_UPSTREAM_TOKEN": "job-123",
+    }
+    settings = load_settings(None, env=env)
+    assert (settings.upstream.url, settings.upstream.username, settings.upstream.token) == (
+        "https://gitlab.corp",
+        "gitlab-ci-token",
+        "job-123",
+    )
+    # A configured token is never paired with the job token's user name.
+    mine = load_settings(
+        None,
+        env={
+            "CI_SERVER_URL": "https://gitlab.corp",
+            "CI_JOB_TOKEN": "job-123",
+            "GITLAB_PYPI_PROXY_UPSTREAM_TOKEN": "gldt-mine",
+        },
+    )
+    assert (mine.upstream.username, mine.upstream.token) == ("pypi-proxy", "gldt-mine")
+
+
 @pytest.mark.parametrize(
     ("toml", "env", "names"),
     [
@@ -82,6 +107,7 @@ def test_ci_job_defaults_apply_only_without_an_upstream() -> None:
         ("", {"GITLAB_PYPI_PROXY_CACHE_OFFLINE": "maybe"}, "cache.offline"),
         ("", {"GITLAB_PYPI_PROXY_UPSTREAM_TOKNE": "x"}, "GITLAB_PYPI_PROXY_UPSTREAM_TOKNE"),
         ("[access]\nallow = ['users/1']\n", {}, "access.allow"),
+        ("[server]\naccel_redirect = '_blobs'\n", {}, "server.accel_redirect"),
         ("not toml at all = = =", {}, "not valid TOML"),
     ],
 )
