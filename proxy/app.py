@@ -14,7 +14,9 @@ from .blobs import BlobStore
 from .config import Settings
 from .errors import error_middleware
 from .files import FileCache
+from .metadata import CoreMetadata
 from .pages import PageCache
+from .rendering import PageRenderer
 from .store import Store
 from .upstream import Upstream
 
@@ -46,11 +48,16 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     upstream = Upstream(settings.upstream, session)
     files = FileCache(settings.cache, blobs, store, upstream)
     await files.load()
+    metadata = CoreMetadata(files, store)
+    await metadata.load()
+    files.on_verified = metadata.wheel_verified
     app[keys.STORE] = store
     app[keys.BLOBS] = blobs
     app[keys.UPSTREAM] = upstream
     app[keys.FILES] = files
     app[keys.PAGES] = PageCache(settings, upstream, store)
+    app[keys.METADATA] = metadata
+    app[keys.RENDERER] = PageRenderer(files, metadata)
     flusher = asyncio.create_task(files.run_access_flusher())
     try:
         yield
@@ -59,5 +66,6 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await flusher
         await files.close()
+        await metadata.close()
         await session.close()
         await store.close()

@@ -37,6 +37,10 @@ class NotFound(ProxyError):
     status = 404
 
 
+class NotAcceptable(ProxyError):
+    status = 406
+
+
 class PayloadTooLarge(ProxyError):
     status = 413
 

@@ -8,11 +8,13 @@ from urllib.parse import quote
 from aiohttp import hdrs, web
 
 from . import keys
-from .errors import BadRequest
-from .pages import PageResult
+from .errors import BadRequest, NotAcceptable, NotFound
+from .metadata import SUFFIX as METADATA_SUFFIX
+from .negotiate import accepts_gzip, choose, none_match
+from .pages import PageResult, page_key
+from .rendering import FORMAT_OF, Rendered
 from .scope import Scope
-from .simple import Distribution, is_sha256, is_valid_name, normalize, version_of
-from .simple_html import render_index_html, render_project_html
+from .simple import is_sha256, is_valid_name, normalize, version_of
 
 MAX_FILENAME_LENGTH = 255
 _BAD_FILENAME_RE = re.compile(r"[/\\\x00]|\.\.")
@@ -39,33 +41,61 @@ def _base(request: web.Request, scope: Scope) -> str | None:
     return f"{public_url}/api/v4/{scope.api_prefix}" if public_url else None
 
 
-def _file_path(dist: Distribution) -> str:
-    return f"files/{dist.sha256}/{quote(dist.filename, safe='')}"
+# Pages differ by these request headers; shared caches must key on them too.
+VARY = "Accept, Accept-Encoding"
 
 
-def _page_response(request: web.Request, result: PageResult, body: str) -> web.Response:
+def _media_type(request: web.Request) -> str:
+    """The representation the client asked for; PyPI's `?format=` stands in for `Accept`."""
+    wanted = request.query.get("format") or request.headers.get(hdrs.ACCEPT)
+    media_type = choose(wanted)
+    if media_type is None:
+        raise NotAcceptable(
+            "none of text/html, application/vnd.pypi.simple.v1+html or "
+            "application/vnd.pypi.simple.v1+json is acceptable to the client",
+            headers={hdrs.VARY: VARY},
+        )
+    return media_type
+
+
+def _page_response(
+    request: web.Request, result: PageResult, media_type: str, rendered: Rendered
+) -> web.Response:
     pages = request.app[keys.PAGES]
+    gzipped = accepts_gzip(request.headers.get(hdrs.ACCEPT_ENCODING))
+    etag = rendered.etag(media_type, gzipped)
     headers = {
         "X-Cache": result.state,
         hdrs.CACHE_CONTROL: f"max-age={pages.freshness_left(result.page)}",
+        hdrs.VARY: VARY,
+        hdrs.ETAG: etag,
     }
     if result.state == "STALE":
         headers["Warning"] = '110 - "Response is Stale"'
-    return web.Response(text=body, content_type="text/html", charset="utf-8", headers=headers)
+    if none_match(request.headers.get(hdrs.IF_NONE_MATCH), etag):
+        return web.Response(status=304, headers=headers)
+    # JSON is UTF-8 by definition (RFC 8259); HTML says so in the header.
+    headers[hdrs.CONTENT_TYPE] = (
+        media_type if FORMAT_OF[media_type] == "json" else f"{media_type}; charset=utf-8"
+    )
+    if gzipped:
+        headers[hdrs.CONTENT_ENCODING] = "gzip"
+    return web.Response(body=rendered.gzipped if gzipped else rendered.body, headers=headers)
 
 
 async def simple_index(request: web.Request) -> web.StreamResponse:
     scope = scope_of(request)
+    media_type = _media_type(request)
     result = await request.app[keys.PAGES].index(scope, authorization(request))
     base = _base(request, scope)
-    on_slash = request.path.endswith("/")
-
-    def project_url(name: str) -> str:
-        if base is not None:
-            return f"{base}/simple/{name}/"
-        return f"{name}/" if on_slash else f"simple/{name}/"
-
-    return _page_response(request, result, render_index_html(result.index, project_url))
+    if base is not None:
+        prefix = f"{base}/simple/"
+    else:
+        prefix = "" if request.path.endswith("/") else "simple/"
+    rendered = await request.app[keys.RENDERER].index(
+        page_key(scope, None), result.index, result.page.fetched_at, FORMAT_OF[media_type], prefix
+    )
+    return _page_response(request, result, media_type, rendered)
 
 
 async def simple_project(request: web.Request) -> web.StreamResponse:
@@ -76,22 +106,20 @@ async def simple_project(request: web.Request) -> web.StreamResponse:
     normalized = normalize(name)
     if name != normalized:
         raise web.HTTPMovedPermanently(_renamed(request, normalized))
+    media_type = _media_type(request)
     result = await request.app[keys.PAGES].project(scope, normalized, authorization(request))
     base = _base(request, scope)
     # Relative to the page's own URL: .../simple/NAME/ is two levels below .../pypi/.
-    up = "../../" if request.path.endswith("/") else "../"
-
-    def file_url(dist: Distribution) -> str:
-        if base is not None:
-            return f"{base}/{_file_path(dist)}"
-        return up + _file_path(dist)
-
-    # A file without a sha256 cannot be fetched through the content-addressed files route.
-    project = result.project
-    servable = tuple(f for f in project.files if f.sha256 and is_sha256(f.sha256))
-    if len(servable) != len(project.files):
-        project = type(project)(project.name, servable)
-    return _page_response(request, result, render_project_html(project, file_url))
+    relative = "../../" if request.path.endswith("/") else "../"
+    prefix = f"{base}/" if base is not None else relative
+    rendered = await request.app[keys.RENDERER].project(
+        page_key(scope, normalized),
+        result.project,
+        result.page.fetched_at,
+        FORMAT_OF[media_type],
+        prefix,
+    )
+    return _page_response(request, result, media_type, rendered)
 
 
 def _renamed(request: web.Request, normalized: str) -> str:
@@ -104,23 +132,33 @@ def _renamed(request: web.Request, normalized: str) -> str:
     return location
 
 
-def _checked_file(request: web.Request) -> tuple[str, str]:
+def _checked_file(request: web.Request) -> tuple[str, str, bool]:
+    """(sha256, the distribution's filename, whether its PEP 658 `.metadata` is asked for)."""
     sha256 = request.match_info["sha256"].lower()
     filename = request.match_info["filename"]
     if not is_sha256(sha256):
         raise BadRequest("malformed sha256: expected 64 hex digits")
     if len(filename) > MAX_FILENAME_LENGTH or _BAD_FILENAME_RE.search(filename):
         raise BadRequest("malformed filename")
+    wants_metadata = filename.endswith(METADATA_SUFFIX)
+    filename = filename.removesuffix(METADATA_SUFFIX)
     if version_of(filename) is None:
         raise BadRequest("filename is not a wheel or sdist name")
-    return sha256, filename
+    return sha256, filename, wants_metadata
 
 
 async def file_download(request: web.Request) -> web.StreamResponse:
     scope = scope_of(request)
-    sha256, filename = _checked_file(request)
+    sha256, filename, wants_metadata = _checked_file(request)
     upstream = request.app[keys.UPSTREAM]
+    # For `.metadata` too, the sha256 in the path is the wheel's own (PEP 658 URLs).
     source = upstream.url_for(scope, f"files/{sha256}/{quote(filename, safe='')}")
+    if wants_metadata:
+        if not filename.endswith(".whl"):
+            raise NotFound("core metadata is served for wheels only")
+        return await request.app[keys.METADATA].respond(
+            request, sha256, filename, source, authorization(request)
+        )
     return await request.app[keys.FILES].respond(
         request, sha256, filename, source, authorization(request)
     )

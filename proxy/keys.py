@@ -7,7 +7,9 @@ from aiohttp import web
 from .blobs import BlobStore
 from .config import Settings
 from .files import FileCache
+from .metadata import CoreMetadata
 from .pages import PageCache
+from .rendering import PageRenderer
 from .store import Store
 from .upstream import Upstream
 
@@ -17,3 +19,5 @@ BLOBS = web.AppKey("blobs", BlobStore)
 UPSTREAM = web.AppKey("upstream", Upstream)
 FILES = web.AppKey("files", FileCache)
 PAGES = web.AppKey("pages", PageCache)
+METADATA = web.AppKey("metadata", CoreMetadata)
+RENDERER = web.AppKey("renderer", PageRenderer)
