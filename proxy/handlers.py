@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from aiohttp import hdrs, web
 
 from . import keys
 from .errors import BadRequest, NotAcceptable, NotFound
 from .metadata import SUFFIX as METADATA_SUFFIX
-from .negotiate import accepts_gzip, choose, none_match
+from .negotiate import accepts_gzip, choose, none_match, parse_accept
 from .pages import PageResult, page_key
 from .rendering import FORMAT_OF, Rendered
 from .scope import Scope
@@ -47,8 +47,11 @@ VARY = "Accept, Accept-Encoding"
 
 def _media_type(request: web.Request) -> str:
     """The representation the client asked for; PyPI's `?format=` stands in for `Accept`."""
-    wanted = request.query.get("format") or request.headers.get(hdrs.ACCEPT)
-    media_type = choose(wanted)
+    wanted = _format_parameter(request)
+    if wanted is not None and not parse_accept(wanted):
+        media_type = None
+    else:
+        media_type = choose(wanted or request.headers.get(hdrs.ACCEPT))
     if media_type is None:
         raise NotAcceptable(
             "none of text/html, application/vnd.pypi.simple.v1+html or "
@@ -56,6 +59,16 @@ def _media_type(request: web.Request) -> str:
             headers={hdrs.VARY: VARY},
         )
     return media_type
+
+
+def _format_parameter(request: web.Request) -> str | None:
+    # Read raw: people write `?format=application/vnd.pypi.simple.v1+json` by hand, and form
+    # decoding would turn that `+` into a space.
+    for pair in request.rel_url.raw_query_string.split("&"):
+        key, _, value = pair.partition("=")
+        if key == "format" and value:
+            return unquote(value)
+    return None
 
 
 def _page_response(
