@@ -48,7 +48,8 @@ class Rendered:
 class _Entry:
     fetched_at: float
     generation: tuple[int, int]
-    details: Details
+    # A hash, not the tuple: on a 20,000-file page that would outweigh the body.
+    details: int
     rendered: Rendered
 
 
@@ -67,8 +68,7 @@ class PageRenderer:
             maxsize=MAX_RENDERED_BYTES,
             getsizeof=lambda entry: len(entry.rendered.body) + len(entry.rendered.gzipped),
         )
-        self._servable: LRUCache[str, tuple[float, Project]] = LRUCache(maxsize=4096)
-        self._inflight: dict[tuple[str, Format, str, float, Details], asyncio.Future[Rendered]] = {}
+        self._inflight: dict[tuple[str, Format, str, float, int], asyncio.Future[Rendered]] = {}
         self.renders = 0
 
     async def project(
@@ -79,10 +79,11 @@ class PageRenderer:
         entry = self.cache.get((key, fmt, prefix))
         if entry is not None and (entry.fetched_at, entry.generation) == (fetched_at, generation):
             return entry.rendered
-        project = self._servable_files(key, fetched, fetched_at)
+        project = _servable(fetched)
         # What changed may concern other pages only; then this page's bytes stand.
         details = tuple(self._details(dist) for dist in project.files)
-        if entry is not None and (entry.fetched_at, entry.details) == (fetched_at, details):
+        details_hash = hash(details)
+        if entry is not None and (entry.fetched_at, entry.details) == (fetched_at, details_hash):
             entry.generation = generation
             return entry.rendered
 
@@ -90,7 +91,9 @@ class PageRenderer:
             return _render_project(project, details, fmt, prefix)
 
         big = len(project.files) >= THREAD_FROM_FILES
-        return await self._render((key, fmt, prefix), fetched_at, generation, details, render, big)
+        return await self._render(
+            (key, fmt, prefix), fetched_at, generation, details_hash, render, big
+        )
 
     async def index(
         self, key: str, index: Index, fetched_at: float, fmt: Format, prefix: str
@@ -104,18 +107,7 @@ class PageRenderer:
             return _render_index(index, fmt, prefix)
 
         big = len(index.projects) >= THREAD_FROM_FILES
-        return await self._render((key, fmt, prefix), fetched_at, (0, 0), (), render, big)
-
-    def _servable_files(self, key: str, project: Project, fetched_at: float) -> Project:
-        """The page's files that have a sha256: only those can go through the files route."""
-        memo = self._servable.get(key)
-        if memo is not None and memo[0] == fetched_at:
-            return memo[1]
-        servable = tuple(f for f in project.files if f.sha256 and is_sha256(f.sha256))
-        if len(servable) != len(project.files):
-            project = Project(project.name, servable)
-        self._servable[key] = (fetched_at, project)
-        return project
+        return await self._render((key, fmt, prefix), fetched_at, (0, 0), 0, render, big)
 
     def _details(self, dist: Distribution) -> tuple[bool | str, int | None]:
         # A size is known for a cached blob (its sha256 fixes its length) or if upstream said it.
@@ -127,7 +119,7 @@ class PageRenderer:
         cache_key: tuple[str, Format, str],
         fetched_at: float,
         generation: tuple[int, int],
-        details: Details,
+        details: int,
         render: Callable[[], Rendered],
         big: bool,
     ) -> Rendered:
@@ -148,6 +140,13 @@ class PageRenderer:
 
 async def _now(render: Callable[[], Rendered]) -> Rendered:
     return render()
+
+
+def _servable(project: Project) -> Project:
+    """The page's files that have a sha256: only those can go through the files route."""
+    servable = tuple(f for f in project.files if f.sha256 and is_sha256(f.sha256))
+    # Usually all of them: then the fetched model itself, whose parsed versions are kept.
+    return project if len(servable) == len(project.files) else Project(project.name, servable)
 
 
 def _render_project(project: Project, details: Details, fmt: Format, prefix: str) -> Rendered:

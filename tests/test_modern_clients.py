@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,10 @@ from multidict import CIMultiDictProxy
 
 from proxy import keys
 from proxy.app import create_app
+from proxy.pages import CachedPage, page_key
 from proxy.rendering import THREAD_FROM_FILES
+from proxy.scope import Scope
+from proxy.simple import Distribution, Project
 from tests.conftest import TOKEN, ProxyFactory
 from tests.fake_gitlab import FakeGitLab
 from tests.proxy_harness import RunningProxy, make_settings, pip_install, uv_pip_install
@@ -395,6 +399,33 @@ async def test_a_downloaded_wheel_advertises_its_metadata_hash(
             break
         await asyncio.sleep(0.02)
     assert json_page["files"][0]["core-metadata"] == {"sha256": metadata_sha256}
+
+
+async def test_upstream_metadata_claims_are_replaced_by_the_proxys_own(
+    gitlab: FakeGitLab, proxy: RunningProxy
+) -> None:
+    """What upstream says of its metadata file is not what the proxy serves, so not passed on."""
+    wheel = gitlab.add_wheel(42, "corp-util", "1.0.0")
+    sdist = gitlab.add_sdist(42, "corp-util", "1.0.0")
+    claimed = f"sha256={'c' * 64}"
+    files = tuple(
+        Distribution(
+            f.filename, f"{gitlab.url}/x/{f.filename}", {"sha256": f.sha256}, core_metadata=claimed
+        )
+        for f in (wheel, sdist)
+    )
+    # As a page from an upstream with PEP 658 files (the public index) would be stored.
+    scope = Scope.parse("projects", "42")
+    proxy.app[keys.PAGES].fresh[page_key(scope, "corp-util")] = CachedPage(
+        Project("corp-util", files), time.time()
+    )
+    json_page, html_page = await both(proxy, "corp-util")
+    assert advertised(json_page, html_page, wheel.filename) == (True, "true")
+    assert advertised(json_page, html_page, sdist.filename) == (None, None)
+    got = await fetch(file_url(proxy, wheel.sha256, wheel.filename) + ".metadata")
+    json_page, html_page = await both(proxy, "corp-util")
+    own = hashlib.sha256(got.body).hexdigest()
+    assert advertised(json_page, html_page, wheel.filename) == ({"sha256": own}, f"sha256={own}")
 
 
 async def test_metadata_errors_are_clear_404s(
