@@ -19,7 +19,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,13 +39,14 @@ def publish(gitlab: FakeGitLab) -> int:
     The newest corp-core does not go with the newest corp-plugin, so resolvers look at
     a version they then drop. Returns the total size of all wheels.
     """
-    sizes = random.Random(5)
+    sizes = random.Random(5)  # noqa: S311 - reproducible wheel sizes, nothing secret
     total = 0
 
     def wheel(name: str, version: str, requires: tuple[str, ...] = ()) -> None:
         nonlocal total
         payload = sizes.randint(200 * KIB, 2048 * KIB)
-        total += len(gitlab.add_wheel(42, name, version, requires=requires, payload_size=payload).content)
+        added = gitlab.add_wheel(42, name, version, requires=requires, payload_size=payload)
+        total += len(added.content)
 
     for version in ("1.0.0", "1.1.0", "1.2.0"):
         wheel("corp-utils", version)
@@ -160,7 +160,11 @@ async def measure(
     return Sample(seconds, relay.received, len(gitlab.requests) - upstream)
 
 
-Scenario = Callable[[str, Path, int], Awaitable[Sample]]
+def install_command(client: str, index: str, target: Path, cache: Path, warm: bool) -> list[str]:
+    """The client's install; a cold pip gets no cache, a cold uv an empty one."""
+    if client == "uv":
+        return uv_args(index, target, cache)
+    return pip_args(index, target, cache if warm else None)
 
 
 async def main() -> None:
@@ -199,26 +203,18 @@ async def main() -> None:
         rows: list[tuple[str, str, str, list[Sample]]] = []
         for client in ("uv", "pip"):
             for where, (relay, index) in indexes.items():
-                for cache_state in ("cold client", "warm client"):
+                for warm in (False, True):
                     samples = []
-                    for n in range(args.runs):
-                        cache = work / f"cache-{client}-{where[:6]}-{n}"
+                    for _ in range(args.runs):
+                        cache = work / "client-cache"
                         shutil.rmtree(cache, ignore_errors=True)
                         target = work / "target"
-                        if cache_state == "warm client":
+                        command = install_command(client, index, target, cache, warm)
+                        if warm:
                             # A previous install filled the client's cache.
-                            first = uv_args(index, target, cache)
-                            if client == "pip":
-                                first = pip_args(index, target, cache)
-                            await measure(relay, gitlab, first, target)
-                        if client == "uv":
-                            command = uv_args(index, target, cache)
-                        else:
-                            command = pip_args(
-                                index, target, cache if cache_state == "warm client" else None
-                            )
+                            await measure(relay, gitlab, command, target)
                         samples.append(await measure(relay, gitlab, command, target))
-                    rows.append((client, where, cache_state, samples))
+                    rows.append((client, where, "warm client" if warm else "cold client", samples))
     finally:
         await direct.stop()
         await through.stop()
@@ -227,10 +223,14 @@ async def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"test set: {REQUIREMENT} (4 projects, 11 wheels, {total / KIB / KIB:.1f} MiB in all)")
-    print(f"runs per cell: {args.runs} (median), fake GitLab delay per request: {args.gitlab_delay}s")
+    print(
+        f"runs per cell: {args.runs} (median), fake GitLab delay per request: {args.gitlab_delay}s"
+    )
     print()
-    print(f"{'client':6} {'index':14} {'client cache':13} {'wall s':>7} {'KiB received':>13} "
-          f"{'GitLab requests':>16}")
+    print(
+        f"{'client':6} {'index':14} {'client cache':13} {'wall s':>7} {'KiB received':>13} "
+        f"{'GitLab requests':>16}"
+    )
     for client, where, cache_state, samples in rows:
         seconds = statistics.median(s.seconds for s in samples)
         received = statistics.median(s.received for s in samples)
