@@ -16,8 +16,10 @@ from .blobs import BlobStore
 from .config import Settings
 from .errors import error_middleware
 from .files import FileCache
+from .metadata import CoreMetadata
 from .metrics import Metrics, metrics_middleware
 from .pages import PageCache
+from .rendering import PageRenderer
 from .store import Store
 from .upstream import Upstream
 
@@ -68,6 +70,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     metrics.cache_limit = settings.cache.max_size
     metrics.cache_size = lambda: (sum(b.size for b in files.known.values()), len(files.known))
     metrics.fills_in_flight = lambda: len(files.fills)
+    metadata = CoreMetadata(files, store)
+    await metadata.load()
+    files.on_verified = metadata.wheel_verified
     app[keys.STORE] = store
     app[keys.BLOBS] = blobs
     app[keys.UPSTREAM] = upstream
@@ -75,6 +80,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     gate = Gatekeeper(settings.upstream, upstream)
     app[keys.GATE] = gate
     app[keys.PAGES] = PageCache(settings, upstream, store, gate)
+    app[keys.METADATA] = metadata
+    app[keys.RENDERER] = PageRenderer(files, metadata)
     flusher = asyncio.create_task(files.run_access_flusher())
     try:
         yield
@@ -83,5 +90,6 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await flusher
         await files.close(settings.server.shutdown_grace)
+        await metadata.close()
         await session.close()
         await store.close()

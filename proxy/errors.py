@@ -44,6 +44,10 @@ class Offline(NotFound):
         super().__init__("not in the cache, and this proxy is offline (cache.offline)")
 
 
+class NotAcceptable(ProxyError):
+    status = 406
+
+
 class PayloadTooLarge(ProxyError):
     status = 413
 

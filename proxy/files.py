@@ -133,6 +133,10 @@ class FileCache:
         )
         self.fills: dict[str, Fill] = {}
         self.accessed: dict[str, float] = {}
+        # Counts additions to `known`: rendered pages that show sizes are current while it stands.
+        self.generation = 0
+        # Called with (sha256, filename, path) once a download has verified and is stored.
+        self.on_verified: Callable[[str, str, Path], None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         # Told of each fill as it starts, so a warm-up can count what it caused.
         self.fill_observers: list[Callable[[Fill], None]] = []
@@ -230,28 +234,77 @@ class FileCache:
                     return await self._respond_hit(request, sha256, blob, private=private)
         if request.http_range.start is not None or request.http_range.stop is not None:
             # A range read needs the whole verified file; wait, then answer it like a hit.
-            while fill.state is FillState.RUNNING:
-                await fill.changed()
-            if fill.error is not None:
-                raise fill.error
+            await self._finished(fill)
             blob = self.known.get(sha256)
             if blob is not None:
                 return await self._respond_hit(request, sha256, blob, private=private)
         return await self._respond_fill(request, fill, private=private)
+
+    async def ensure(
+        self, sha256: str, filename: str, source: yarl.URL, authorization: str | None
+    ) -> Path:
+        """The verified blob's path, downloading it first (through the shared fill) if needed."""
+        if sha256 not in self.known:
+            fill = self.fills.get(sha256)
+            if fill is None:
+                fill = self._start_fill(sha256, filename, source, authorization)
+            await self._finished(fill)
+        return self.blobs.path(sha256)
+
+    async def store_bytes(self, data: bytes, filename: str) -> str:
+        """Keep a small verified body the proxy made itself (not downloaded); its sha256."""
+        sha256 = hashlib.sha256(data).hexdigest()
+        if sha256 in self.known:
+            return sha256
+        self.blobs.ensure_dirs()
+        temp = self.blobs.new_temp()
+        try:
+            await asyncio.to_thread(_write_synced, temp, data)
+            self.blobs.commit(temp, sha256)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
+        await self.store.add_blob(sha256, len(data), filename)
+        self.known[sha256] = KnownBlob(len(data), filename)
+        self.generation += 1
+        return sha256
+
+    async def respond_blob(
+        self, request: web.Request, sha256: str, filename: str, *, private: bool
+    ) -> web.StreamResponse | None:
+        """Serve a cached blob under `filename`, whatever name it was stored by; None if absent."""
+        blob = self.known.get(sha256)
+        if blob is None:
+            return None
+        return await self._respond_hit(request, sha256, blob, filename, private=private)
+
+    async def _finished(self, fill: Fill) -> None:
+        while fill.state is FillState.RUNNING:
+            await fill.changed()
+        if fill.error is not None:
+            raise fill.error
 
     def _headers(self, sha256: str, filename: str, *, private: bool) -> dict[str, str]:
         return {
             hdrs.CACHE_CONTROL: PRIVATE_IMMUTABLE if private else IMMUTABLE,
             hdrs.CONTENT_TYPE: "application/octet-stream",
             hdrs.CONTENT_DISPOSITION: f'attachment; filename="{filename}"',
+            # Misses too: a range request then waits for the verified file and gets its 206.
+            hdrs.ACCEPT_RANGES: "bytes",
             "X-Checksum-Sha256": sha256,
         }
 
     async def _respond_hit(
-        self, request: web.Request, sha256: str, blob: KnownBlob, *, private: bool
+        self,
+        request: web.Request,
+        sha256: str,
+        blob: KnownBlob,
+        filename: str | None = None,
+        *,
+        private: bool,
     ) -> web.StreamResponse:
         self.accessed[sha256] = time.time()
-        headers = self._headers(sha256, blob.filename, private=private)
+        headers = self._headers(sha256, filename or blob.filename, private=private)
         headers["X-Cache"] = "HIT"
         if self.accel_redirect:
             headers["X-Accel-Redirect"] = (
@@ -271,7 +324,6 @@ class FileCache:
             if body is None:
                 body = await asyncio.to_thread(path.read_bytes)
                 self.memory[sha256] = body
-            headers[hdrs.ACCEPT_RANGES] = "bytes"
             return web.Response(body=body, headers=headers)
         return web.FileResponse(path, chunk_size=CHUNK, headers=headers)
 
@@ -315,7 +367,10 @@ class FileCache:
             committed = True
             await self.store.add_blob(fill.sha256, fill.written, fill.filename)
             self.known[fill.sha256] = KnownBlob(fill.written, fill.filename)
+            self.generation += 1
             fill.finish(final)
+            if self.on_verified is not None:
+                self.on_verified(fill.sha256, fill.filename, final)
         except ProxyError as e:
             log.warning("fill of %s failed: %s", fill.filename, e.message)
             fill.fail(e)
@@ -352,11 +407,16 @@ class FileCache:
                 await fill.changed()
             if fill.error is not None and fill.written == 0:
                 raise fill.error
+            size = fill.size
+            if request.method == hdrs.METH_HEAD and size is None:
+                # No Content-Length from upstream: a HEAD still owes the client the size.
+                await self._finished(fill)
+                size = fill.written
             headers = self._headers(fill.sha256, fill.filename, private=private)
             headers["X-Cache"] = "MISS"
             response = web.StreamResponse(headers=headers)
-            if fill.size is not None:
-                response.content_length = fill.size
+            if size is not None:
+                response.content_length = size
             await response.prepare(request)
             if request.method == hdrs.METH_HEAD:
                 return response
@@ -378,6 +438,15 @@ class FileCache:
                     await fill.changed()
         finally:
             reader.close()
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import re
 import time
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from aiohttp import hdrs, web
 
 from . import keys, uploads
 from .auth import Caller
-from .errors import BadRequest
+from .errors import BadRequest, NotAcceptable, NotFound
+from .metadata import SUFFIX as METADATA_SUFFIX
+from .negotiate import accepts_gzip, choose, none_match, parse_accept
 from .pages import PageResult
+from .rendering import FORMAT_OF, Rendered
 from .scope import Scope
-from .simple import Distribution, is_sha256, is_valid_name, normalize, version_of
-from .simple_html import render_index_html, render_project_html
+from .simple import is_sha256, is_valid_name, normalize, version_of
 from .status import render_status
 
 MAX_FILENAME_LENGTH = 255
@@ -43,39 +45,78 @@ def _base(request: web.Request, scope: Scope) -> str | None:
     return f"{public_url}/api/v4/{scope.api_prefix}" if public_url else None
 
 
-def _file_path(dist: Distribution) -> str:
-    return f"files/{dist.sha256}/{quote(dist.filename, safe='')}"
+# Pages differ by these request headers; shared caches must key on them too.
+VARY = "Accept, Accept-Encoding"
+
+
+def _media_type(request: web.Request) -> str:
+    """The representation the client asked for; PyPI's `?format=` stands in for `Accept`."""
+    wanted = _format_parameter(request)
+    if wanted is not None and not parse_accept(wanted):
+        media_type = None
+    else:
+        media_type = choose(wanted or request.headers.get(hdrs.ACCEPT))
+    if media_type is None:
+        raise NotAcceptable(
+            "none of text/html, application/vnd.pypi.simple.v1+html or "
+            "application/vnd.pypi.simple.v1+json is acceptable to the client",
+            headers={hdrs.VARY: VARY},
+        )
+    return media_type
+
+
+def _format_parameter(request: web.Request) -> str | None:
+    # Read raw: people write `?format=application/vnd.pypi.simple.v1+json` by hand, and form
+    # decoding would turn that `+` into a space.
+    for pair in request.rel_url.raw_query_string.split("&"):
+        key, _, value = pair.partition("=")
+        if key == "format" and value:
+            return unquote(value)
+    return None
 
 
 def _page_response(
-    request: web.Request, result: PageResult, body: str, who: Caller
+    request: web.Request, result: PageResult, media_type: str, rendered: Rendered, who: Caller
 ) -> web.Response:
     pages = request.app[keys.PAGES]
+    gzipped = accepts_gzip(request.headers.get(hdrs.ACCEPT_ENCODING))
+    etag = rendered.etag(media_type, gzipped)
     # A page GitLab showed one client's credentials is not for a shared HTTP cache.
     private = "private, " if who.is_client else ""
     request.app[keys.METRICS].page_result(result.state)
     headers = {
         "X-Cache": result.state,
         hdrs.CACHE_CONTROL: f"{private}max-age={pages.freshness_left(result.page)}",
+        hdrs.VARY: VARY,
+        hdrs.ETAG: etag,
     }
     if result.state == "STALE":
         headers["Warning"] = '110 - "Response is Stale"'
-    return web.Response(text=body, content_type="text/html", charset="utf-8", headers=headers)
+    if none_match(request.headers.get(hdrs.IF_NONE_MATCH), etag):
+        return web.Response(status=304, headers=headers)
+    # JSON is UTF-8 by definition (RFC 8259); HTML says so in the header.
+    headers[hdrs.CONTENT_TYPE] = (
+        media_type if FORMAT_OF[media_type] == "json" else f"{media_type}; charset=utf-8"
+    )
+    if gzipped:
+        headers[hdrs.CONTENT_ENCODING] = "gzip"
+    return web.Response(body=rendered.gzipped if gzipped else rendered.body, headers=headers)
 
 
 async def simple_index(request: web.Request) -> web.StreamResponse:
     scope = scope_of(request)
+    media_type = _media_type(request)
     who = caller(request)
     result = await request.app[keys.PAGES].index(scope, who)
     base = _base(request, scope)
-    on_slash = request.path.endswith("/")
-
-    def project_url(name: str) -> str:
-        if base is not None:
-            return f"{base}/simple/{name}/"
-        return f"{name}/" if on_slash else f"simple/{name}/"
-
-    return _page_response(request, result, render_index_html(result.index, project_url), who)
+    if base is not None:
+        prefix = f"{base}/simple/"
+    else:
+        prefix = "" if request.path.endswith("/") else "simple/"
+    rendered = await request.app[keys.RENDERER].index(
+        result.key, result.index, result.page.fetched_at, FORMAT_OF[media_type], prefix
+    )
+    return _page_response(request, result, media_type, rendered, who)
 
 
 async def simple_project(request: web.Request) -> web.StreamResponse:
@@ -86,24 +127,18 @@ async def simple_project(request: web.Request) -> web.StreamResponse:
     normalized = normalize(name)
     if name != normalized:
         raise web.HTTPMovedPermanently(_renamed(request, normalized))
+    media_type = _media_type(request)
     who = caller(request)
     result = await request.app[keys.PAGES].project(scope, normalized, who)
     request.app[keys.METRICS].package_requested(normalized)
     base = _base(request, scope)
     # Relative to the page's own URL: .../simple/NAME/ is two levels below .../pypi/.
-    up = "../../" if request.path.endswith("/") else "../"
-
-    def file_url(dist: Distribution) -> str:
-        if base is not None:
-            return f"{base}/{_file_path(dist)}"
-        return up + _file_path(dist)
-
-    # A file without a sha256 cannot be fetched through the content-addressed files route.
-    project = result.project
-    servable = tuple(f for f in project.files if f.sha256 and is_sha256(f.sha256))
-    if len(servable) != len(project.files):
-        project = type(project)(project.name, servable)
-    return _page_response(request, result, render_project_html(project, file_url), who)
+    relative = "../../" if request.path.endswith("/") else "../"
+    prefix = f"{base}/" if base is not None else relative
+    rendered = await request.app[keys.RENDERER].project(
+        result.key, result.project, result.page.fetched_at, FORMAT_OF[media_type], prefix
+    )
+    return _page_response(request, result, media_type, rendered, who)
 
 
 def _renamed(request: web.Request, normalized: str) -> str:
@@ -116,23 +151,27 @@ def _renamed(request: web.Request, normalized: str) -> str:
     return location
 
 
-def _checked_file(request: web.Request) -> tuple[str, str]:
+def _checked_file(request: web.Request) -> tuple[str, str, bool]:
+    """(sha256, the distribution's filename, whether its PEP 658 `.metadata` is asked for)."""
     sha256 = request.match_info["sha256"].lower()
     filename = request.match_info["filename"]
     if not is_sha256(sha256):
         raise BadRequest("malformed sha256: expected 64 hex digits")
     if len(filename) > MAX_FILENAME_LENGTH or _BAD_FILENAME_RE.search(filename):
         raise BadRequest("malformed filename")
+    wants_metadata = filename.endswith(METADATA_SUFFIX)
+    filename = filename.removesuffix(METADATA_SUFFIX)
     if version_of(filename) is None:
         raise BadRequest("filename is not a wheel or sdist name")
-    return sha256, filename
+    return sha256, filename, wants_metadata
 
 
 async def file_download(request: web.Request) -> web.StreamResponse:
     scope = scope_of(request)
-    sha256, filename = _checked_file(request)
+    sha256, filename, wants_metadata = _checked_file(request)
     upstream = request.app[keys.UPSTREAM]
     files = request.app[keys.FILES]
+    # For `.metadata` too, the sha256 in the path is the wheel's own (PEP 658 URLs).
     source = upstream.url_for(scope, f"files/{sha256}/{quote(filename, safe='')}")
     who = caller(request)
     auth = who.authorization
@@ -143,6 +182,12 @@ async def file_download(request: web.Request) -> web.StreamResponse:
             # A public index's file: fetched from there, never with GitLab's credentials, and
             # public, so there is no GitLab decision to wait for.
             source, auth, admission = forwarded, None, None
+    if wants_metadata:
+        if not filename.endswith(".whl"):
+            raise NotFound("core metadata is served for wheels only")
+        return await request.app[keys.METADATA].respond(
+            request, sha256, filename, source, auth, admission
+        )
     return await files.respond(request, sha256, filename, source, auth, admission)
 
 

@@ -9,8 +9,10 @@ from .auth import Gatekeeper
 from .blobs import BlobStore
 from .config import Settings
 from .files import FileCache
+from .metadata import CoreMetadata
 from .metrics import Metrics
 from .pages import PageCache
+from .rendering import PageRenderer
 from .store import Store
 from .upstream import Upstream
 
@@ -23,3 +25,5 @@ PAGES = web.AppKey("pages", PageCache)
 GATE = web.AppKey("gate", Gatekeeper)
 ACCESS = web.AppKey("access", AccessGuard)
 METRICS = web.AppKey("metrics", Metrics)
+METADATA = web.AppKey("metadata", CoreMetadata)
+RENDERER = web.AppKey("renderer", PageRenderer)

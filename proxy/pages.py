@@ -49,6 +49,8 @@ class CachedPage:
 class PageResult:
     page: CachedPage
     state: CacheState
+    # The page's cache key: its scope, or one credential's own view of a group.
+    key: str
 
     @property
     def project(self) -> Project:
@@ -169,7 +171,7 @@ class PageCache:
         memory = self.fresh if shared else self.private
         page = memory.get(key) if trusted else None
         if page is not None:
-            return PageResult(page, "HIT")
+            return PageResult(page, "HIT", key)
         # An untrusted client asks GitLab itself; it must not ride on another client's answer.
         flight = key if trusted else f"{key}|{caller.key}"
         try:
@@ -184,14 +186,14 @@ class PageCache:
             if stored is None:
                 raise
             # Offline, the stored copy is the truth whatever its age: an air-gapped mirror.
-            return PageResult(stored, "HIT")
+            return PageResult(stored, "HIT", key)
         except (UpstreamUnavailable, UpstreamTimeout, UpstreamError) as e:
             stored = await self._stored(key) if trusted and shared else None
             if stored is None:
                 raise
             log.warning("serving %s stale: %s", key, e.message)
-            return PageResult(stored, "STALE")
-        return PageResult(page, "MISS")
+            return PageResult(stored, "STALE", key)
+        return PageResult(page, "MISS", key)
 
     async def _single_flight(
         self, key: str, fetch: Callable[[], Awaitable[CachedPage]]

@@ -31,6 +31,13 @@ CREATE TABLE IF NOT EXISTS forwarded_files (
     url TEXT NOT NULL,
     PRIMARY KEY (scope, sha256, filename)
 );
+-- PEP 658: which blob holds a wheel's METADATA. NULL metadata_sha256: the wheel has none
+-- usable, for the reason in `problem` (a wheel's content never changes, so neither does this).
+CREATE TABLE IF NOT EXISTS core_metadata (
+    wheel_sha256 TEXT PRIMARY KEY,
+    metadata_sha256 TEXT,
+    problem TEXT
+);
 """
 
 
@@ -40,6 +47,13 @@ class BlobRow:
     size: int
     filename: str
     last_access: float
+
+
+@dataclass(frozen=True, slots=True)
+class CoreMetadataRow:
+    wheel_sha256: str
+    metadata_sha256: str | None
+    problem: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,4 +214,22 @@ class Store:
         except BaseException:
             await self.db.rollback()
             raise
+        await self.db.commit()
+
+    async def core_metadata(self, wheel_sha256: str | None = None) -> list[CoreMetadataRow]:
+        """Every wheel-to-metadata row, or the one of `wheel_sha256`."""
+        query = "SELECT wheel_sha256, metadata_sha256, problem FROM core_metadata"
+        args: tuple[str, ...] = ()
+        if wheel_sha256 is not None:
+            query += " WHERE wheel_sha256=?"
+            args = (wheel_sha256,)
+        async with self.db.execute(query, args) as cur:
+            return [CoreMetadataRow(*row) async for row in cur]
+
+    async def put_core_metadata(self, row: CoreMetadataRow) -> None:
+        await self.db.execute(
+            "INSERT OR REPLACE INTO core_metadata (wheel_sha256, metadata_sha256, problem)"
+            " VALUES (?,?,?)",
+            (row.wheel_sha256, row.metadata_sha256, row.problem),
+        )
         await self.db.commit()

@@ -40,6 +40,7 @@ from .app import create_app
 from .config import Settings
 from .errors import ProxyError
 from .files import Fill, FillState
+from .metadata import SUFFIX as METADATA_SUFFIX
 from .scope import Scope
 from .simple import Distribution, is_sha256, normalize, version_of
 from .simple_html import PageParseError, parse_index_page, parse_project_page
@@ -221,7 +222,8 @@ class Warmer:
     async def record(self, request: web.Request, response: web.StreamResponse) -> None:
         """on_response_prepare: every file the proxy answers from the cache."""
         sha256 = response.headers.get("X-Checksum-Sha256")
-        if sha256 is None:
+        # A wheel's METADATA (PEP 658) is derived from the wheel, not a file of the mirror.
+        if sha256 is None or request.path.endswith(METADATA_SUFFIX):
             return
         # Fills are counted as they start (see connect); here only hits.
         blob = self.app[keys.FILES].known.get(sha256)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sqlite3
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -53,7 +54,16 @@ def row(output: str, label: str) -> tuple[int, str]:
 
 
 def blobs_in(cache: Path) -> set[str]:
-    return {p.name for p in (cache / "blobs").rglob("*") if p.is_file()}
+    """The distributions on disk; each wheel's extracted METADATA blob (PEP 658) is left out."""
+    on_disk = {p.name for p in (cache / "blobs").rglob("*") if p.is_file()}
+    if not on_disk:
+        return on_disk
+    with sqlite3.connect(cache / "index.sqlite3") as db:
+        metadata = {
+            sha
+            for (sha,) in db.execute("SELECT sha256 FROM blobs WHERE filename LIKE '%.metadata'")
+        }
+    return on_disk - metadata
 
 
 def publish(gitlab: FakeGitLab, public: FakePublicIndex) -> list[str]:

@@ -15,6 +15,7 @@ from proxy.metrics import TRACKED_PACKAGES, Metrics
 from tests.conftest import TOKEN, ProxyFactory
 from tests.fake_gitlab import FakeGitLab
 from tests.proxy_harness import RunningProxy, pip_install
+from tests.wheels import wheel_metadata
 
 FILES_ROUTE = "/api/v4/projects/{id}/packages/pypi/files/{sha256}/{filename}"
 PAGE_ROUTE = "/api/v4/projects/{id}/packages/pypi/simple/{name}/"
@@ -63,18 +64,21 @@ async def test_metrics_count_routes_hits_misses_bytes_and_latency(
 
     text, samples = await scrape(proxy)
     p = "gitlab_pypi_proxy"
-    assert value(samples, f"{p}_requests_total", route=FILES_ROUTE, status="200") == 4
+    # Each install reads both wheels' PEP 658 metadata, then downloads both wheels. The first
+    # metadata request of each wheel is the miss that brings the wheel into the cache.
+    assert value(samples, f"{p}_requests_total", route=FILES_ROUTE, status="200") == 8
     assert value(samples, f"{p}_requests_total", route=PAGE_ROUTE, status="200") == 5
     assert value(samples, f"{p}_cache_misses_total", kind="file") == 2
-    assert value(samples, f"{p}_cache_hits_total", kind="file") == 2
+    assert value(samples, f"{p}_cache_hits_total", kind="file") == 6
     assert value(samples, f"{p}_cache_misses_total", kind="page") == 2
     assert value(samples, f"{p}_cache_hits_total", kind="page") == 3
     sizes = len(util.content) + len(app.content)
-    assert value(samples, f"{p}_cache_served_bytes_total") == sizes
+    metadata = len(wheel_metadata(util.content)) + len(wheel_metadata(app.content))
+    assert value(samples, f"{p}_cache_served_bytes_total") == 2 * sizes + metadata
     assert value(samples, f"{p}_upstream_fetched_bytes_total", kind="file") == sizes
     assert value(samples, f"{p}_upstream_fetched_bytes_total", kind="page") > 0
-    assert value(samples, f"{p}_cache_size_bytes") == sizes
-    assert value(samples, f"{p}_cache_files") == 2
+    assert value(samples, f"{p}_cache_size_bytes") == sizes + metadata
+    assert value(samples, f"{p}_cache_files") == 4
     assert value(samples, f"{p}_cache_max_size_bytes") == proxy.settings.cache.max_size
     assert value(samples, f"{p}_fills_in_flight") == 0
     assert value(samples, f"{p}_cache_evictions_total") == 0

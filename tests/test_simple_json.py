@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +202,38 @@ def test_api_version_1_1_only_when_every_size_is_known() -> None:
 def test_an_empty_yank_reason_still_means_yanked() -> None:
     page = rendered(Project("six", (dist("six-1.0.tar.gz", yanked=""),)))
     assert page["files"][0]["yanked"] is True
+
+
+def test_upstream_html_to_json_keeps_yanks_and_requires_python_and_normalizes_the_name() -> None:
+    anchors = (
+        f'<a href="/f/zope_interface-5.0.tar.gz#sha256={SHA_A}"'
+        ' data-requires-python="&gt;=3.8,&lt;4,!=3.9.*">x</a>'
+        f'<a href="/f/zope_interface-6.0-py3-none-any.whl#sha256={SHA_B}"'
+        ' data-requires-python="" data-yanked="broken &amp; &quot;bad&quot;">x</a>'
+        f'<a href="/f/zope_interface-6.1-py3-none-any.whl#sha256={SHA_B}" data-yanked>x</a>'
+    )
+    body = f"<title>Links for Zope.Interface</title>{anchors}".encode()
+    project = parse_project_page(body, "https://pypi.example/simple/zope-interface/")
+    assert project.name == "Zope.Interface"
+    page = rendered(project)
+    assert page["name"] == "zope-interface"
+    first, second, third = page["files"]
+    assert first["requires-python"] == ">=3.8,<4,!=3.9.*"
+    assert first["yanked"] is False
+    assert "requires-python" not in second
+    assert second["yanked"] == 'broken & "bad"'
+    assert third["yanked"] is True
+    assert page["versions"] == ["5.0", "6.0", "6.1"]
+
+
+def test_versions_are_parsed_once_and_kept_by_with_files() -> None:
+    project = Project(RICH.name, RICH.files)
+    assert project.versions is project.versions
+    sized = project.with_files(tuple(replace(d, size=1) for d in project.files))
+    assert sized.versions is project.versions
+    assert sized == Project(RICH.name, sized.files)
+    with pytest.raises(ValueError, match="never which files"):
+        project.with_files(project.files[:1])
 
 
 def test_json_is_compact_utf8() -> None:

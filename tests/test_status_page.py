@@ -14,6 +14,7 @@ from proxy.status import size_text
 from tests.conftest import TOKEN
 from tests.fake_gitlab import FakeGitLab
 from tests.proxy_harness import RunningProxy, clean_env, pip_install, run
+from tests.wheels import wheel_metadata
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
@@ -69,15 +70,17 @@ async def test_status_page_shows_its_figures_in_chromium(
     dom = await render(f"{proxy.url}/-/status", tmp_path / "chromium")
 
     assert dom.findtext(".//title") == "gitlab-pypi-proxy status"
-    size = len(util.content) + len(app.content)
+    # Both wheels and the METADATA (PEP 658) the proxy extracted from each.
+    size = sum(len(w.content) + len(wheel_metadata(w.content)) for w in (util, app))
     assert text(dom, "cache-size").startswith(f"{size_text(size)} of 20.0 GiB (0.0%)")
     assert dom.get_element_by_id("cache-size").find("meter").get("value") == str(size)
-    assert text(dom, "cache-files") == "2"
-    # Pages: 2 misses then 3 hits and a miss that failed upstream (no answer, not counted);
-    # files: 2 misses then 3 hits. 6 of 10 lookups were hits.
+    assert text(dom, "cache-files") == "4"
+    # Pages: 2 misses then 3 hits and a miss that failed upstream (no answer, not counted).
+    # Files: pip reads each wheel's metadata before the wheel; the first metadata request of
+    # each wheel is a miss (it brings the wheel in), the other 8 requests are hits.
     assert text(dom, "page-hits") == "3 hits, 2 misses, 0 stale"
-    assert text(dom, "file-hits") == "3 hits, 2 misses"
-    assert text(dom, "hit-ratio") == "60.0%"
+    assert text(dom, "file-hits") == "8 hits, 2 misses"
+    assert text(dom, "hit-ratio") == "73.3%"
     assert text(dom, "fills") == "0"
     assert text(dom, "upstream-url") == gitlab.url
     assert re.fullmatch(
