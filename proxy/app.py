@@ -13,6 +13,7 @@ from . import handlers, keys
 from .blobs import BlobStore
 from .config import Settings
 from .errors import error_middleware
+from .eviction import run_evictor
 from .files import FileCache
 from .pages import PageCache
 from .store import Store
@@ -51,13 +52,17 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[keys.UPSTREAM] = upstream
     app[keys.FILES] = files
     app[keys.PAGES] = PageCache(settings, upstream, store)
-    flusher = asyncio.create_task(files.run_access_flusher())
+    background = [
+        asyncio.create_task(files.run_access_flusher()),
+        asyncio.create_task(run_evictor(files)),
+    ]
     try:
         yield
     finally:
-        flusher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await flusher
+        for task in background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await files.close()
         await session.close()
         await store.close()

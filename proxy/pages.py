@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from typing import Literal
 import yarl
 from cachetools import TTLCache
 
+from .cachehealth import Throttled
 from .config import Settings
 from .errors import (
     NotFound,
@@ -20,6 +22,7 @@ from .errors import (
     ProxyError,
     Redirect,
     UpstreamError,
+    UpstreamStatus,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
@@ -28,12 +31,21 @@ from .simple import Index, Project
 from .simple_html import PageParseError, parse_index_page, parse_project_page
 from .simple_json import index_from_dict, index_to_dict, project_from_dict, project_to_dict
 from .store import Store
-from .upstream import PageAnswer, Upstream, message_of
+from .upstream import PageAnswer, Upstream, fingerprint, message_of
 
 log = logging.getLogger(__name__)
 
 CacheState = Literal["HIT", "MISS", "STALE"]
 Model = Project | Index
+_FAILURES = (UpstreamUnavailable, UpstreamTimeout, UpstreamError)
+
+
+@dataclass(slots=True)
+class _Failing:
+    """A page GitLab failed to give: when to ask again, and what to tell a client meanwhile."""
+
+    retry_at: float
+    error: ProxyError
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +86,12 @@ class PageCache:
             maxsize=20_000, ttl=settings.cache.index_ttl, timer=time.time
         )
         self._inflight: dict[str, asyncio.Future[CachedPage]] = {}
+        self._failing: TTLCache[str, _Failing] = TTLCache(maxsize=20_000, ttl=3600)
+        # Upstream "absent" answers (404, forwarding) per key and credential.
+        self.negative: TTLCache[tuple[str, str], ProxyError] = TTLCache(
+            maxsize=20_000, ttl=max(settings.cache.negative_ttl, 1e-9), timer=time.monotonic
+        )
+        self._db_warn = Throttled(log)
 
     def freshness_left(self, page: CachedPage) -> int:
         """Seconds this page stays fresh, for Cache-Control: max-age."""
@@ -107,34 +125,85 @@ class PageCache:
         page = self.fresh.get(key)
         if page is not None:
             return PageResult(page, "HIT")
-        try:
-            page = await self._single_flight(
-                key, lambda: self._fetch(key, url, authorization, parse, forwarding=forwarding)
+        negative_key = (key, fingerprint(authorization))
+        absent = self.negative.get(negative_key)
+        if absent is not None:
+            raise absent
+
+        def fetch() -> Awaitable[CachedPage]:
+            return self._tracked(
+                key, self._fetch(key, url, authorization, parse, forwarding=forwarding)
             )
+
+        failing = self._failing.get(key)
+        if failing is not None and not self.upstream.offline:
+            # GitLab failed this page lately: answer now, and let one request at a time retry.
+            stored = await self._stored(key)
+            due = time.monotonic() >= failing.retry_at
+            if stored is not None:
+                if due:
+                    self._refresh_in_background(key, fetch)
+                return PageResult(stored, "STALE")
+            if not due:
+                raise failing.error
+        try:
+            page = await self._single_flight(key, fetch)
         except Offline:
             stored = await self._stored(key)
             if stored is None:
                 raise
             # Offline, the stored copy is the truth whatever its age: an air-gapped mirror.
             return PageResult(stored, "HIT")
-        except (UpstreamUnavailable, UpstreamTimeout, UpstreamError) as e:
+        except _FAILURES as e:
             stored = await self._stored(key)
             if stored is None:
                 raise
             log.warning("serving %s stale: %s", key, e.message)
             return PageResult(stored, "STALE")
+        except ProxyError as e:
+            if _is_absence(e):
+                self.negative[negative_key] = e
+            raise
         return PageResult(page, "MISS")
+
+    async def _tracked(self, key: str, fetch: Awaitable[CachedPage]) -> CachedPage:
+        """A fetch that records whether GitLab is failing this page, and until when to wait."""
+        try:
+            page = await fetch
+        except _FAILURES as e:
+            wait = self.settings.upstream.retry_interval
+            retry_after = e.headers.get("Retry-After")
+            if retry_after is not None and retry_after.isdigit():
+                wait = max(wait, float(retry_after))
+            self._failing[key] = _Failing(time.monotonic() + wait, e)
+            raise
+        self._failing.pop(key, None)
+        return page
+
+    def _refresh_in_background(self, key: str, fetch: Callable[[], Awaitable[CachedPage]]) -> None:
+        """One retry for a failing page, while its clients get the stored copy at once."""
+        if key in self._inflight:
+            return
+        future = self._flight(key, fetch)
+        # Its outcome is recorded by _tracked; retrieving it keeps asyncio from logging it.
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     async def _single_flight(
         self, key: str, fetch: Callable[[], Awaitable[CachedPage]]
     ) -> CachedPage:
+        # Shielded: one client going away must not cancel the fetch the others wait on.
+        return await asyncio.shield(self._flight(key, fetch))
+
+    def _flight(
+        self, key: str, fetch: Callable[[], Awaitable[CachedPage]]
+    ) -> asyncio.Future[CachedPage]:
+        """The running fetch of `key`, started if there is none."""
         future = self._inflight.get(key)
         if future is None:
             future = asyncio.ensure_future(fetch())
             self._inflight[key] = future
             future.add_done_callback(lambda _: self._inflight.pop(key, None))
-        # Shielded: one client going away must not cancel the fetch the others wait on.
-        return await asyncio.shield(future)
+        return future
 
     async def _fetch(
         self,
@@ -158,7 +227,11 @@ class PageCache:
             raise UpstreamError("GitLab sent a page that is not a simple index") from e
         page = CachedPage(model, time.time())
         self.fresh[key] = page
-        await self.store.put_page(key, json.dumps(_to_dict(model)), page.fetched_at)
+        try:
+            await self.store.put_page(key, json.dumps(_to_dict(model)), page.fetched_at)
+        except sqlite3.Error as e:
+            # A full disk must not cost the client the page it is about to get.
+            self._db_warn.log(logging.WARNING, "could not store page %s: %s", key, e)
         return page
 
     def _forwarded(self, location: yarl.URL) -> ProxyError:
@@ -179,6 +252,15 @@ class PageCache:
             log.error("stored page %s is unreadable; ignoring it", key)
             return None
         return CachedPage(model, row.fetched_at)
+
+
+def _is_absence(error: ProxyError) -> bool:
+    """Whether GitLab said the page does not exist (404, 410, or forwarding elsewhere)."""
+    if isinstance(error, Offline):
+        return False
+    if isinstance(error, UpstreamStatus):
+        return error.status in (404, 410)
+    return isinstance(error, Redirect | NotFound)
 
 
 def _to_dict(model: Model) -> dict[str, object]:

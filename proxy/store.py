@@ -84,6 +84,18 @@ class Store:
         ) as cur:
             return [BlobRow(*row) async for row in cur]
 
+    async def blob(self, sha256: str) -> BlobRow | None:
+        async with self.db.execute(
+            "SELECT sha256, size, filename, last_access FROM blobs WHERE sha256=?", (sha256,)
+        ) as cur:
+            row = await cur.fetchone()
+        return BlobRow(*row) if row else None
+
+    async def total_size(self) -> int:
+        async with self.db.execute("SELECT COALESCE(SUM(size), 0) FROM blobs") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
     async def touch_blobs(self, accessed: dict[str, float]) -> None:
         await self.db.executemany(
             "UPDATE blobs SET last_access=MAX(last_access, ?) WHERE sha256=?",

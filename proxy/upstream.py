@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -31,6 +33,8 @@ log = logging.getLogger(__name__)
 MAX_PAGE_BYTES = 64 * 1024 * 1024
 MAX_REDIRECTS = 5
 _REDIRECTS = (301, 302, 303, 307, 308)
+# How long a 429 without Retry-After keeps the proxy from asking that host again.
+DEFAULT_RETRY_AFTER = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +65,23 @@ class Upstream:
         self._file_timeout = aiohttp.ClientTimeout(
             total=None, connect=settings.timeout, sock_read=settings.timeout
         )
+        # Per host: until when a 429 (or 503 with Retry-After) asked us not to come back.
+        self._held_until: dict[str | None, float] = {}
+
+    def _check_gate(self, url: yarl.URL) -> None:
+        """Refuse, without a request, while the host's Retry-After has not passed."""
+        left = self._held_until.get(url.host, 0.0) - time.monotonic()
+        if left > 0:
+            raise UpstreamUnavailable(
+                f"GitLab is rate limiting the proxy; not asking again for {left:.0f}s",
+                headers={hdrs.RETRY_AFTER: str(max(1, round(left)))},
+            )
+
+    def _note_status(self, url: yarl.URL, status: int, retry_after: float | None) -> None:
+        if status == 429 or (status == 503 and retry_after is not None):
+            wait = DEFAULT_RETRY_AFTER if retry_after is None else retry_after
+            log.warning("%s asked the proxy to wait %gs (HTTP %d)", url.host, wait, status)
+            self._held_until[url.host] = time.monotonic() + wait
 
     @property
     def injected_authorization(self) -> str | None:
@@ -106,6 +127,7 @@ class Upstream:
         hops = 0
         try:
             while True:
+                self._check_gate(url)
                 async with self.session.get(
                     url,
                     headers=self._headers(url, authorization),
@@ -120,7 +142,9 @@ class Upstream:
                             continue
                         return PageAnswer(resp.status, b"", url, location=location)
                     body = await _read_limited(resp, MAX_PAGE_BYTES)
-                    return PageAnswer(resp.status, body, url, retry_after=_retry_after(resp))
+                    retry_after = _retry_after(resp)
+                    self._note_status(url, resp.status, retry_after)
+                    return PageAnswer(resp.status, body, url, retry_after=retry_after)
         except TimeoutError as e:
             raise UpstreamTimeout(f"GitLab did not answer within {self.settings.timeout:g}s") from e
         except aiohttp.ClientError as e:
@@ -136,6 +160,7 @@ class Upstream:
         hops = 0
         try:
             while True:
+                self._check_gate(url)
                 resp = await self.session.get(
                     url,
                     headers=self._headers(url, authorization),
@@ -153,6 +178,7 @@ class Upstream:
                 break
             try:
                 if resp.status != 200:
+                    self._note_status(url, resp.status, _retry_after(resp))
                     raise await self.status_error(resp)
                 yield resp
             finally:
@@ -191,6 +217,13 @@ class Upstream:
             return UpstreamUnavailable(f"GitLab answered {status}")
         # Object storage answers for itself: its status is not GitLab's.
         return UpstreamError(f"upstream answered {status}")
+
+
+def fingerprint(authorization: str | None) -> str:
+    """A short digest of a credential, to key per-credential answers without keeping it."""
+    if not authorization:
+        return ""
+    return hashlib.sha256(authorization.encode()).hexdigest()[:32]
 
 
 def message_of(body: bytes, status: int) -> str:
