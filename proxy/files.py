@@ -12,7 +12,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import aiohttp
 import yarl
@@ -416,22 +416,11 @@ class FileCache:
             await response.prepare(request)
             if request.method == hdrs.METH_HEAD:
                 return response
-            offset = 0
-            while True:
-                limit = fill.readable_limit()
-                if offset < limit:
-                    # Just written by the fill, so read from the page cache: no disk wait.
-                    chunk = reader.read(min(CHUNK, limit - offset))
-                    offset += len(chunk)
-                    await response.write(chunk)
-                elif fill.state is FillState.DONE:
-                    await response.write_eof()
-                    return response
-                elif fill.state is FillState.FAILED:
-                    _cut(request)
-                    return response
-                else:
-                    await fill.changed()
+            try:
+                await _stream_fill(request, response, fill, reader)
+            except ConnectionError:
+                pass  # the client went away; the fill goes on for the others
+            return response
         finally:
             reader.close()
 
@@ -490,6 +479,28 @@ async def _relay_verified(
         return
     await response.write(held)
     await response.write_eof()
+
+
+async def _stream_fill(
+    request: web.Request, response: web.StreamResponse, fill: Fill, reader: BinaryIO
+) -> None:
+    """Send a fill's bytes as they land in its file; complete only once verified."""
+    offset = 0
+    while True:
+        limit = fill.readable_limit()
+        if offset < limit:
+            # Just written by the fill, so read from the page cache: no disk wait.
+            chunk = reader.read(min(CHUNK, limit - offset))
+            offset += len(chunk)
+            await response.write(chunk)
+        elif fill.state is FillState.DONE:
+            await response.write_eof()
+            return
+        elif fill.state is FillState.FAILED:
+            _cut(request)
+            return
+        else:
+            await fill.changed()
 
 
 class _HeldFileResponse(web.FileResponse):

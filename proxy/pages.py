@@ -171,10 +171,13 @@ class PageCache:
         try:
             page = await fetch
         except _FAILURES as e:
-            wait = self.settings.upstream.retry_interval
-            retry_after = e.headers.get("Retry-After")
-            if retry_after is not None and retry_after.isdigit():
-                wait = max(wait, float(retry_after))
+            # GitLab's own Retry-After, when it gave one, says exactly how long to wait.
+            retry_after = e.headers.get("Retry-After", "")
+            wait = (
+                float(retry_after)
+                if retry_after.isdigit()
+                else self.settings.upstream.retry_interval
+            )
             self._failing[key] = _Failing(time.monotonic() + wait, e)
             raise
         self._failing.pop(key, None)
