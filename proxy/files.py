@@ -312,6 +312,8 @@ class FileCache:
         self, fill: Fill, fd: int, source: yarl.URL, authorization: str | None
     ) -> None:
         committed = False
+        # fill.path moves to the blob once committed or adopted; this is what to clean up.
+        temp = fill.path
         lock: FileLock | None = None
         try:
             # One fill per blob across worker processes: the others wait, then adopt the blob.
@@ -363,7 +365,7 @@ class FileCache:
             os.close(fd)
             if not committed:
                 with contextlib.suppress(FileNotFoundError):
-                    fill.path.unlink()
+                    temp.unlink()
             if fill.state is FillState.RUNNING:
                 fill.fail(UpstreamError(f"fill of {fill.filename} was interrupted"))
             self.fills.pop(fill.sha256, None)
@@ -416,10 +418,9 @@ class FileCache:
             await response.prepare(request)
             if request.method == hdrs.METH_HEAD:
                 return response
-            try:
+            # A client that goes away only stops its own copy; the fill goes on for the others.
+            with contextlib.suppress(ConnectionError):
                 await _stream_fill(request, response, fill, reader)
-            except ConnectionError:
-                pass  # the client went away; the fill goes on for the others
             return response
         finally:
             reader.close()
@@ -439,12 +440,11 @@ class FileCache:
             response = web.StreamResponse(headers=headers)
             if resp.content_length is not None:
                 response.content_length = resp.content_length
-            try:
+            # A client that goes away leaves nothing to undo: nothing was stored.
+            with contextlib.suppress(ConnectionError):
                 await response.prepare(request)
                 if request.method != hdrs.METH_HEAD:
                     await _relay_verified(request, response, resp, sha256, filename)
-            except ConnectionError:
-                pass  # the client went away; nothing was stored, so nothing to undo
             return response
 
 

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 # A worker that dies sooner than this after starting is broken (port taken, bad cache dir):
 # restarting it would only loop, so the supervisor stops instead.
-MIN_UPTIME_SECONDS = 5.0
+MIN_UPTIME_SECONDS = 2.0
 
 
 def supervise(settings: Settings, serve_one: Callable[[Settings], int]) -> int:
