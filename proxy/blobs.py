@@ -36,7 +36,8 @@ class BlobStore:
             self.ensure_dirs()
             probe = self.new_temp()
             probe.write_bytes(b"")
-            probe.unlink()
+            # Another worker's start-up clean-up may have removed it already.
+            probe.unlink(missing_ok=True)
         except OSError as e:
             return e
         return None

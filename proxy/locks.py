@@ -69,21 +69,6 @@ class FileLock:
         self.release()
 
 
-def is_locked(path: Path) -> bool:
-    """Whether some process holds the lock at `path` now (a missing file is unlocked)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
 class ReadHold:
     """A shared flock on a blob while it is sent: eviction (exclusive, non-blocking) skips it."""
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,10 +48,15 @@ class Store:
 
     def __init__(self, db: aiosqlite.Connection) -> None:
         self.db = db
+        # One write transaction at a time on this connection; a failed one is rolled back
+        # before the next begins, so no coroutine's write rides on another's failure.
+        self._write_lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path) -> Store:
-        db = await aiosqlite.connect(path, timeout=30)
+        # IMMEDIATE: a write takes SQLite's write lock before reading, so with other worker
+        # processes it waits out the busy timeout instead of failing at once on a stale snapshot.
+        db = await aiosqlite.connect(path, timeout=30, isolation_level="IMMEDIATE")
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute("PRAGMA synchronous=NORMAL")
         await db.executescript(_SCHEMA)
@@ -61,22 +67,30 @@ class Store:
     async def close(self) -> None:
         await self.db.close()
 
+    async def _write(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        """Run one statement per row in one transaction, committed, or rolled back on error."""
+        async with self._write_lock:
+            try:
+                await self.db.executemany(sql, rows)
+                await self.db.commit()
+            except Exception:
+                await self.db.rollback()
+                raise
+
     async def ping(self) -> bool:
         async with self.db.execute("SELECT 1") as cur:
             return await cur.fetchone() is not None
 
     async def add_blob(self, sha256: str, size: int, filename: str) -> None:
         now = time.time()
-        await self.db.execute(
+        await self._write(
             "INSERT INTO blobs (sha256, size, filename, created, last_access) VALUES (?,?,?,?,?)"
             " ON CONFLICT(sha256) DO UPDATE SET last_access=excluded.last_access",
-            (sha256, size, filename, now, now),
+            [(sha256, size, filename, now, now)],
         )
-        await self.db.commit()
 
     async def remove_blobs(self, sha256s: Iterable[str]) -> None:
-        await self.db.executemany("DELETE FROM blobs WHERE sha256=?", [(s,) for s in sha256s])
-        await self.db.commit()
+        await self._write("DELETE FROM blobs WHERE sha256=?", [(s,) for s in sha256s])
 
     async def blobs(self) -> list[BlobRow]:
         async with self.db.execute(
@@ -97,11 +111,10 @@ class Store:
         return int(row[0]) if row else 0
 
     async def touch_blobs(self, accessed: dict[str, float]) -> None:
-        await self.db.executemany(
+        await self._write(
             "UPDATE blobs SET last_access=MAX(last_access, ?) WHERE sha256=?",
             [(at, sha) for sha, at in accessed.items()],
         )
-        await self.db.commit()
 
     async def get_page(self, key: str) -> PageRow | None:
         async with self.db.execute(
@@ -111,13 +124,11 @@ class Store:
         return PageRow(*row) if row else None
 
     async def put_page(self, key: str, model: str, fetched_at: float) -> None:
-        await self.db.execute(
+        await self._write(
             "INSERT INTO pages (key, model, fetched_at) VALUES (?,?,?)"
             " ON CONFLICT(key) DO UPDATE SET model=excluded.model, fetched_at=excluded.fetched_at",
-            (key, model, fetched_at),
+            [(key, model, fetched_at)],
         )
-        await self.db.commit()
 
     async def delete_pages(self, keys: Iterable[str]) -> None:
-        await self.db.executemany("DELETE FROM pages WHERE key=?", [(k,) for k in keys])
-        await self.db.commit()
+        await self._write("DELETE FROM pages WHERE key=?", [(k,) for k in keys])
