@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 
@@ -77,9 +78,13 @@ class Store:
                 await self.db.rollback()
                 raise
 
+    async def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        """All rows in one step: no read snapshot stays open across an await, where this
+        connection's next write would find it stale (another worker wrote) and fail at once."""
+        return [tuple(row) for row in await self.db.execute_fetchall(sql, params)]
+
     async def ping(self) -> bool:
-        async with self.db.execute("SELECT 1") as cur:
-            return await cur.fetchone() is not None
+        return bool(await self._read("SELECT 1"))
 
     async def add_blob(self, sha256: str, size: int, filename: str) -> None:
         now = time.time()
@@ -93,22 +98,20 @@ class Store:
         await self._write("DELETE FROM blobs WHERE sha256=?", [(s,) for s in sha256s])
 
     async def blobs(self) -> list[BlobRow]:
-        async with self.db.execute(
+        rows = await self._read(
             "SELECT sha256, size, filename, last_access FROM blobs ORDER BY last_access"
-        ) as cur:
-            return [BlobRow(*row) async for row in cur]
+        )
+        return [BlobRow(*row) for row in rows]
 
     async def blob(self, sha256: str) -> BlobRow | None:
-        async with self.db.execute(
+        rows = await self._read(
             "SELECT sha256, size, filename, last_access FROM blobs WHERE sha256=?", (sha256,)
-        ) as cur:
-            row = await cur.fetchone()
-        return BlobRow(*row) if row else None
+        )
+        return BlobRow(*rows[0]) if rows else None
 
     async def total_size(self) -> int:
-        async with self.db.execute("SELECT COALESCE(SUM(size), 0) FROM blobs") as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
+        rows = await self._read("SELECT COALESCE(SUM(size), 0) FROM blobs")
+        return int(rows[0][0])
 
     async def touch_blobs(self, accessed: dict[str, float]) -> None:
         await self._write(
@@ -117,11 +120,8 @@ class Store:
         )
 
     async def get_page(self, key: str) -> PageRow | None:
-        async with self.db.execute(
-            "SELECT key, model, fetched_at FROM pages WHERE key=?", (key,)
-        ) as cur:
-            row = await cur.fetchone()
-        return PageRow(*row) if row else None
+        rows = await self._read("SELECT key, model, fetched_at FROM pages WHERE key=?", (key,))
+        return PageRow(*rows[0]) if rows else None
 
     async def put_page(self, key: str, model: str, fetched_at: float) -> None:
         await self._write(
