@@ -82,12 +82,21 @@ class CacheHealth:
             )
             return False
         error = self.blobs.write_problem()
+        # An empty probe file fits on a full disk; the reserve says whether it is still full.
+        if error is None and not self._has_reserve():
+            error = OSError(errno.ENOSPC, "No space left on device")
         if error is not None:
             self.failed(error)
             return False
         log.info("cache directory writable again (was: %s)", self.problem)
         self.problem = None
         return True
+
+    def _has_reserve(self) -> bool:
+        try:
+            return self.blobs.free_space() >= RESERVE_BYTES
+        except OSError:
+            return False
 
     def room_for(self, size: int) -> bool:
         """Whether `size` more bytes fit and leave the reserve free; says so when not."""
