@@ -39,7 +39,7 @@ def publish(gitlab: FakeGitLab) -> int:
     The newest corp-core does not go with the newest corp-plugin, so resolvers look at
     a version they then drop. Returns the total size of all wheels.
     """
-    sizes = random.Random(5)  # noqa: S311 - reproducible wheel sizes, nothing secret
+    sizes = random.Random(5)
     total = 0
 
     def wheel(name: str, version: str, requires: tuple[str, ...] = ()) -> None:

@@ -15,6 +15,7 @@ from .auth import Gatekeeper
 from .blobs import BlobStore
 from .config import Settings
 from .errors import error_middleware
+from .eviction import run_evictor
 from .files import FileCache
 from .metadata import CoreMetadata
 from .metrics import Metrics, metrics_middleware
@@ -82,13 +83,17 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[keys.PAGES] = PageCache(settings, upstream, store, gate)
     app[keys.METADATA] = metadata
     app[keys.RENDERER] = PageRenderer(files, metadata)
-    flusher = asyncio.create_task(files.run_access_flusher())
+    background = [
+        asyncio.create_task(files.run_access_flusher()),
+        asyncio.create_task(run_evictor(files)),
+    ]
     try:
         yield
     finally:
-        flusher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await flusher
+        for task in background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await files.close(settings.server.shutdown_grace)
         await metadata.close()
         await session.close()

@@ -14,12 +14,23 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from aiohttp import web
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
-from . import bundle, warm
+from . import bundle, maintenance, warm
 from .access import hash_token
-from .app import create_app
+from .app import DB_NAME, create_app
+from .blobs import BlobStore
 from .config import ConfigError, Settings, load_settings
 from .log import ACCESS_LOGGER, AccessLogger, setup_logging
+from .store import Store
+from .workers import supervise
 
 log = logging.getLogger("proxy")
 
@@ -60,6 +71,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="make a new random token, print it on stderr and its hash line on stdout",
     )
+    verify = commands.add_parser(
+        "verify", help="re-hash every cached file; remove and list bad ones (exit 1 if any)"
+    )
+    verify.add_argument("--config", type=Path, dest="sub_config", help="TOML config file")
+    verify.add_argument("--quiet", action="store_true", help="no progress bar")
+    gc = commands.add_parser("gc", help="evict least recently used files beyond cache.max_size now")
+    gc.add_argument("--config", type=Path, dest="sub_config", help="TOML config file")
     return parser
 
 
@@ -94,13 +112,15 @@ def _settings(args: argparse.Namespace) -> Settings:
     return dataclasses.replace(settings, server=server, cache=cache)
 
 
-def serve(settings: Settings) -> int:
+def serve(settings: Settings, *, reuse_port: bool = False) -> int:
     setup_logging(settings.server.log_format, [settings.upstream.token])
     try:
         app = create_app(settings)
     except ConfigError as e:
         print(f"gitlab-pypi-proxy: config error: {e}", file=sys.stderr)
         return 2
+    if settings.server.workers > 1 and not reuse_port:
+        return supervise(settings, serve_worker)
     log.info(
         "gitlab-pypi-proxy serving http://%s:%d/ in front of %s, cache in %s",
         settings.server.host,
@@ -108,10 +128,10 @@ def serve(settings: Settings) -> int:
         settings.upstream.url,
         settings.cache.dir,
     )
-    return asyncio.run(_serve(settings, app))
+    return asyncio.run(_serve(settings, app, reuse_port=reuse_port))
 
 
-async def _serve(settings: Settings, app: web.Application) -> int:
+async def _serve(settings: Settings, app: web.Application, *, reuse_port: bool) -> int:
     """Serve until SIGTERM or SIGINT, then stop accepting and let in-flight requests finish."""
     server = settings.server
     runner = web.AppRunner(
@@ -129,7 +149,8 @@ async def _serve(settings: Settings, app: web.Application) -> int:
     await runner.setup()
     try:
         try:
-            await web.TCPSite(runner, server.host, server.port).start()
+            site = web.TCPSite(runner, server.host, server.port, reuse_port=reuse_port or None)
+            await site.start()
         except OSError as e:
             log.error("cannot listen on %s:%d: %s", server.host, server.port, e.strerror)
             return 1
@@ -147,6 +168,56 @@ async def _serve(settings: Settings, app: web.Application) -> int:
     return 0
 
 
+def serve_worker(settings: Settings) -> int:
+    """One of `server.workers` processes, all bound to one port with SO_REUSEPORT."""
+    return serve(settings, reuse_port=True)
+
+
+async def _open_cache(settings: Settings) -> tuple[Store, BlobStore]:
+    settings.cache.dir.mkdir(parents=True, exist_ok=True)
+    return await Store.open(settings.cache.dir / DB_NAME), BlobStore(settings.cache.dir)
+
+
+async def _verify(settings: Settings, quiet: bool) -> int:
+    store, blobs = await _open_cache(settings)
+    try:
+        count, size = await maintenance.census(blobs)
+        with Progress(
+            TextColumn("verifying {task.fields[count]} files"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            disable=quiet,
+        ) as progress:
+            task = progress.add_task("verify", total=size, count=count)
+            report = await maintenance.verify(store, blobs, lambda n: progress.advance(task, n))
+    finally:
+        await store.close()
+    for line in report.bad:
+        print(f"bad (removed): {line}")
+    for line in report.missing:
+        print(f"missing (row removed): {line}")
+    print(
+        f"verified {report.checked} files ({report.checked_bytes} bytes): "
+        f"{len(report.bad)} bad, {len(report.missing)} missing, {report.skipped} busy"
+    )
+    return 0 if report.ok else 1
+
+
+async def _gc(settings: Settings) -> int:
+    store, blobs = await _open_cache(settings)
+    try:
+        removed_temp, report = await maintenance.gc(store, blobs, settings.cache.max_size)
+    finally:
+        await store.close()
+    print(
+        f"gc: removed {report.removed} files ({report.freed} bytes) and {removed_temp} temp files; "
+        f"cache now {report.after} of {settings.cache.max_size} bytes; {report.busy} in use kept"
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -161,11 +232,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "serve":
         return serve(settings)
-    setup_logging(settings.server.log_format, [settings.upstream.token], logging.WARNING)
+    setup_logging(settings.server.log_format, [settings.upstream.token], level=logging.WARNING)
     if args.command == "warm":
         return warm.main(settings, args)
     if args.command == "export":
         return bundle.export_main(settings, args)
     if args.command == "import":
         return bundle.import_main(settings, args)
+    if args.command == "verify":
+        return asyncio.run(_verify(settings, args.quiet))
+    if args.command == "gc":
+        return asyncio.run(_gc(settings))
     raise AssertionError(f"unhandled command {args.command}")  # argparse rejects the rest

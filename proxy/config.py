@@ -53,6 +53,9 @@ class UpstreamSettings:
     auth_ttl: float = 60.0
     max_upload_size: int = 0
     user_agent: str = "gitlab-pypi-proxy"
+    # While a page keeps failing upstream, its last good copy is served and GitLab is asked
+    # again at most once per this many seconds (or per Retry-After, when GitLab gives one).
+    retry_interval: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,23 +8,26 @@ import enum
 import hashlib
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, BinaryIO, Protocol
 
 import aiohttp
 import yarl
 from aiohttp import hdrs, web
-from cachetools import LRUCache
+from cachetools import LRUCache, TTLCache
 
 from .blobs import BlobStore
+from .cachehealth import CacheHealth, Throttled
 from .config import CacheSettings
-from .errors import Offline, ProxyError, UpstreamError, UpstreamUnavailable
+from .errors import Offline, ProxyError, UpstreamError, UpstreamStatus, UpstreamUnavailable
+from .locks import FileLock, ReadHold
 from .metrics import Metrics
 from .store import Store
-from .upstream import Upstream
+from .upstream import Upstream, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,12 @@ ACCESS_FLUSH_SECONDS = 30.0
 class KnownBlob:
     size: int
     filename: str
+
+
+class CacheUnwritable(ProxyError):
+    """A fill could not use the disk; clients that got nothing yet are served a pass-through."""
+
+    status = 503
 
 
 class FillState(enum.Enum):
@@ -137,30 +146,55 @@ class FileCache:
         self.generation = 0
         # Called with (sha256, filename, path) once a download has verified and is stored.
         self.on_verified: Callable[[str, str, Path], None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
         # Told of each fill as it starts, so a warm-up can count what it caused.
         self.fill_observers: list[Callable[[Fill], None]] = []
+        self.health = CacheHealth(blobs)
+        # Upstream 404s by (source URL, credential fingerprint), so absent files cost one request.
+        self.negative: TTLCache[tuple[str, str], ProxyError] = TTLCache(
+            maxsize=10_000, ttl=max(settings.negative_ttl, 1e-9), timer=time.monotonic
+        )
+        # Set whenever a blob is added, so eviction looks at the size soon.
+        self.grown = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._db_warn = Throttled(log)
 
     async def load(self) -> None:
-        """Start-up reconciliation: drop temp files, rows without blobs, blobs without rows."""
+        """Start-up reconciliation: drop temp files, rows without blobs, blobs without rows.
+
+        Safe while other workers share the directory: live temp files are flocked by their
+        writer, and each blob is fixed only under its lock, after looking again.
+        """
         removed_temp = await asyncio.to_thread(self.blobs.clean_temp)
         on_disk = dict(await asyncio.to_thread(lambda: list(self.blobs.scan())))
         rows = await self.store.blobs()
-        orphan_rows = [r.sha256 for r in rows if on_disk.get(r.sha256) != r.size]
-        if orphan_rows:
-            await self.store.remove_blobs(orphan_rows)
         self.known = {
             r.sha256: KnownBlob(r.size, r.filename) for r in rows if on_disk.get(r.sha256) == r.size
         }
-        stray = [sha for sha in on_disk if sha not in self.known]
-        for sha in stray:
-            await asyncio.to_thread(self.blobs.remove, sha)
+        suspects = {r.sha256 for r in rows if r.sha256 not in self.known}
+        suspects |= {sha for sha in on_disk if sha not in self.known}
+        orphan_rows = stray = 0
+        for sha in sorted(suspects):
+            lock = FileLock.try_acquire(self.blobs.lock_path(sha))
+            if lock is None:
+                continue  # another process is filling it right now
+            with lock:
+                row = await self.store.blob(sha)
+                size = self.blobs.size_of(sha)
+                if row is not None and size == row.size:
+                    self.known[sha] = KnownBlob(row.size, row.filename)
+                    continue
+                if row is not None:
+                    await self.store.remove_blobs([sha])
+                    orphan_rows += 1
+                if size is not None:
+                    await asyncio.to_thread(self.blobs.remove, sha)
+                    stray += 1
         if removed_temp or orphan_rows or stray:
             log.info(
                 "cache reconciled: %d temp files, %d rows without a blob, %d blobs without a row",
                 removed_temp,
-                len(orphan_rows),
-                len(stray),
+                orphan_rows,
+                stray,
             )
 
     async def close(self, grace: float | None = None) -> None:
@@ -193,6 +227,11 @@ class FileCache:
             return None
         return blob
 
+    def forget(self, sha256: str) -> None:
+        """This process stops serving a blob another process (or `verify`) removed."""
+        self.known.pop(sha256, None)
+        self.memory.pop(sha256, None)
+
     async def respond(
         self,
         request: web.Request,
@@ -214,31 +253,64 @@ class FileCache:
             await admission.admit()
         blob = self.hit(sha256, filename)
         if blob is not None:
-            self.metrics.file_hit(blob.size)
-            return await self._respond_hit(request, sha256, blob, private=private)
+            hit = await self._respond_hit(request, sha256, blob, private=private)
+            if hit is not None:
+                self.metrics.file_hit(blob.size)
+                return hit
         self.metrics.file_miss()
         if self.upstream.offline:
             raise Offline()
+        absent = self.negative.get((str(source), fingerprint(authorization)))
+        if absent is not None:
+            raise absent
         fill = self.fills.get(sha256)
         if fill is None:
-            fill = self._start_fill(sha256, filename, source, authorization)
+            if not self.health.writable():
+                return await self._pass_through(
+                    request, sha256, filename, source, authorization, private=private
+                )
+            try:
+                fill = self._start_fill(sha256, filename, source, authorization)
+            except OSError as e:
+                self.health.failed(e)
+                return await self._pass_through(
+                    request, sha256, filename, source, authorization, private=private
+                )
             if admission is not None:
                 while not fill.started and fill.state is FillState.RUNNING:
                     await fill.changed()
-                admission.answered(None if fill.started else fill.error)
+                if fill.started:
+                    admission.answered(None)
+                elif fill.state is FillState.DONE:
+                    # Adopted from another worker's download: GitLab never answered this client.
+                    await admission.admit()
+                else:
+                    admission.answered(fill.error)
                 # The fill ran on while this waited: it may be over, its temp file gone.
-                if fill.state is FillState.FAILED:
+                if fill.state is FillState.FAILED and not isinstance(fill.error, CacheUnwritable):
                     raise fill.error or UpstreamError(f"fill of {filename} failed")
                 blob = self.hit(sha256, filename)
                 if fill.state is FillState.DONE and blob is not None:
-                    return await self._respond_hit(request, sha256, blob, private=private)
+                    hit = await self._respond_hit(request, sha256, blob, private=private)
+                    if hit is not None:
+                        return hit
         if request.http_range.start is not None or request.http_range.stop is not None:
             # A range read needs the whole verified file; wait, then answer it like a hit.
-            await self._finished(fill)
+            while fill.state is FillState.RUNNING:
+                await fill.changed()
+            if isinstance(fill.error, CacheUnwritable):
+                return await self._pass_through(
+                    request, sha256, filename, source, authorization, private=private
+                )
+            if fill.error is not None:
+                raise fill.error
             blob = self.known.get(sha256)
             if blob is not None:
-                return await self._respond_hit(request, sha256, blob, private=private)
-        return await self._respond_fill(request, fill, private=private)
+                hit = await self._respond_hit(request, sha256, blob, private=private)
+                if hit is not None:
+                    return hit
+            raise UpstreamUnavailable(f"{filename} vanished from the cache; try again")
+        return await self._respond_fill(request, fill, source, authorization, private=private)
 
     async def ensure(
         self, sha256: str, filename: str, source: yarl.URL, authorization: str | None
@@ -257,7 +329,7 @@ class FileCache:
         if sha256 in self.known:
             return sha256
         self.blobs.ensure_dirs()
-        temp = self.blobs.new_temp()
+        temp = self.blobs.new_temp(sha256)
         try:
             await asyncio.to_thread(_write_synced, temp, data)
             self.blobs.commit(temp, sha256)
@@ -302,7 +374,8 @@ class FileCache:
         filename: str | None = None,
         *,
         private: bool,
-    ) -> web.StreamResponse:
+    ) -> web.StreamResponse | None:
+        """The cached file, or None when it is no longer on disk (evicted, or found bad)."""
         self.accessed[sha256] = time.time()
         headers = self._headers(sha256, filename or blob.filename, private=private)
         headers["X-Cache"] = "HIT"
@@ -322,18 +395,37 @@ class FileCache:
         if blob.size <= self.settings.memory_file_max and not conditional:
             body = self.memory.get(sha256)
             if body is None:
-                body = await asyncio.to_thread(path.read_bytes)
+                body = await asyncio.to_thread(_read_verified, path, sha256)
+                if body is None:
+                    await self._discard(sha256)
+                    return None
                 self.memory[sha256] = body
             return web.Response(body=body, headers=headers)
-        return web.FileResponse(path, chunk_size=CHUNK, headers=headers)
+        # Held until sent, so eviction in any worker leaves this blob alone meanwhile.
+        hold = ReadHold.take(path)
+        if hold is None:
+            self.forget(sha256)
+            return None
+        return _HeldFileResponse(path, hold, chunk_size=CHUNK, headers=headers)
+
+    async def _discard(self, sha256: str) -> None:
+        """Drop a blob that is gone or does not match its name, so it is fetched again."""
+        self.forget(sha256)
+        lock = FileLock.try_acquire(self.blobs.lock_path(sha256))
+        if lock is None:
+            return  # someone is filling it again right now
+        with lock:
+            if self.blobs.size_of(sha256) is not None:
+                log.error("blob %s does not match its sha256; removed it", sha256)
+                await asyncio.to_thread(self.blobs.remove, sha256)
+            await self.store.remove_blobs([sha256])
 
     def _start_fill(
         self, sha256: str, filename: str, source: yarl.URL, authorization: str | None
     ) -> Fill:
         self.blobs.ensure_dirs()
-        temp = self.blobs.new_temp()
         # Created now, so a reader joining in this same step can open it.
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        temp, fd = self.blobs.open_temp(sha256)
         fill = Fill(sha256, filename, temp)
         self.fills[sha256] = fill
         for observe in self.fill_observers:
@@ -348,9 +440,19 @@ class FileCache:
         self, fill: Fill, fd: int, source: yarl.URL, authorization: str | None
     ) -> None:
         committed = False
+        # fill.path moves to the blob once committed or adopted; this is what to clean up.
+        temp = fill.path
+        lock: FileLock | None = None
         try:
+            # One fill per blob across worker processes: the others wait, then adopt the blob.
+            lock = await FileLock.acquire(self.blobs.lock_path(fill.sha256))
+            if await self._adopt(fill):
+                return
             async with self.upstream.open_file(source, authorization) as resp:
-                fill.mark_started(resp.content_length)
+                size = resp.content_length
+                if size is not None and not self.health.room_for(size):
+                    raise CacheUnwritable(f"no room in the cache for {fill.filename}")
+                fill.mark_started(size)
                 digest = hashlib.sha256()
                 async for chunk in resp.content.iter_chunked(CHUNK):
                     _write_all(fd, chunk)
@@ -365,14 +467,21 @@ class FileCache:
             await asyncio.to_thread(os.fsync, fd)
             final = self.blobs.commit(fill.path, fill.sha256)
             committed = True
-            await self.store.add_blob(fill.sha256, fill.written, fill.filename)
+            # Readers arriving from now on open the blob; the temp path is gone.
+            fill.path = final
+            await self._record(fill.sha256, fill.written, fill.filename)
             self.known[fill.sha256] = KnownBlob(fill.written, fill.filename)
             self.generation += 1
             fill.finish(final)
+            self.grown.set()
             if self.on_verified is not None:
                 self.on_verified(fill.sha256, fill.filename, final)
+        except CacheUnwritable as e:
+            fill.fail(e)
         except ProxyError as e:
             log.warning("fill of %s failed: %s", fill.filename, e.message)
+            if isinstance(e, UpstreamStatus) and e.status in (404, 410):
+                self.negative[(str(source), fingerprint(authorization))] = e
             fill.fail(e)
         except aiohttp.ClientPayloadError:
             log.warning("fill of %s failed: upstream body incomplete", fill.filename)
@@ -381,30 +490,70 @@ class FileCache:
             log.warning("fill of %s failed: %s", fill.filename, type(e).__name__)
             fill.fail(UpstreamUnavailable(f"upstream failed while sending {fill.filename}"))
         except OSError as e:
-            log.error("fill of %s failed writing the cache: %s", fill.filename, e.strerror)
-            fill.fail(UpstreamError(f"could not write {fill.filename} to the cache"))
+            self.health.failed(e)
+            fill.fail(CacheUnwritable(f"could not write {fill.filename} to the cache"))
         finally:
             os.close(fd)
             self.metrics.fetched("file", fill.written)
             if not committed:
                 with contextlib.suppress(FileNotFoundError):
-                    fill.path.unlink()
+                    temp.unlink()
             if fill.state is FillState.RUNNING:
                 fill.fail(UpstreamError(f"fill of {fill.filename} was interrupted"))
             self.fills.pop(fill.sha256, None)
+            if lock is not None:
+                lock.release()
 
     def _bad_file(self, message: str) -> UpstreamError:
         self.metrics.upstream_failed("file", message)
         return UpstreamError(message)
 
+    async def _adopt(self, fill: Fill) -> bool:
+        """Take a blob another process finished while this one waited for its lock."""
+        size = self.blobs.size_of(fill.sha256)
+        if size is None:
+            return False
+        await self._record(fill.sha256, size, fill.filename)
+        self.known[fill.sha256] = KnownBlob(size, fill.filename)
+        fill.finish(self.blobs.path(fill.sha256))
+        return True
+
+    async def _record(self, sha256: str, size: int, filename: str) -> None:
+        try:
+            await self.store.add_blob(sha256, size, filename)
+        except sqlite3.Error as e:
+            # Served from this process anyway; the next start-up drops the unrecorded blob.
+            self._db_warn.log(logging.WARNING, "could not record %s in SQLite: %s", sha256, e)
+
     async def _respond_fill(
-        self, request: web.Request, fill: Fill, *, private: bool
+        self,
+        request: web.Request,
+        fill: Fill,
+        source: yarl.URL,
+        authorization: str | None,
+        *,
+        private: bool,
     ) -> web.StreamResponse:
         # Opened before any await, so a rename or a failed fill's unlink cannot race it.
         reader = fill.path.open("rb")
         try:
             while not fill.started and fill.state is FillState.RUNNING:
                 await fill.changed()
+            if isinstance(fill.error, CacheUnwritable) and fill.written == 0:
+                return await self._pass_through(
+                    request, fill.sha256, fill.filename, source, authorization, private=private
+                )
+            if fill.state is FillState.DONE and not fill.started:
+                # Adopted from another worker: the blob is on disk, verified there.
+                blob = self.known.get(fill.sha256)
+                hit = (
+                    None
+                    if blob is None
+                    else await self._respond_hit(request, fill.sha256, blob, private=private)
+                )
+                if hit is None:
+                    raise UpstreamUnavailable(f"{fill.filename} vanished from the cache; try again")
+                return hit
             if fill.error is not None and fill.written == 0:
                 raise fill.error
             size = fill.size
@@ -420,24 +569,114 @@ class FileCache:
             await response.prepare(request)
             if request.method == hdrs.METH_HEAD:
                 return response
-            offset = 0
-            while True:
-                limit = fill.readable_limit()
-                if offset < limit:
-                    # Just written by the fill, so read from the page cache: no disk wait.
-                    chunk = reader.read(min(CHUNK, limit - offset))
-                    offset += len(chunk)
-                    await response.write(chunk)
-                elif fill.state is FillState.DONE:
-                    await response.write_eof()
-                    return response
-                elif fill.state is FillState.FAILED:
-                    _cut(request)
-                    return response
-                else:
-                    await fill.changed()
+            # A client that goes away only stops its own copy; the fill goes on for the others.
+            with contextlib.suppress(ConnectionError):
+                await _stream_fill(request, response, fill, reader)
+            return response
         finally:
             reader.close()
+
+    async def _pass_through(
+        self,
+        request: web.Request,
+        sha256: str,
+        filename: str,
+        source: yarl.URL,
+        authorization: str | None,
+        *,
+        private: bool,
+    ) -> web.StreamResponse:
+        """Stream upstream to this client without the disk; the last byte waits for the sha256."""
+        async with self.upstream.open_file(source, authorization) as resp:
+            headers = self._headers(sha256, filename, private=private)
+            headers["X-Cache"] = "BYPASS"
+            response = web.StreamResponse(headers=headers)
+            if resp.content_length is not None:
+                response.content_length = resp.content_length
+            # A client that goes away leaves nothing to undo: nothing was stored.
+            with contextlib.suppress(ConnectionError):
+                await response.prepare(request)
+                if request.method != hdrs.METH_HEAD:
+                    await _relay_verified(request, response, resp, sha256, filename)
+            return response
+
+
+async def _relay_verified(
+    request: web.Request,
+    response: web.StreamResponse,
+    upstream: aiohttp.ClientResponse,
+    sha256: str,
+    filename: str,
+) -> None:
+    """Copy a body, holding the last byte back until it verifies; cut the client if not."""
+    digest = hashlib.sha256()
+    held = b""
+    received = 0
+    try:
+        async for chunk in upstream.content.iter_chunked(CHUNK):
+            if not chunk:
+                continue
+            digest.update(chunk)
+            received += len(chunk)
+            await response.write(held + chunk[:-1])
+            held = chunk[-1:]
+    except ConnectionError:
+        raise
+    except (aiohttp.ClientError, TimeoutError):
+        log.warning("pass-through of %s failed: upstream body incomplete", filename)
+        _cut(request)
+        return
+    if upstream.content_length not in (None, received) or digest.hexdigest() != sha256:
+        log.warning("pass-through of %s failed: sha256 mismatch or short body", filename)
+        _cut(request)
+        return
+    await response.write(held)
+    await response.write_eof()
+
+
+async def _stream_fill(
+    request: web.Request, response: web.StreamResponse, fill: Fill, reader: BinaryIO
+) -> None:
+    """Send a fill's bytes as they land in its file; complete only once verified."""
+    offset = 0
+    while True:
+        limit = fill.readable_limit()
+        if offset < limit:
+            # Just written by the fill, so read from the page cache: no disk wait.
+            chunk = reader.read(min(CHUNK, limit - offset))
+            offset += len(chunk)
+            await response.write(chunk)
+        elif fill.state is FillState.DONE:
+            await response.write_eof()
+            return
+        elif fill.state is FillState.FAILED:
+            _cut(request)
+            return
+        else:
+            await fill.changed()
+
+
+class _HeldFileResponse(web.FileResponse):
+    """A FileResponse that keeps its blob's ReadHold until the file has been sent."""
+
+    def __init__(self, path: Path, hold: ReadHold, **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        self._hold = hold
+
+    async def prepare(self, request: web.BaseRequest) -> Any:
+        try:
+            return await super().prepare(request)
+        finally:
+            self._hold.release()
+
+
+def _read_verified(path: Path, sha256: str) -> bytes | None:
+    """A small blob's bytes for the memory cache, or None when missing or not matching."""
+    try:
+        body = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    return body if hashlib.sha256(body).hexdigest() == sha256 else None
 
 
 def _write_synced(path: Path, data: bytes) -> None:

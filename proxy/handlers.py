@@ -200,14 +200,18 @@ async def ready(request: web.Request) -> web.StreamResponse:
     problems = []
     if not await store.ping():
         problems.append("sqlite does not answer")
-    if not request.app[keys.BLOBS].writable():
-        problems.append("cache directory is not writable")
     if not request.app[keys.SETTINGS].cache.offline and not await _upstream_reachable(request):
         problems.append("upstream is unreachable")
+    # An unwritable or full cache still serves, as a pass-through: degraded, not unready.
+    health = request.app[keys.FILES].health
+    if health.writable() and (error := request.app[keys.BLOBS].write_problem()) is not None:
+        health.failed(error)
+    degraded = [health.problem] if health.problem else []
     status = 503 if problems else 200
     offline = request.app[keys.UPSTREAM].offline
     return web.json_response(
-        {"ready": not problems, "offline": offline, "problems": problems}, status=status
+        {"ready": not problems, "offline": offline, "problems": problems, "degraded": degraded},
+        status=status,
     )
 
 

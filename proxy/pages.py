@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ import yarl
 from cachetools import TTLCache
 
 from .auth import Caller, Gatekeeper
+from .cachehealth import Throttled
 from .config import Settings
 from .errors import (
     NotFound,
@@ -22,6 +24,7 @@ from .errors import (
     ProxyError,
     Redirect,
     UpstreamError,
+    UpstreamStatus,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
@@ -30,13 +33,22 @@ from .simple import Index, Project, is_sha256
 from .simple_html import PageParseError, parse_index_page, parse_project_page
 from .simple_json import index_from_dict, index_to_dict, project_from_dict, project_to_dict
 from .store import ForwardedRow, Store
-from .upstream import PageAnswer, Upstream, is_listed_host, message_of
+from .upstream import PageAnswer, Upstream, fingerprint, is_listed_host, message_of
 
 log = logging.getLogger(__name__)
 
 CacheState = Literal["HIT", "MISS", "STALE"]
 MAX_PRIVATE_PAGES = 2_000
 Model = Project | Index
+_FAILURES = (UpstreamUnavailable, UpstreamTimeout, UpstreamError)
+
+
+@dataclass(slots=True)
+class _Failing:
+    """A page GitLab failed to give: when to ask again, and what to tell a client meanwhile."""
+
+    retry_at: float
+    error: ProxyError
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +99,12 @@ class PageCache:
             maxsize=MAX_PRIVATE_PAGES, ttl=settings.cache.index_ttl, timer=time.time
         )
         self._inflight: dict[str, asyncio.Future[CachedPage]] = {}
+        self._failing: TTLCache[str, _Failing] = TTLCache(maxsize=20_000, ttl=3600)
+        # Upstream "absent" answers (404, forwarding) per key and credential.
+        self.negative: TTLCache[tuple[str, str], ProxyError] = TTLCache(
+            maxsize=20_000, ttl=max(settings.cache.negative_ttl, 1e-9), timer=time.monotonic
+        )
+        self._db_warn = Throttled(log)
 
     def freshness_left(self, page: CachedPage) -> int:
         """Seconds this page stays fresh, for Cache-Control: max-age."""
@@ -172,39 +190,93 @@ class PageCache:
         page = memory.get(key) if trusted else None
         if page is not None:
             return PageResult(page, "HIT", key)
+        negative_key = (key, fingerprint(caller.authorization))
+        absent = self.negative.get(negative_key)
+        if absent is not None:
+            raise absent
         # An untrusted client asks GitLab itself; it must not ride on another client's answer.
         flight = key if trusted else f"{key}|{caller.key}"
-        try:
-            page = await self._single_flight(
-                flight,
-                lambda: self._fetch(
-                    scope, key, url, caller, parse, forwarding=forwarding, shared=shared
-                ),
+        # Only a view this caller may see from the cache can fall back to a stored copy.
+        may_use_stored = trusted and shared
+
+        def fetch() -> Awaitable[CachedPage]:
+            return self._tracked(
+                key,
+                self._fetch(scope, key, url, caller, parse, forwarding=forwarding, shared=shared),
             )
+
+        failing = self._failing.get(key)
+        if failing is not None and not self.upstream.offline:
+            # GitLab failed this page lately: answer now, and let one request at a time retry.
+            stored = await self._stored(key) if may_use_stored else None
+            due = time.monotonic() >= failing.retry_at
+            if stored is not None:
+                if due:
+                    self._refresh_in_background(flight, fetch)
+                return PageResult(stored, "STALE", key)
+            if not due:
+                raise failing.error
+        try:
+            page = await self._single_flight(flight, fetch)
         except Offline:
-            stored = await self._stored(key) if trusted and shared else None
+            stored = await self._stored(key) if may_use_stored else None
             if stored is None:
                 raise
             # Offline, the stored copy is the truth whatever its age: an air-gapped mirror.
             return PageResult(stored, "HIT", key)
-        except (UpstreamUnavailable, UpstreamTimeout, UpstreamError) as e:
-            stored = await self._stored(key) if trusted and shared else None
+        except _FAILURES as e:
+            stored = await self._stored(key) if may_use_stored else None
             if stored is None:
                 raise
             log.warning("serving %s stale: %s", key, e.message)
             return PageResult(stored, "STALE", key)
+        except ProxyError as e:
+            if _is_absence(e):
+                self.negative[negative_key] = e
+            raise
         return PageResult(page, "MISS", key)
+
+    async def _tracked(self, key: str, fetch: Awaitable[CachedPage]) -> CachedPage:
+        """A fetch that records whether GitLab is failing this page, and until when to wait."""
+        try:
+            page = await fetch
+        except _FAILURES as e:
+            # GitLab's own Retry-After, when it gave one, says exactly how long to wait.
+            retry_after = e.headers.get("Retry-After", "")
+            wait = (
+                float(retry_after)
+                if retry_after.isdigit()
+                else self.settings.upstream.retry_interval
+            )
+            self._failing[key] = _Failing(time.monotonic() + wait, e)
+            raise
+        self._failing.pop(key, None)
+        return page
+
+    def _refresh_in_background(self, key: str, fetch: Callable[[], Awaitable[CachedPage]]) -> None:
+        """One retry for a failing page, while its clients get the stored copy at once."""
+        if key in self._inflight:
+            return
+        future = self._flight(key, fetch)
+        # Its outcome is recorded by _tracked; retrieving it keeps asyncio from logging it.
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     async def _single_flight(
         self, key: str, fetch: Callable[[], Awaitable[CachedPage]]
     ) -> CachedPage:
+        # Shielded: one client going away must not cancel the fetch the others wait on.
+        return await asyncio.shield(self._flight(key, fetch))
+
+    def _flight(
+        self, key: str, fetch: Callable[[], Awaitable[CachedPage]]
+    ) -> asyncio.Future[CachedPage]:
+        """The running fetch of `key`, started if there is none."""
         future = self._inflight.get(key)
         if future is None:
             future = asyncio.ensure_future(fetch())
             self._inflight[key] = future
             future.add_done_callback(lambda _: self._inflight.pop(key, None))
-        # Shielded: one client going away must not cancel the fetch the others wait on.
-        return await asyncio.shield(future)
+        return future
 
     async def _fetch(
         self,
@@ -244,7 +316,11 @@ class PageCache:
             self.private[key] = page
             return page
         self.fresh[key] = page
-        await self.store.put_page(key, json.dumps(_to_dict(model)), page.fetched_at)
+        try:
+            await self.store.put_page(key, json.dumps(_to_dict(model)), page.fetched_at)
+        except sqlite3.Error as e:
+            # A full disk must not cost the client the page it is about to get.
+            self._db_warn.log(logging.WARNING, "could not store page %s: %s", key, e)
         return page
 
     def _judge(
@@ -301,6 +377,15 @@ def stored_model(data: object) -> Model:
 def stored_data(model: Model) -> dict[str, object]:
     """The JSON-ready form of a page model, as SQLite and bundles hold it."""
     return _to_dict(model)
+
+
+def _is_absence(error: ProxyError) -> bool:
+    """Whether GitLab said the page does not exist (404, 410, or forwarding elsewhere)."""
+    if isinstance(error, Offline):
+        return False
+    if isinstance(error, UpstreamStatus):
+        return error.status in (404, 410)
+    return isinstance(error, Redirect | NotFound)
 
 
 def _to_dict(model: Model) -> dict[str, object]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 
@@ -39,6 +41,11 @@ CREATE TABLE IF NOT EXISTS core_metadata (
     problem TEXT
 );
 """
+
+_PUT_FORWARDED = (
+    "INSERT INTO forwarded_files (scope, sha256, filename, url) VALUES (?,?,?,?)"
+    " ON CONFLICT(scope, sha256, filename) DO UPDATE SET url=excluded.url"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,10 +85,15 @@ class Store:
 
     def __init__(self, db: aiosqlite.Connection) -> None:
         self.db = db
+        # One write transaction at a time on this connection; a failed one is rolled back
+        # before the next begins, so no coroutine's write rides on another's failure.
+        self._write_lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path) -> Store:
-        db = await aiosqlite.connect(path, timeout=30)
+        # IMMEDIATE: a write takes SQLite's write lock before reading, so with other worker
+        # processes it waits out the busy timeout instead of failing at once on a stale snapshot.
+        db = await aiosqlite.connect(path, timeout=30, isolation_level="IMMEDIATE")
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute("PRAGMA synchronous=NORMAL")
         await db.executescript(_SCHEMA)
@@ -92,95 +104,114 @@ class Store:
     async def close(self) -> None:
         await self.db.close()
 
+    async def _write(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        """Run one statement per row in one transaction, committed, or rolled back on error."""
+        await self._transaction([(sql, rows)])
+
+    async def _transaction(
+        self, statements: Sequence[tuple[str, Sequence[Sequence[object]]]]
+    ) -> None:
+        """Several statements (each once per row) in one transaction: all of them or none."""
+        async with self._write_lock:
+            try:
+                for sql, rows in statements:
+                    await self.db.executemany(sql, rows)
+                await self.db.commit()
+            except BaseException:
+                # Cancelled too: a half-written transaction must not stay open on the connection.
+                await self.db.rollback()
+                raise
+
+    async def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        """All rows in one step: no read snapshot stays open across an await, where this
+        connection's next write would find it stale (another worker wrote) and fail at once."""
+        return [tuple(row) for row in await self.db.execute_fetchall(sql, params)]
+
     async def ping(self) -> bool:
-        async with self.db.execute("SELECT 1") as cur:
-            return await cur.fetchone() is not None
+        return bool(await self._read("SELECT 1"))
 
     async def add_blob(self, sha256: str, size: int, filename: str) -> None:
         now = time.time()
-        await self.db.execute(
+        await self._write(
             "INSERT INTO blobs (sha256, size, filename, created, last_access) VALUES (?,?,?,?,?)"
             " ON CONFLICT(sha256) DO UPDATE SET last_access=excluded.last_access",
-            (sha256, size, filename, now, now),
+            [(sha256, size, filename, now, now)],
         )
-        await self.db.commit()
 
     async def remove_blobs(self, sha256s: Iterable[str]) -> None:
-        await self.db.executemany("DELETE FROM blobs WHERE sha256=?", [(s,) for s in sha256s])
-        await self.db.commit()
+        await self._write("DELETE FROM blobs WHERE sha256=?", [(s,) for s in sha256s])
 
     async def blobs(self) -> list[BlobRow]:
-        async with self.db.execute(
+        rows = await self._read(
             "SELECT sha256, size, filename, last_access FROM blobs ORDER BY last_access"
-        ) as cur:
-            return [BlobRow(*row) async for row in cur]
+        )
+        return [BlobRow(*row) for row in rows]
+
+    async def blob(self, sha256: str) -> BlobRow | None:
+        rows = await self._read(
+            "SELECT sha256, size, filename, last_access FROM blobs WHERE sha256=?", (sha256,)
+        )
+        return BlobRow(*rows[0]) if rows else None
+
+    async def total_size(self) -> int:
+        rows = await self._read("SELECT COALESCE(SUM(size), 0) FROM blobs")
+        return int(rows[0][0])
 
     async def touch_blobs(self, accessed: dict[str, float]) -> None:
-        await self.db.executemany(
+        await self._write(
             "UPDATE blobs SET last_access=MAX(last_access, ?) WHERE sha256=?",
             [(at, sha) for sha, at in accessed.items()],
         )
-        await self.db.commit()
 
     async def get_page(self, key: str) -> PageRow | None:
-        async with self.db.execute(
-            "SELECT key, model, fetched_at FROM pages WHERE key=?", (key,)
-        ) as cur:
-            row = await cur.fetchone()
-        return PageRow(*row) if row else None
+        rows = await self._read("SELECT key, model, fetched_at FROM pages WHERE key=?", (key,))
+        return PageRow(*rows[0]) if rows else None
 
     async def put_page(self, key: str, model: str, fetched_at: float) -> None:
-        await self.db.execute(
+        await self._write(
             "INSERT INTO pages (key, model, fetched_at) VALUES (?,?,?)"
             " ON CONFLICT(key) DO UPDATE SET model=excluded.model, fetched_at=excluded.fetched_at",
-            (key, model, fetched_at),
+            [(key, model, fetched_at)],
         )
-        await self.db.commit()
 
     async def delete_pages_named(self, name: str) -> None:
         """Delete every scope's page for `name` and every scope's index (keys `scope:name`)."""
-        await self.db.execute(
-            "DELETE FROM pages WHERE substr(key, instr(key, ':') + 1) IN (?, '')", (name,)
+        await self._write(
+            "DELETE FROM pages WHERE substr(key, instr(key, ':') + 1) IN (?, '')", [(name,)]
         )
-        await self.db.commit()
 
     async def delete_pages(self, keys: Iterable[str]) -> None:
-        await self.db.executemany("DELETE FROM pages WHERE key=?", [(k,) for k in keys])
-        await self.db.commit()
+        await self._write("DELETE FROM pages WHERE key=?", [(k,) for k in keys])
 
     async def pages(self, prefixes: Iterable[str] = ("",)) -> list[PageRow]:
         """Stored pages whose key starts with one of `prefixes` ('' matches all)."""
-        rows: dict[str, PageRow] = {}
+        found: dict[str, PageRow] = {}
         for prefix in prefixes:
-            async with self.db.execute(
+            rows = await self._read(
                 "SELECT key, model, fetched_at FROM pages WHERE substr(key, 1, ?) = ?",
                 (len(prefix), prefix),
-            ) as cur:
-                rows.update({row[0]: PageRow(*row) async for row in cur})
-        return [rows[key] for key in sorted(rows)]
+            )
+            found.update({row[0]: PageRow(*row) for row in rows})
+        return [found[key] for key in sorted(found)]
 
     async def put_forwarded(self, rows: Iterable[ForwardedRow]) -> None:
-        await self.db.executemany(
-            "INSERT INTO forwarded_files (scope, sha256, filename, url) VALUES (?,?,?,?)"
-            " ON CONFLICT(scope, sha256, filename) DO UPDATE SET url=excluded.url",
-            [(r.scope, r.sha256, r.filename, r.url) for r in rows],
-        )
-        await self.db.commit()
+        await self._write(_PUT_FORWARDED, [(r.scope, r.sha256, r.filename, r.url) for r in rows])
 
     async def forwarded_url(self, scope: str, sha256: str, filename: str) -> str | None:
-        async with self.db.execute(
+        rows = await self._read(
             "SELECT url FROM forwarded_files WHERE scope=? AND sha256=? AND filename=?",
             (scope, sha256, filename),
-        ) as cur:
-            row = await cur.fetchone()
-        return str(row[0]) if row else None
+        )
+        return str(rows[0][0]) if rows else None
 
     async def forwarded(self, scopes: Iterable[str] | None = None) -> list[ForwardedRow]:
         """Forwarded file sources of `scopes` (None: all)."""
-        async with self.db.execute(
-            "SELECT scope, sha256, filename, url FROM forwarded_files ORDER BY scope, sha256"
-        ) as cur:
-            rows = [ForwardedRow(*row) async for row in cur]
+        rows = [
+            ForwardedRow(*row)
+            for row in await self._read(
+                "SELECT scope, sha256, filename, url FROM forwarded_files ORDER BY scope, sha256"
+            )
+        ]
         if scopes is None:
             return rows
         wanted = set(scopes)
@@ -194,27 +225,22 @@ class Store:
     ) -> None:
         """A bundle's rows in one transaction; a page already stored stays unless older."""
         now = time.time()
-        try:
-            await self.db.executemany(
-                "INSERT INTO blobs (sha256, size, filename, created, last_access)"
-                " VALUES (?,?,?,?,?) ON CONFLICT(sha256) DO NOTHING",
-                [(b.sha256, b.size, b.filename, now, now) for b in blobs],
-            )
-            await self.db.executemany(
-                "INSERT INTO pages (key, model, fetched_at) VALUES (?,?,?)"
-                " ON CONFLICT(key) DO UPDATE SET model=excluded.model,"
-                " fetched_at=excluded.fetched_at WHERE excluded.fetched_at > pages.fetched_at",
-                [(p.key, p.model, p.fetched_at) for p in pages],
-            )
-            await self.db.executemany(
-                "INSERT INTO forwarded_files (scope, sha256, filename, url) VALUES (?,?,?,?)"
-                " ON CONFLICT(scope, sha256, filename) DO UPDATE SET url=excluded.url",
-                [(r.scope, r.sha256, r.filename, r.url) for r in forwarded],
-            )
-        except BaseException:
-            await self.db.rollback()
-            raise
-        await self.db.commit()
+        await self._transaction(
+            [
+                (
+                    "INSERT INTO blobs (sha256, size, filename, created, last_access)"
+                    " VALUES (?,?,?,?,?) ON CONFLICT(sha256) DO NOTHING",
+                    [(b.sha256, b.size, b.filename, now, now) for b in blobs],
+                ),
+                (
+                    "INSERT INTO pages (key, model, fetched_at) VALUES (?,?,?)"
+                    " ON CONFLICT(key) DO UPDATE SET model=excluded.model,"
+                    " fetched_at=excluded.fetched_at WHERE excluded.fetched_at > pages.fetched_at",
+                    [(p.key, p.model, p.fetched_at) for p in pages],
+                ),
+                (_PUT_FORWARDED, [(r.scope, r.sha256, r.filename, r.url) for r in forwarded]),
+            ]
+        )
 
     async def core_metadata(self, wheel_sha256: str | None = None) -> list[CoreMetadataRow]:
         """Every wheel-to-metadata row, or the one of `wheel_sha256`."""
@@ -223,13 +249,11 @@ class Store:
         if wheel_sha256 is not None:
             query += " WHERE wheel_sha256=?"
             args = (wheel_sha256,)
-        async with self.db.execute(query, args) as cur:
-            return [CoreMetadataRow(*row) async for row in cur]
+        return [CoreMetadataRow(*row) for row in await self._read(query, args)]
 
     async def put_core_metadata(self, row: CoreMetadataRow) -> None:
-        await self.db.execute(
+        await self._write(
             "INSERT OR REPLACE INTO core_metadata (wheel_sha256, metadata_sha256, problem)"
             " VALUES (?,?,?)",
-            (row.wheel_sha256, row.metadata_sha256, row.problem),
+            [(row.wheel_sha256, row.metadata_sha256, row.problem)],
         )
-        await self.db.commit()

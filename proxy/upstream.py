@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import logging
 import time
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 MAX_PAGE_BYTES = 64 * 1024 * 1024
 MAX_REDIRECTS = 5
 _REDIRECTS = (301, 302, 303, 307, 308)
+# How long a 429 without Retry-After keeps the proxy from asking that host again.
+DEFAULT_RETRY_AFTER = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +74,27 @@ class Upstream:
         )
         # A readiness probe must answer well within a probe's own timeout.
         self._probe_timeout = aiohttp.ClientTimeout(total=min(settings.timeout, 3.0))
+        # Per host: until when a 429 (or 503 with Retry-After) asked us not to come back.
+        self._held_until: dict[str | None, float] = {}
+
+    def _held_for(self, url: yarl.URL) -> float:
+        """Seconds left before the host's Retry-After lets us ask again (0 when free)."""
+        return max(0.0, self._held_until.get(url.host, 0.0) - time.monotonic())
+
+    def _check_gate(self, url: yarl.URL) -> None:
+        """Refuse, without a request, while the host's Retry-After has not passed."""
+        left = self._held_for(url)
+        if left > 0:
+            raise UpstreamUnavailable(
+                f"GitLab is rate limiting the proxy; not asking again for {left:.0f}s",
+                headers={hdrs.RETRY_AFTER: str(max(1, round(left)))},
+            )
+
+    def _note_status(self, url: yarl.URL, status: int, retry_after: float | None) -> None:
+        if status == 429 or (status == 503 and retry_after is not None):
+            wait = DEFAULT_RETRY_AFTER if retry_after is None else retry_after
+            log.warning("%s asked the proxy to wait %gs (HTTP %d)", url.host, wait, status)
+            self._held_until[url.host] = time.monotonic() + wait
 
     @property
     def injected_authorization(self) -> str | None:
@@ -165,6 +189,7 @@ class Upstream:
         auto_decompress: bool = True,
     ) -> aiohttp.ClientResponse:
         """One GET without redirects, timed to its headers; failing answers are remembered."""
+        self._check_gate(url)
         started = time.monotonic()
         resp = await self.session.get(
             url,
@@ -174,6 +199,7 @@ class Upstream:
             auto_decompress=auto_decompress,
         )
         self.metrics.upstream_answered(kind, time.monotonic() - started, resp.status)
+        self._note_status(url, resp.status, _retry_after(resp))
         if resp.status >= 500 or resp.status == 429:
             self.metrics.upstream_failed(kind, f"{url.host} answered {resp.status} for {url.path}")
         elif (
@@ -196,6 +222,8 @@ class Upstream:
 
     async def reachable(self) -> bool:
         """Whether GitLab answers HTTP at all (any status): for /-/ready, without credentials."""
+        if self._held_for(self.base) > 0:
+            return True  # it answered, asking us to wait: reachable, not to be asked again now
         try:
             resp = await self._send("probe", self.base, None, self._probe_timeout)
         except (aiohttp.ClientError, TimeoutError) as e:
@@ -209,6 +237,7 @@ class Upstream:
         self, url: yarl.URL, authorization: str | None
     ) -> tuple[int, str, float | None]:
         """HEAD a file with these credentials: GitLab's status, message and Retry-After only."""
+        self._check_gate(url)
         try:
             async with self.session.head(
                 url,
@@ -216,6 +245,7 @@ class Upstream:
                 allow_redirects=False,
                 timeout=self._page_timeout,
             ) as resp:
+                self._note_status(url, resp.status, _retry_after(resp))
                 return resp.status, await _message(resp), _retry_after(resp)
         except TimeoutError as e:
             raise UpstreamTimeout(f"GitLab did not answer within {self.settings.timeout:g}s") from e
@@ -259,13 +289,14 @@ class Upstream:
             if status == 401:
                 headers[hdrs.WWW_AUTHENTICATE] = 'Basic realm="GitLab Packages Registry"'
             return UpstreamStatus(status, message, headers=headers)
+        # GitLab's Retry-After goes on to the client, and tells the page cache when to retry.
+        retry: dict[str, str] = {}
+        if retry_after is not None:
+            retry[hdrs.RETRY_AFTER] = str(int(retry_after))
         if status == 429:
-            retry: dict[str, str] = {}
-            if retry_after is not None:
-                retry[hdrs.RETRY_AFTER] = str(int(retry_after))
             return UpstreamUnavailable("GitLab is rate limiting the proxy", headers=retry)
         if status >= 500:
-            return UpstreamUnavailable(f"GitLab answered {status}")
+            return UpstreamUnavailable(f"GitLab answered {status}", headers=retry)
         # Object storage answers for itself: its status is not GitLab's.
         return UpstreamError(f"upstream answered {status}")
 
@@ -275,6 +306,13 @@ def is_listed_host(url: yarl.URL, hosts: tuple[str, ...]) -> bool:
     if url.scheme not in ("http", "https") or not url.host:
         return False
     return url.host in hosts or f"{url.host}:{url.port}" in hosts
+
+
+def fingerprint(authorization: str | None) -> str:
+    """A short digest of a credential, to key per-credential answers without keeping it."""
+    if not authorization:
+        return ""
+    return hashlib.sha256(authorization.encode()).hexdigest()[:32]
 
 
 def message_of(body: bytes, status: int) -> str:

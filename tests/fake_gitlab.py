@@ -253,12 +253,17 @@ async def _send_file(
     )
     response.content_length = len(body)
     await response.prepare(request)
-    end = len(body) // 2 if gitlab.truncate_files else len(body)
+    cut = gitlab.truncate_files or gitlab.drop_files
+    end = len(body) // 2 if cut else len(body)
     step = max(1, gitlab.file_chunk_size)
     for start in range(0, end, step):
         if start and gitlab.file_chunk_delay:
             await asyncio.sleep(gitlab.file_chunk_delay)
         await response.write(body[start : min(start + step, end)])
+    if gitlab.drop_files and request.transport is not None:
+        # A reset mid-body, as when a load balancer or GitLab's worker dies under the download.
+        request.transport.abort()
+        return response
     if gitlab.truncate_files and request.transport is not None:
         # Closing (not aborting) flushes the half already written, then the client sees EOF
         # before Content-Length is reached.
@@ -363,6 +368,7 @@ class FakeGitLab(_Server):
         self.file_chunk_delay = 0.0
         self.file_chunk_size = 65536
         self.truncate_files = False
+        self.drop_files = False
         self.corrupt_files = False
         self.object_store = FakeObjectStorage(self)
         self._groups: dict[int, _Group] = {}
