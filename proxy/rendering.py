@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import gzip
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Container
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import quote
@@ -79,7 +79,8 @@ class PageRenderer:
         entry = self.cache.get((key, fmt, prefix))
         if entry is not None and (entry.fetched_at, entry.generation) == (fetched_at, generation):
             return entry.rendered
-        project = _servable(fetched)
+        # Offline, a mirror lists only what it holds: a client never picks a file it cannot have.
+        project = _servable(fetched, self.files.known if self.files.upstream.offline else None)
         # What changed may concern other pages only; then this page's bytes stand.
         details = tuple(self._details(dist) for dist in project.files)
         details_hash = hash(details)
@@ -142,9 +143,14 @@ async def _now(render: Callable[[], Rendered]) -> Rendered:
     return render()
 
 
-def _servable(project: Project) -> Project:
-    """The page's files that have a sha256: only those can go through the files route."""
-    servable = tuple(f for f in project.files if f.sha256 and is_sha256(f.sha256))
+def _servable(project: Project, cached: Container[str] | None) -> Project:
+    """The page's files that have a sha256 (only those can go through the files route) and,
+    when `cached` is given, are among those sha256s."""
+    servable = tuple(
+        f
+        for f in project.files
+        if f.sha256 and is_sha256(f.sha256) and (cached is None or f.sha256 in cached)
+    )
     # Usually all of them: then the fetched model itself, whose parsed versions are kept.
     return project if len(servable) == len(project.files) else Project(project.name, servable)
 

@@ -26,6 +26,18 @@ async def test_offline_serves_the_warm_cache_and_never_calls_upstream(
     result.check()
     assert installed(tmp_path / "cold") == installed(tmp_path / "warm")
 
+    # Only what the cache holds is listed: corp-util 1.0.0 was never fetched, so no client
+    # offline can pick it and then fail on its download.
+    status, _, body = await get(f"{offline.url}{PROJECT_PAGE}corp-util/")
+    assert status == 200
+    assert b"corp_util-1.1.0-py3-none-any.whl" in body
+    assert b"corp_util-1.0.0" not in body
+    failed = await pip_install(
+        offline.index_url("projects/42"), tmp_path / "old", "corp-util==1.0.0"
+    )
+    assert failed.returncode != 0
+    assert "No matching distribution found for corp-util==1.0.0" in failed.stderr
+
     status, _, body = await get(f"{offline.url}{PROJECT_PAGE}never-seen/")
     assert status == 404
     assert b"offline" in body
