@@ -30,8 +30,15 @@ from .config import Settings
 from .errors import ProxyError
 from .pages import stored_data, stored_model
 from .scope import Scope
-from .simple import Index, Project, is_sha256, is_valid_name, normalize
-from .simple_html import is_distribution_filename, is_file_url
+from .simple import (
+    Index,
+    Project,
+    is_distribution_filename,
+    is_file_url,
+    is_sha256,
+    is_valid_name,
+    normalize,
+)
 from .store import BlobRow, ForwardedRow, PageRow, Store
 from .upstream import is_listed_host
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from urllib.parse import quote, unquote
 
@@ -16,11 +15,10 @@ from .negotiate import accepts_gzip, choose, none_match, parse_accept
 from .pages import PageResult
 from .rendering import FORMAT_OF, Rendered
 from .scope import Scope
-from .simple import is_sha256, is_valid_name, normalize, version_of
+from .simple import is_distribution_filename, is_sha256, is_valid_name, normalize
 from .status import render_status
 
 MAX_FILENAME_LENGTH = 255
-_BAD_FILENAME_RE = re.compile(r"[/\\\x00]|\.\.")
 
 PROJECT_PREFIX = "/api/v4/projects/{id}/packages/pypi"
 GROUP_PREFIX = "/api/v4/groups/{id}/-/packages/pypi"
@@ -157,12 +155,13 @@ def _checked_file(request: web.Request) -> tuple[str, str, bool]:
     filename = request.match_info["filename"]
     if not is_sha256(sha256):
         raise BadRequest("malformed sha256: expected 64 hex digits")
-    if len(filename) > MAX_FILENAME_LENGTH or _BAD_FILENAME_RE.search(filename):
-        raise BadRequest("malformed filename")
+    if len(filename) > MAX_FILENAME_LENGTH:
+        raise BadRequest("malformed filename: too long")
     wants_metadata = filename.endswith(METADATA_SUFFIX)
     filename = filename.removesuffix(METADATA_SUFFIX)
-    if version_of(filename) is None:
-        raise BadRequest("filename is not a wheel or sdist name")
+    # Its characters too: no slash, backslash or NUL can reach a path or an upstream URL.
+    if not is_distribution_filename(filename):
+        raise BadRequest("malformed filename: not a wheel or sdist name")
     return sha256, filename, wants_metadata
 
 

@@ -317,7 +317,7 @@ class PageCache:
             return page
         self.fresh[key] = page
         try:
-            await self.store.put_page(key, json.dumps(_to_dict(model)), page.fetched_at)
+            await self.store.put_page(key, json.dumps(stored_data(model)), page.fetched_at)
         except sqlite3.Error as e:
             # A full disk must not cost the client the page it is about to get.
             self._db_warn.log(logging.WARNING, "could not store page %s: %s", key, e)
@@ -362,21 +362,11 @@ class PageCache:
         if row is None:
             return None
         try:
-            model = _from_dict(json.loads(row.model))
+            model = stored_model(json.loads(row.model))
         except ValueError:
             log.error("stored page %s is unreadable; ignoring it", key)
             return None
         return CachedPage(model, row.fetched_at)
-
-
-def stored_model(data: object) -> Model:
-    """A stored page model from untrusted data (a bundle); ValueError when it is not one."""
-    return _from_dict(data)
-
-
-def stored_data(model: Model) -> dict[str, object]:
-    """The JSON-ready form of a page model, as SQLite and bundles hold it."""
-    return _to_dict(model)
 
 
 def _is_absence(error: ProxyError) -> bool:
@@ -388,13 +378,15 @@ def _is_absence(error: ProxyError) -> bool:
     return isinstance(error, Redirect | NotFound)
 
 
-def _to_dict(model: Model) -> dict[str, object]:
+def stored_data(model: Model) -> dict[str, object]:
+    """The JSON-ready form of a page model, as SQLite and bundles hold it."""
     if isinstance(model, Project):
         return {"kind": "project", "model": project_to_dict(model)}
     return {"kind": "index", "model": index_to_dict(model)}
 
 
-def _from_dict(data: object) -> Model:
+def stored_model(data: object) -> Model:
+    """A stored page model from untrusted data (SQLite, a bundle); ValueError if not one."""
     if not isinstance(data, dict) or data.get("kind") not in ("project", "index"):
         raise ValueError("not a stored page model")
     if data["kind"] == "project":

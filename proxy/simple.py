@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from packaging.utils import (
     InvalidSdistFilename,
@@ -19,6 +20,25 @@ from packaging.version import Version
 _NAME_RE = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.IGNORECASE)
 MAX_NAME_LENGTH = 200
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+# Characters of PEP 427/625 filenames and PEP 440 versions; a slash, space or control character
+# cannot be part of a real distribution and would be unsafe in the paths we build from it.
+_FILENAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+!-]*$")
+_HEX_RE = re.compile(r"^[0-9a-f]+$")
+# Hex digest lengths of the fixed-size hashlib.algorithms_guaranteed, the names PEP 503 allows.
+_HASH_HEX_LENGTHS = {
+    "md5": 32,
+    "sha1": 40,
+    "sha224": 56,
+    "sha256": 64,
+    "sha384": 96,
+    "sha512": 128,
+    "sha3_224": 56,
+    "sha3_256": 64,
+    "sha3_384": 96,
+    "sha3_512": 128,
+    "blake2s": 64,
+    "blake2b": 128,
+}
 
 
 def is_valid_name(name: str) -> bool:
@@ -44,6 +64,26 @@ def version_of(filename: str) -> Version | None:
         return parse_sdist_filename(filename)[1]
     except (InvalidWheelFilename, InvalidSdistFilename):
         return None
+
+
+def is_distribution_filename(filename: str) -> bool:
+    """True for a wheel or sdist filename made only of characters such names use."""
+    return _FILENAME_RE.match(filename) is not None and version_of(filename) is not None
+
+
+def is_file_url(url: str) -> bool:
+    """True for an absolute http(s) URL without a fragment: one the proxy can fetch a file from."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.netloc) and not parts.fragment
+
+
+def is_hash(algo: str, value: str) -> bool:
+    """True when `value` is a lowercase hex digest of the right length for `algo`."""
+    length = _HASH_HEX_LENGTHS.get(algo)
+    return length == len(value) and _HEX_RE.match(value) is not None
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from html import escape
 from urllib.parse import unquote, urldefrag, urljoin, urlsplit
@@ -10,27 +9,17 @@ from urllib.parse import unquote, urldefrag, urljoin, urlsplit
 import lxml.html
 from lxml import etree
 
-from .simple import Distribution, Index, Project, is_valid_name, normalize, version_of
+from .simple import (
+    Distribution,
+    Index,
+    Project,
+    is_distribution_filename,
+    is_file_url,
+    is_hash,
+    is_valid_name,
+    normalize,
+)
 
-# Characters of PEP 427/625 filenames and PEP 440 versions; a slash, space or control character
-# cannot be part of a real distribution and would be unsafe in the paths we build from it.
-_FILENAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+!-]*$")
-_HEX_RE = re.compile(r"^[0-9a-f]+$")
-# Hex digest lengths of the fixed-size hashlib.algorithms_guaranteed, the names PEP 503 allows.
-_HASH_HEX_LENGTHS = {
-    "md5": 32,
-    "sha1": 40,
-    "sha224": 56,
-    "sha256": 64,
-    "sha384": 96,
-    "sha512": 128,
-    "sha3_224": 56,
-    "sha3_256": 64,
-    "sha3_384": 96,
-    "sha3_512": 128,
-    "blake2s": 64,
-    "blake2b": 128,
-}
 _TITLE_PREFIX = "links for "
 
 
@@ -73,26 +62,6 @@ def render_index_html(index: Index, project_url: Callable[[str], str]) -> str:
         for name in index.projects
     ]
     return _page("Simple index", lines)
-
-
-def is_distribution_filename(filename: str) -> bool:
-    """True for a wheel or sdist filename made only of characters such names use."""
-    return _FILENAME_RE.match(filename) is not None and version_of(filename) is not None
-
-
-def is_file_url(url: str) -> bool:
-    """True for an absolute http(s) URL without a fragment: one the proxy can fetch a file from."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.netloc) and not parts.fragment
-
-
-def is_hash(algo: str, value: str) -> bool:
-    """True when `value` is a lowercase hex digest of the right length for `algo`."""
-    length = _HASH_HEX_LENGTHS.get(algo)
-    return length == len(value) and _HEX_RE.match(value) is not None
 
 
 def _document(body: bytes) -> etree._Element:

@@ -5,8 +5,17 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 
-from .simple import Distribution, Index, Project, is_sha256, is_valid_name, normalize
-from .simple_html import is_distribution_filename, is_file_url, is_hash
+from .simple import (
+    Distribution,
+    Index,
+    Project,
+    is_distribution_filename,
+    is_file_url,
+    is_hash,
+    is_sha256,
+    is_valid_name,
+    normalize,
+)
 
 # Version of the stored model below; bump it when the shape changes.
 MODEL_VERSION = 1
