@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -23,6 +25,12 @@ REPO = Path(__file__).resolve().parent.parent
 BENCH_VENV = REPO / "bench" / ".venv"
 PROXPI_VERSION = "1.3.1"
 USERNAME = "bench"
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In a child, before exec: the kernel sends it SIGTERM when the bench dies, however."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -68,6 +76,7 @@ class Processes:
                 cwd=REPO,
                 # Its own group: Ctrl-C reaches only us, and we stop the group (workers too).
                 start_new_session=True,
+                preexec_fn=die_with_parent,
             )
         finally:
             log.close()
@@ -127,14 +136,21 @@ async def start_upstream(procs: Processes, data_dir: Path, token: str) -> Server
 
 
 async def start_proxy(
-    procs: Processes, upstream: str, token: str, cache_dir: Path, name: str = "proxy"
+    procs: Processes,
+    upstream: str,
+    token: str,
+    cache_dir: Path,
+    name: str = "proxy",
+    access_log: bool = False,
 ) -> Server:
+    """`python -m proxy serve`; no access log by default, as nginx and proxpi run here."""
     port = free_port()
     env = clean_env(
         GITLAB_PYPI_PROXY_UPSTREAM_URL=upstream,
         GITLAB_PYPI_PROXY_UPSTREAM_USERNAME=USERNAME,
         GITLAB_PYPI_PROXY_UPSTREAM_TOKEN=token,
         GITLAB_PYPI_PROXY_CACHE_DIR=str(cache_dir),
+        GITLAB_PYPI_PROXY_SERVER_ACCESS_LOG=str(access_log).lower(),
     )
     proc = await procs.spawn(
         name,
@@ -167,8 +183,6 @@ def ensure_bench_venv(with_profiler: bool = False) -> Path:
 
 
 def _check_call(args: Sequence[str]) -> None:
-    import subprocess
-
     subprocess.run(args, check=True, env=clean_env())
 
 
@@ -190,7 +204,7 @@ async def start_proxpi(procs: Processes, index_url: str, cache_dir: Path) -> Ser
 
 NGINX_CONF = """\
 {user}
-worker_processes auto;
+worker_processes {workers};
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
 daemon off;
@@ -218,13 +232,13 @@ http {{
 
 
 def nginx_binary() -> str | None:
-    found = shutil.which("nginx") or next(
-        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()), None
-    )
+    found = shutil.which("nginx", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
     if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
         print("installing nginx-light (apt-get)", flush=True)
         _apt_install("nginx-light")
-        found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+        found = shutil.which("nginx") or (
+            "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+        )
     return found
 
 
@@ -238,8 +252,6 @@ def wrk_binary() -> str | None:
 
 
 def _apt_install(package: str) -> None:
-    import subprocess
-
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     done = subprocess.run(
         ["apt-get", "install", "-y", "-qq", package], env=env, capture_output=True, check=False
@@ -249,7 +261,12 @@ def _apt_install(package: str) -> None:
 
 
 async def start_nginx(
-    procs: Processes, binary: str, prefix: Path, cache_dir: Path, static: Path
+    procs: Processes,
+    binary: str,
+    prefix: Path,
+    cache_dir: Path,
+    static: Path,
+    workers: str = "auto",
 ) -> Server:
     port = free_port()
     prefix.mkdir(parents=True, exist_ok=True)
@@ -259,12 +276,14 @@ async def start_nginx(
             # As root, workers would run as nobody; the bench's files are the invoking user's.
             user="user root;" if os.geteuid() == 0 else "",
             prefix=prefix,
+            workers=workers,
             port=port,
             cache_dir=cache_dir,
             static_parent=static.parent,
         )
     )
-    proc = await procs.spawn("nginx", [binary, "-p", str(prefix), "-c", str(conf)])
+    name = f"nginx-{workers}"
+    proc = await procs.spawn(name, [binary, "-p", str(prefix), "-c", str(conf)])
     url = f"http://127.0.0.1:{port}"
     await wait_ready(f"{url}/static/", proc)
-    return Server("nginx", url, proc)
+    return Server(name, url, proc)

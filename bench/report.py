@@ -20,7 +20,9 @@ def _first_line(args: Sequence[str]) -> str:
         done = subprocess.run(args, capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return "not found"
-    return (done.stdout or done.stderr).strip().splitlines()[0] if (done.stdout or done.stderr) else ""
+    return (
+        (done.stdout or done.stderr).strip().splitlines()[0] if (done.stdout or done.stderr) else ""
+    )
 
 
 def machine(wrk: str | None, nginx: str | None) -> list[tuple[str, str]]:
@@ -31,16 +33,23 @@ def machine(wrk: str | None, nginx: str | None) -> list[tuple[str, str]]:
             break
     mem = Path("/proc/meminfo").read_text().split("\n", 1)[0].split()[1]
     bench_python = str(BENCH_VENV / "bin" / "python")
-    proxpi = _first_line([bench_python, "-c", "import importlib.metadata as m; print(m.version('proxpi'))"])
-    gunicorn = _first_line([bench_python, "-c", "import importlib.metadata as m; print(m.version('gunicorn'))"])
+    proxpi = _first_line(
+        [bench_python, "-c", "import importlib.metadata as m; print(m.version('proxpi'))"]
+    )
+    gunicorn = _first_line(
+        [bench_python, "-c", "import importlib.metadata as m; print(m.version('gunicorn'))"]
+    )
     commit = _first_line(["git", "-C", str(REPO), "describe", "--always", "--dirty"])
     return [
         ("CPU", f"{cpu}, {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))})"),
         ("RAM", f"{int(mem) / 2**20:.1f} GiB"),
         ("OS", f"{platform.system()} {platform.release()}"),
         ("Python", sys.version.split()[0]),
-        ("proxy", f"commit {commit}, aiohttp {metadata.version('aiohttp')}, "
-                  f"{'uvloop ' + metadata.version('uvloop') if _has('uvloop') else 'asyncio loop'}"),
+        (
+            "proxy",
+            f"commit {commit}, aiohttp {metadata.version('aiohttp')}, "
+            f"{'uvloop ' + metadata.version('uvloop') if _has('uvloop') else 'asyncio loop'}",
+        ),
         ("proxpi", f"{proxpi} under gunicorn {gunicorn} (2 workers x 8 threads)"),
         ("nginx", _first_line([nginx, "-v"]) if nginx else "not installed"),
         ("load", _first_line([wrk, "--version"]) if wrk else "aiohttp load loop"),

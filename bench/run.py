@@ -7,6 +7,7 @@ import asyncio
 import atexit
 import secrets
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -15,10 +16,10 @@ if __package__ in (None, ""):
     # Run as a script: the repo root holds `bench`, `proxy` and `tests`.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import data, procs  # noqa: E402 - after the path set-up above
-from bench.figures import Bench, Figure, Options  # noqa: E402
-from bench.load import LoadGenerator  # noqa: E402
-from bench.report import machine, render  # noqa: E402
+from bench import data, procs
+from bench.figures import Bench, Figure, Options
+from bench.load import LoadGenerator
+from bench.report import machine, render
 
 DATA_DIR = procs.REPO / "bench" / ".data"
 
@@ -111,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     command = "python bench/run.py" + (" --quick" if args.quick else "")
 
     async def session() -> None:
+        # SIGTERM ends the run as Ctrl-C does: through the finally below.
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
         try:
             await _run(options, processes, args.out, command)
         finally:
@@ -118,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         asyncio.run(session())
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         print("interrupted; every server stopped", file=sys.stderr)
         return 130
     finally:

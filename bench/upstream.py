@@ -1,17 +1,16 @@
 """The bench's GitLab: the tests' FakeGitLab serving the data set from disk, in its own process.
 
 Run by bench/run.py as `python -m bench.upstream DATA_DIR TOKEN`; prints its URL as one JSON line,
-then serves until SIGTERM or until its parent goes away. Private project 42 (token required) is
-what the proxy reads; public project 43 holds the same files for proxpi, which cannot send
-credentials. `POST /-/bench/set` changes the added latency and a per-download rate limit;
-`GET /-/bench/counts` answers the request counts by kind (`file`, `page`, ...).
+then serves until SIGTERM (which the kernel also sends if the bench dies). Private project 42
+(token required) is what the proxy reads; public project 43 holds the same files for proxpi, which
+cannot send credentials. `POST /-/bench/set` changes the added latency and a per-download rate
+limit; `GET /-/bench/counts` answers the request counts by kind (`file`, `page`, ...).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sys
 from pathlib import Path
@@ -102,13 +101,6 @@ class BenchGitLab(FakeGitLab):
         return response
 
 
-async def _watch_parent(parent: int, stop: asyncio.Event) -> None:
-    """Stop by ourselves if the bench that started us dies without stopping us."""
-    while os.getppid() == parent:
-        await asyncio.sleep(1)
-    stop.set()
-
-
 async def main(root: Path, token: str) -> None:
     gitlab = BenchGitLab(root, data.load(root), token)
     await gitlab.start()
@@ -116,10 +108,8 @@ async def main(root: Path, token: str) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    watcher = asyncio.create_task(_watch_parent(os.getppid(), stop))
     print(json.dumps({"url": gitlab.url}), flush=True)
     await stop.wait()
-    watcher.cancel()
     await gitlab.stop()
 
 

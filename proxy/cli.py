@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.log import access_logger
 
 from .app import create_app
 from .config import ConfigError, Settings, load_settings
@@ -66,6 +67,7 @@ def serve(settings: Settings) -> int:
         host=settings.server.host,
         port=settings.server.port,
         print=None,
+        access_log=access_logger if settings.server.access_log else None,
         shutdown_timeout=settings.server.shutdown_grace,
     )
     return 0

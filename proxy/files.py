@@ -291,10 +291,16 @@ class FileCache:
             await response.prepare(request)
             if request.method == hdrs.METH_HEAD:
                 return response
+            # With a known length the body goes by sendfile, never copied through Python: that is
+            # what lets one fill feed dozens of clients. Chunked framing needs write() instead.
+            transport = request.transport if fill.size is not None else None
+            loop = asyncio.get_running_loop()
             offset = 0
             while True:
                 limit = fill.readable_limit()
-                if offset < limit:
+                if offset < limit and transport is not None:
+                    offset += await loop.sendfile(transport, reader, offset, limit - offset)
+                elif offset < limit:
                     # Just written by the fill, so read from the page cache: no disk wait.
                     chunk = reader.read(min(CHUNK, limit - offset))
                     offset += len(chunk)
