@@ -205,15 +205,14 @@ class FileCache:
             or hdrs.IF_MODIFIED_SINCE in request.headers
             or hdrs.IF_RANGE in request.headers
         )
-        path = self.blobs.path(sha256)
         if blob.size <= self.settings.memory_file_max and not conditional:
             body = self.memory.get(sha256)
             if body is None:
-                body = await asyncio.to_thread(path.read_bytes)
+                body = await asyncio.to_thread(self.blobs.path(sha256).read_bytes)
                 self.memory[sha256] = body
             headers[hdrs.ACCEPT_RANGES] = "bytes"
             return web.Response(body=body, headers=headers)
-        return web.FileResponse(path, chunk_size=CHUNK, headers=headers)
+        return web.FileResponse(self.blobs.path(sha256), chunk_size=CHUNK, headers=headers)
 
     def _start_fill(
         self, sha256: str, filename: str, source: yarl.URL, authorization: str | None
