@@ -416,6 +416,7 @@ class Bench:
         gets: list[int] = []
         lone: list[float] = []
         slowest: list[float] = []
+        floor: list[float] = []
         try:
             for r in range(runs):
                 fan_e = data.find(self.entries, data.FANOUT, f"{r + 1}.0")
@@ -433,6 +434,12 @@ class Bench:
                     _check_all(times, e)
                     gets.append(await self.upstream_files())
                     slowest.append(max(t.total for t in times))
+                    if self.nginx:
+                        # The same 50 downloads from disk: what this machine can deliver at all.
+                        url = self.nginx_blob(e)
+                        times = await asyncio.gather(*(timed_get(url) for _ in times))
+                        _check_all(times, e)
+                        floor.append(max(t.total for t in times))
 
                 for step in (lone_run, fan_run) if r % 2 == 0 else (fan_run, lone_run):
                     await step()
@@ -448,6 +455,13 @@ class Bench:
             ),
             Row("slowest / lone (median of per-run ratios)", {"value": _ratio(median(ratios))}),
         ]
+        if floor:
+            fig.rows.append(
+                Row(
+                    f"slowest of {FANOUT_CLIENTS} from nginx, cached (the machine's floor)",
+                    {"value": _seconds(median(floor))},
+                )
+            )
         fig.notes.append(
             f"Fake GitLab sends each download at {rate}; {runs} runs, a new file "
             "each run; clients are curl processes."

@@ -40,8 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--fanout-rate",
         type=float,
-        default=100.0,
-        help="MB/s at which fake GitLab sends each download in figure 5 (0: unlimited)",
+        default=25.0,
+        help="MB/s at which fake GitLab sends each download in figure 5 (default 25, about "
+        "200 Mbit/s; 0: unlimited)",
     )
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument("--out", type=Path, default=procs.REPO / "BENCHMARKS.md")

@@ -250,6 +250,8 @@ class FileCache:
             await asyncio.to_thread(os.fsync, fd)
             final = self.blobs.commit(fill.path, fill.sha256)
             committed = True
+            # Readers arriving while SQLite records it must open the blob: the temp path is gone.
+            fill.path = final
             await self.store.add_blob(fill.sha256, fill.written, fill.filename)
             self.known[fill.sha256] = KnownBlob(fill.written, fill.filename)
             fill.finish(final)
@@ -298,6 +300,8 @@ class FileCache:
             while True:
                 limit = fill.readable_limit()
                 if offset < limit and transport is not None:
+                    if transport.is_closing():
+                        return response  # the client left; the fill goes on for the others
                     offset += await loop.sendfile(transport, reader, offset, limit - offset)
                 elif offset < limit:
                     # Just written by the fill, so read from the page cache: no disk wait.
