@@ -34,7 +34,8 @@ class Options:
     warmup: float = 1.0
     resolve_runs: int = 3
     latency: float = 0.0  # added to every fake GitLab request, except in figure 7 (50 ms)
-    fanout_rate: float = 0.0  # bytes/s per upstream download in figure 5; 0 = unlimited
+    # Bytes/s per upstream download in figure 5, one column each; 0 = unlimited.
+    fanout_rates: tuple[float, ...] = (25e6, 100e6)
     threads: int = 1
     only: frozenset[int] = frozenset(range(1, 8))
     quick: bool = False
@@ -71,7 +72,7 @@ def _ratio(value: float) -> str:
 
 
 def _seconds(value: float) -> str:
-    return f"{value * 1000:,.1f} ms" if value < 10 else f"{value:.1f} s"
+    return f"{value * 1000:,.1f} ms" if value < 1 else f"{value:.2f} s"
 
 
 class Bench:
@@ -405,36 +406,76 @@ class Bench:
         return fig
 
     async def figure_fanout(self) -> Figure:
+        rates = self.o.fanout_rates
+        columns = [f"{r / 1e6:g} MB/s" if r else "unlimited" for r in rates]
         fig = Figure(
             5,
             f"Fan-out: {FANOUT_CLIENTS} concurrent cold requests for one "
-            f"{data.FANOUT_SIZE // 2**20} MiB file",
-            ["value"],
+            f"{data.FANOUT_SIZE // 2**20} MiB file, by fake GitLab's rate per download",
+            columns,
         )
-        runs = min(self.o.runs, data.MAX_RUNS)
-        await self.upstream(rate=self.o.fanout_rate)
+        rows: dict[str, dict[str, str]] = {}
+        for i, (rate, column) in enumerate(zip(rates, columns, strict=True)):
+            # A fresh cache per rate, so the same files are cold again; the first is the one
+            # nginx serves, for the floor.
+            server = self.proxy if i == 0 else await self.new_proxy(f"proxy-fanout-{i}")
+            try:
+                gets, lone, slowest, floor = await self._fanout(server, rate, with_floor=i == 0)
+            finally:
+                if server is not self.proxy:
+                    await self.processes.stop(server.proc)
+            ratio = median([s / one for s, one in zip(slowest, lone, strict=True)])
+            rows.setdefault("upstream GETs per fan-out (each run)", {})[column] = ", ".join(
+                map(str, gets)
+            )
+            rows.setdefault("lone client, cold (median)", {})[column] = _seconds(median(lone))
+            rows.setdefault(f"slowest of {FANOUT_CLIENTS}, cold (median)", {})[column] = _seconds(
+                median(slowest)
+            )
+            rows.setdefault("slowest / lone (median of per-run ratios)", {})[column] = _ratio(ratio)
+            if floor:
+                label = f"slowest of {FANOUT_CLIENTS} from nginx, cached (the machine's floor)"
+                rows.setdefault(label, {})[column] = _seconds(median(floor))
+            fig.verdicts.append((f"{column}: exactly 1 upstream GET", all(g == 1 for g in gets)))
+            fig.verdicts.append(
+                (f"{column}: slowest of {FANOUT_CLIENTS} ≤ 1.5× lone", ratio <= 1.5)
+            )
+        fig.rows = [Row(label, cells) for label, cells in rows.items()]
+        fig.notes.append(
+            f"{min(self.o.runs, data.MAX_RUNS)} runs per rate, a new file each run; clients are "
+            "curl processes. The slowest of 50 cannot beat the time this machine needs to "
+            f"deliver {FANOUT_CLIENTS} x {data.FANOUT_SIZE // 2**20} MiB over loopback at all "
+            "(the nginx row), so the 1.5x target holds only where the upstream link, not the "
+            "machine, is the bottleneck: 25 MB/s is about a 200 Mbit/s link to GitLab."
+        )
+        return fig
+
+    async def _fanout(
+        self, server: procs.Server, rate: float, with_floor: bool
+    ) -> tuple[list[int], list[float], list[float], list[float]]:
         gets: list[int] = []
         lone: list[float] = []
         slowest: list[float] = []
         floor: list[float] = []
+        await self.upstream(rate=rate)
         try:
-            for r in range(runs):
+            for r in range(min(self.o.runs, data.MAX_RUNS)):
                 fan_e = data.find(self.entries, data.FANOUT, f"{r + 1}.0")
                 lone_e = data.find(self.entries, data.LONE, f"{r + 1}.0")
 
                 async def lone_run(e: data.Entry = lone_e) -> None:
-                    t = await timed_get(self.proxy_file(e))
+                    t = await timed_get(self.proxy_file(e, server))
                     _check_all([t], e)
                     lone.append(t.total)
 
                 async def fan_run(e: data.Entry = fan_e) -> None:
                     await self.upstream(reset=True)
-                    clients = [timed_get(self.proxy_file(e)) for _ in range(FANOUT_CLIENTS)]
-                    times = await asyncio.gather(*clients)
+                    url = self.proxy_file(e, server)
+                    times = await asyncio.gather(*(timed_get(url) for _ in range(FANOUT_CLIENTS)))
                     _check_all(times, e)
                     gets.append(await self.upstream_files())
                     slowest.append(max(t.total for t in times))
-                    if self.nginx:
+                    if with_floor and self.nginx:
                         # The same 50 downloads from disk: what this machine can deliver at all.
                         url = self.nginx_blob(e)
                         times = await asyncio.gather(*(timed_get(url) for _ in times))
@@ -445,30 +486,7 @@ class Bench:
                     await step()
         finally:
             await self.upstream(rate=0)
-        ratios = [s / one for s, one in zip(slowest, lone, strict=True)]
-        rate = f"{self.o.fanout_rate / 1e6:g} MB/s" if self.o.fanout_rate else "unlimited"
-        fig.rows += [
-            Row("upstream GETs per fan-out (each run)", {"value": ", ".join(map(str, gets))}),
-            Row("lone client, cold (median)", {"value": _seconds(median(lone))}),
-            Row(
-                f"slowest of {FANOUT_CLIENTS}, cold (median)", {"value": _seconds(median(slowest))}
-            ),
-            Row("slowest / lone (median of per-run ratios)", {"value": _ratio(median(ratios))}),
-        ]
-        if floor:
-            fig.rows.append(
-                Row(
-                    f"slowest of {FANOUT_CLIENTS} from nginx, cached (the machine's floor)",
-                    {"value": _seconds(median(floor))},
-                )
-            )
-        fig.notes.append(
-            f"Fake GitLab sends each download at {rate}; {runs} runs, a new file "
-            "each run; clients are curl processes."
-        )
-        fig.verdicts.append(("exactly 1 upstream GET", all(g == 1 for g in gets)))
-        fig.verdicts.append((f"slowest of {FANOUT_CLIENTS} ≤ 1.5× lone", median(ratios) <= 1.5))
-        return fig
+        return gets, lone, slowest, floor
 
     async def figure_memory(self) -> Figure:
         e = data.find(self.entries, data.HUGE)

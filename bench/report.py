@@ -25,7 +25,7 @@ def _first_line(args: Sequence[str]) -> str:
     )
 
 
-def machine(wrk: str | None, nginx: str | None) -> list[tuple[str, str]]:
+def machine(wrk: str | None, nginx: str | None, load_at_start: float) -> list[tuple[str, str]]:
     cpu = "unknown"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -44,6 +44,8 @@ def machine(wrk: str | None, nginx: str | None) -> list[tuple[str, str]]:
         ("CPU", f"{cpu}, {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))})"),
         ("RAM", f"{int(mem) / 2**20:.1f} GiB"),
         ("OS", f"{platform.system()} {platform.release()}"),
+        # Other work on the machine moves every figure; the ratios come from the same runs.
+        ("load average", f"{load_at_start:.1f} at start, {os.getloadavg()[0]:.1f} at end"),
         ("Python", sys.version.split()[0]),
         (
             "proxy",
@@ -96,6 +98,7 @@ def render(
         f"Reproduce: `{command}` (see the README). Mode: {'quick' if options.quick else 'full'}; "
         f"throughput: {load_name}, {options.runs} runs of {options.seconds:g} s per server, "
         "servers taking turns, figures are medians and ratios are medians of per-run ratios.",
+        "Where the proxy's time goes, with profiles: [bench/PROFILE.md](bench/PROFILE.md).",
         "",
         "| machine | |",
         "|---|---|",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
+import os
 import secrets
 import shutil
 import signal
@@ -38,11 +39,10 @@ def _parser() -> argparse.ArgumentParser:
         "--latency", type=float, default=0.0, help="ms added to each fake GitLab answer (figs 1-6)"
     )
     parser.add_argument(
-        "--fanout-rate",
-        type=float,
-        default=25.0,
-        help="MB/s at which fake GitLab sends each download in figure 5 (default 25, about "
-        "200 Mbit/s; 0: unlimited)",
+        "--fanout-rates",
+        default="25,100",
+        help="MB/s at which fake GitLab sends each download in figure 5, comma-separated "
+        "(default 25,100: about a 200 Mbit/s and a 1 Gbit/s link; 0: unlimited)",
     )
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument("--out", type=Path, default=procs.REPO / "BENCHMARKS.md")
@@ -60,7 +60,7 @@ def _options(args: argparse.Namespace) -> Options:
         warmup=1.0,
         resolve_runs=1 if args.quick else 3,
         latency=args.latency / 1000,
-        fanout_rate=args.fanout_rate * 1e6,
+        fanout_rates=tuple(float(r) * 1e6 for r in args.fanout_rates.split(",")),
         threads=args.threads,
         only=only,
         quick=args.quick,
@@ -69,6 +69,7 @@ def _options(args: argparse.Namespace) -> Options:
 
 async def _run(options: Options, processes: procs.Processes, out: Path, command: str) -> str:
     started = time.monotonic()
+    load_at_start = os.getloadavg()[0]
     print("preparing the data set in bench/.data (first run: ~2 GB, once)", flush=True)
     entries = await asyncio.to_thread(data.build, DATA_DIR)
     await asyncio.to_thread(procs.ensure_bench_venv)
@@ -96,7 +97,7 @@ async def _run(options: Options, processes: procs.Processes, out: Path, command:
                 print(render([figure], options, command, [], load.name).split("## ", 2)[-1])
     finally:
         await bench.close()
-    report = render(figures, options, command, machine(wrk, nginx), load.name)
+    report = render(figures, options, command, machine(wrk, nginx, load_at_start), load.name)
     out.write_text(report)
     print(f"wrote {out} in {time.monotonic() - started:.0f} s", flush=True)
     return report
