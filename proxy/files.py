@@ -13,11 +13,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import IO, Any, BinaryIO, Protocol
 
 import aiohttp
 import yarl
 from aiohttp import hdrs, web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.web_fileresponse import NOSENDFILE
 from cachetools import LRUCache, TTLCache
 
 from .blobs import BlobStore
@@ -25,6 +27,7 @@ from .cachehealth import CacheHealth, Throttled
 from .config import CacheSettings
 from .errors import Offline, ProxyError, UpstreamError, UpstreamStatus, UpstreamUnavailable
 from .locks import FileLock, ReadHold
+from .log import SENDFILE_BYTES
 from .metrics import Metrics
 from .store import Store
 from .upstream import Upstream, fingerprint
@@ -391,16 +394,17 @@ class FileCache:
             or hdrs.IF_MODIFIED_SINCE in request.headers
             or hdrs.IF_RANGE in request.headers
         )
-        path = self.blobs.path(sha256)
         if blob.size <= self.settings.memory_file_max and not conditional:
             body = self.memory.get(sha256)
             if body is None:
-                body = await asyncio.to_thread(_read_verified, path, sha256)
+                body = await asyncio.to_thread(_read_verified, self.blobs.path(sha256), sha256)
                 if body is None:
                     await self._discard(sha256)
                     return None
                 self.memory[sha256] = body
             return web.Response(body=body, headers=headers)
+        # Only built here: memory hits, the common case, need no path (pathlib shows in profiles).
+        path = self.blobs.path(sha256)
         # Held until sent, so eviction in any worker leaves this blob alone meanwhile.
         hold = ReadHold.take(path)
         if hold is None:
@@ -638,10 +642,20 @@ async def _stream_fill(
     request: web.Request, response: web.StreamResponse, fill: Fill, reader: BinaryIO
 ) -> None:
     """Send a fill's bytes as they land in its file; complete only once verified."""
+    # With a known length the body goes by sendfile, never copied through Python: that is what
+    # lets one fill feed dozens of clients. Chunked framing needs write() instead. (A
+    # StreamResponse has sent its headers on prepare(), so the body follows them.)
+    transport = request.transport if fill.size is not None else None
+    loop = asyncio.get_running_loop()
     offset = 0
     while True:
         limit = fill.readable_limit()
-        if offset < limit:
+        if offset < limit and transport is not None:
+            if transport.is_closing():
+                return  # the client left; the fill goes on for the others
+            offset += await loop.sendfile(transport, reader, offset, limit - offset)
+            response[SENDFILE_BYTES] = offset
+        elif offset < limit:
             # Just written by the fill, so read from the page cache: no disk wait.
             chunk = reader.read(min(CHUNK, limit - offset))
             offset += len(chunk)
@@ -668,6 +682,15 @@ class _HeldFileResponse(web.FileResponse):
             return await super().prepare(request)
         finally:
             self._hold.release()
+
+    async def _sendfile(
+        self, request: web.BaseRequest, fobj: IO[Any], offset: int, count: int
+    ) -> AbstractStreamWriter:
+        writer = await super()._sendfile(request, fobj, offset, count)
+        if not NOSENDFILE:
+            # Sent by the kernel, past the writer's byte count: the access log adds it.
+            self[SENDFILE_BYTES] = count
+        return writer
 
 
 def _read_verified(path: Path, sha256: str) -> bytes | None:

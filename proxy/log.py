@@ -84,18 +84,24 @@ def redacted_target(path: str, query: str) -> str:
     return path + "?" + "&".join(k + (f"={REDACTED}" if eq else "") for k, eq, _ in params)
 
 
+# Key in a response's own mapping: body bytes sent by sendfile, which aiohttp's writer does
+# not count (the body goes from the file to the socket in the kernel).
+SENDFILE_BYTES = "gitlab_pypi_proxy.sendfile_bytes"
+
+
 class AccessLogger(AbstractAccessLogger):
     """One line per request; no header but User-Agent, no query value, ever reaches it."""
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         target = redacted_target(request.rel_url.raw_path, request.rel_url.raw_query_string)
+        bytes_sent = response.body_length + response.get(SENDFILE_BYTES, 0)
         fields = {
             "remote": request.remote or "-",
             "method": request.method,
             "path": target,
             "status": response.status,
             # Headers included, as nginx's $bytes_sent: what really went out, even if cut.
-            "bytes_sent": response.body_length,
+            "bytes_sent": bytes_sent,
             "duration": round(time, 6),
             "cache": response.headers.get("X-Cache", "-"),
             "user_agent": request.headers.get("User-Agent", "-"),
@@ -108,7 +114,7 @@ class AccessLogger(AbstractAccessLogger):
             request.version.major,
             request.version.minor,
             response.status,
-            response.body_length,
+            bytes_sent,
             time,
             fields["cache"],
             fields["user_agent"],

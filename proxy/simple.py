@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -56,6 +57,8 @@ def is_sha256(value: str) -> bool:
     return _SHA256_RE.match(value) is not None
 
 
+# Every file request checks its filename: pip asks for the same few names over and over.
+@functools.lru_cache(maxsize=4096)
 def version_of(filename: str) -> Version | None:
     """The version a wheel or sdist filename carries, or None when the name is not one."""
     try:
