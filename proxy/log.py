@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterable
 
+from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
 
@@ -86,7 +87,7 @@ def redacted_target(path: str, query: str) -> str:
 
 # Key in a response's own mapping: body bytes sent by sendfile, which aiohttp's writer does
 # not count (the body goes from the file to the socket in the kernel).
-SENDFILE_BYTES = "gitlab_pypi_proxy.sendfile_bytes"
+SENDFILE_BYTES = web.ResponseKey("sendfile_bytes", int)
 
 
 class AccessLogger(AbstractAccessLogger):
