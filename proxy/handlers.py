@@ -29,9 +29,7 @@ RECENT_OK_SECONDS = 10.0
 
 def scope_of(request: web.Request) -> Scope:
     """The scope, with the id exactly as the client encoded it (`grp%2Fproj` stays encoded)."""
-    # /api/v4/{projects|groups}/{id}/...: segment 3 is the kind, segment 4 the raw id.
-    segments = request.rel_url.raw_path.split("/")
-    return Scope.parse(segments[3], segments[4])
+    return Scope.of_route(request.rel_url.raw_path)
 
 
 def caller(request: web.Request) -> Caller:
