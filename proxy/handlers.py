@@ -10,7 +10,7 @@ from aiohttp import hdrs, web
 
 from . import keys, uploads
 from .auth import Caller
-from .errors import BadRequest, NotAcceptable, NotFound
+from .errors import BadRequest, NotAcceptable, NotFound, RangeNotSatisfiable
 from .metadata import SUFFIX as METADATA_SUFFIX
 from .negotiate import accepts_gzip, choose, none_match, parse_accept
 from .pages import PageResult
@@ -161,6 +161,11 @@ def _checked_file(request: web.Request) -> tuple[str, str, bool]:
     filename = filename.removesuffix(METADATA_SUFFIX)
     if version_of(filename) is None:
         raise BadRequest("filename is not a wheel or sdist name")
+    try:
+        # The file paths read it deep down, where aiohttp's ValueError would be a 500.
+        _ = request.http_range
+    except ValueError as e:
+        raise RangeNotSatisfiable(f"malformed Range header: {e}; send one bytes=A-B") from None
     return sha256, filename, wants_metadata
 
 

@@ -10,6 +10,7 @@ import yarl
 
 from tests.conftest import ProxyFactory
 from tests.fake_gitlab import FakeGitLab
+from tests.proxy_harness import RunningProxy
 
 PROJECT = "/api/v4/projects/42/packages/pypi"
 
@@ -49,3 +50,22 @@ async def test_allow_list_holds_however_the_route_prefix_is_spelled(
     assert status == 404
     assert b"secret-pkg" not in body
     assert gitlab.requests == []
+
+
+@pytest.mark.parametrize("suffix", ["", ".metadata"])
+@pytest.mark.parametrize("cached", [True, False])
+@pytest.mark.parametrize("value", ["bytes=abc", "bytes=5-2", "bytes=0-1,3-4", "items=0-1"])
+async def test_malformed_range_is_a_4xx_on_files_and_metadata(
+    gitlab: FakeGitLab, proxy: RunningProxy, suffix: str, cached: bool, value: str
+) -> None:
+    wheel = gitlab.add_wheel(42, "corp-util", "1.0.0")
+    url = f"{proxy.url}{PROJECT}/files/{wheel.sha256}/{wheel.filename}"
+    if cached:
+        assert (await fetch(url))[0] == 200
+    status, _, body = await fetch(url + suffix, {"Range": value})
+    assert status == 416, body
+    assert b"Range" in body
+    # Nothing was lost: the file and its metadata are still whole for the next client.
+    status, _, body = await fetch(url)
+    assert (status, body) == (200, wheel.content)
+    assert (await fetch(url + ".metadata"))[0] == 200
