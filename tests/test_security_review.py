@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -69,3 +70,31 @@ async def test_malformed_range_is_a_4xx_on_files_and_metadata(
     status, _, body = await fetch(url)
     assert (status, body) == (200, wheel.content)
     assert (await fetch(url + ".metadata"))[0] == 200
+
+
+async def _cached_wheel(gitlab: FakeGitLab, proxy: RunningProxy) -> tuple[str, str]:
+    wheel = gitlab.add_wheel(42, "corp-util", "1.0.0")
+    url = f"{proxy.url}{PROJECT}/files/{wheel.sha256}/{wheel.filename}"
+    status, _, body = await fetch(url)
+    assert (status, body) == (200, wheel.content)
+    return url, wheel.sha256
+
+
+async def test_a_blob_another_worker_stored_is_not_adopted_under_another_name(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """Two workers share the cache; the second never saw the first one's fill."""
+    first = await make_proxy(cache_dir=tmp_path / "shared")
+    second = await make_proxy(cache_dir=tmp_path / "shared")
+    url, sha256 = await _cached_wheel(gitlab, first)
+    other = "other_pkg-9.9-py3-none-any.whl"
+    before = len(gitlab.requests)
+    status, _, body = await fetch(f"{second.url}{PROJECT}/files/{sha256}/{other}")
+    # GitLab has no such file: it is asked, and says so.
+    assert status == 404
+    assert [r.path.rsplit("/", 1)[-1] for r in gitlab.requests[before:]] == [other]
+    status, _, _ = await fetch(f"{second.url}{PROJECT}/files/{sha256}/{other}.metadata")
+    assert status == 404
+    for proxy in (first, second):
+        status, _, body = await fetch(url.replace(first.url, proxy.url) + ".metadata")
+        assert (status, b"Name: corp-util" in body) == (200, True)
