@@ -9,9 +9,11 @@ import aiohttp
 import pytest
 import yarl
 
+from proxy.bundle import export_bundle, import_bundle
+from proxy.scope import Scope
 from tests.conftest import ProxyFactory
 from tests.fake_gitlab import FakeGitLab
-from tests.proxy_harness import RunningProxy
+from tests.proxy_harness import RunningProxy, make_settings
 
 PROJECT = "/api/v4/projects/42/packages/pypi"
 
@@ -78,6 +80,25 @@ async def _cached_wheel(gitlab: FakeGitLab, proxy: RunningProxy) -> tuple[str, s
     status, _, body = await fetch(url)
     assert (status, body) == (200, wheel.content)
     return url, wheel.sha256
+
+
+async def test_metadata_asked_under_another_name_does_not_poison_the_real_wheels(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """An imported (air-gapped) cache learns each wheel's metadata on its first request."""
+    source = await make_proxy(cache_dir=tmp_path / "online")
+    url, sha256 = await _cached_wheel(gitlab, source)
+    assert (await fetch(f"{source.url}{PROJECT}/simple/corp-util/"))[0] == 200
+    await source.stop()
+    bundle = tmp_path / "bundle.tar"
+    await export_bundle(source.settings, [Scope("projects", "42")], bundle)
+    await import_bundle(make_settings(gitlab.url, tmp_path / "mirror", ""), bundle)
+    mirror = await make_proxy(cache_dir=tmp_path / "mirror", cache={"offline": True})
+    files = f"{mirror.url}{PROJECT}/files/{sha256}"
+    assert (await fetch(f"{files}/other_pkg-9.9-py3-none-any.whl.metadata"))[0] == 404
+    status, _, body = await fetch(url.replace(source.url, mirror.url) + ".metadata")
+    assert status == 200, body
+    assert b"Name: corp-util" in body
 
 
 async def test_a_blob_another_worker_stored_is_not_adopted_under_another_name(
