@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 import yarl
 
+from proxy.access import hash_token
 from proxy.bundle import export_bundle, import_bundle
 from proxy.scope import Scope
 from tests.conftest import ProxyFactory
@@ -119,3 +120,75 @@ async def test_a_blob_another_worker_stored_is_not_adopted_under_another_name(
     for proxy in (first, second):
         status, _, body = await fetch(url.replace(first.url, proxy.url) + ".metadata")
         assert (status, b"Name: corp-util" in body) == (200, True)
+
+
+async def test_a_tokens_file_guards_every_route_but_the_probes(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    wheel = gitlab.add_wheel(42, "corp-util", "1.0.0")
+    tokens = tmp_path / "tokens"
+    tokens.write_text(hash_token("office", n=2**4) + "\n")
+    proxy = await make_proxy(access={"tokens_file": str(tokens)})
+    files = f"{proxy.url}{PROJECT}/files/{wheel.sha256}/{wheel.filename}"
+    assert (await fetch(files, {"Authorization": basic("office")}))[0] == 200
+    guarded = [
+        files,
+        files + ".metadata",
+        f"{proxy.url}{PROJECT}/simple/",
+        f"{proxy.url}/%61pi/v4/projects/42/packages/pypi/simple/corp-util/",
+        f"{proxy.url}/-/metrics",
+        f"{proxy.url}/-/status",
+        f"{proxy.url}/no/such/route",
+    ]
+    before = len(gitlab.requests)
+    for url in guarded:
+        for headers in ({}, {"Authorization": basic("not-office")}):
+            status, _, body = await fetch(url, headers)
+            assert status == 401, url
+            assert wheel.content[:32] not in body and b"corp" not in body
+    status, _, _ = await fetch(f"{proxy.url}{PROJECT}", method="POST")
+    assert status == 401
+    assert len(gitlab.requests) == before
+    for probe in ("/-/health", "/-/ready"):
+        assert (await fetch(proxy.url + probe))[0] == 200
+
+
+async def test_allow_covers_files_metadata_and_uploads_of_other_scopes(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory
+) -> None:
+    gitlab.add_project(43, "platform/secret", group_id=7)
+    hidden = gitlab.add_wheel(43, "secret-pkg", "1.0.0")
+    proxy = await make_proxy(access={"allow": ["projects/42"]})
+    for scope in ("projects/43", "projects/platform%2Fsecret", "projects/4%33", "groups/7"):
+        api = f"{proxy.url}/api/v4/{scope}/{'-/' if 'groups' in scope else ''}packages/pypi"
+        url = f"{api}/files/{hidden.sha256}/{hidden.filename}"
+        for target in (url, url + ".metadata"):
+            status, _, body = await fetch(target)
+            assert status == 404, target
+            assert hidden.content[:32] not in body
+        if scope.startswith("projects"):
+            status, _, _ = await fetch(api, {"Authorization": basic("x")}, method="POST")
+            assert status == 404
+    assert gitlab.requests == []
+
+
+async def test_prefer_client_never_serves_anonymous_callers_what_only_a_client_could_read(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory
+) -> None:
+    """Without credentials a caller acts as the proxy's token, which cannot read project 43."""
+    gitlab.add_project(43, "platform/secret", group_id=7)
+    hidden = gitlab.add_wheel(43, "secret-pkg", "1.0.0")
+    gitlab.tokens.update({"glpat-limited-proxy": {42}, "glpat-alice": {42, 43}})
+    proxy = await make_proxy(
+        upstream={"credentials": "prefer-client", "token": "glpat-limited-proxy"}
+    )
+    api = f"{proxy.url}/api/v4/projects/43/packages/pypi"
+    page = f"{api}/simple/secret-pkg/"
+    url = f"{api}/files/{hidden.sha256}/{hidden.filename}"
+    alice = {"Authorization": basic("glpat-alice")}
+    for target in (page, url, url + ".metadata"):
+        assert (await fetch(target, alice))[0] == 200
+    for target in (page, url, url + ".metadata"):
+        status, _, body = await fetch(target)
+        assert status == 404, target
+        assert b"secret-pkg" not in body and hidden.content[:32] not in body
