@@ -192,3 +192,39 @@ async def test_prefer_client_never_serves_anonymous_callers_what_only_a_client_c
         status, _, body = await fetch(target)
         assert status == 404, target
         assert b"secret-pkg" not in body and hidden.content[:32] not in body
+
+
+async def test_offline_passthrough_asks_gitlab_nothing_about_cached_files(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    gitlab.tokens["glpat-alice"] = {42}
+    wheel = gitlab.add_wheel(42, "corp-util", "1.0.0")
+    upstream = {"credentials": "passthrough", "token": ""}
+    online = await make_proxy(cache_dir=tmp_path / "c", upstream=upstream)
+    url = f"{PROJECT}/files/{wheel.sha256}/{wheel.filename}"
+    alice = {"Authorization": basic("glpat-alice")}
+    assert (await fetch(online.url + url, alice))[0] == 200
+    await online.stop()
+    offline = await make_proxy(cache_dir=tmp_path / "c", upstream=upstream, cache={"offline": True})
+    before = len(gitlab.requests)
+    for target in (url, url + ".metadata"):
+        status, _, body = await fetch(offline.url + target, alice)
+        assert status == 404, (body, gitlab.requests[before:])
+        assert wheel.content[:32] not in body
+    assert gitlab.requests[before:] == []
+
+
+async def test_a_new_passthrough_client_is_checked_with_a_head_gitlab_answers_200(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory
+) -> None:
+    """GitLab without object storage answers the HEAD with 200 and the file's headers."""
+    gitlab.tokens.update({"glpat-alice": {42}, "glpat-carol": {42}, "glpat-bob": set()})
+    wheel = gitlab.add_wheel(42, "corp-util", "1.0.0")
+    proxy = await make_proxy(upstream={"credentials": "passthrough", "token": ""})
+    url = f"{proxy.url}{PROJECT}/files/{wheel.sha256}/{wheel.filename}"
+    assert (await fetch(url, {"Authorization": basic("glpat-alice")}))[0] == 200
+    status, headers, body = await fetch(url, {"Authorization": basic("glpat-carol")})
+    assert (status, headers.get("X-Cache"), body) == (200, "HIT", wheel.content)
+    status, _, body = await fetch(url, {"Authorization": basic("glpat-bob")})
+    assert status == 404
+    assert wheel.content[:32] not in body
