@@ -144,13 +144,14 @@ class AccessGuard:
             return
         if self.hashes:
             await self._check_token(request.headers.get(hdrs.AUTHORIZATION))
-        if self.allow:
-            segments = request.rel_url.raw_path.split("/")
-            if len(segments) > 4 and segments[1:3] == ["api", "v4"]:
-                scope = Scope.parse(segments[3], segments[4])
-                if not self.allows(scope):
-                    # GitLab's own answer for what does not exist: nothing to learn from it.
-                    raise NotFound("404 Not Found")
+        # Every route with an {id} is a scope's, however its prefix was spelled.
+        if (
+            self.allow
+            and "id" in request.match_info
+            and not self.allows(Scope.of_route(request.rel_url.raw_path))
+        ):
+            # GitLab's own answer for what does not exist: nothing to learn from it.
+            raise NotFound("404 Not Found")
 
     def allows(self, scope: Scope) -> bool:
         """`groups/G` covers G and every subgroup and project below G's path."""

@@ -161,7 +161,10 @@ class Gatekeeper:
         if client is None:
             if mode == "passthrough":
                 raise Unauthenticated()
-            return Caller(self.upstream.injected_authorization)
+            # prefer-client: the cache also holds what clients' own credentials fetched, so the
+            # proxy's token is judged by GitLab like theirs before any of it is served.
+            injected = self.upstream.injected_authorization
+            return Caller(injected, self._key(injected or ""))
         return Caller(client, self._key(client))
 
     def uploader(self, headers: Mapping[str, str]) -> Caller:

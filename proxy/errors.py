@@ -48,6 +48,10 @@ class NotAcceptable(ProxyError):
     status = 406
 
 
+class RangeNotSatisfiable(ProxyError):
+    status = 416
+
+
 class PayloadTooLarge(ProxyError):
     status = 413
 

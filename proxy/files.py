@@ -517,6 +517,10 @@ class FileCache:
         size = self.blobs.size_of(fill.sha256)
         if size is None:
             return False
+        row = await self.store.blob(fill.sha256)
+        if row is not None and row.filename != fill.filename:
+            # The same bytes under another name: only GitLab can say this name has them.
+            return False
         await self._record(fill.sha256, size, fill.filename)
         self.known[fill.sha256] = KnownBlob(size, fill.filename)
         fill.finish(self.blobs.path(fill.sha256))

@@ -9,7 +9,7 @@ from aiohttp import hdrs, web
 
 from . import keys, uploads
 from .auth import Caller
-from .errors import BadRequest, NotAcceptable, NotFound
+from .errors import BadRequest, NotAcceptable, NotFound, RangeNotSatisfiable
 from .metadata import SUFFIX as METADATA_SUFFIX
 from .negotiate import accepts_gzip, choose, none_match, parse_accept
 from .pages import PageResult
@@ -27,9 +27,7 @@ RECENT_OK_SECONDS = 10.0
 
 def scope_of(request: web.Request) -> Scope:
     """The scope, with the id exactly as the client encoded it (`grp%2Fproj` stays encoded)."""
-    # /api/v4/{projects|groups}/{id}/...: segment 3 is the kind, segment 4 the raw id.
-    segments = request.rel_url.raw_path.split("/")
-    return Scope.parse(segments[3], segments[4])
+    return Scope.of_route(request.rel_url.raw_path)
 
 
 def caller(request: web.Request) -> Caller:
@@ -162,6 +160,11 @@ def _checked_file(request: web.Request) -> tuple[str, str, bool]:
     # Its characters too: no slash, backslash or NUL can reach a path or an upstream URL.
     if not is_distribution_filename(filename):
         raise BadRequest("malformed filename: not a wheel or sdist name")
+    try:
+        # The file paths read it deep down, where aiohttp's ValueError would be a 500.
+        _ = request.http_range
+    except ValueError as e:
+        raise RangeNotSatisfiable(f"malformed Range header: {e}; send one bytes=A-B") from None
     return sha256, filename, wants_metadata
 
 

@@ -186,6 +186,10 @@ class CoreMetadata:
             if known in self.files.known:
                 return known
         wheel = await self.files.ensure(sha256, filename, source, authorization)
+        if self.files.hit(sha256, filename) is None:
+            # These bytes are cached as another file: what they hold says nothing of this name,
+            # so nothing about them may be remembered for the wheel's own name.
+            raise NotFound(f"{filename} with that sha256 is not in the cache")
         return await self._extract(sha256, filename, wheel)
 
     async def _extract(self, sha256: str, filename: str, wheel: Path) -> str:

@@ -41,6 +41,16 @@ class Scope:
         return cls(kind, raw_id)  # type: ignore[arg-type]
 
     @classmethod
+    def of_route(cls, raw_path: str) -> Scope:
+        """The scope of a routed `/api/v4/{projects|groups}/{id}/...` path, the id as encoded.
+
+        By position, not by spelling: the router decodes `/%61pi/v4/...` to `/api/v4/...`, so
+        whoever judges the scope must read the same segments the handlers do.
+        """
+        segments = raw_path.split("/")
+        return cls.parse(segments[3], segments[4])
+
+    @classmethod
     def from_text(cls, text: str) -> Scope:
         """A command-line scope: 'projects/42', 'groups/my-group' or 'groups/a/b' (a subgroup)."""
         kind, _, rest = text.partition("/")

@@ -232,8 +232,7 @@ def _too_large(limit: int) -> PayloadTooLarge:
 
 
 def _scope(request: web.Request) -> Scope:
-    segments = request.rel_url.raw_path.split("/")
-    return Scope.parse(segments[3], segments[4])
+    return Scope.of_route(request.rel_url.raw_path)
 
 
 def _preflight(request: web.Request) -> tuple[Caller, bytes]:

@@ -237,6 +237,8 @@ class Upstream:
         self, url: yarl.URL, authorization: str | None
     ) -> tuple[int, str, float | None]:
         """HEAD a file with these credentials: GitLab's status, message and Retry-After only."""
+        if self.offline:
+            raise Offline()
         self._check_gate(url)
         try:
             async with self.session.head(

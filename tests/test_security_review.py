@@ -1,0 +1,230 @@
+"""Security review of how the merged features meet: access, credentials, files, bad input."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import aiohttp
+import pytest
+import yarl
+
+from proxy.access import hash_token
+from proxy.bundle import export_bundle, import_bundle
+from proxy.scope import Scope
+from tests.conftest import ProxyFactory
+from tests.fake_gitlab import FakeGitLab
+from tests.proxy_harness import RunningProxy, make_settings
+
+PROJECT = "/api/v4/projects/42/packages/pypi"
+
+
+def basic(secret: str, user: str = "someone") -> str:
+    return "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode()
+
+
+async def fetch(
+    url: str, headers: dict[str, str] | None = None, method: str = "GET"
+) -> tuple[int, dict[str, str], bytes]:
+    """One request with the path sent exactly as written (no client-side normalization)."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(
+            method, yarl.URL(url, encoded=True), headers=headers or {}, allow_redirects=False
+        ) as resp,
+    ):
+        return resp.status, dict(resp.headers), await resp.read()
+
+
+@pytest.mark.parametrize(
+    "prefix", ["/%61pi/v4/projects/43", "/api/v%34/projects/43", "/%61pi/v4/groups/99"]
+)
+async def test_allow_list_holds_however_the_route_prefix_is_spelled(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory, prefix: str
+) -> None:
+    """The router decodes `%61pi` to `api`; the allow check must see the same route."""
+    gitlab.add_project(43, "platform/secret", group_id=7)
+    gitlab.add_group(99, "other")
+    gitlab.add_project(44, "other/thing", group_id=99)
+    gitlab.add_wheel(43, "secret-pkg", "1.0.0")
+    gitlab.add_wheel(44, "secret-pkg", "1.0.0")
+    proxy = await make_proxy(access={"allow": ["projects/42"]})
+    middle = "/-/packages/pypi" if "groups" in prefix else "/packages/pypi"
+    status, _, body = await fetch(f"{proxy.url}{prefix}{middle}/simple/secret-pkg/")
+    assert status == 404
+    assert b"secret-pkg" not in body
+    assert gitlab.requests == []
+
+
+@pytest.mark.parametrize("suffix", ["", ".metadata"])
+@pytest.mark.parametrize("cached", [True, False])
+@pytest.mark.parametrize("value", ["bytes=abc", "bytes=5-2", "bytes=0-1,3-4", "items=0-1"])
+async def test_malformed_range_is_a_4xx_on_files_and_metadata(
+    gitlab: FakeGitLab, proxy: RunningProxy, suffix: str, cached: bool, value: str
+) -> None:
+    wheel = gitlab.add_wheel(42, "corp-util", "1.0.0")
+    url = f"{proxy.url}{PROJECT}/files/{wheel.sha256}/{wheel.filename}"
+    if cached:
+        assert (await fetch(url))[0] == 200
+    status, _, body = await fetch(url + suffix, {"Range": value})
+    assert status == 416, body
+    assert b"Range" in body
+    # Nothing was lost: the file and its metadata are still whole for the next client.
+    status, _, body = await fetch(url)
+    assert (status, body) == (200, wheel.content)
+    assert (await fetch(url + ".metadata"))[0] == 200
+
+
+async def _cached_wheel(gitlab: FakeGitLab, proxy: RunningProxy) -> tuple[str, str]:
+    wheel = gitlab.add_wheel(42, "corp-util", "1.0.0")
+    url = f"{proxy.url}{PROJECT}/files/{wheel.sha256}/{wheel.filename}"
+    status, _, body = await fetch(url)
+    assert (status, body) == (200, wheel.content)
+    return url, wheel.sha256
+
+
+async def test_metadata_asked_under_another_name_does_not_poison_the_real_wheels(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """An imported (air-gapped) cache learns each wheel's metadata on its first request."""
+    source = await make_proxy(cache_dir=tmp_path / "online")
+    url, sha256 = await _cached_wheel(gitlab, source)
+    assert (await fetch(f"{source.url}{PROJECT}/simple/corp-util/"))[0] == 200
+    await source.stop()
+    bundle = tmp_path / "bundle.tar"
+    await export_bundle(source.settings, [Scope("projects", "42")], bundle)
+    await import_bundle(make_settings(gitlab.url, tmp_path / "mirror", ""), bundle)
+    mirror = await make_proxy(cache_dir=tmp_path / "mirror", cache={"offline": True})
+    files = f"{mirror.url}{PROJECT}/files/{sha256}"
+    assert (await fetch(f"{files}/other_pkg-9.9-py3-none-any.whl.metadata"))[0] == 404
+    status, _, body = await fetch(url.replace(source.url, mirror.url) + ".metadata")
+    assert status == 200, body
+    assert b"Name: corp-util" in body
+
+
+async def test_a_blob_another_worker_stored_is_not_adopted_under_another_name(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """Two workers share the cache; the second never saw the first one's fill."""
+    first = await make_proxy(cache_dir=tmp_path / "shared")
+    second = await make_proxy(cache_dir=tmp_path / "shared")
+    url, sha256 = await _cached_wheel(gitlab, first)
+    other = "other_pkg-9.9-py3-none-any.whl"
+    before = len(gitlab.requests)
+    status, _, body = await fetch(f"{second.url}{PROJECT}/files/{sha256}/{other}")
+    # GitLab has no such file: it is asked, and says so.
+    assert status == 404
+    assert [r.path.rsplit("/", 1)[-1] for r in gitlab.requests[before:]] == [other]
+    status, _, _ = await fetch(f"{second.url}{PROJECT}/files/{sha256}/{other}.metadata")
+    assert status == 404
+    for proxy in (first, second):
+        status, _, body = await fetch(url.replace(first.url, proxy.url) + ".metadata")
+        assert (status, b"Name: corp-util" in body) == (200, True)
+
+
+async def test_a_tokens_file_guards_every_route_but_the_probes(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    wheel = gitlab.add_wheel(42, "corp-util", "1.0.0")
+    tokens = tmp_path / "tokens"
+    tokens.write_text(hash_token("office", n=2**4) + "\n")
+    proxy = await make_proxy(access={"tokens_file": str(tokens)})
+    files = f"{proxy.url}{PROJECT}/files/{wheel.sha256}/{wheel.filename}"
+    assert (await fetch(files, {"Authorization": basic("office")}))[0] == 200
+    guarded = [
+        files,
+        files + ".metadata",
+        f"{proxy.url}{PROJECT}/simple/",
+        f"{proxy.url}/%61pi/v4/projects/42/packages/pypi/simple/corp-util/",
+        f"{proxy.url}/-/metrics",
+        f"{proxy.url}/-/status",
+        f"{proxy.url}/no/such/route",
+    ]
+    before = len(gitlab.requests)
+    for url in guarded:
+        for headers in ({}, {"Authorization": basic("not-office")}):
+            status, _, body = await fetch(url, headers)
+            assert status == 401, url
+            assert wheel.content[:32] not in body and b"corp" not in body
+    status, _, _ = await fetch(f"{proxy.url}{PROJECT}", method="POST")
+    assert status == 401
+    assert len(gitlab.requests) == before
+    for probe in ("/-/health", "/-/ready"):
+        assert (await fetch(proxy.url + probe))[0] == 200
+
+
+async def test_allow_covers_files_metadata_and_uploads_of_other_scopes(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory
+) -> None:
+    gitlab.add_project(43, "platform/secret", group_id=7)
+    hidden = gitlab.add_wheel(43, "secret-pkg", "1.0.0")
+    proxy = await make_proxy(access={"allow": ["projects/42"]})
+    for scope in ("projects/43", "projects/platform%2Fsecret", "projects/4%33", "groups/7"):
+        api = f"{proxy.url}/api/v4/{scope}/{'-/' if 'groups' in scope else ''}packages/pypi"
+        url = f"{api}/files/{hidden.sha256}/{hidden.filename}"
+        for target in (url, url + ".metadata"):
+            status, _, body = await fetch(target)
+            assert status == 404, target
+            assert hidden.content[:32] not in body
+        if scope.startswith("projects"):
+            status, _, _ = await fetch(api, {"Authorization": basic("x")}, method="POST")
+            assert status == 404
+    assert gitlab.requests == []
+
+
+async def test_prefer_client_never_serves_anonymous_callers_what_only_a_client_could_read(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory
+) -> None:
+    """Without credentials a caller acts as the proxy's token, which cannot read project 43."""
+    gitlab.add_project(43, "platform/secret", group_id=7)
+    hidden = gitlab.add_wheel(43, "secret-pkg", "1.0.0")
+    gitlab.tokens.update({"glpat-limited-proxy": {42}, "glpat-alice": {42, 43}})
+    proxy = await make_proxy(
+        upstream={"credentials": "prefer-client", "token": "glpat-limited-proxy"}
+    )
+    api = f"{proxy.url}/api/v4/projects/43/packages/pypi"
+    page = f"{api}/simple/secret-pkg/"
+    url = f"{api}/files/{hidden.sha256}/{hidden.filename}"
+    alice = {"Authorization": basic("glpat-alice")}
+    for target in (page, url, url + ".metadata"):
+        assert (await fetch(target, alice))[0] == 200
+    for target in (page, url, url + ".metadata"):
+        status, _, body = await fetch(target)
+        assert status == 404, target
+        assert b"secret-pkg" not in body and hidden.content[:32] not in body
+
+
+async def test_offline_passthrough_asks_gitlab_nothing_about_cached_files(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    gitlab.tokens["glpat-alice"] = {42}
+    wheel = gitlab.add_wheel(42, "corp-util", "1.0.0")
+    upstream = {"credentials": "passthrough", "token": ""}
+    online = await make_proxy(cache_dir=tmp_path / "c", upstream=upstream)
+    url = f"{PROJECT}/files/{wheel.sha256}/{wheel.filename}"
+    alice = {"Authorization": basic("glpat-alice")}
+    assert (await fetch(online.url + url, alice))[0] == 200
+    await online.stop()
+    offline = await make_proxy(cache_dir=tmp_path / "c", upstream=upstream, cache={"offline": True})
+    before = len(gitlab.requests)
+    for target in (url, url + ".metadata"):
+        status, _, body = await fetch(offline.url + target, alice)
+        assert status == 404, (body, gitlab.requests[before:])
+        assert wheel.content[:32] not in body
+    assert gitlab.requests[before:] == []
+
+
+async def test_a_new_passthrough_client_is_checked_with_a_head_gitlab_answers_200(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory
+) -> None:
+    """GitLab without object storage answers the HEAD with 200 and the file's headers."""
+    gitlab.tokens.update({"glpat-alice": {42}, "glpat-carol": {42}, "glpat-bob": set()})
+    wheel = gitlab.add_wheel(42, "corp-util", "1.0.0")
+    proxy = await make_proxy(upstream={"credentials": "passthrough", "token": ""})
+    url = f"{proxy.url}{PROJECT}/files/{wheel.sha256}/{wheel.filename}"
+    assert (await fetch(url, {"Authorization": basic("glpat-alice")}))[0] == 200
+    status, headers, body = await fetch(url, {"Authorization": basic("glpat-carol")})
+    assert (status, headers.get("X-Cache"), body) == (200, "HIT", wheel.content)
+    status, _, body = await fetch(url, {"Authorization": basic("glpat-bob")})
+    assert status == 404
+    assert wheel.content[:32] not in body
