@@ -14,10 +14,10 @@ import pytest
 import requests
 from twine.commands.upload import skip_upload
 
+from tests.cli_process import serve
 from tests.conftest import TOKEN, ProxyFactory
 from tests.fake_gitlab import FakeGitLab
 from tests.proxy_harness import BIN, Completed, RunningProxy, clean_env, pip_install, run
-from tests.serve_process import serve_process
 from tests.wheels import make_sdist, make_wheel
 
 UPLOAD = "/api/v4/projects/42/packages/pypi"
@@ -398,7 +398,7 @@ async def test_header_too_long_for_the_server_is_a_400_and_never_logged(
     """aiohttp itself refuses a header over 8190 bytes, and quotes its start in its error log."""
     secret = "glpat-" + "q" * 9000
     quoted = base64.b64encode(f"someone:{secret}".encode()).decode()[:24]
-    async with serve_process(tmp_path, {"upstream_url": gitlab.url}) as served:
+    async with await serve(tmp_path, upstream_url=gitlab.url) as served:
         host, port = served.url.removeprefix("http://").split(":")
         reader, writer = await asyncio.open_connection(host, int(port))
         writer.write(
@@ -408,7 +408,7 @@ async def test_header_too_long_for_the_server_is_a_400_and_never_logged(
         answer = await reader.read(65536)
         writer.close()
     assert answer.split(b"\r\n")[0].endswith(b" 400 Bad Request")
-    log = served.stderr()
+    log = served.log()
     assert "Got more than 8190 bytes" in log
     assert quoted not in log
     assert "qqqq" not in log
