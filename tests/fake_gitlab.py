@@ -234,25 +234,65 @@ class _Server:
         return response
 
 
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+def _byte_range(header: str | None, size: int) -> range | None:
+    """The bytes one `Range: bytes=a-b | a- | -n` asks for, empty if none exist (416).
+
+    None means send the whole file: no Range, or one this fake (like S3) does not honour,
+    such as several ranges or a last byte before the first.
+    """
+    match = _RANGE.fullmatch(header.strip()) if header else None
+    if match is None or match.group(1, 2) == ("", ""):
+        return None
+    first, last = match.group(1, 2)
+    if not first:
+        suffix = int(last)
+        return range(max(0, size - suffix), size) if suffix else range(0)
+    start = int(first)
+    if last and int(last) < start:
+        return None
+    if start >= size:
+        return range(0)
+    return range(start, min(int(last) + 1, size) if last else size)
+
+
 async def _send_file(
     request: web.Request, file: FakeFile, gitlab: FakeGitLab
 ) -> web.StreamResponse:
-    """Stream a file as GitLab's local storage does, with the body faults `gitlab` asks for."""
+    """Send a file as Workhorse (local storage) or S3 does: HEAD, one byte range, and the body
+    faults `gitlab` asks for; the faults cut, corrupt and pace whatever part of the file is sent.
+    """
     body = memoryview(file.content)
     if gitlab.corrupt_files and body:
         middle = len(body) // 2
         flipped = bytes([body[middle] ^ 0xFF])
         body = memoryview(b"".join([body[:middle], flipped, body[middle + 1 :]]))
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "application/octet-stream",
-            "Content-Disposition": (
-                f"attachment; filename=\"{file.filename}\"; filename*=UTF-8''{quote(file.filename)}"
-            ),
-        }
-    )
+    headers = {
+        "Content-Type": "application/octet-stream",
+        "Content-Disposition": (
+            f"attachment; filename=\"{file.filename}\"; filename*=UTF-8''{quote(file.filename)}"
+        ),
+        "Accept-Ranges": "bytes",
+    }
+    response = web.StreamResponse(headers=headers)
+    wanted = _byte_range(request.headers.get("Range"), len(body))
+    if wanted is not None and not wanted:
+        return web.Response(
+            status=416,
+            text="416 Range Not Satisfiable",
+            headers={"Content-Range": f"bytes */{len(body)}"},
+        )
+    if wanted is not None:
+        response.set_status(206)
+        response.headers["Content-Range"] = f"bytes {wanted.start}-{wanted.stop - 1}/{len(body)}"
+        body = body[wanted.start : wanted.stop]
     response.content_length = len(body)
     await response.prepare(request)
+    if request.method == "HEAD":
+        await response.write_eof()
+        return response
     cut = gitlab.truncate_files or gitlab.drop_files
     end = len(body) // 2 if cut else len(body)
     step = max(1, gitlab.file_chunk_size)
@@ -286,12 +326,16 @@ class FakeObjectStorage(_Server):
     def _routes(self) -> list[web.RouteDef]:
         return [web.get("/packages/{sha256}/{filename}", self._object, name="object")]
 
-    def _signature(self, path: str, date: str, expires: str) -> str:
-        message = f"{path}\n{date}\n{expires}".encode()
+    def _signature(self, method: str, path: str, date: str, expires: str) -> str:
+        message = f"{method}\n{path}\n{date}\n{expires}".encode()
         return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
 
-    def signed_url(self, file: FakeFile) -> str:
-        """A pre-signed URL for `file`, valid for the GitLab's `signed_url_ttl` seconds."""
+    def signed_url(self, file: FakeFile, method: str = "GET") -> str:
+        """A pre-signed URL for `file`, valid for the GitLab's `signed_url_ttl` seconds.
+
+        As in S3 (signature version 4) the signature covers the method: a URL signed for GET
+        refuses a HEAD, which is why GitLab redirects a HEAD to a URL signed for HEAD.
+        """
         path = f"/packages/{file.sha256}/{file.filename}"
         date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         expires = str(self._gitlab.signed_url_ttl)
@@ -300,7 +344,7 @@ class FakeObjectStorage(_Server):
             "X-Amz-Date": date,
             "X-Amz-Expires": expires,
             "X-Amz-SignedHeaders": "host",
-            "X-Amz-Signature": self._signature(path, date, expires),
+            "X-Amz-Signature": self._signature(method, path, date, expires),
         }
         return f"{self.server_url}{quote(path)}?{urlencode(query)}"
 
@@ -314,7 +358,7 @@ class FakeObjectStorage(_Server):
             )
         date = request.query.get("X-Amz-Date", "")
         expires = request.query.get("X-Amz-Expires", "")
-        expected = self._signature(request.path, date, expires)
+        expected = self._signature(request.method, request.path, date, expires)
         if not hmac.compare_digest(request.query.get("X-Amz-Signature", ""), expected):
             return _s3_error(403, "SignatureDoesNotMatch", "The request signature does not match.")
         # The signature covers date and expiry, so both parse; a ttl of 0 is born expired.
@@ -650,9 +694,8 @@ class FakeGitLab(_Server):
         if file is None:
             raise _Reply(404, "404 Not Found")
         if self.object_storage:
-            return web.Response(
-                status=302, headers={"Location": self.object_store.signed_url(file)}
-            )
+            location = self.object_store.signed_url(file, request.method)
+            return web.Response(status=302, headers={"Location": location})
         return await _send_file(request, file, self)
 
     def _project_base(self, project: _Project) -> str:
