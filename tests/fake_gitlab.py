@@ -14,12 +14,12 @@ import secrets
 import socket
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from html import escape
 from http import HTTPStatus
 from types import TracebackType
-from typing import Self
+from typing import Self, TypeVar, Unpack
 from urllib.parse import quote, urlencode
 
 from aiohttp import BodyPartReader, web
@@ -28,7 +28,7 @@ from multidict import CIMultiDict
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from tests.wheels import make_sdist, make_wheel
+from tests.wheels import SdistOptions, WheelOptions, make_sdist, make_wheel
 
 CHALLENGE = 'Basic realm="GitLab Packages Registry"'
 # PEP 508 names; GitLab refuses an upload whose name is not one.
@@ -87,6 +87,16 @@ class _Package:
         return canonicalize_name(self.name)
 
 
+_Namespace = TypeVar("_Namespace", _Group, _Project)
+
+
+def _by_id_or_path(namespaces: dict[int, _Namespace], raw_id: str) -> _Namespace | None:
+    """By numeric id, or by full path, which GitLab matches in any case."""
+    if raw_id.isdigit():
+        return namespaces.get(int(raw_id))
+    return next((n for n in namespaces.values() if n.full_path.lower() == raw_id.lower()), None)
+
+
 @dataclass(frozen=True)
 class _Caller:
     projects: frozenset[int] | None  # None: every project
@@ -111,6 +121,11 @@ def _json(status: int, message: str, headers: dict[str, str] | None = None) -> w
 
 def _unauthorized() -> _Reply:
     return _Reply(401, "401 Unauthorized", {"WWW-Authenticate": CHALLENGE})
+
+
+def _requires_python(options: SdistOptions) -> str:
+    """What the index shows for a made distribution: its Requires-Python, or nothing."""
+    return options.get("requires_python") or ""
 
 
 def _erb_escape(text: str) -> str:
@@ -472,42 +487,19 @@ class FakeGitLab(_Server):
         return self._store(project_id, name, version, filename, content, requires_python, digest)
 
     def add_wheel(
-        self,
-        project_id: int,
-        name: str,
-        version: str,
-        *,
-        requires: Sequence[str] = (),
-        requires_python: str | None = None,
-        tag: str = "py3-none-any",
-        payload_size: int = 0,
+        self, project_id: int, name: str, version: str, **options: Unpack[WheelOptions]
     ) -> FakeFile:
-        filename, content = make_wheel(
-            name,
-            version,
-            requires=requires,
-            requires_python=requires_python,
-            tag=tag,
-            payload_size=payload_size,
-        )
+        filename, content = make_wheel(name, version, **options)
         return self.add_file(
-            project_id, name, version, filename, content, requires_python=requires_python or ""
+            project_id, name, version, filename, content, requires_python=_requires_python(options)
         )
 
     def add_sdist(
-        self,
-        project_id: int,
-        name: str,
-        version: str,
-        *,
-        requires: Sequence[str] = (),
-        requires_python: str | None = None,
+        self, project_id: int, name: str, version: str, **options: Unpack[SdistOptions]
     ) -> FakeFile:
-        filename, content = make_sdist(
-            name, version, requires=requires, requires_python=requires_python
-        )
+        filename, content = make_sdist(name, version, **options)
         return self.add_file(
-            project_id, name, version, filename, content, requires_python=requires_python or ""
+            project_id, name, version, filename, content, requires_python=_requires_python(options)
         )
 
     def revoke(self, token: str) -> None:
@@ -587,13 +579,7 @@ class FakeGitLab(_Server):
     def _project(self, request: web.Request) -> tuple[_Project, _Caller | None]:
         """The readable project; 401 for anonymous and 404 for others, so nothing leaks."""
         caller = self._caller(request)
-        raw_id = request.match_info["id"]
-        if raw_id.isdigit():
-            project = self._projects.get(int(raw_id))
-        else:
-            project = next(
-                (p for p in self._projects.values() if p.full_path.lower() == raw_id.lower()), None
-            )
+        project = _by_id_or_path(self._projects, request.match_info["id"])
         if project is None or not self._can_read(caller, project):
             raise _unauthorized() if caller is None else _Reply(404, "404 Not Found")
         return project, caller
@@ -601,13 +587,7 @@ class FakeGitLab(_Server):
     def _group(self, request: web.Request) -> tuple[_Group, list[_Project]]:
         """The group and the projects of its subtree the caller can read."""
         caller = self._caller(request)
-        raw_id = request.match_info["id"]
-        if raw_id.isdigit():
-            group = self._groups.get(int(raw_id))
-        else:
-            group = next(
-                (g for g in self._groups.values() if g.full_path.lower() == raw_id.lower()), None
-            )
+        group = _by_id_or_path(self._groups, request.match_info["id"])
         projects = [
             p
             for p in self._projects.values()
@@ -825,26 +805,10 @@ class FakePublicIndex(_Server):
         self._files.append(file)
         return file
 
-    def add_wheel(
-        self,
-        name: str,
-        version: str,
-        *,
-        requires: Sequence[str] = (),
-        requires_python: str | None = None,
-        tag: str = "py3-none-any",
-        payload_size: int = 0,
-    ) -> FakeFile:
-        filename, content = make_wheel(
-            name,
-            version,
-            requires=requires,
-            requires_python=requires_python,
-            tag=tag,
-            payload_size=payload_size,
-        )
+    def add_wheel(self, name: str, version: str, **options: Unpack[WheelOptions]) -> FakeFile:
+        filename, content = make_wheel(name, version, **options)
         return self.add_file(
-            name, version, filename, content, requires_python=requires_python or ""
+            name, version, filename, content, requires_python=_requires_python(options)
         )
 
     def file_url(self, file: FakeFile) -> str:

@@ -7,7 +7,6 @@ import base64
 import hashlib
 import io
 import logging
-import os
 import subprocess
 import sys
 import tarfile
@@ -21,7 +20,7 @@ import pytest
 from multidict import CIMultiDictProxy
 
 from tests.fake_gitlab import CHALLENGE, FakeGitLab, FakePublicIndex
-from tests.proxy_harness import run
+from tests.proxy_harness import clean_env, run
 from tests.wheels import make_sdist, make_wheel, wheel_metadata
 
 TOKEN = "glpat-fake-test-token"
@@ -684,13 +683,6 @@ async def test_public_index_serves_pep_503_pages_and_files() -> None:
 
 
 # Distributions.
-
-
-def clean_env() -> dict[str, str]:
-    """No PIP_*/UV_* settings: this machine's pip config adds indexes a test must never use."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_"))}
-    env["PIP_CONFIG_FILE"] = os.devnull
-    return env
 
 
 def test_wheel_is_reproducible_with_a_valid_record() -> None:
