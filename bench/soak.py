@@ -24,8 +24,8 @@ from pathlib import Path
 
 import aiohttp
 
+from tests.cli_process import ServeProcess, children_of, free_port, write_config
 from tests.fake_gitlab import FakeFile, FakeGitLab
-from tests.serve_process import ServeProcess, children_of, free_port, write_config
 
 TOKEN = "glpat-soak-token"
 PROJECT = "/api/v4/projects/42/packages/pypi"
@@ -155,7 +155,7 @@ async def soak(args: argparse.Namespace) -> int:
                 "cache": {"dir": f"{tmp}/cache", "index_ttl": 3, "max_size": total * 2 // 3},
             },
         )
-        proxy = await ServeProcess(config, port).start()
+        proxy = await ServeProcess.from_config(config, port)
         try:
             rss_start = rss_kib(proxy.pid)
             tally = Tally()
@@ -174,9 +174,9 @@ async def soak(args: argparse.Namespace) -> int:
             elapsed = time.monotonic() - started
             rss_end = rss_kib(proxy.pid)
         finally:
-            await proxy.stop()
+            await proxy.close()
             await gitlab.stop()
-        proxy_log = proxy.log.read_text()
+        proxy_log = proxy.log()
         log_tail = proxy_log.count("Traceback")
         locked = proxy_log.count("database is locked")
         if log_tail:

@@ -15,7 +15,6 @@ import asyncio
 import itertools
 import os
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -27,18 +26,12 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.cli_process import free_port  # noqa: E402
 from tests.fake_gitlab import FakeFile, FakeGitLab  # noqa: E402
 from tests.proxy_harness import clean_env  # noqa: E402
 
 TOKEN = "glpat-bench-token"
 PACKAGES = 20
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def cpu_seconds(pid: int) -> float:

@@ -1,4 +1,4 @@
-"""Shared fixtures: a fake GitLab on a real port, and a proxy in front of it."""
+"""Shared fixtures: the fake GitLab and public index on real ports, and a proxy in front."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.fake_gitlab import FakeGitLab
+from tests.fake_gitlab import FakeGitLab, FakePublicIndex
 from tests.proxy_harness import RunningProxy, make_settings, start_proxy
 
 TOKEN = "glpat-proxy-secret-token-1234567890"
@@ -25,6 +25,14 @@ async def gitlab() -> AsyncIterator[FakeGitLab]:
         yield fake
     finally:
         await fake.stop()
+
+
+@pytest.fixture
+async def public(gitlab: FakeGitLab) -> AsyncIterator[FakePublicIndex]:
+    """The public index GitLab forwards unknown names to."""
+    async with FakePublicIndex() as index:
+        gitlab.public_index_url = index.url
+        yield index
 
 
 ProxyFactory = Callable[..., Awaitable[RunningProxy]]

@@ -14,12 +14,12 @@ import secrets
 import socket
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from html import escape
 from http import HTTPStatus
 from types import TracebackType
-from typing import Self
+from typing import Self, TypeVar, Unpack
 from urllib.parse import quote, urlencode
 
 from aiohttp import BodyPartReader, web
@@ -28,7 +28,7 @@ from multidict import CIMultiDict
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from tests.wheels import make_sdist, make_wheel
+from tests.wheels import SdistOptions, WheelOptions, make_sdist, make_wheel
 
 CHALLENGE = 'Basic realm="GitLab Packages Registry"'
 # PEP 508 names; GitLab refuses an upload whose name is not one.
@@ -87,6 +87,16 @@ class _Package:
         return canonicalize_name(self.name)
 
 
+_Namespace = TypeVar("_Namespace", _Group, _Project)
+
+
+def _by_id_or_path(namespaces: dict[int, _Namespace], raw_id: str) -> _Namespace | None:
+    """By numeric id, or by full path, which GitLab matches in any case."""
+    if raw_id.isdigit():
+        return namespaces.get(int(raw_id))
+    return next((n for n in namespaces.values() if n.full_path.lower() == raw_id.lower()), None)
+
+
 @dataclass(frozen=True)
 class _Caller:
     projects: frozenset[int] | None  # None: every project
@@ -111,6 +121,11 @@ def _json(status: int, message: str, headers: dict[str, str] | None = None) -> w
 
 def _unauthorized() -> _Reply:
     return _Reply(401, "401 Unauthorized", {"WWW-Authenticate": CHALLENGE})
+
+
+def _requires_python(options: SdistOptions) -> str:
+    """What the index shows for a made distribution: its Requires-Python, or nothing."""
+    return options.get("requires_python") or ""
 
 
 def _erb_escape(text: str) -> str:
@@ -234,27 +249,65 @@ class _Server:
         return response
 
 
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+def _byte_range(header: str | None, size: int) -> range | None:
+    """The bytes one `Range: bytes=a-b | a- | -n` asks for, empty if none exist (416).
+
+    None means send the whole file: no Range, or one this fake (like S3) does not honour,
+    such as several ranges or a last byte before the first.
+    """
+    match = _RANGE.fullmatch(header.strip()) if header else None
+    if match is None or match.group(1, 2) == ("", ""):
+        return None
+    first, last = match.group(1, 2)
+    if not first:
+        suffix = int(last)
+        return range(max(0, size - suffix), size) if suffix else range(0)
+    start = int(first)
+    if last and int(last) < start:
+        return None
+    if start >= size:
+        return range(0)
+    return range(start, min(int(last) + 1, size) if last else size)
+
+
 async def _send_file(
     request: web.Request, file: FakeFile, gitlab: FakeGitLab
 ) -> web.StreamResponse:
-    """Stream a file as GitLab's local storage does, with the body faults `gitlab` asks for."""
+    """Send a file as Workhorse (local storage) or S3 does: HEAD, one byte range, and the body
+    faults `gitlab` asks for; the faults cut, corrupt and pace whatever part of the file is sent.
+    """
     body = memoryview(file.content)
     if gitlab.corrupt_files and body:
         middle = len(body) // 2
         flipped = bytes([body[middle] ^ 0xFF])
         body = memoryview(b"".join([body[:middle], flipped, body[middle + 1 :]]))
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "application/octet-stream",
-            "Content-Disposition": (
-                f"attachment; filename=\"{file.filename}\"; filename*=UTF-8''{quote(file.filename)}"
-            ),
-        }
-    )
+    headers = {
+        "Content-Type": "application/octet-stream",
+        "Content-Disposition": (
+            f"attachment; filename=\"{file.filename}\"; filename*=UTF-8''{quote(file.filename)}"
+        ),
+        "Accept-Ranges": "bytes",
+    }
+    response = web.StreamResponse(headers=headers)
+    wanted = _byte_range(request.headers.get("Range"), len(body))
+    if wanted is not None and not wanted:
+        return web.Response(
+            status=416,
+            text="416 Range Not Satisfiable",
+            headers={"Content-Range": f"bytes */{len(body)}"},
+        )
+    if wanted is not None:
+        response.set_status(206)
+        response.headers["Content-Range"] = f"bytes {wanted.start}-{wanted.stop - 1}/{len(body)}"
+        body = body[wanted.start : wanted.stop]
     response.content_length = len(body)
     await response.prepare(request)
     if request.method == "HEAD":
         # aiohttp would send what is written even to a HEAD; GitLab sends headers only.
+        await response.write_eof()
         return response
     cut = gitlab.truncate_files or gitlab.drop_files
     end = len(body) // 2 if cut else len(body)
@@ -289,12 +342,16 @@ class FakeObjectStorage(_Server):
     def _routes(self) -> list[web.RouteDef]:
         return [web.get("/packages/{sha256}/{filename}", self._object, name="object")]
 
-    def _signature(self, path: str, date: str, expires: str) -> str:
-        message = f"{path}\n{date}\n{expires}".encode()
+    def _signature(self, method: str, path: str, date: str, expires: str) -> str:
+        message = f"{method}\n{path}\n{date}\n{expires}".encode()
         return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
 
-    def signed_url(self, file: FakeFile) -> str:
-        """A pre-signed URL for `file`, valid for the GitLab's `signed_url_ttl` seconds."""
+    def signed_url(self, file: FakeFile, method: str = "GET") -> str:
+        """A pre-signed URL for `file`, valid for the GitLab's `signed_url_ttl` seconds.
+
+        As in S3 (signature version 4) the signature covers the method: a URL signed for GET
+        refuses a HEAD, which is why GitLab redirects a HEAD to a URL signed for HEAD.
+        """
         path = f"/packages/{file.sha256}/{file.filename}"
         date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         expires = str(self._gitlab.signed_url_ttl)
@@ -303,7 +360,7 @@ class FakeObjectStorage(_Server):
             "X-Amz-Date": date,
             "X-Amz-Expires": expires,
             "X-Amz-SignedHeaders": "host",
-            "X-Amz-Signature": self._signature(path, date, expires),
+            "X-Amz-Signature": self._signature(method, path, date, expires),
         }
         return f"{self.server_url}{quote(path)}?{urlencode(query)}"
 
@@ -317,7 +374,7 @@ class FakeObjectStorage(_Server):
             )
         date = request.query.get("X-Amz-Date", "")
         expires = request.query.get("X-Amz-Expires", "")
-        expected = self._signature(request.path, date, expires)
+        expected = self._signature(request.method, request.path, date, expires)
         if not hmac.compare_digest(request.query.get("X-Amz-Signature", ""), expected):
             return _s3_error(403, "SignatureDoesNotMatch", "The request signature does not match.")
         # The signature covers date and expiry, so both parse; a ttl of 0 is born expired.
@@ -431,42 +488,19 @@ class FakeGitLab(_Server):
         return self._store(project_id, name, version, filename, content, requires_python, digest)
 
     def add_wheel(
-        self,
-        project_id: int,
-        name: str,
-        version: str,
-        *,
-        requires: Sequence[str] = (),
-        requires_python: str | None = None,
-        tag: str = "py3-none-any",
-        payload_size: int = 0,
+        self, project_id: int, name: str, version: str, **options: Unpack[WheelOptions]
     ) -> FakeFile:
-        filename, content = make_wheel(
-            name,
-            version,
-            requires=requires,
-            requires_python=requires_python,
-            tag=tag,
-            payload_size=payload_size,
-        )
+        filename, content = make_wheel(name, version, **options)
         return self.add_file(
-            project_id, name, version, filename, content, requires_python=requires_python or ""
+            project_id, name, version, filename, content, requires_python=_requires_python(options)
         )
 
     def add_sdist(
-        self,
-        project_id: int,
-        name: str,
-        version: str,
-        *,
-        requires: Sequence[str] = (),
-        requires_python: str | None = None,
+        self, project_id: int, name: str, version: str, **options: Unpack[SdistOptions]
     ) -> FakeFile:
-        filename, content = make_sdist(
-            name, version, requires=requires, requires_python=requires_python
-        )
+        filename, content = make_sdist(name, version, **options)
         return self.add_file(
-            project_id, name, version, filename, content, requires_python=requires_python or ""
+            project_id, name, version, filename, content, requires_python=_requires_python(options)
         )
 
     def revoke(self, token: str) -> None:
@@ -546,13 +580,7 @@ class FakeGitLab(_Server):
     def _project(self, request: web.Request) -> tuple[_Project, _Caller | None]:
         """The readable project; 401 for anonymous and 404 for others, so nothing leaks."""
         caller = self._caller(request)
-        raw_id = request.match_info["id"]
-        if raw_id.isdigit():
-            project = self._projects.get(int(raw_id))
-        else:
-            project = next(
-                (p for p in self._projects.values() if p.full_path.lower() == raw_id.lower()), None
-            )
+        project = _by_id_or_path(self._projects, request.match_info["id"])
         if project is None or not self._can_read(caller, project):
             raise _unauthorized() if caller is None else _Reply(404, "404 Not Found")
         return project, caller
@@ -560,13 +588,7 @@ class FakeGitLab(_Server):
     def _group(self, request: web.Request) -> tuple[_Group, list[_Project]]:
         """The group and the projects of its subtree the caller can read."""
         caller = self._caller(request)
-        raw_id = request.match_info["id"]
-        if raw_id.isdigit():
-            group = self._groups.get(int(raw_id))
-        else:
-            group = next(
-                (g for g in self._groups.values() if g.full_path.lower() == raw_id.lower()), None
-            )
+        group = _by_id_or_path(self._groups, request.match_info["id"])
         projects = [
             p
             for p in self._projects.values()
@@ -653,9 +675,8 @@ class FakeGitLab(_Server):
         if file is None:
             raise _Reply(404, "404 Not Found")
         if self.object_storage:
-            return web.Response(
-                status=302, headers={"Location": self.object_store.signed_url(file)}
-            )
+            location = self.object_store.signed_url(file, request.method)
+            return web.Response(status=302, headers={"Location": location})
         return await _send_file(request, file, self)
 
     def _project_base(self, project: _Project) -> str:
@@ -785,26 +806,10 @@ class FakePublicIndex(_Server):
         self._files.append(file)
         return file
 
-    def add_wheel(
-        self,
-        name: str,
-        version: str,
-        *,
-        requires: Sequence[str] = (),
-        requires_python: str | None = None,
-        tag: str = "py3-none-any",
-        payload_size: int = 0,
-    ) -> FakeFile:
-        filename, content = make_wheel(
-            name,
-            version,
-            requires=requires,
-            requires_python=requires_python,
-            tag=tag,
-            payload_size=payload_size,
-        )
+    def add_wheel(self, name: str, version: str, **options: Unpack[WheelOptions]) -> FakeFile:
+        filename, content = make_wheel(name, version, **options)
         return self.add_file(
-            name, version, filename, content, requires_python=requires_python or ""
+            name, version, filename, content, requires_python=_requires_python(options)
         )
 
     def file_url(self, file: FakeFile) -> str:

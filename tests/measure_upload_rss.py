@@ -19,7 +19,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from tests.serve_process import serve_process
+from tests.cli_process import serve
 
 CHUNK = 1024 * 1024
 BOUNDARY = "measure-boundary-1234"
@@ -106,8 +106,7 @@ async def measure(size_mb: int) -> None:
     await site.start()
     port = runner.addresses[0][1]
     with tempfile.TemporaryDirectory() as tmp:
-        settings = {"upstream_url": f"http://127.0.0.1:{port}"}
-        async with serve_process(Path(tmp), settings) as served:
+        async with await serve(Path(tmp), upstream_url=f"http://127.0.0.1:{port}") as served:
             url = f"{served.url}/api/v4/projects/42/packages/pypi"
             # One small upload first, so the code paths are loaded before the baseline.
             await upload(url, 64 * 1024)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import sqlite3
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -15,17 +14,6 @@ from tests.conftest import TOKEN
 from tests.fake_gitlab import FakeGitLab, FakePublicIndex
 from tests.proxy_harness import Completed, clean_env, make_settings, pip_install, run, start_proxy
 from tests.test_pull_through import get, installed
-
-
-@pytest.fixture
-async def public(gitlab: FakeGitLab) -> AsyncIterator[FakePublicIndex]:
-    index = FakePublicIndex()
-    await index.start()
-    gitlab.public_index_url = index.url
-    try:
-        yield index
-    finally:
-        await index.stop()
 
 
 def online_env(gitlab: FakeGitLab, public: FakePublicIndex | None, cache: Path) -> dict[str, str]:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import socket
 import sys
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from proxy.config import ConfigError, load_settings, parse_size
+from tests.cli_process import serve
 from tests.proxy_harness import clean_env, run
 
 
@@ -141,38 +139,7 @@ async def test_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 async def test_serve_starts_with_no_config_at_all(tmp_path: Path) -> None:
-    port = _free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy",
-        "serve",
-        "--port",
-        str(port),
-        cwd=tmp_path,
-        env=clean_env(),
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        async with aiohttp.ClientSession() as session:
-            for _ in range(100):
-                try:
-                    async with session.get(f"http://127.0.0.1:{port}/-/health") as resp:
-                        assert resp.status == 200
-                        break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.1)
-            else:
-                pytest.fail("the proxy did not start")
+    async with await serve(tmp_path) as proxy:
         assert (tmp_path / "cache" / "index.sqlite3").exists()
-    finally:
-        proc.terminate()
-        await asyncio.wait_for(proc.wait(), 15)
+        assert await proxy.stop() == 0

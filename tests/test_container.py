@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.cli_process import free_port, start_serve
+from tests.cli_process import ServeProcess, free_port
 from tests.fake_gitlab import FakeGitLab
 from tests.proxy_harness import clean_env, pip_install, run
 
@@ -143,9 +143,8 @@ async def test_the_image_command_line_serves_as_a_ci_sidecar(
     argv = exec_form(final.last("ENTRYPOINT")) + exec_form(final.last("CMD"))
     workdir = tmp_path / "work"
     workdir.mkdir()
-    proxy = await start_serve(argv, env, workdir, port)
+    proxy = await ServeProcess.start(argv, port=port, env=env, cwd=workdir, ready="/-/ready")
     try:
-        await proxy.wait_serving("/-/ready")
         health = exec_form(final.last("HEALTHCHECK").partition("CMD")[2].strip())
         assert (await run(health, env=env, timeout=30)).returncode == 0
 
@@ -163,6 +162,8 @@ async def test_the_image_command_line_serves_as_a_ci_sidecar(
         assert JOB_TOKEN not in proxy.log()
     finally:
         assert await proxy.stop() == 0
-    assert [p.name for p in workdir.iterdir()] == [proxy.stderr.name], "it wrote outside its cache"
+    assert [p.name for p in workdir.iterdir()] == [proxy.log_path.name], (
+        "it wrote outside its cache"
+    )
     # Stopped by SIGTERM, as `docker stop` does.
     assert "stopped" in proxy.log()

@@ -6,7 +6,7 @@ import asyncio
 import base64
 import hashlib
 import io
-import os
+import logging
 import subprocess
 import sys
 import tarfile
@@ -19,7 +19,8 @@ import aiohttp
 import pytest
 from multidict import CIMultiDictProxy
 
-from tests.fake_gitlab import FakeGitLab, FakePublicIndex
+from tests.fake_gitlab import CHALLENGE, FakeGitLab, FakePublicIndex
+from tests.proxy_harness import clean_env, run
 from tests.wheels import make_sdist, make_wheel, wheel_metadata
 
 TOKEN = "glpat-fake-test-token"
@@ -90,11 +91,11 @@ AUTH = basic(TOKEN)
 
 
 async def fetch(
-    url: str, headers: dict[str, str] | None = None
+    url: str, headers: dict[str, str] | None = None, method: str = "GET"
 ) -> tuple[int, CIMultiDictProxy[str], bytes]:
     async with (
         aiohttp.ClientSession() as session,
-        session.get(url, headers=headers, allow_redirects=False) as resp,
+        session.request(method, url, headers=headers, allow_redirects=False) as resp,
     ):
         return resp.status, resp.headers, await resp.read()
 
@@ -481,6 +482,173 @@ async def test_down_slow_and_paced(gl: FakeGitLab) -> None:
     assert time.monotonic() - started >= 0.3 + 0.4  # five chunks, four pauses between them
 
 
+async def test_head_is_headers_only_and_counts_as_a_file_request(
+    gl: FakeGitLab, caplog: pytest.LogCaptureFixture
+) -> None:
+    wheel = gl.add_wheel(42, "corp-util", "1.0", payload_size=100_000)
+    url = gl.url + f"{API}/files/{wheel.sha256}/{wheel.filename}"
+    # One connection: a body sent after HEAD's headers would garble the GET behind it.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
+        async with session.head(url, headers=AUTH) as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Length"] == str(len(wheel.content))
+            assert resp.headers["Accept-Ranges"] == "bytes"
+            assert wheel.filename in resp.headers["Content-Disposition"]
+            assert await resp.read() == b""
+        async with session.get(url, headers=AUTH) as resp:
+            assert (resp.status, await resp.read()) == (200, wheel.content)
+        async with session.head(url) as resp:
+            assert (resp.status, resp.headers["WWW-Authenticate"]) == (401, CHALLENGE)
+    assert [(r.method, r.kind, r.status) for r in gl.requests] == [
+        ("HEAD", "file", 200),
+        ("GET", "file", 200),
+        ("HEAD", "unauthorized", 401),
+    ]
+    assert gl.counts["file"] == 2
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize(
+    ("header", "status", "wanted"),
+    [
+        ("bytes=0-9", 206, slice(0, 10)),
+        ("bytes=100-", 206, slice(100, None)),
+        ("bytes=-7", 206, slice(-7, None)),
+        ("bytes=5-999999999", 206, slice(5, None)),
+        ("bytes=0-0", 206, slice(0, 1)),
+        # Not honoured, so the whole file: several ranges, or a last byte before the first.
+        ("bytes=0-1,5-6", 200, slice(None)),
+        ("bytes=9-2", 200, slice(None)),
+        ("items=0-9", 200, slice(None)),
+    ],
+)
+async def test_a_single_byte_range_is_honoured(
+    gl: FakeGitLab, header: str, status: int, wanted: slice
+) -> None:
+    wheel = gl.add_wheel(42, "corp-util", "1.0", payload_size=1000)
+    size = len(wheel.content)
+    url = gl.url + f"{API}/files/{wheel.sha256}/{wheel.filename}"
+    got, headers, body = await fetch(url, {**AUTH, "Range": header})
+    assert (got, body) == (status, wheel.content[wanted])
+    assert headers["Content-Length"] == str(len(body))
+    first, last, _ = wanted.indices(size)
+    expected = f"bytes {first}-{last - 1}/{size}" if status == 206 else None
+    assert headers.get("Content-Range") == expected
+    # HEAD answers the same headers, without the body.
+    got, head, body = await fetch(url, {**AUTH, "Range": header}, method="HEAD")
+    assert (got, body) == (status, b"")
+    assert (head["Content-Length"], head.get("Content-Range")) == (
+        headers["Content-Length"],
+        expected,
+    )
+
+
+@pytest.mark.parametrize("header", ["bytes=999999-", "bytes=999999-1000000", "bytes=-0"])
+async def test_an_unsatisfiable_range_is_416(gl: FakeGitLab, header: str) -> None:
+    wheel = gl.add_wheel(42, "corp-util", "1.0")
+    url = gl.url + f"{API}/files/{wheel.sha256}/{wheel.filename}"
+    status, headers, _ = await fetch(url, {**AUTH, "Range": header})
+    assert (status, headers["Content-Range"]) == (416, f"bytes */{len(wheel.content)}")
+    assert gl.counts["file"] == 1
+
+
+async def test_file_faults_hit_the_range_that_is_sent(gl: FakeGitLab) -> None:
+    wheel = gl.add_wheel(42, "corp-util", "1.0", payload_size=300_000)
+    url = gl.url + f"{API}/files/{wheel.sha256}/{wheel.filename}"
+    middle = len(wheel.content) // 2
+    part = {**AUTH, "Range": f"bytes={middle - 10}-{middle + 9}"}
+    gl.corrupt_files = True
+    status, _, body = await fetch(url, part)
+    assert (status, len(body)) == (206, 20)
+    assert body[10] == wheel.content[middle] ^ 0xFF
+    assert (
+        body[:10] + body[11:]
+        == wheel.content[middle - 10 : middle] + wheel.content[middle + 1 : middle + 10]
+    )
+    gl.corrupt_files = False
+    gl.truncate_files = True
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await fetch(url, {**AUTH, "Range": "bytes=1000-"})
+    # HEAD has no body to cut.
+    status, headers, _ = await fetch(url, AUTH, method="HEAD")
+    assert (status, headers["Content-Length"]) == (200, str(len(wheel.content)))
+
+
+async def test_object_storage_answers_head_and_ranges_on_urls_signed_for_them(
+    gl: FakeGitLab,
+) -> None:
+    gl.object_storage = True
+    wheel = gl.add_wheel(42, "corp-util", "1.0", payload_size=1000)
+    url = gl.url + f"{API}/files/{wheel.sha256}/{wheel.filename}"
+    status, headers, _ = await fetch(url, AUTH, method="HEAD")
+    assert status == 302
+    status, head, body = await fetch(headers["Location"], method="HEAD")
+    assert (status, head["Content-Length"], head["Accept-Ranges"], body) == (
+        200,
+        str(len(wheel.content)),
+        "bytes",
+        b"",
+    )
+    # As in S3, the signature covers the method: a URL signed for GET refuses a HEAD.
+    _, headers, _ = await fetch(url, AUTH)
+    signed_for_get = headers["Location"]
+    assert (await fetch(signed_for_get, method="HEAD"))[0] == 403
+    status, headers, body = await fetch(signed_for_get, {"Range": "bytes=-10"})
+    assert (status, body) == (206, wheel.content[-10:])
+    size = len(wheel.content)
+    assert headers["Content-Range"] == f"bytes {size - 10}-{size - 1}/{size}"
+    status, headers, _ = await fetch(signed_for_get, {"Range": f"bytes={size}-"})
+    assert (status, headers["Content-Range"]) == (416, f"bytes */{size}")
+    assert [(r.method, r.kind) for r in gl.requests] == [
+        ("HEAD", "file"),
+        ("HEAD", "object"),
+        ("GET", "file"),
+        ("HEAD", "object"),
+        ("GET", "object"),
+        ("GET", "object"),
+    ]
+
+
+@pytest.mark.parametrize("object_storage", [False, True])
+async def test_real_uv_talking_to_gitlab_directly_heads_then_reads_a_range(
+    gl: FakeGitLab, tmp_path: Path, object_storage: bool
+) -> None:
+    """uv looks for a wheel's METADATA with HEAD, then a byte range of the zip's end."""
+    gl.object_storage = object_storage
+    util = gl.add_wheel(42, "corp-util", "1.0", payload_size=200_000)
+    app = gl.add_wheel(42, "corp-app", "1.0", requires=["corp-util"], payload_size=200_000)
+    index = gl.url.replace("http://", f"http://__token__:{TOKEN}@") + f"{API}/simple"
+    uv = Path(sys.executable).parent / "uv"
+    requirements = tmp_path / "requirements.in"
+    requirements.write_text("corp-app\n")
+    options = ["--no-config", "--cache-dir", str(tmp_path / "uv-cache"), "--index-url", index]
+    done = await run(
+        [str(uv), "pip", "compile", *options, str(requirements)],
+        env=clean_env(),
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "corp-app==1.0" in done.stdout and "corp-util==1.0" in done.stdout
+    for wheel in (app, util):
+        asked = [
+            (r.method, r.kind, r.status, "Range" in r.headers)
+            for r in gl.requests
+            if wheel.sha256 in r.path
+        ]
+        if object_storage:
+            # The HEAD follows GitLab's redirect to a URL signed for HEAD. uv does not follow
+            # a redirect with its range request: it falls back to the whole file, and for the
+            # next wheel (corp-util) it no longer tries.
+            if wheel is app:
+                head = [("HEAD", "file", 302, False), ("HEAD", "object", 200, False)]
+                assert asked[:2] == head
+            assert ("GET", "object", 200, False) in asked
+        else:
+            assert asked[0] == ("HEAD", "file", 200, False)
+            # The end of the zip only (its directory and METADATA), never the whole file.
+            assert asked[1:] and set(asked[1:]) == {("GET", "file", 206, True)}
+
+
 async def test_stop_is_idempotent_and_restart_keeps_the_port(gl: FakeGitLab) -> None:
     url = gl.url
     await gl.stop()
@@ -515,13 +683,6 @@ async def test_public_index_serves_pep_503_pages_and_files() -> None:
 
 
 # Distributions.
-
-
-def clean_env() -> dict[str, str]:
-    """No PIP_*/UV_* settings: this machine's pip config adds indexes a test must never use."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_"))}
-    env["PIP_CONFIG_FILE"] = os.devnull
-    return env
 
 
 def test_wheel_is_reproducible_with_a_valid_record() -> None:

@@ -3,29 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from proxy import keys
 from tests.conftest import ProxyFactory
 from tests.fake_gitlab import FakeGitLab, FakePublicIndex
 from tests.proxy_harness import pip_install
 from tests.test_pull_through import PROJECT_PAGE, get, installed
-
-
-@pytest.fixture
-async def public(gitlab: FakeGitLab) -> AsyncIterator[FakePublicIndex]:
-    """The public index GitLab forwards unknown names to."""
-    index = FakePublicIndex()
-    await index.start()
-    gitlab.public_index_url = index.url
-    try:
-        yield index
-    finally:
-        await index.stop()
 
 
 def host_of(server: FakePublicIndex) -> str:

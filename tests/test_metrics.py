@@ -16,18 +16,11 @@ from proxy.metrics import TRACKED_PACKAGES, Metrics
 from tests.conftest import TOKEN, ProxyFactory
 from tests.fake_gitlab import FakeGitLab
 from tests.proxy_harness import RunningProxy, pip_install
+from tests.test_pull_through import get
 from tests.wheels import wheel_metadata
 
 FILES_ROUTE = "/api/v4/projects/{id}/packages/pypi/files/{sha256}/{filename}"
 PAGE_ROUTE = "/api/v4/projects/{id}/packages/pypi/simple/{name}/"
-
-
-async def get(url: str, **kwargs: object) -> tuple[int, dict[str, str], bytes]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(url, allow_redirects=False, **kwargs) as resp,  # type: ignore[arg-type]
-    ):
-        return resp.status, dict(resp.headers), await resp.read()
 
 
 async def scrape(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import os
 import re
 import signal
@@ -17,10 +18,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.cli_process import ServeProcess, children_of, free_port, write_config
 from tests.conftest import TOKEN, ProxyFactory
 from tests.fake_gitlab import FakeFile, FakeGitLab
 from tests.proxy_harness import run
-from tests.serve_process import ServeProcess, children_of, free_port, write_config
 from tests.test_pull_through import get
 from tests.wheels import wheel_metadata
 
@@ -32,27 +33,22 @@ Spawn = Callable[..., Awaitable[ServeProcess]]
 @pytest.fixture
 async def spawn(tmp_path: Path, gitlab: FakeGitLab) -> AsyncIterator[Spawn]:
     """Start `python -m proxy serve` processes in front of `gitlab`, all on one cache dir."""
-    started: list[ServeProcess] = []
+    configs = itertools.count()
+    async with contextlib.AsyncExitStack() as started:
 
-    async def factory(port: int | None = None, **sections: dict[str, Any]) -> ServeProcess:
-        port = port or free_port()
-        config: dict[str, dict[str, Any]] = {
-            "server": {"port": port},
-            "upstream": {"url": gitlab.url, "username": "proxy", "token": TOKEN, "timeout": 10},
-            "cache": {"dir": str(tmp_path / "cache")},
-        }
-        for name, values in sections.items():
-            config.setdefault(name, {}).update(values)
-        path = write_config(tmp_path / f"proxy-{len(started)}.toml", config)
-        process = ServeProcess(path, port)
-        started.append(process)
-        return await process.start()
+        async def factory(port: int | None = None, **sections: dict[str, Any]) -> ServeProcess:
+            port = port or free_port()
+            config: dict[str, dict[str, Any]] = {
+                "server": {"port": port},
+                "upstream": {"url": gitlab.url, "username": "proxy", "token": TOKEN, "timeout": 10},
+                "cache": {"dir": str(tmp_path / "cache")},
+            }
+            for name, values in sections.items():
+                config.setdefault(name, {}).update(values)
+            path = write_config(tmp_path / f"proxy-{next(configs)}.toml", config)
+            return await started.enter_async_context(await ServeProcess.from_config(path, port))
 
-    try:
         yield factory
-    finally:
-        for process in started:
-            await process.stop()
 
 
 def url_of(base: str, wheel: FakeFile) -> str:
@@ -109,9 +105,9 @@ async def test_kill_9_mid_download_then_restart_serves_only_verified_files(
 
     downloads = [asyncio.create_task(download(w)) for w in big]
     await asyncio.wait_for(started.wait(), 10)
-    assert proxy.proc is not None
     assert [r.status for r in gitlab.requests if r.kind == "file"][1:] == [0, 0, 0]
-    await proxy.signal(signal.SIGKILL)
+    proxy.send_signal(signal.SIGKILL)
+    await proxy.wait()
     await asyncio.gather(*downloads)
     # The three downloads' own temp files (background work may leave others, cleaned too).
     partial = [p for p in (cache / "tmp").glob("*.part") if p.name.split(".")[0] in shas(big)]
@@ -211,7 +207,7 @@ async def test_workers_share_one_port_one_cache_and_stop_on_sigterm(
     # Pages are single-flighted per process, so at most one fetch per worker.
     assert 1 <= gitlab.counts["page"] <= 2
 
-    assert await proxy.signal(signal.SIGTERM) == 0
+    assert await proxy.stop() == 0
     assert all(not Path(f"/proc/{pid}").exists() for pid in workers)
 
 

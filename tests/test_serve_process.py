@@ -9,17 +9,16 @@ import hashlib
 import json
 import signal
 import sqlite3
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.cli_process import ServeProcess, free_port, start_serve
+from tests import cli_process
+from tests.cli_process import ServeProcess
 from tests.conftest import TOKEN
 from tests.fake_gitlab import FakeGitLab
-from tests.proxy_harness import clean_env
 
 CLIENT_TOKEN = "glpat-client-query-secret-0987654321"
 CLIENT_PASSWORD = "client-basic-password-secret"
@@ -30,29 +29,19 @@ Serve = Callable[..., Awaitable[ServeProcess]]
 @pytest.fixture
 async def serve(gitlab: FakeGitLab, tmp_path: Path) -> AsyncIterator[Serve]:
     """Start `python -m proxy serve` in front of `gitlab`; extra env settings as keywords."""
-    started: list[ServeProcess] = []
+    async with contextlib.AsyncExitStack() as started:
 
-    async def factory(**settings: str) -> ServeProcess:
-        port = free_port()
-        env = clean_env(
-            GITLAB_PYPI_PROXY_UPSTREAM_URL=gitlab.url,
-            GITLAB_PYPI_PROXY_UPSTREAM_TOKEN=TOKEN,
-            GITLAB_PYPI_PROXY_CACHE_DIR=str(tmp_path / "cache"),
-            **{f"GITLAB_PYPI_PROXY_{k.upper()}": v for k, v in settings.items()},
-        )
-        argv = [sys.executable, "-m", "proxy", "serve", "--port", str(port)]
-        process = await start_serve(argv, env, tmp_path, port)
-        started.append(process)
-        await process.wait_serving()
-        return process
+        async def factory(**settings: str) -> ServeProcess:
+            process = await cli_process.serve(
+                tmp_path,
+                upstream_url=gitlab.url,
+                upstream_token=TOKEN,
+                cache_dir=str(tmp_path / "cache"),
+                **settings,
+            )
+            return await started.enter_async_context(process)
 
-    try:
         yield factory
-    finally:
-        for process in started:
-            if process.proc.returncode is None:
-                process.proc.kill()
-                await process.proc.wait()
 
 
 @pytest.mark.parametrize("log_format", ["plain", "json"])
@@ -134,7 +123,7 @@ async def test_sigterm_lets_a_download_finish_then_closes_sqlite(
     async with aiohttp.ClientSession() as session, session.get(url) as resp:
         assert resp.status == 200
         digest.update(await resp.content.readany())
-        proxy.proc.send_signal(signal.SIGTERM)
+        proxy.send_signal(signal.SIGTERM)
         # It stops accepting at once, while the download is still going.
         refused = False
         for _ in range(100):
@@ -172,7 +161,7 @@ async def test_a_download_outlasting_the_grace_is_cut_and_nothing_is_stored(
     async with aiohttp.ClientSession() as session, session.get(url) as resp:
         assert resp.status == 200
         await resp.content.readany()
-        proxy.proc.send_signal(signal.SIGTERM)
+        proxy.send_signal(signal.SIGTERM)
         with pytest.raises(aiohttp.ClientPayloadError):
             await resp.read()
     assert await proxy.wait() == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,10 +15,10 @@ import pytest
 import requests
 from twine.commands.upload import skip_upload
 
+from tests.cli_process import serve
 from tests.conftest import TOKEN, ProxyFactory
 from tests.fake_gitlab import FakeGitLab
 from tests.proxy_harness import BIN, Completed, RunningProxy, clean_env, pip_install, run
-from tests.serve_process import serve_process
 from tests.wheels import make_sdist, make_wheel
 
 UPLOAD = "/api/v4/projects/42/packages/pypi"
@@ -245,6 +246,20 @@ GOOD = multipart(
     ("content", "corp_util-1.0.0.tar.gz", b"\x1f\x8b" + b"z" * 500),
 )
 
+GOOD_TYPE = "multipart/form-data; boundary=xyz"
+
+
+async def post_as_is(
+    url: str, body: bytes, content_type: str, authorization: str
+) -> tuple[int, str, str]:
+    """POST a hand-made body exactly as given: the answer's status, content type and text."""
+    headers = {"Content-Type": content_type, "Authorization": authorization}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, data=body, headers=headers) as resp,
+    ):
+        return resp.status, resp.content_type, await resp.text()
+
 
 @pytest.mark.parametrize(
     ("content_type", "body", "why"),
@@ -284,16 +299,11 @@ GOOD = multipart(
 async def test_bad_upload_bodies_are_a_clear_400_and_store_nothing(
     gitlab: FakeGitLab, proxy: RunningProxy, content_type: str, body: bytes, why: str
 ) -> None:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(
-            proxy.url + UPLOAD,
-            data=body,
-            headers={"Content-Type": content_type, "Authorization": basic(TOKEN)},
-        ) as resp,
-    ):
-        assert resp.status == 400
-        assert why in (await resp.json())["message"]
+    status, answer_type, answer = await post_as_is(
+        proxy.url + UPLOAD, body, content_type, basic(TOKEN)
+    )
+    assert (status, answer_type) == (400, "application/json")
+    assert why in json.loads(answer)["message"]
     # GitLab either never heard of it or had its request cut before the closing boundary.
     assert 201 not in uploads(gitlab)
     assert 400 not in uploads(gitlab) or why == "closing boundary"
@@ -302,18 +312,8 @@ async def test_bad_upload_bodies_are_a_clear_400_and_store_nothing(
 
 async def test_good_handmade_body_is_accepted(gitlab: FakeGitLab, proxy: RunningProxy) -> None:
     """The bodies above fail for the reason named, not because the proxy refuses all of them."""
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(
-            proxy.url + UPLOAD,
-            data=GOOD,
-            headers={
-                "Content-Type": "multipart/form-data; boundary=xyz",
-                "Authorization": basic(TOKEN),
-            },
-        ) as resp,
-    ):
-        assert resp.status == 201, await resp.text()
+    status, _, answer = await post_as_is(proxy.url + UPLOAD, GOOD, GOOD_TYPE, basic(TOKEN))
+    assert status == 201, answer
     assert uploads(gitlab) == [201]
 
 
@@ -371,19 +371,8 @@ async def test_odd_credentials_are_a_clear_400_and_never_logged(
     why: str,
 ) -> None:
     with caplog.at_level(logging.DEBUG):
-        async with (
-            aiohttp.ClientSession() as session,
-            session.post(
-                proxy.url + UPLOAD,
-                data=GOOD,
-                headers={
-                    "Content-Type": "multipart/form-data; boundary=xyz",
-                    "Authorization": header,
-                },
-            ) as resp,
-        ):
-            assert resp.status == 400
-            body = await resp.text()
+        status, _, body = await post_as_is(proxy.url + UPLOAD, GOOD, GOOD_TYPE, header)
+        assert status == 400
     assert why in body
     assert gitlab.requests == []
     secret = header.partition(" ")[2]
@@ -398,7 +387,7 @@ async def test_header_too_long_for_the_server_is_a_400_and_never_logged(
     """aiohttp itself refuses a header over 8190 bytes, and quotes its start in its error log."""
     secret = "glpat-" + "q" * 9000
     quoted = base64.b64encode(f"someone:{secret}".encode()).decode()[:24]
-    async with serve_process(tmp_path, {"upstream_url": gitlab.url}) as served:
+    async with await serve(tmp_path, upstream_url=gitlab.url) as served:
         host, port = served.url.removeprefix("http://").split(":")
         reader, writer = await asyncio.open_connection(host, int(port))
         writer.write(
@@ -408,7 +397,7 @@ async def test_header_too_long_for_the_server_is_a_400_and_never_logged(
         answer = await reader.read(65536)
         writer.close()
     assert answer.split(b"\r\n")[0].endswith(b" 400 Bad Request")
-    log = served.stderr()
+    log = served.log()
     assert "Got more than 8190 bytes" in log
     assert quoted not in log
     assert "qqqq" not in log

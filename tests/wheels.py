@@ -11,6 +11,7 @@ import re
 import tarfile
 import zipfile
 from collections.abc import Sequence
+from typing import TypedDict
 
 from packaging.tags import parse_tag
 from packaging.version import Version
@@ -19,6 +20,20 @@ from packaging.version import Version
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 # 2020-01-01T00:00:00Z, for tar members and the gzip header.
 _TAR_MTIME = 1577836800
+
+
+class SdistOptions(TypedDict, total=False):
+    """`make_sdist`'s keyword arguments, for the fakes that pass them on."""
+
+    requires: Sequence[str]
+    requires_python: str | None
+
+
+class WheelOptions(SdistOptions, total=False):
+    """`make_wheel`'s keyword arguments, for the fakes that pass them on."""
+
+    tag: str
+    payload_size: int
 
 
 def _escaped(name: str) -> str:
