@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import unquote
 
 from .errors import BadRequest
 
@@ -38,6 +39,10 @@ class Scope:
             raise BadRequest(f"unknown scope kind {kind!r}")
         if not _RAW_ID_RE.match(raw_id):
             raise BadRequest("malformed project or group id")
+        # A full path names real namespaces: `..` or `.` segments would only dodge
+        # `access.allow`'s prefix match (groups/a%2F..%2Fb is not under groups/a).
+        if any(part in ("", ".", "..") for part in unquote(raw_id).split("/")):
+            raise BadRequest("malformed project or group id: empty, '.' or '..' path segment")
         return cls(kind, raw_id)  # type: ignore[arg-type]
 
     @classmethod

@@ -228,3 +228,17 @@ async def test_a_new_passthrough_client_is_checked_with_a_head_gitlab_answers_20
     status, _, body = await fetch(url, {"Authorization": basic("glpat-bob")})
     assert status == 404
     assert wheel.content[:32] not in body
+
+
+@pytest.mark.parametrize(
+    "raw_id", ["platform%2F..%2Fother", "platform%2F.%2Fsecret", "platform%2F%2Fsecret", "%2e%2e"]
+)
+async def test_dot_segments_in_an_id_are_refused_before_the_allow_list_or_gitlab(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory, raw_id: str
+) -> None:
+    """`groups/platform%2F..%2Fother` would pass `allow = ["groups/platform"]` by its prefix."""
+    proxy = await make_proxy(access={"allow": ["groups/platform"]})
+    status, _, body = await fetch(f"{proxy.url}/api/v4/groups/{raw_id}/-/packages/pypi/simple/")
+    assert status == 400
+    assert b"path segment" in body
+    assert gitlab.requests == []
