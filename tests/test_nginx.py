@@ -32,7 +32,7 @@ README_CACHE = "/var/cache/gitlab-pypi-proxy/"
 
 
 def readme_snippet() -> str:
-    blocks = re.findall(r"```nginx\n(.*?)```", README.read_text(), re.DOTALL)
+    blocks: list[str] = re.findall(r"```nginx\n(.*?)```", README.read_text(), re.DOTALL)
     assert len(blocks) == 1, "the README carries exactly one nginx snippet"
     return blocks[0]
 
