@@ -12,9 +12,9 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY proxy ./proxy
 # pip compiles every module here, so the non-root runtime starts without writing bytecode.
+# pip stays in the venv: `gitlab-pypi-proxy warm -r` resolves requirements with it.
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install . \
-    && /opt/venv/bin/pip uninstall --yes pip
+    && /opt/venv/bin/pip install .
 
 FROM python:3.12-slim
 RUN groupadd --system --gid 10001 proxy \

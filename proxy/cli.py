@@ -114,11 +114,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def serve(settings: Settings, *, reuse_port: bool = False) -> int:
     setup_logging(settings.server.log_format, [settings.upstream.token])
-    try:
-        app = create_app(settings)
-    except ConfigError as e:
-        print(f"gitlab-pypi-proxy: config error: {e}", file=sys.stderr)
-        return 2
+    # Built before any worker starts: a bad tokens file is one ConfigError line, not N crashes.
+    app = create_app(settings)
     if settings.server.workers > 1 and not reuse_port:
         return supervise(settings, serve_worker)
     log.info(
@@ -158,7 +155,12 @@ async def _serve(settings: Settings, app: web.Application, *, reuse_port: bool) 
         await stop.wait()
         # A second signal now stops the process at once (SQLite's WAL survives that).
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
+            if reuse_port:
+                # A worker: the terminal or systemd may signal it beside its supervisor, which
+                # escalates by itself; a second signal must not cut the drain short.
+                loop.add_signal_handler(signum, lambda: None)
+            else:
+                loop.remove_signal_handler(signum)
         log.info(
             "stopping: no new connections; requests in flight get up to %gs",
             server.shutdown_grace,
@@ -175,8 +177,11 @@ def serve_worker(settings: Settings) -> int:
 
 
 async def _open_cache(settings: Settings) -> tuple[Store, BlobStore]:
-    settings.cache.dir.mkdir(parents=True, exist_ok=True)
-    return await Store.open(settings.cache.dir / DB_NAME), BlobStore(settings.cache.dir)
+    """An existing cache: a mistyped cache.dir must not be reported as an empty, healthy one."""
+    database = settings.cache.dir / DB_NAME
+    if not database.is_file():
+        raise ConfigError(f"cache.dir: no cache in {settings.cache.dir} ({DB_NAME} is missing)")
+    return await Store.open(database), BlobStore(settings.cache.dir)
 
 
 async def _verify(settings: Settings, quiet: bool) -> int:
@@ -227,10 +232,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "warm":
         warm.check_arguments(parser, args)
     try:
-        settings = _settings(args)
+        return _run(args, _settings(args))
     except ConfigError as e:
         print(f"gitlab-pypi-proxy: config error: {e}", file=sys.stderr)
         return 2
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "serve":
         return serve(settings)
     setup_logging(settings.server.log_format, [settings.upstream.token], level=logging.WARNING)

@@ -62,6 +62,10 @@ class UpstreamError(ProxyError):
     status = 502
 
 
+class CredentialsRefused(UpstreamError):
+    """GitLab refused the proxy's own credentials: the operator's to fix, not an outage."""
+
+
 class UpstreamUnavailable(ProxyError):
     """GitLab could not be reached, or said it is unavailable."""
 

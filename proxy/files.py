@@ -143,6 +143,8 @@ class FileCache:
         self.memory: LRUCache[str, bytes] = LRUCache(
             maxsize=max(1, settings.memory_size), getsizeof=len
         )
+        # The LRU refuses a body larger than itself (memory_size 0 turns it off).
+        self.memory_file_max = min(settings.memory_file_max, settings.memory_size)
         self.fills: dict[str, Fill] = {}
         self.accessed: dict[str, float] = {}
         # Counts additions to `known`: rendered pages that show sizes are current while it stands.
@@ -266,7 +268,10 @@ class FileCache:
         absent = self.negative.get((str(source), fingerprint(authorization)))
         if absent is not None:
             raise absent
-        fill = self.fills.get(sha256)
+        while (fill := self.fills.get(sha256)) is not None and fill.filename != filename:
+            # The same bytes are coming under another name; only GitLab can say this name has
+            # them, so wait for that fill to end, then ask under this name.
+            await fill.changed()
         if fill is None:
             if not self.health.writable():
                 return await self._pass_through(
@@ -290,7 +295,11 @@ class FileCache:
                 else:
                     admission.answered(fill.error)
                 # The fill ran on while this waited: it may be over, its temp file gone.
-                if fill.state is FillState.FAILED and not isinstance(fill.error, CacheUnwritable):
+                if isinstance(fill.error, CacheUnwritable) and not fill.started:
+                    return await self._pass_through(
+                        request, sha256, filename, source, authorization, private=private
+                    )
+                if fill.state is FillState.FAILED:
                     raise fill.error or UpstreamError(f"fill of {filename} failed")
                 blob = self.hit(sha256, filename)
                 if fill.state is FillState.DONE and blob is not None:
@@ -319,6 +328,10 @@ class FileCache:
         self, sha256: str, filename: str, source: yarl.URL, authorization: str | None
     ) -> Path:
         """The verified blob's path, downloading it first (through the shared fill) if needed."""
+        blob = self.known.get(sha256)
+        if blob is not None and self.blobs.size_of(sha256) != blob.size:
+            # Evicted by another worker, or by `gc` / `verify`, since this process learnt of it.
+            self.forget(sha256)
         if sha256 not in self.known:
             fill = self.fills.get(sha256)
             if fill is None:
@@ -394,7 +407,7 @@ class FileCache:
             or hdrs.IF_MODIFIED_SINCE in request.headers
             or hdrs.IF_RANGE in request.headers
         )
-        if blob.size <= self.settings.memory_file_max and not conditional:
+        if blob.size <= self.memory_file_max and not conditional:
             body = self.memory.get(sha256)
             if body is None:
                 body = await asyncio.to_thread(_read_verified, self.blobs.path(sha256), sha256)
@@ -523,6 +536,7 @@ class FileCache:
             return False
         await self._record(fill.sha256, size, fill.filename)
         self.known[fill.sha256] = KnownBlob(size, fill.filename)
+        self.generation += 1
         fill.finish(self.blobs.path(fill.sha256))
         return True
 

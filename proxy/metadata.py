@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import lzma
 import zipfile
+import zlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -61,7 +63,16 @@ def read_wheel_metadata(path: Path, filename: str) -> bytes:
                 raise WheelMetadataError(f"{filename}'s METADATA is larger than it may be")
             # zipfile stops at the member's declared size, checked just above.
             return archive.read(info)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as e:
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        EOFError,
+        # An encrypted member, an unsupported compression method, a corrupt stream.
+        RuntimeError,
+        NotImplementedError,
+        zlib.error,
+        lzma.LZMAError,
+    ) as e:
         raise WheelMetadataError(f"{filename} is not a readable zip archive") from e
 
 

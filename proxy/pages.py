@@ -19,6 +19,7 @@ from .auth import Caller, Gatekeeper
 from .cachehealth import Throttled
 from .config import Settings
 from .errors import (
+    CredentialsRefused,
     NotFound,
     Offline,
     ProxyError,
@@ -222,7 +223,9 @@ class PageCache:
             stored = await self._stored(key) if may_use_stored else None
             if stored is None:
                 raise
-            # Offline, the stored copy is the truth whatever its age: an air-gapped mirror.
+            # Offline, the stored copy is the truth whatever its age: an air-gapped mirror. Kept
+            # in memory too, so the next request does not decode it from SQLite again.
+            self.fresh[key] = stored
             return PageResult(stored, "HIT", key)
         except _FAILURES as e:
             stored = await self._stored(key) if may_use_stored else None
@@ -240,6 +243,10 @@ class PageCache:
         """A fetch that records whether GitLab is failing this page, and until when to wait."""
         try:
             page = await fetch
+        except CredentialsRefused:
+            # About one credential (prefer-client's anonymous callers ride on the proxy's token),
+            # not GitLab's health: other callers of this page must not wait on it.
+            raise
         except _FAILURES as e:
             # GitLab's own Retry-After, when it gave one, says exactly how long to wait.
             retry_after = e.headers.get("Retry-After", "")
@@ -296,13 +303,17 @@ class PageCache:
         self._judge(scope, caller, answer, message, index=not forwarding)
         if answer.location is not None and forwarding:
             raise self._forwarded(answer.location)
+        on_gitlab = self.upstream.is_upstream_host(answer.url)
+        if answer.status in (404, 410) and not on_gitlab:
+            # Followed GitLab's forwarding to the public index, which has no such name either.
+            raise NotFound(f"{answer.status}: not in GitLab nor on {answer.url.host}")
         if answer.status != 200:
             raise self.upstream.error_for(
                 answer.status,
                 message,
                 answer.retry_after,
                 authorization=caller.authorization,
-                on_upstream=self.upstream.is_upstream_host(answer.url),
+                on_upstream=on_gitlab,
             )
         try:
             model = parse(answer)
@@ -342,6 +353,9 @@ class PageCache:
         for memory in (self.fresh, self.private):
             for key in [k for k in list(memory.keys()) if k.partition(":")[2] in ("", name)]:
                 memory.pop(key, None)
+        # A remembered 404 or forwarding redirect for the name would send installs elsewhere.
+        for negative in [k for k in list(self.negative.keys()) if k[0].partition(":")[2] == name]:
+            self.negative.pop(negative, None)
         await self.store.delete_pages_named(name)
 
     def _forwarded(self, location: yarl.URL) -> ProxyError:

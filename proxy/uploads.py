@@ -280,6 +280,10 @@ async def upload(request: web.Request) -> web.StreamResponse:
     settings = request.app[keys.SETTINGS].upstream
     upstream = request.app[keys.UPSTREAM]
     url = yarl.URL(f"{upstream.base}/api/v4/{scope.api_prefix}", encoded=True)
+    if upstream.offline:
+        raise UpstreamUnavailable("this proxy is offline (cache.offline): no upload reaches GitLab")
+    # While GitLab's Retry-After holds, no byte of the body is read or sent.
+    upstream.may_send(url)
     state = Upload(request, MultipartScanner(boundary), settings.max_upload_size)
     headers = {
         hdrs.USER_AGENT: settings.user_agent,

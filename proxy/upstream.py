@@ -18,6 +18,7 @@ from aiohttp import hdrs
 
 from .config import UpstreamSettings
 from .errors import (
+    CredentialsRefused,
     Offline,
     ProxyError,
     UpstreamError,
@@ -81,6 +82,12 @@ class Upstream:
         """Seconds left before the host's Retry-After lets us ask again (0 when free)."""
         return max(0.0, self._held_until.get(url.host, 0.0) - time.monotonic())
 
+    def may_send(self, url: yarl.URL) -> None:
+        """Raise instead of sending anything: offline, or while the host's Retry-After holds."""
+        if self.offline:
+            raise Offline()
+        self._check_gate(url)
+
     def _check_gate(self, url: yarl.URL) -> None:
         """Refuse, without a request, while the host's Retry-After has not passed."""
         left = self._held_for(url)
@@ -126,8 +133,7 @@ class Upstream:
         self, url: yarl.URL, authorization: str | None, *, follow_to: tuple[str, ...] = ()
     ) -> PageAnswer:
         """GET a simple page. Redirects are returned, or followed to `follow_to` hosts only."""
-        if self.offline:
-            raise Offline()
+        self.may_send(url)
         hops = 0
         try:
             while True:
@@ -152,8 +158,7 @@ class Upstream:
         self, url: yarl.URL, authorization: str | None
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """A 200 response for a file, following object-storage redirects without credentials."""
-        if self.offline:
-            raise Offline()
+        self.may_send(url)
         hops = 0
         try:
             while True:
@@ -237,9 +242,7 @@ class Upstream:
         self, url: yarl.URL, authorization: str | None
     ) -> tuple[int, str, float | None]:
         """HEAD a file with these credentials: GitLab's status, message and Retry-After only."""
-        if self.offline:
-            raise Offline()
-        self._check_gate(url)
+        self.may_send(url)
         try:
             async with self.session.head(
                 url,
@@ -283,7 +286,7 @@ class Upstream:
             self.injected_authorization,
         )
         if status in (401, 403) and on_upstream and injected:
-            return UpstreamError(
+            return CredentialsRefused(
                 f"GitLab refused the proxy's credentials ({status}); check upstream.token"
             )
         if status in (401, 403, 404, 410) and on_upstream:

@@ -449,9 +449,12 @@ async def _tick(progress: Progress, task: TaskID, warmer: Warmer) -> None:
 
 async def warm(settings: Settings, args: argparse.Namespace) -> Tally:
     """Run the warm-up `args` asks for through an in-process proxy; return what it did."""
-    # The warm-up authenticates as the proxy: there is no client to pass credentials on.
+    # The warm-up authenticates as the proxy: there is no client to pass credentials on. Its
+    # listener is on loopback for pip alone, so the access tokens that guard `serve` do not apply.
     settings = dataclasses.replace(
-        settings, upstream=dataclasses.replace(settings.upstream, credentials="inject")
+        settings,
+        upstream=dataclasses.replace(settings.upstream, credentials="inject"),
+        access=dataclasses.replace(settings.access, tokens_file=""),
     )
     console = Console(stderr=True)
     progress = Progress(
