@@ -21,6 +21,8 @@ from tests.proxy_harness import pip_install, uv_pip_install
 
 JSON_TYPE = "application/vnd.pypi.simple.v1+json"
 SERVERS = ("nginx", "nginx, 1 worker", "proxpi", "proxy", "proxy, access log on")
+# The proxy's processes for figures 1-3 (and fan-out's first rate, on the same cache).
+THROUGHPUT_WORKERS = 2
 RATIOS = ("proxy / nginx", "proxy / nginx, 1 worker", "proxy / proxpi")
 FANOUT_CLIENTS = 50
 MEMORY_CLIENTS = 20
@@ -139,11 +141,13 @@ class Bench:
             counts: dict[str, int] = await resp.json()
             return counts.get("file", 0)
 
-    async def new_proxy(self, name: str, access_log: bool = False) -> procs.Server:
+    async def new_proxy(
+        self, name: str, access_log: bool = False, workers: int = 1
+    ) -> procs.Server:
         self.proxies_started += 1
         cache = self.run_dir / f"cache-{self.proxies_started}"
         return await procs.start_proxy(
-            self.processes, self.gitlab.url, self.token, cache, name, access_log
+            self.processes, self.gitlab.url, self.token, cache, name, access_log, workers
         )
 
     def proxy_cache(self) -> Path:
@@ -153,7 +157,9 @@ class Bench:
         self.session = aiohttp.ClientSession()
         self.gitlab = await procs.start_upstream(self.processes, data_dir, self.token)
         await self.upstream(delay=self.o.latency, rate=0)
-        self.proxy = await self.new_proxy("proxy")
+        # Throughput is measured with every server using both cores: nginx's worker per CPU,
+        # proxpi's 2 gunicorn workers, the proxy's server.workers = 2 (SO_REUSEPORT).
+        self.proxy = await self.new_proxy("proxy", workers=THROUGHPUT_WORKERS)
         if with_proxpi:
             index = f"{self.gitlab.url}/api/v4/projects/{PUBLIC_PROJECT}/packages/pypi/simple/"
             self.proxpi = await procs.start_proxpi(
@@ -268,7 +274,9 @@ class Bench:
             f"Cached small file ({e.size / 1000:.1f} KB wheel), requests/s at 32 connections",
             [*SERVERS, *RATIOS],
         )
-        logging = await self.new_proxy("proxy-access-log", access_log=True)
+        logging = await self.new_proxy(
+            "proxy-access-log", access_log=True, workers=THROUGHPUT_WORKERS
+        )
         try:
             targets = await self._file_targets(e)
             await self.fetch_file(self.proxy_file(e, logging), e)

@@ -142,6 +142,7 @@ async def start_proxy(
     cache_dir: Path,
     name: str = "proxy",
     access_log: bool = False,
+    workers: int = 1,
 ) -> Server:
     """`python -m proxy serve`; no access log by default, as nginx and proxpi run here."""
     port = free_port()
@@ -151,6 +152,7 @@ async def start_proxy(
         GITLAB_PYPI_PROXY_UPSTREAM_TOKEN=token,
         GITLAB_PYPI_PROXY_CACHE_DIR=str(cache_dir),
         GITLAB_PYPI_PROXY_SERVER_ACCESS_LOG=str(access_log).lower(),
+        GITLAB_PYPI_PROXY_SERVER_WORKERS=str(workers),
     )
     proc = await procs.spawn(
         name,

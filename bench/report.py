@@ -50,7 +50,8 @@ def machine(wrk: str | None, nginx: str | None, load_at_start: float) -> list[tu
         (
             "proxy",
             f"commit {commit}, aiohttp {metadata.version('aiohttp')}, "
-            f"{'uvloop ' + metadata.version('uvloop') if _has('uvloop') else 'asyncio loop'}",
+            f"{'uvloop ' + metadata.version('uvloop') if _has('uvloop') else 'asyncio loop'}; "
+            "server.workers = 2 for figures 1-3 and fan-out's first rate, 1 elsewhere",
         ),
         ("proxpi", f"{proxpi} under gunicorn {gunicorn} (2 workers x 8 threads)"),
         ("nginx", _first_line([nginx, "-v"]) if nginx else "not installed"),
