@@ -26,6 +26,24 @@ class Load:
     errors: int  # non-2xx answers and socket errors; a measurement with errors is not used
 
 
+async def _output(*args: str, merge_stderr: bool = False) -> bytes:
+    """A load tool's output. It dies with the bench, and is killed if the bench cancels it."""
+    proc = await asyncio.create_subprocess_exec(
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT if merge_stderr else None,
+        start_new_session=True,
+        preexec_fn=die_with_parent,
+    )
+    try:
+        out, _ = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return out
+
+
 def _bytes(text: str) -> float:
     number, unit = re.fullmatch(r"([\d.]+)([KMGT]?B)", text.strip()).groups()  # type: ignore[union-attr]
     return float(number) * _UNITS[unit]
@@ -57,21 +75,7 @@ class LoadGenerator:
         args += [f"-d{max(1, round(seconds))}s", "--timeout", "10s"]
         for key, value in headers.items():
             args += ["-H", f"{key}: {value}"]
-        proc = await asyncio.create_subprocess_exec(
-            *args,
-            url,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
-        try:
-            out, _ = await proc.communicate()
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-        text = out.decode()
+        text = (await _output(*args, url, merge_stderr=True)).decode()
         rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
         done = re.search(r"(\d+) requests in ([\d.]+)(m?s), ([\d.]+[KMGT]?B) read", text)
         if rps is None or done is None:
@@ -190,20 +194,7 @@ async def timed_get(url: str, headers: Mapping[str, str] = {}) -> Timed:
     args += ["-w", "%{http_code} %{time_starttransfer} %{time_total} %{size_download}"]
     for key, value in headers.items():
         args += ["-H", f"{key}: {value}"]
-    proc = await asyncio.create_subprocess_exec(
-        *args,
-        url,
-        stdout=asyncio.subprocess.PIPE,
-        start_new_session=True,
-        preexec_fn=die_with_parent,
-    )
-    try:
-        out, _ = await proc.communicate()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    status, ttfb, total, size = out.decode().split()
+    status, ttfb, total, size = (await _output(*args, url)).decode().split()
     return Timed(int(status), float(ttfb), float(total), int(size))
 
 
