@@ -21,10 +21,8 @@ from .metadata import CoreMetadata
 from .metrics import Metrics, metrics_middleware
 from .pages import PageCache
 from .rendering import PageRenderer
-from .store import Store
+from .store import DB_NAME, Store
 from .upstream import Upstream
-
-DB_NAME = "index.sqlite3"
 
 
 def create_app(settings: Settings) -> web.Application:

@@ -17,11 +17,10 @@ from aiohttp import hdrs
 from cachetools import LRUCache, TTLCache
 
 from .config import UpstreamSettings
-from .errors import BadRequest, ProxyError, UpstreamStatus
+from .errors import GITLAB_CHALLENGE, BadRequest, ProxyError, UpstreamStatus
 from .scope import Scope
 from .upstream import Upstream
 
-CHALLENGE = 'Basic realm="GitLab Packages Registry"'
 # GitLab's tokens are short, but JWT CI job tokens run to a few hundred bytes; this is generous.
 MAX_AUTHORIZATION = 4096
 _TOKEN68_RE = re.compile(r"^[A-Za-z0-9._~+/-]+=*$")
@@ -37,7 +36,7 @@ class Unauthenticated(UpstreamStatus):
     """No credentials where some are needed: GitLab's own challenge, so pip asks netrc/keyring."""
 
     def __init__(self, message: str = "401 Unauthorized") -> None:
-        super().__init__(401, message, headers={hdrs.WWW_AUTHENTICATE: CHALLENGE})
+        super().__init__(401, message, headers={hdrs.WWW_AUTHENTICATE: GITLAB_CHALLENGE})
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,6 @@ from typing import IO
 import yarl
 from rich.filesize import decimal
 
-from .app import DB_NAME
 from .blobs import BlobStore, fsync_file
 from .config import Settings
 from .errors import ProxyError
@@ -39,7 +38,7 @@ from .simple import (
     is_valid_name,
     normalize,
 )
-from .store import BlobRow, ForwardedRow, PageRow, Store
+from .store import DB_NAME, BlobRow, ForwardedRow, PageRow, Store
 from .upstream import is_listed_host
 
 FORMAT = "gitlab-pypi-proxy-bundle"
@@ -226,7 +225,7 @@ async def _commit(cache_dir: Path, plan: _Plan) -> ImportResult:
         new = [
             b
             for b in plan.blobs
-            if known.get(b.sha256) != b.size or not _has_blob(blobs, b.sha256, b.size)
+            if known.get(b.sha256) != b.size or blobs.size_of(b.sha256) != b.size
         ]
         try:
             for blob in new:
@@ -250,13 +249,6 @@ async def _commit(cache_dir: Path, plan: _Plan) -> ImportResult:
         forwarded=len(plan.forwarded),
         dropped=plan.dropped,
     )
-
-
-def _has_blob(blobs: BlobStore, sha256: str, size: int) -> bool:
-    try:
-        return blobs.path(sha256).stat().st_size == size
-    except FileNotFoundError:
-        return False
 
 
 def _stage(path: Path, staging: Path) -> tuple[dict[str, object], dict[str, Path]]:

@@ -25,11 +25,11 @@ from rich.progress import (
 
 from . import bundle, maintenance, warm
 from .access import hash_token
-from .app import DB_NAME, create_app
+from .app import create_app
 from .blobs import BlobStore
 from .config import ConfigError, Settings, load_settings
 from .log import ACCESS_LOGGER, AccessLogger, setup_logging
-from .store import Store
+from .store import DB_NAME, Store
 from .workers import supervise
 
 log = logging.getLogger("proxy")

@@ -10,6 +10,10 @@ from aiohttp import web
 log = logging.getLogger(__name__)
 
 
+# GitLab's own 401 challenge: pip answers it from netrc or its keyring, as against GitLab.
+GITLAB_CHALLENGE = 'Basic realm="GitLab Packages Registry"'
+
+
 class ProxyError(Exception):
     """An error with an HTTP status and a message safe to show a client."""
 

@@ -12,6 +12,8 @@ from typing import Any
 import aiosqlite
 
 SCHEMA_VERSION = 1
+# The index's file name inside cache.dir.
+DB_NAME = "index.sqlite3"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blobs (
     sha256 TEXT PRIMARY KEY,

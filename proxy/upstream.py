@@ -18,6 +18,7 @@ from aiohttp import hdrs
 
 from .config import UpstreamSettings
 from .errors import (
+    GITLAB_CHALLENGE,
     CredentialsRefused,
     Offline,
     ProxyError,
@@ -253,7 +254,7 @@ class Upstream:
                 self._note_status(url, resp.status, _retry_after(resp))
                 return resp.status, await _message(resp), _retry_after(resp)
         except TimeoutError as e:
-            raise UpstreamTimeout(f"GitLab did not answer within {self.settings.timeout:g}s") from e
+            raise UpstreamTimeout(self._timeout_message) from e
         except aiohttp.ClientError as e:
             raise UpstreamUnavailable(f"GitLab is unreachable: {_describe(e)}") from e
 
@@ -292,7 +293,7 @@ class Upstream:
         if status in (401, 403, 404, 410) and on_upstream:
             headers: dict[str, str] = {}
             if status == 401:
-                headers[hdrs.WWW_AUTHENTICATE] = 'Basic realm="GitLab Packages Registry"'
+                headers[hdrs.WWW_AUTHENTICATE] = GITLAB_CHALLENGE
             return UpstreamStatus(status, message, headers=headers)
         # GitLab's Retry-After goes on to the client, and tells the page cache when to retry.
         retry: dict[str, str] = {}
