@@ -20,7 +20,7 @@ from cachetools import TTLCache
 
 from .auth import parse_basic
 from .config import AccessSettings, ConfigError
-from .errors import Handler, NotFound, Unauthorized
+from .errors import Handler, NotFound, ProxyError, Unauthorized
 from .scope import Scope
 
 SCHEME = "scrypt"
@@ -137,6 +137,13 @@ class AccessGuard:
         )
         # Each scrypt takes 16 MiB; a flood of wrong tokens must not take all memory and CPU.
         self._slots = asyncio.Semaphore(2)
+        self.ops_hashes = tuple(
+            _ops_hash(number, line) for number, line in enumerate(settings.ops_tokens, start=1)
+        )
+        self._ops_verdicts: TTLCache[str, bool] = TTLCache(
+            maxsize=10_000, ttl=REMEMBER_SECONDS, timer=time.monotonic
+        )
+        self._ops_slot = asyncio.Lock()
 
     async def check(self, request: web.Request) -> None:
         """Raise 401 without a known token, 404 for a scope outside `allow`."""
@@ -175,6 +182,37 @@ class AccessGuard:
             self._verdicts[key] = verdict
         if not verdict:
             raise Unauthorized("401 Unauthorized", headers={hdrs.WWW_AUTHENTICATE: CHALLENGE})
+
+    async def is_operator(self, header: str | None) -> bool:
+        """Whether `header` (Basic with any user, or Bearer) carries one of access.ops_tokens."""
+        if not self.ops_hashes or not header:
+            return False
+        key = hmac.new(self._secret, header.encode(), hashlib.sha256).hexdigest()
+        verdict = self._ops_verdicts.get(key)
+        if verdict is not None:
+            return verdict
+        scheme, _, value = header.strip().partition(" ")
+        if scheme.lower() == "bearer":
+            token = value.strip()
+        else:
+            try:
+                token = parse_basic(header).password
+            except ProxyError:
+                return False
+        # One check at a time and no queue: a flood of guesses gets the public page at once.
+        if self._ops_slot.locked():
+            return False
+        async with self._ops_slot:
+            verdict = await asyncio.to_thread(_any_match, self.ops_hashes, token)
+        self._ops_verdicts[key] = verdict
+        return verdict
+
+
+def _ops_hash(number: int, line: str) -> TokenHash:
+    try:
+        return parse_token_line(line.strip())
+    except ValueError as e:
+        raise ConfigError(f"access.ops_tokens: entry {number}: {e}") from None
 
 
 def _any_match(hashes: Sequence[TokenHash], token: str) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gzip
 import hashlib
 import io
@@ -16,13 +17,22 @@ import tarfile
 import time
 import uuid
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
 import yarl
+from rich.console import Console
 from rich.filesize import decimal
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 from .blobs import BlobStore, fsync_file
 from .config import Settings
@@ -93,7 +103,9 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         help="projects/ID or groups/ID as clients spell it; repeatable (default: everything)",
     )
-    parser.add_argument("--out", type=Path, required=True, help="the bundle: .tar or .tar.gz")
+    parser.add_argument(
+        "--out", type=Path, required=True, metavar="FILE", help="the bundle: .tar or .tar.gz"
+    )
 
 
 def add_import_arguments(parser: argparse.ArgumentParser) -> None:
@@ -103,7 +115,17 @@ def add_import_arguments(parser: argparse.ArgumentParser) -> None:
 # Export.
 
 
-async def export_bundle(settings: Settings, scopes: list[Scope], out: Path) -> ExportResult:
+# Called from the worker thread as files go by: (bytes done, bytes in all).
+ByteProgress = Callable[[int, int], None]
+
+
+def _no_progress(done: int, total: int) -> None:
+    """The default: nobody is watching."""
+
+
+async def export_bundle(
+    settings: Settings, scopes: list[Scope], out: Path, progress: ByteProgress = _no_progress
+) -> ExportResult:
     """Write the pages of `scopes` (all when empty), the files they list, and a manifest."""
     db = settings.cache.dir / DB_NAME
     if not db.is_file():
@@ -137,7 +159,7 @@ async def export_bundle(settings: Settings, scopes: list[Scope], out: Path) -> E
             for r in links
         ],
     }
-    await asyncio.to_thread(_write, out, manifest, blobs, BlobStore(settings.cache.dir))
+    await asyncio.to_thread(_write, out, manifest, blobs, BlobStore(settings.cache.dir), progress)
     return ExportResult(
         len(entries),
         len(blobs),
@@ -161,10 +183,16 @@ class _HashingReader:
 
 
 def _write(
-    out: Path, manifest: Mapping[str, object], blobs: list[BlobRow], store: BlobStore
+    out: Path,
+    manifest: Mapping[str, object],
+    blobs: list[BlobRow],
+    store: BlobStore,
+    progress: ByteProgress,
 ) -> None:
     partial = out.with_name(out.name + ".part")
     now = int(time.time())
+    total = sum(b.size for b in blobs)
+    done = 0
     try:
         with (
             tarfile.open(partial, "w:gz", format=tarfile.PAX_FORMAT)
@@ -183,6 +211,8 @@ def _write(
                         f"the cached copy of {blob.filename} is damaged (sha256 mismatch); "
                         "remove it from the cache and warm again"
                     )
+                done += blob.size
+                progress(done, total)
         partial.replace(out)
     except OSError as e:
         raise BundleError(f"cannot write {out}: {e.strerror or e}") from None
@@ -201,14 +231,16 @@ def _member(name: str, size: int, mtime: int) -> tarfile.TarInfo:
 # Import.
 
 
-async def import_bundle(settings: Settings, path: Path) -> ImportResult:
+async def import_bundle(
+    settings: Settings, path: Path, progress: ByteProgress = _no_progress
+) -> ImportResult:
     """Verify the whole bundle in a staging area, then merge it; on any refusal change nothing."""
     cache_dir = settings.cache.dir
     cache_dir.mkdir(parents=True, exist_ok=True)
     # Beside blobs/ (so commit is a rename), outside tmp/ (which start-up empties of files).
     staging = cache_dir / f"import-{uuid.uuid4().hex}"
     try:
-        manifest, staged = await asyncio.to_thread(_stage, path, staging)
+        manifest, staged = await asyncio.to_thread(_stage, path, staging, progress)
         plan = _plan(manifest, staged, settings)
         return await _commit(cache_dir, plan)
     finally:
@@ -251,7 +283,9 @@ async def _commit(cache_dir: Path, plan: _Plan) -> ImportResult:
     )
 
 
-def _stage(path: Path, staging: Path) -> tuple[dict[str, object], dict[str, Path]]:
+def _stage(
+    path: Path, staging: Path, progress: ByteProgress
+) -> tuple[dict[str, object], dict[str, Path]]:
     """Read every member, refusing anything but the manifest and files that verify."""
     try:
         tar = tarfile.open(path, "r:*")  # noqa: SIM115 - closed by the with below
@@ -261,6 +295,7 @@ def _stage(path: Path, staging: Path) -> tuple[dict[str, object], dict[str, Path
     manifest: dict[str, object] | None = None
     expected: dict[str, tuple[int, str]] = {}
     staged: dict[str, Path] = {}
+    total = done = 0
     with tar:
         try:
             for index, member in enumerate(tar):
@@ -272,6 +307,8 @@ def _stage(path: Path, staging: Path) -> tuple[dict[str, object], dict[str, Path
                         )
                     manifest = _read_manifest(tar, member)
                     expected = _expected_blobs(manifest)
+                    total = sum(size for size, _ in expected.values())
+                    progress(done, total)
                     continue
                 match = _BLOB_MEMBER.match(member.name)
                 if match is None:
@@ -285,6 +322,8 @@ def _stage(path: Path, staging: Path) -> tuple[dict[str, object], dict[str, Path
                 if member.size != size:
                     raise BundleError(f"{filename}: {member.size} bytes, the manifest says {size}")
                 staged[sha256] = _extract_verified(tar, member, staging, filename)
+                done += size
+                progress(done, total)
         except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
             raise BundleError(f"{path} is truncated or damaged ({e})") from None
     if manifest is None:
@@ -461,6 +500,25 @@ def _scope(scope_key: str, what: str) -> Scope:
 # Command line.
 
 
+@contextlib.contextmanager
+def _progress(what: str) -> Iterator[ByteProgress]:
+    """A progress bar on stderr, as `warm` and `verify` show, fed with bytes done of all."""
+    with Progress(
+        TextColumn(what),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    ) as bar:
+        task = bar.add_task(what, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
 def export_main(settings: Settings, args: argparse.Namespace) -> int:
     try:
         scopes = [Scope.from_text(text) for text in args.scope]
@@ -468,7 +526,8 @@ def export_main(settings: Settings, args: argparse.Namespace) -> int:
         print(f"gitlab-pypi-proxy: --scope: {e.message}", file=sys.stderr)
         return 2
     try:
-        result = asyncio.run(export_bundle(settings, scopes, args.out))
+        with _progress("exporting") as progress:
+            result = asyncio.run(export_bundle(settings, scopes, args.out, progress))
     except BundleError as e:
         print(f"gitlab-pypi-proxy: export failed: {e}", file=sys.stderr)
         return 1
@@ -487,7 +546,8 @@ def export_main(settings: Settings, args: argparse.Namespace) -> int:
 
 def import_main(settings: Settings, args: argparse.Namespace) -> int:
     try:
-        result = asyncio.run(import_bundle(settings, args.bundle))
+        with _progress("verifying and importing") as progress:
+            result = asyncio.run(import_bundle(settings, args.bundle, progress))
     except BundleError as e:
         print(f"gitlab-pypi-proxy: import refused: {e}; the cache is unchanged", file=sys.stderr)
         return 1

@@ -11,9 +11,11 @@ import secrets
 import signal
 import sys
 from collections.abc import Sequence
+from importlib.metadata import version
 from pathlib import Path
 
 from aiohttp import web
+from rich.filesize import decimal
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -28,11 +30,27 @@ from .access import hash_token
 from .app import create_app
 from .blobs import BlobStore
 from .config import ConfigError, Settings, load_settings
-from .log import ACCESS_LOGGER, AccessLogger, setup_logging
+from .log import ACCESS_LOGGER, MIN_SECRET_LENGTH, AccessLogger, redact, setup_logging
 from .store import DB_NAME, Store
 from .workers import supervise
 
 log = logging.getLogger("proxy")
+
+
+def _command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, what: str
+) -> argparse.ArgumentParser:
+    """A subcommand whose --help starts by saying what it does, and takes --config FILE."""
+    parser = commands.add_parser(name, help=what, description=what[0].upper() + what[1:] + ".")
+    if name != "hash-token":
+        parser.add_argument(
+            "--config",
+            type=Path,
+            dest="sub_config",
+            metavar="FILE",
+            help="TOML config file (default: $GITLAB_PYPI_PROXY_CONFIG)",
+        )
+    return parser
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,43 +59,44 @@ def _parser() -> argparse.ArgumentParser:
         description="A caching pull-through proxy in front of GitLab's PyPI registry.",
     )
     parser.add_argument(
-        "--config", type=Path, help="TOML config file (default: $GITLAB_PYPI_PROXY_CONFIG)"
+        "--version", action="version", version=f"%(prog)s {version('gitlab-pypi-proxy')}"
     )
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the proxy")
-    serve.add_argument("--config", type=Path, dest="sub_config", help="TOML config file")
-    serve.add_argument("--host", help="address to bind (server.host)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="TOML config file (default: $GITLAB_PYPI_PROXY_CONFIG)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = _command(commands, "serve", "run the proxy")
+    serve.add_argument("--host", metavar="ADDRESS", help="address to bind (server.host)")
     serve.add_argument("--port", type=int, help="port to bind (server.port)")
     serve.add_argument(
         "--offline", action="store_true", help="never contact upstream (cache.offline)"
     )
-    warm_parser = commands.add_parser(
-        "warm", help="fill the cache from requirements or a whole scope, while online"
+    warm_parser = _command(
+        commands, "warm", "fill the cache from requirements or a whole scope, while online"
     )
-    warm_parser.add_argument("--config", type=Path, dest="sub_config", help="TOML config file")
     warm.add_arguments(warm_parser)
-    export = commands.add_parser("export", help="write cached pages and files to a bundle")
-    export.add_argument("--config", type=Path, dest="sub_config", help="TOML config file")
+    export = _command(commands, "export", "write cached pages and files to a bundle")
     bundle.add_export_arguments(export)
-    import_ = commands.add_parser("import", help="merge a bundle into the cache, verified")
-    import_.add_argument("--config", type=Path, dest="sub_config", help="TOML config file")
+    import_ = _command(commands, "import", "merge a bundle into the cache, verified")
     bundle.add_import_arguments(import_)
-    hash_cmd = commands.add_parser(
+    hash_cmd = _command(
+        commands,
         "hash-token",
-        help="print the access.tokens_file line for a token read from stdin (or a new one)",
+        "print the access.tokens_file line for a token read from stdin (or a new one)",
     )
     hash_cmd.add_argument(
         "--generate",
         action="store_true",
         help="make a new random token, print it on stderr and its hash line on stdout",
     )
-    verify = commands.add_parser(
-        "verify", help="re-hash every cached file; remove and list bad ones (exit 1 if any)"
+    verify = _command(
+        commands, "verify", "re-hash every cached file; remove and list bad ones (exit 1 if any)"
     )
-    verify.add_argument("--config", type=Path, dest="sub_config", help="TOML config file")
     verify.add_argument("--quiet", action="store_true", help="no progress bar")
-    gc = commands.add_parser("gc", help="evict least recently used files beyond cache.max_size now")
-    gc.add_argument("--config", type=Path, dest="sub_config", help="TOML config file")
+    _command(commands, "gc", "evict least recently used files beyond cache.max_size now")
     return parser
 
 
@@ -117,15 +136,39 @@ def serve(settings: Settings, *, reuse_port: bool = False) -> int:
     # Built before any worker starts: a bad tokens file is one ConfigError line, not N crashes.
     app = create_app(settings)
     if settings.server.workers > 1 and not reuse_port:
+        _warn_short_token(settings)
         return supervise(settings, serve_worker)
-    log.info(
-        "gitlab-pypi-proxy serving http://%s:%d/ in front of %s, cache in %s",
-        settings.server.host,
-        settings.server.port,
-        settings.upstream.url,
-        settings.cache.dir,
-    )
+    if not reuse_port:
+        _warn_short_token(settings)
     return asyncio.run(_serve(settings, app, reuse_port=reuse_port))
+
+
+def _warn_short_token(settings: Settings) -> None:
+    token = settings.upstream.token
+    if token and len(token) < MIN_SECRET_LENGTH:
+        log.warning(
+            "upstream.token is only %d characters: GitLab's tokens are longer, and one this "
+            "short cannot be told from ordinary words, so logs blank it only where a "
+            "credential goes (headers, URLs)",
+            len(token),
+        )
+
+
+def _announce(settings: Settings) -> None:
+    """What an operator checks first, once the port is bound; never the token itself."""
+    up = settings.upstream
+    server = settings.server
+    log.info(
+        "gitlab-pypi-proxy %s serving http://%s:%d/ in front of %s; credentials = %s, "
+        "upstream token %s; cache in %s",
+        version("gitlab-pypi-proxy"),
+        f"[{server.host}]" if ":" in server.host else server.host,
+        server.port,
+        redact(up.url),
+        up.credentials,
+        "set" if up.token else "not set",
+        settings.cache.dir.resolve(),
+    )
 
 
 async def _serve(settings: Settings, app: web.Application, *, reuse_port: bool) -> int:
@@ -152,6 +195,7 @@ async def _serve(settings: Settings, app: web.Application, *, reuse_port: bool) 
         except OSError as e:
             log.error("cannot listen on %s:%d: %s", server.host, server.port, e.strerror)
             return 1
+        _announce(settings)
         await stop.wait()
         # A second signal now stops the process at once (SQLite's WAL survives that).
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -218,10 +262,19 @@ async def _gc(settings: Settings) -> int:
     finally:
         await store.close()
     print(
-        f"gc: removed {report.removed} files ({report.freed} bytes) and {removed_temp} temp files; "
-        f"cache now {report.after} of {settings.cache.max_size} bytes; {report.busy} in use kept"
+        f"gc: removed {report.removed} files ({decimal(report.freed)}) and {removed_temp} temp "
+        f"files; cache now {decimal(report.after)} of {limit_text(settings.cache.max_size)}; "
+        f"{report.busy} in use kept"
     )
     return 0
+
+
+def limit_text(nbytes: int) -> str:
+    """A limit as it was likely written: '20 GiB' for a whole binary unit, else '17.4 MB'."""
+    for power, unit in ((4, "TiB"), (3, "GiB"), (2, "MiB"), (1, "KiB")):
+        if nbytes and nbytes % 1024**power == 0:
+            return f"{nbytes // 1024**power} {unit}"
+    return decimal(nbytes)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import logging
 import os
 import re
 import tomllib
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yarl
+
+log = logging.getLogger(__name__)
 
 ENV_PREFIX = "GITLAB_PYPI_PROXY_"
 CONFIG_ENV = "GITLAB_PYPI_PROXY_CONFIG"
@@ -76,6 +80,9 @@ class CacheSettings:
 class AccessSettings:
     allow: tuple[str, ...] = ()
     tokens_file: str = ""
+    # Hash lines (`hash-token`) of tokens that see the whole status page in passthrough and
+    # prefer-client modes; everyone else sees counts and health without any name.
+    ops_tokens: tuple[str, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +99,10 @@ _SECTIONS: dict[str, type[Any]] = {
     "cache": CacheSettings,
     "access": AccessSettings,
 }
+# Kubernetes' service links, after the service's name: `_SERVICE_HOST`, `_PORT_8080_TCP_ADDR`...
+_SERVICE_LINK_RE = re.compile(
+    r"(?:\w+_)?(?:SERVICE_HOST|SERVICE_PORT(?:_\w+)?|PORT_\d+_(?:TCP|UDP|SCTP)(?:_(?:PROTO|PORT|ADDR))?)"
+)
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4}
 _SIZE_KEYS = {"cache.max_size", "cache.memory_size", "cache.memory_file_max"}
@@ -179,7 +190,7 @@ def _section_values(
     values: dict[str, Any] = {}
     for key, raw in table.items():
         if key not in names:
-            raise ConfigError(f"{name}.{key}: unknown key")
+            raise ConfigError(f"{name}.{key}: unknown key{_did_you_mean(key, names, name + '.')}")
         values[key] = _convert(f"{name}.{key}", hints[key], raw, from_env=False)
     for fname in names:
         env_name = f"{ENV_PREFIX}{name.upper()}_{fname.upper()}"
@@ -188,15 +199,39 @@ def _section_values(
     return values
 
 
+def _did_you_mean(wrong: str, known: Iterable[str], prefix: str = "") -> str:
+    """'; did you mean server.port?' when one known name is close to `wrong`, else ''."""
+    close = difflib.get_close_matches(wrong, sorted(known), n=1)
+    return f"; did you mean {prefix}{close[0]}?" if close else ""
+
+
 def _check_env_names(env: Mapping[str, str]) -> None:
-    known = {
-        f"{ENV_PREFIX}{section.upper()}_{f.name.upper()}"
-        for section, cls in _SECTIONS.items()
-        for f in dataclasses.fields(cls)
-    }
+    """A variable naming a known section must name a known key; any other is not ours.
+
+    Kubernetes gives every pod `<SERVICE>_SERVICE_HOST`, `<SERVICE>_PORT_8080_TCP_ADDR` and
+    so on for each Service, so a Service named gitlab-pypi-proxy puts GITLAB_PYPI_PROXY_SERVICE_*
+    and GITLAB_PYPI_PROXY_PORT* into our namespace: those name no section and are ignored.
+    """
+    ignored = []
     for env_name in env:
-        if env_name.startswith(ENV_PREFIX) and env_name != CONFIG_ENV and env_name not in known:
-            raise ConfigError(f"{env_name}: unknown setting")
+        if not env_name.startswith(ENV_PREFIX) or env_name == CONFIG_ENV:
+            continue
+        rest = env_name.removeprefix(ENV_PREFIX)
+        # "SERVER_" with its underscore: SERVICE_HOST must not be taken for the server section.
+        section = next((s for s in _SECTIONS if rest.startswith(f"{s.upper()}_")), None)
+        if section is None:
+            ignored.append(env_name)
+            continue
+        keys = {f.name.upper() for f in dataclasses.fields(_SECTIONS[section])}
+        key = rest.removeprefix(f"{section.upper()}_")
+        if key not in keys and _SERVICE_LINK_RE.fullmatch(key):
+            # A Service named e.g. gitlab-pypi-proxy-cache: Kubernetes' name, not a typo of ours.
+            ignored.append(env_name)
+        elif key not in keys:
+            hint = _did_you_mean(key, keys, f"{ENV_PREFIX}{section.upper()}_")
+            raise ConfigError(f"{env_name}: unknown setting{hint}")
+    if ignored:
+        log.debug("ignoring variables that name no config section: %s", ", ".join(ignored))
 
 
 def _validate(settings: Settings) -> None:
@@ -262,7 +297,7 @@ def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None
             raise ConfigError(f"{path}: not valid TOML ({e})") from None
     for section, table in document.items():
         if section not in _SECTIONS:
-            raise ConfigError(f"{section}: unknown section")
+            raise ConfigError(f"{section}: unknown section{_did_you_mean(section, _SECTIONS)}")
         if not isinstance(table, dict):
             raise ConfigError(f"{section}: expected a table")
     _check_env_names(env)

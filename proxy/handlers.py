@@ -16,7 +16,7 @@ from .pages import PageResult
 from .rendering import FORMAT_OF, Rendered
 from .scope import Scope
 from .simple import is_distribution_filename, is_sha256, is_valid_name, normalize
-from .status import render_status
+from .status import render_home, render_status
 
 MAX_FILENAME_LENGTH = 255
 
@@ -209,12 +209,26 @@ async def ready(request: web.Request) -> web.StreamResponse:
     if health.writable() and (error := request.app[keys.BLOBS].write_problem()) is not None:
         health.failed(error)
     degraded = [health.problem] if health.problem else []
+    if (refusal := token_refusal(request.app)) is not None:
+        # Cached content still serves; with nothing cached an inject-mode proxy serves nothing.
+        nothing_cached = request.app[keys.METRICS].cache_size()[1] == 0
+        inject = request.app[keys.SETTINGS].upstream.credentials == "inject"
+        (problems if inject and nothing_cached else degraded).append(refusal)
     status = 503 if problems else 200
     offline = request.app[keys.UPSTREAM].offline
     return web.json_response(
         {"ready": not problems, "offline": offline, "problems": problems, "degraded": degraded},
         status=status,
     )
+
+
+def token_refusal(app: web.Application) -> str | None:
+    """What to tell an operator while GitLab refuses the proxy's own credentials."""
+    refused = app[keys.METRICS].token_refused
+    if refused is None:
+        return None
+    setting = app[keys.UPSTREAM].token_setting
+    return f"GitLab refuses the proxy's credentials (HTTP {refused}): check {setting}"
 
 
 async def _upstream_reachable(request: web.Request) -> bool:
@@ -231,8 +245,36 @@ async def metrics(request: web.Request) -> web.StreamResponse:
 
 async def status(request: web.Request) -> web.StreamResponse:
     app = request.app
-    page = render_status(app[keys.SETTINGS], app[keys.METRICS])
-    return web.Response(text=page, content_type="text/html", charset="utf-8")
+    settings = app[keys.SETTINGS]
+    # In inject mode every caller the access guard admits reads the proxy's whole view through
+    # it anyway; with clients' own credentials, names are theirs and shown to operators only.
+    full = settings.upstream.credentials == "inject" or await app[keys.ACCESS].is_operator(
+        request.headers.get(hdrs.AUTHORIZATION)
+    )
+    alerts = [refusal] if (refusal := token_refusal(app)) is not None else []
+    page = render_status(settings, app[keys.METRICS], alerts=alerts, full=full)
+    headers = {hdrs.CACHE_CONTROL: "private, no-store", hdrs.VARY: "Authorization"}
+    return web.Response(text=page, content_type="text/html", charset="utf-8", headers=headers)
+
+
+async def home(request: web.Request) -> web.StreamResponse:
+    """`/`: which URLs to give pip, uv and twine."""
+    return _home_response(request, 200)
+
+
+async def bare_simple(request: web.Request) -> web.StreamResponse:
+    """`/simple/` is PyPI's layout, not GitLab's: a 404 that shows the layout to use."""
+    return _home_response(request, 404)
+
+
+def _home_response(request: web.Request, status: int) -> web.Response:
+    settings = request.app[keys.SETTINGS]
+    page = render_home(settings, request.host, request.scheme)
+    # Without server.public_url the page repeats the Host header: no shared cache may keep it.
+    headers = {} if settings.server.public_url else {hdrs.CACHE_CONTROL: "no-store"}
+    return web.Response(
+        status=status, text=page, content_type="text/html", charset="utf-8", headers=headers
+    )
 
 
 def add_routes(app: web.Application) -> None:
@@ -244,6 +286,9 @@ def add_routes(app: web.Application) -> None:
         app.router.add_get(f"{prefix}/files/{{sha256}}/{{filename}}", file_download)
     for path in (PROJECT_PREFIX, f"{PROJECT_PREFIX}/"):
         app.router.add_post(path, uploads.upload, expect_handler=uploads.expect_continue)
+    app.router.add_get("/", home)
+    app.router.add_get("/simple", bare_simple)
+    app.router.add_get("/simple/", bare_simple)
     app.router.add_get("/-/health", health)
     app.router.add_get("/-/ready", ready)
     app.router.add_get("/-/metrics", metrics)

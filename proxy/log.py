@@ -13,29 +13,54 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
 
-# Authorization values, tokens in query strings, and userinfo in URLs.
+# Credentials where they occur: Authorization and token header values, token-like query
+# values, and userinfo in URLs. Never a substring of ordinary text.
 _PATTERNS = (
-    re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?)(basic|bearer)?\s*[^\s\"',}]+"),
+    re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?)(?:(?:basic|bearer)\s+)?[^\s\"',}]+"),
+    re.compile(r"(?i)((?:private|job|deploy)[-_]token[\"']?\s*[:=]\s*[\"']?)[^\s\"',}&]+"),
     re.compile(
-        r"(?i)((?:private[-_]token|job[-_]token|token|password|signature|x-amz-signature|x-amz-credential)=)[^&\s\"']+"
+        r"(?i)((?:[?&;]|\b)(?:private_token|job_token|access_token|token|password|signature"
+        r"|x-amz-signature|x-amz-credential)=)[^&\s\"']+"
     ),
-    re.compile(r"(://[^/\s:@]+:)[^@/\s]+(@)"),
     # A bare credential, e.g. aiohttp quoting the start of an oversized Authorization header.
     re.compile(r"(?i)(\b(?:basic|bearer)\s+)[A-Za-z0-9+/=._~-]{16,}"),
 )
+_USERINFO = re.compile(r"(://[^/\s:@]+:)[^@/\s]+(@)")
+# aiohttp's parser errors quote the raw request bytes (an oversized header's first 100 bytes,
+# with no header name to tell a Private-Token from anything else): none of them is logged.
+_RAW_BYTES = re.compile(r"""\bb(?:'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")""")
+_AIOHTTP_LOGGERS = ("aiohttp.server", "aiohttp.web", "aiohttp.access")
+# A known secret is blanked where no letter or digit runs on from it: as a word, not as a
+# piece of a longer one.
+_TOKEN_CHARS = "A-Za-z0-9"
+# Shorter secrets are too likely to be ordinary words ("pypi"); start-up warns about them.
+MIN_SECRET_LENGTH = 8
+MAX_USER_AGENT = 256
 REDACTED = "[REDACTED]"
 ACCESS_LOGGER = "proxy.access"
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """Blank every known secret and every credential-shaped value in `text`."""
+    """Blank credential-shaped values, and each known secret where it stands as a whole token."""
+    for pattern in _PATTERNS:
+        text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
+    text = _USERINFO.sub(lambda m: m.group(1) + REDACTED + m.group(2), text)
     for secret in secrets:
-        if secret:
-            text = text.replace(secret, REDACTED)
-    text = _PATTERNS[0].sub(lambda m: m.group(1) + REDACTED, text)
-    text = _PATTERNS[1].sub(lambda m: m.group(1) + REDACTED, text)
-    text = _PATTERNS[3].sub(lambda m: m.group(1) + REDACTED, text)
-    return _PATTERNS[2].sub(lambda m: m.group(1) + REDACTED + m.group(2), text)
+        if len(secret) >= MIN_SECRET_LENGTH and secret in text:
+            whole = re.compile(f"(?<![{_TOKEN_CHARS}]){re.escape(secret)}(?![{_TOKEN_CHARS}])")
+            text = whole.sub(REDACTED, text)
+    return text
+
+
+def redact_raw_bytes(text: str) -> str:
+    """Blank every quoted bytes literal, which in aiohttp's errors is what a client sent."""
+    return _RAW_BYTES.sub(f"b'{REDACTED}'", text)
+
+
+def short_user_agent(value: str) -> str:
+    """A User-Agent fit for one log line: printable, and cut at MAX_USER_AGENT characters."""
+    printable = "".join(c if c.isprintable() else "?" for c in value[:MAX_USER_AGENT])
+    return printable + ("..." if len(value) > MAX_USER_AGENT else "")
 
 
 class RedactingFilter(logging.Filter):
@@ -45,8 +70,12 @@ class RedactingFilter(logging.Filter):
         super().__init__()
         self.secrets = tuple(s for s in secrets if s)
 
+    def _redact(self, record: logging.LogRecord, text: str) -> str:
+        text = redact(text, self.secrets)
+        return redact_raw_bytes(text) if record.name.startswith(_AIOHTTP_LOGGERS) else text
+
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = redact(record.getMessage(), self.secrets)
+        record.msg = self._redact(record, record.getMessage())
         record.args = None
         access = getattr(record, "access", None)
         if isinstance(access, dict):
@@ -54,8 +83,8 @@ class RedactingFilter(logging.Filter):
                 k: redact(v, self.secrets) if isinstance(v, str) else v for k, v in access.items()
             }
         if record.exc_info:
-            record.exc_text = redact(
-                logging.Formatter().formatException(record.exc_info), self.secrets
+            record.exc_text = self._redact(
+                record, logging.Formatter().formatException(record.exc_info)
             )
             record.exc_info = None
         return True
@@ -105,7 +134,7 @@ class AccessLogger(AbstractAccessLogger):
             "bytes_sent": bytes_sent,
             "duration": round(time, 6),
             "cache": response.headers.get("X-Cache", "-"),
-            "user_agent": request.headers.get("User-Agent", "-"),
+            "user_agent": short_user_agent(request.headers.get("User-Agent", "-")),
         }
         self.logger.info(
             '%s "%s %s HTTP/%d.%d" %d %d %.3fs %s "%s"',

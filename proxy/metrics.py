@@ -58,6 +58,8 @@ class Metrics:
         self.recent_latencies: deque[float] = deque(maxlen=RECENT_LATENCIES)
         self.upstream_last_ok: float | None = None
         self.upstream_last_error: float | None = None
+        # GitLab's status when it last refused the proxy's own credentials; None once accepted.
+        self.token_refused: int | None = None
         self.started = time.time()
         # Set by the composition root once the file cache exists: (bytes, files) and fills.
         self.cache_size: Callable[[], tuple[int, int]] = lambda: (0, 0)
@@ -202,6 +204,11 @@ class _Collector:
         yield GaugeMetricFamily(f"{PREFIX}_cache_files", "Verified files in the cache", value=files)
         yield GaugeMetricFamily(
             f"{PREFIX}_cache_max_size_bytes", "cache.max_size", value=m.cache_limit
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_upstream_token_refused",
+            "1 while GitLab refuses the proxy's own credentials (upstream.token), else 0",
+            value=0 if m.token_refused is None else 1,
         )
         yield GaugeMetricFamily(
             f"{PREFIX}_fills_in_flight", "Upstream downloads running now", value=m.fills_in_flight()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Sequence
 from html import escape
 
 from .config import Settings
@@ -18,6 +20,7 @@ th { width: 14em; font-weight: 600; }
 .ok { color: #17702b; } .bad { color: #b00020; } .muted { color: #777; }
 #errors td:first-child { white-space: nowrap; }
 meter { width: 12em; }
+.alert { font-weight: 600; }
 """
 
 
@@ -59,7 +62,10 @@ def _upstream_health(settings: Settings, m: Metrics, now: float) -> tuple[str, s
     return "not contacted yet", "muted"
 
 
-def render_status(settings: Settings, m: Metrics) -> str:
+def render_status(
+    settings: Settings, m: Metrics, *, alerts: Sequence[str] = (), full: bool = True
+) -> str:
+    """The page; without `full`, counts and health only: no package, file or project name."""
     now = time.time()
     size, files = m.cache_size()
     limit = max(1, m.cache_limit)
@@ -100,7 +106,69 @@ def render_status(settings: Settings, m: Metrics) -> str:
         ),
     ]
     top = m.packages.most_common(TOP_PACKAGES)
-    packages = (
+    packages = _packages(top) if full else _hidden(f"{len(m.packages)} packages requested")
+    errors = _errors(m, now, full)
+    top_alerts = "".join(f'<p class="alert bad">{escape(a)}</p>' for a in alerts)
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<meta http-equiv="refresh" content="30">'
+        f"<title>gitlab-pypi-proxy status</title><style>{_STYLE}</style></head><body>"
+        "<h1>gitlab-pypi-proxy</h1>"
+        f'<div id="alerts">{top_alerts}</div>'
+        f'<p class="muted">up for {_ago(m.started, now).removesuffix(" ago")}</p>'
+        f'<h2>Cache</h2><table id="cache">{"".join(cache_rows)}</table>'
+        f'<h2>Upstream</h2><table id="upstream">{"".join(upstream_rows)}</table>'
+        f'<h2>Most requested packages</h2><div id="packages">{packages}</div>'
+        f'<h2>Recent upstream errors</h2><div id="errors">{errors}</div>'
+        "</body></html>\n"
+    )
+
+
+# Host[:port] as a browser sends it; anything else is not echoed into the page at all.
+_HOST_RE = re.compile(r"(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?")
+
+
+def proxy_address(settings: Settings, host: str, scheme: str) -> str:
+    """This proxy's base URL: server.public_url, else the Host header if it is only a host."""
+    if settings.server.public_url:
+        return settings.server.public_url.rstrip("/")
+    if _HOST_RE.fullmatch(host) and scheme in ("http", "https"):
+        return f"{scheme}://{host}"
+    return "http://PROXY-HOST:PORT"
+
+
+def render_home(settings: Settings, host: str, scheme: str) -> str:
+    """`/` and `/simple/`: the URL layout to give pip, uv and twine, with this proxy's address."""
+    base = escape(proxy_address(settings, host, scheme))
+    project = f"{base}/api/v4/projects/&lt;project id or url-encoded path&gt;/packages/pypi"
+    group = f"{base}/api/v4/groups/&lt;group id&gt;/-/packages/pypi"
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>gitlab-pypi-proxy</title><style>{_STYLE}</style></head><body>"
+        "<h1>gitlab-pypi-proxy</h1>"
+        f"<p>A caching proxy in front of GitLab's PyPI registry at "
+        f"<code>{escape(redact(settings.upstream.url))}</code>. Its URLs are GitLab's:</p>"
+        '<table id="layout">'
+        + _row("project-index", "A project's index", f"<code>{project}/simple/</code>")
+        + _row("group-index", "A group's index", f"<code>{group}/simple/</code>")
+        + _row("upload", "Upload (twine)", f"<code>{project}</code>")
+        + _row("status", "Status", f"<code>{base}/-/status</code>")
+        + "</table>"
+        f"<p>For example: <code>pip install --index-url {project}/simple/ NAME</code></p>"
+        "</body></html>\n"
+    )
+
+
+def _hidden(counted: str) -> str:
+    return (
+        f'<p>{escape(counted)}; <span class="muted">names are shown only to an operator '
+        "token (access.ops_tokens)</span></p>"
+    )
+
+
+def _packages(top: list[tuple[str, int]]) -> str:
+    return (
         "<ol>"
         + "".join(
             f'<li><span class="name">{escape(name)}</span> '
@@ -111,27 +179,16 @@ def render_status(settings: Settings, m: Metrics) -> str:
         if top
         else '<p class="muted">none yet</p>'
     )
-    errors = (
-        "<table>"
-        + "".join(
-            f'<tr><td class="muted">{_ago(e.at, now)}</td><td>{escape(e.kind)}</td>'
-            f"<td>{escape(e.message)}</td></tr>"
-            for e in m.recent_errors
-        )
-        + "</table>"
-        if m.recent_errors
-        else '<p class="muted">none</p>'
+
+
+def _errors(m: Metrics, now: float, full: bool) -> str:
+    if not m.recent_errors:
+        return '<p class="muted">none</p>'
+    # A message names the project path and file it failed for: operators only.
+    rows = "".join(
+        f'<tr><td class="muted">{_ago(e.at, now)}</td><td>{escape(e.kind)}</td>'
+        + (f"<td>{escape(e.message)}</td></tr>" if full else "</tr>")
+        for e in m.recent_errors
     )
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        '<meta http-equiv="refresh" content="30">'
-        f"<title>gitlab-pypi-proxy status</title><style>{_STYLE}</style></head><body>"
-        "<h1>gitlab-pypi-proxy</h1>"
-        f'<p class="muted">up for {_ago(m.started, now).removesuffix(" ago")}</p>'
-        f'<h2>Cache</h2><table id="cache">{"".join(cache_rows)}</table>'
-        f'<h2>Upstream</h2><table id="upstream">{"".join(upstream_rows)}</table>'
-        f'<h2>Most requested packages</h2><div id="packages">{packages}</div>'
-        f'<h2>Recent upstream errors</h2><div id="errors">{errors}</div>'
-        "</body></html>\n"
-    )
+    table = f"<table>{rows}</table>"
+    return table if full else table + _hidden(f"{len(m.recent_errors)} recent errors")

@@ -38,6 +38,8 @@ MAX_REDIRECTS = 5
 _REDIRECTS = (301, 302, 303, 307, 308)
 # How long a 429 without Retry-After keeps the proxy from asking that host again.
 DEFAULT_RETRY_AFTER = 5.0
+# A refused proxy token is logged at most this often: loud enough to notice, not a flood.
+REFUSAL_LOG_SECONDS = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +80,7 @@ class Upstream:
         self._probe_timeout = aiohttp.ClientTimeout(total=min(settings.timeout, 3.0))
         # Per host: until when a 429 (or 503 with Retry-After) asked us not to come back.
         self._held_until: dict[str | None, float] = {}
+        self._refusal_logged_at = -REFUSAL_LOG_SECONDS
 
     def _held_for(self, url: yarl.URL) -> float:
         """Seconds left before the host's Retry-After lets us ask again (0 when free)."""
@@ -206,6 +209,8 @@ class Upstream:
         )
         self.metrics.upstream_answered(kind, time.monotonic() - started, resp.status)
         self._note_status(url, resp.status, _retry_after(resp))
+        if kind != "probe" and self._is_own(url, authorization):
+            self._note_own_answer(resp.status)
         if resp.status >= 500 or resp.status == 429:
             self.metrics.upstream_failed(kind, f"{url.host} answered {resp.status} for {url.path}")
         elif (
@@ -217,6 +222,36 @@ class Upstream:
                 kind, f"GitLab refused the proxy's credentials ({resp.status}) for {url.path}"
             )
         return resp
+
+    def _is_own(self, url: yarl.URL, authorization: str | None) -> bool:
+        """Whether this request to GitLab carried the proxy's own credentials (or, in inject
+        mode without a token, none where the proxy's would have gone)."""
+        if not self.is_upstream_host(url) or authorization != self.injected_authorization:
+            return False
+        return bool(self.settings.token) or self.settings.credentials == "inject"
+
+    @property
+    def token_setting(self) -> str:
+        """The setting an operator fixes when GitLab refuses the proxy's credentials."""
+        if not self.settings.token:
+            return "upstream.token (not set)"
+        return "upstream.token_file" if self.settings.token_file else "upstream.token"
+
+    def _note_own_answer(self, status: int) -> None:
+        if status not in (401, 403):
+            if status < 400:
+                self.metrics.token_refused = None
+            return
+        self.metrics.token_refused = status
+        now = time.monotonic()
+        if now - self._refusal_logged_at >= REFUSAL_LOG_SECONDS:
+            self._refusal_logged_at = now
+            log.error(
+                "GitLab refused the proxy's own credentials (HTTP %d): check %s; until it "
+                "accepts them, clients get only what is cached (logged at most once a minute)",
+                status,
+                self.token_setting,
+            )
 
     @property
     def _timeout_message(self) -> str:

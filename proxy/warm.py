@@ -106,15 +106,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scope", help="projects/ID or groups/ID (a path or a numeric id)")
     parser.add_argument("requirements", nargs="*", help="requirement strings, e.g. 'foo>=1.2'")
     parser.add_argument(
-        "-r", "--requirement", action="append", type=Path, default=[], help="requirements file"
+        "-r",
+        "--requirement",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="FILE",
+        help="requirements file; repeatable",
     )
-    for flag, what in [
-        ("--python-version", "e.g. 3.11"),
-        ("--platform", "e.g. manylinux2014_x86_64, win_amd64"),
-        ("--implementation", "e.g. cp, pp"),
-        ("--abi", "e.g. cp311, abi3"),
+    for flag, metavar, what in [
+        ("--python-version", "VERSION", "e.g. 3.11"),
+        ("--platform", "PLATFORM", "e.g. manylinux2014_x86_64, win_amd64"),
+        ("--implementation", "NAME", "e.g. cp, pp"),
+        ("--abi", "ABI", "e.g. cp311, abi3"),
     ]:
-        parser.add_argument(flag, action="append", help=f"target environment ({what}); repeatable")
+        parser.add_argument(
+            flag,
+            action="append",
+            metavar=metavar,
+            help=f"target environment ({what}); repeatable",
+        )
     parser.add_argument("--all", action="store_true", help="every file of every package in scope")
     parser.add_argument(
         "--package",
@@ -124,7 +135,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --all: only this package, optionally with a version specifier ('foo>=1.2')",
     )
     parser.add_argument("--only-binary", action="store_true", help="wheels only, no sdists")
-    parser.add_argument("--jobs", type=_positive, default=4, help="concurrent downloads")
+    parser.add_argument(
+        "--jobs", type=_positive, default=4, metavar="N", help="concurrent downloads (default: 4)"
+    )
 
 
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
