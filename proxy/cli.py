@@ -249,7 +249,7 @@ async def _verify(settings: Settings, quiet: bool) -> int:
     for line in report.missing:
         print(f"missing (row removed): {line}")
     print(
-        f"verified {report.checked} files ({report.checked_bytes} bytes): "
+        f"verified {report.checked} files ({decimal(report.checked_bytes)}): "
         f"{len(report.bad)} bad, {len(report.missing)} missing, {report.skipped} busy"
     )
     return 0 if report.ok else 1

@@ -340,6 +340,10 @@ async def test_gc_export_and_import_speak_in_sizes_and_show_progress(
     assert result.returncode == 0
     assert re.search(r"cache now [\d.]+ (bytes|kB|MB) of 20 GiB;", result.stdout), result.stdout
 
+    result = await cli(env, "verify", "--quiet")
+    assert result.returncode == 0
+    assert re.search(r"verified 2 files \([\d.]+ (bytes|kB)\)", result.stdout), result.stdout
+
     bundle = tmp_path / "b.tar"
     result = await cli(env, "export", "--out", bundle)
     assert result.returncode == 0, result.stderr
