@@ -19,7 +19,7 @@ _PATTERNS = (
     re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?)(?:(?:basic|bearer)\s+)?[^\s\"',}]+"),
     re.compile(r"(?i)((?:private|job|deploy)[-_]token[\"']?\s*[:=]\s*[\"']?)[^\s\"',}&]+"),
     re.compile(
-        r"(?i)((?:[?&;]|\b)(?:private_token|job_token|access_token|token|password|signature"
+        r"(?i)((?:private_token|job_token|token|password|signature"
         r"|x-amz-signature|x-amz-credential)=)[^&\s\"']+"
     ),
     # A bare credential, e.g. aiohttp quoting the start of an oversized Authorization header.
