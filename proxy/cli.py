@@ -131,7 +131,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     return dataclasses.replace(settings, server=server, cache=cache)
 
 
-def serve(settings: Settings, *, reuse_port: bool = False) -> int:
+def serve(settings: Settings, *, reuse_port: bool = False, announce: bool = True) -> int:
     setup_logging(settings.server.log_format, [settings.upstream.token])
     # Built before any worker starts: a bad tokens file is one ConfigError line, not N crashes.
     app = create_app(settings)
@@ -140,7 +140,7 @@ def serve(settings: Settings, *, reuse_port: bool = False) -> int:
         return supervise(settings, serve_worker)
     if not reuse_port:
         _warn_short_token(settings)
-    return asyncio.run(_serve(settings, app, reuse_port=reuse_port))
+    return asyncio.run(_serve(settings, app, reuse_port=reuse_port, announce=announce))
 
 
 def _warn_short_token(settings: Settings) -> None:
@@ -171,7 +171,9 @@ def _announce(settings: Settings) -> None:
     )
 
 
-async def _serve(settings: Settings, app: web.Application, *, reuse_port: bool) -> int:
+async def _serve(
+    settings: Settings, app: web.Application, *, reuse_port: bool, announce: bool
+) -> int:
     """Serve until SIGTERM or SIGINT, then stop accepting and let in-flight requests finish."""
     server = settings.server
     runner = web.AppRunner(
@@ -195,7 +197,8 @@ async def _serve(settings: Settings, app: web.Application, *, reuse_port: bool) 
         except OSError as e:
             log.error("cannot listen on %s:%d: %s", server.host, server.port, e.strerror)
             return 1
-        _announce(settings)
+        if announce:
+            _announce(settings)
         await stop.wait()
         # A second signal now stops the process at once (SQLite's WAL survives that).
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -215,9 +218,9 @@ async def _serve(settings: Settings, app: web.Application, *, reuse_port: bool) 
     return 0
 
 
-def serve_worker(settings: Settings) -> int:
+def serve_worker(settings: Settings, first: bool) -> int:
     """One of `server.workers` processes, all bound to one port with SO_REUSEPORT."""
-    return serve(settings, reuse_port=True)
+    return serve(settings, reuse_port=True, announce=first)
 
 
 async def _open_cache(settings: Settings) -> tuple[Store, BlobStore]:

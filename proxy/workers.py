@@ -21,8 +21,10 @@ log = logging.getLogger(__name__)
 MIN_UPTIME_SECONDS = 2.0
 
 
-def supervise(settings: Settings, serve_one: Callable[[Settings], int]) -> int:
-    """Run `serve_one(settings)` in N processes; restart any that dies, stop all on a signal.
+def supervise(settings: Settings, serve_one: Callable[[Settings, bool], int]) -> int:
+    """Run `serve_one(settings, first)` in N processes; restart any that dies, stop all on a signal.
+
+    Only the first worker started gets `first` true, so it alone announces the instance.
 
     SIGTERM or SIGINT is passed on to every worker as SIGTERM, so each finishes its own
     requests (`server.shutdown_grace`); the supervisor exits once all have.
@@ -33,8 +35,10 @@ def supervise(settings: Settings, serve_one: Callable[[Settings], int]) -> int:
     stopping = False
     status = 0
 
-    def start() -> None:
-        process = context.Process(target=serve_one, args=(settings,), name="gitlab-pypi-proxy")
+    def start(first: bool = False) -> None:
+        process = context.Process(
+            target=serve_one, args=(settings, first), name="gitlab-pypi-proxy"
+        )
         process.start()
         assert process.pid is not None
         workers[process.pid] = (process, time.monotonic())
@@ -48,8 +52,8 @@ def supervise(settings: Settings, serve_one: Callable[[Settings], int]) -> int:
 
     previous = {s: signal.signal(s, stop_all) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        for _ in range(settings.server.workers):
-            start()
+        for number in range(settings.server.workers):
+            start(first=number == 0)
         log.info("supervising %d workers: %s", len(workers), ", ".join(map(str, workers)))
         while workers:
             multiprocessing.connection.wait([p.sentinel for p, _ in workers.values()], timeout=1)

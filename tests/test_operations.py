@@ -124,10 +124,11 @@ async def test_once_gitlab_takes_the_token_again_the_alarm_clears(
     assert "gitlab_pypi_proxy_upstream_token_refused 0.0" in metrics
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
 async def test_start_up_says_upstream_mode_token_cache_and_address_after_binding(
-    gitlab: FakeGitLab, serve: Serve, tmp_path: Path
+    gitlab: FakeGitLab, serve: Serve, tmp_path: Path, workers: str
 ) -> None:
-    proxy = await serve(upstream_credentials="prefer-client")
+    proxy = await serve(upstream_credentials="prefer-client", server_workers=workers)
     assert await proxy.stop() == 0
     lines = [line for line in proxy.log().splitlines() if " serving http://" in line]
     assert len(lines) == 1, proxy.log()
