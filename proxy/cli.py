@@ -85,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     hash_cmd = _command(
         commands,
         "hash-token",
-        "print the access.tokens_file line for a token read from stdin (or a new one)",
+        "print the access.tokens_file line (or ops_tokens entry) for a token from stdin",
     )
     hash_cmd.add_argument(
         "--generate",
