@@ -15,7 +15,10 @@ from aiohttp.web import BaseRequest, StreamResponse
 
 # Authorization values, tokens in query strings, and userinfo in URLs.
 _PATTERNS = (
-    re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?)(basic|bearer)?\s*[^\s\"',}]+"),
+    re.compile(
+        r"(?i)((?:authorization|private-token|deploy-token|job-token)[\"']?\s*[:=]\s*[\"']?)"
+        r"(basic|bearer)?\s*[^\s\"',}]+"
+    ),
     re.compile(
         r"(?i)((?:private[-_]token|job[-_]token|token|password|signature|x-amz-signature|x-amz-credential)=)[^&\s\"']+"
     ),

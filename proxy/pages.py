@@ -34,7 +34,14 @@ from .simple import Index, Project, is_sha256
 from .simple_html import PageParseError, parse_index_page, parse_project_page
 from .simple_json import index_from_dict, index_to_dict, project_from_dict, project_to_dict
 from .store import ForwardedRow, Store
-from .upstream import PageAnswer, Upstream, fingerprint, is_listed_host, message_of
+from .upstream import (
+    PageAnswer,
+    Upstream,
+    fingerprint,
+    is_listed_host,
+    message_of,
+    refuses_credentials,
+)
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +306,7 @@ class PageCache:
         up = self.settings.upstream
         follow = up.forward_hosts if forwarding and up.forwarding == "cache" else ()
         answer = await self.upstream.get_page(url, caller.authorization, follow_to=follow)
-        message = message_of(answer.body, answer.status)
+        message = message_of(answer.body, answer.status, answer.challenge)
         self._judge(scope, caller, answer, message, index=not forwarding)
         if answer.location is not None and forwarding:
             raise self._forwarded(answer.location)
@@ -341,7 +348,7 @@ class PageCache:
         if answer.status == 200 or (answer.location is not None and not index):
             self.gate.remember(caller, scope, 200, "200 OK")
         # A 404 for a package page may just mean no such package; for the index it is a no.
-        elif answer.status in (401, 403) or (answer.status == 404 and index):
+        elif refuses_credentials(answer.status, message) or (answer.status == 404 and index):
             self.gate.remember(caller, scope, answer.status, message)
 
     async def invalidate(self, name: str) -> None:

@@ -185,7 +185,9 @@ def rate_limited(retry_after: int) -> web.Response:
         "RateLimit-Reset": str(reset),
         "RateLimit-ResetTime": time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(reset)),
     }
-    return web.Response(status=429, text="Retry later\n", content_type="text/plain", headers=headers)
+    return web.Response(
+        status=429, text="Retry later\n", content_type="text/plain", headers=headers
+    )
 
 
 def _requires_python(options: SdistOptions) -> str:
@@ -493,6 +495,8 @@ class FakeGitLab(_Server):
         # GitLab moved under MOVED_ROOT: the old paths answer a 301 to the new ones.
         self.moved = False
         self.max_upload_size: int | None = None
+        # Names under a package protection rule: uploads of them are 403 for this fake's users.
+        self.protected: set[str] = set()
         # Faults. down/delay/fail_status hit GitLab only; the file faults also hit object storage.
         self.down = False
         self.delay = 0.0
@@ -722,15 +726,16 @@ class FakeGitLab(_Server):
             web.get(
                 project + "/files/{sha256}/{filename}", self._project_file, name="file.project"
             ),
-            web.get(
-                project + "/forward/{name}/{host}/{path:.+}", self._forward, name="firewall"
-            ),
+            web.get(project + "/forward/{name}/{host}/{path:.+}", self._forward, name="firewall"),
             web.post(project, self._upload, name="upload"),
             web.get(group + "/simple{slash:/?}", self._group_index, name="index.group"),
             web.get(group + "/simple/{name}{slash:/?}", self._group_page, name="page.group"),
             web.get(group + "/files/{sha256}/{filename}", self._group_file, name="file.group"),
         ]
-        return [web.RouteDef(r.method, r.path, r.handler, {"name": r.kwargs["name"] + variant}) for r in routes]
+        return [
+            web.RouteDef(r.method, r.path, r.handler, {"name": r.kwargs["name"] + variant})
+            for r in routes
+        ]
 
     def _index(self, title: str, base: str, project_ids: set[int]) -> web.Response:
         # One anchor per package version, so a name repeats once per version.
@@ -870,6 +875,8 @@ class FakeGitLab(_Server):
         name, version = fields["name"], fields["version"]
         if not _VALID_NAME.match(name):
             raise _Reply(400, "Validation failed: Name is invalid")
+        if canonicalize_name(name) in self.protected:
+            raise _Reply(403, "403 Forbidden - Package protected.")
         try:
             Version(version)
         except InvalidVersion:

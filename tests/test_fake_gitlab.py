@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import io
+import json
 import logging
 import subprocess
 import sys
@@ -14,8 +15,6 @@ import time
 import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
-
-import json
 
 import aiohttp
 import pytest
@@ -127,9 +126,9 @@ async def test_private_project_challenges_anonymous_and_hides_from_strangers(
     status, _, _ = await fetch(gl.url + API + "/simple/", basic("glpat-unknown"))
     assert status == 401
     # An id GitLab does not know is 404 for everyone, anonymous included.
-    for headers in [None, AUTH]:
+    for credentials in [None, AUTH]:
         status, _, body = await fetch(
-            gl.url + "/api/v4/projects/999/packages/pypi/simple/", headers
+            gl.url + "/api/v4/projects/999/packages/pypi/simple/", credentials
         )
         assert (status, body) == (404, b'{"message":"404 Project Not Found"}')
     status, _, body = await fetch(gl.url + "/api/v4/groups/99/-/packages/pypi/simple/")
@@ -333,10 +332,14 @@ async def test_firewall_serves_the_public_page_through_its_forward_route(
         assert public.url not in body.decode()
         # The forward route checks the firewall, then sends the client to the public host.
         status, headers, _ = await fetch(link.partition("#")[0], AUTH)
-        assert (status, headers["Location"]) == (302, f"{public.url}/{wheel_path.partition('#')[0]}")
-        blocked_link = f"{gl.url}{API}/forward/tiny-json/{host}/" + public.file_url(
-            blocked
-        ).removeprefix(public.url + "/").partition("#")[0]
+        assert (status, headers["Location"]) == (
+            302,
+            f"{public.url}/{wheel_path.partition('#')[0]}",
+        )
+        blocked_link = (
+            f"{gl.url}{API}/forward/tiny-json/{host}/"
+            + public.file_url(blocked).removeprefix(public.url + "/").partition("#")[0]
+        )
         status, _, body = await fetch(blocked_link, AUTH)
         assert (status, body) == (403, b'{"error":"Dependency Firewall policy violation"}')
         # Only after the read check, like every route of a private project.
