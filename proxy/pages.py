@@ -30,7 +30,7 @@ from .errors import (
     UpstreamUnavailable,
 )
 from .scope import Scope
-from .simple import Index, Project, is_sha256
+from .simple import Distribution, Index, Project, is_sha256
 from .simple_html import PageParseError, parse_index_page, parse_project_page
 from .simple_json import index_from_dict, index_to_dict, project_from_dict, project_to_dict
 from .store import ForwardedRow, Store
@@ -123,45 +123,86 @@ class PageCache:
 
         def parse(answer: PageAnswer) -> Model:
             project = parse_project_page(answer.body, str(answer.url), name)
-            if self.upstream.is_upstream_host(answer.url):
-                return project
-            return self._forwarded_project(project)
+            if not self.upstream.is_upstream_host(answer.url):
+                return self._forwarded_project(project, self._public_host)
+            if any(self._firewall_target(dist) is not None for dist in project.files):
+                return self._firewall_project(project)
+            return project
 
         page = await self._get(scope, name, url, caller, parse, forwarding=True)
-        if page.state == "MISS" and self.settings.upstream.forwarding == "cache":
+        if page.state == "MISS" and self.settings.upstream.forwarding != "deny":
             await self._remember_sources(scope, page.project)
         return page
 
     async def forwarded_source(self, scope: Scope, sha256: str, filename: str) -> yarl.URL | None:
-        """Where a file of a forwarded page lives, if it is one and its host is still allowed."""
+        """Where a file of a forwarded page lives, if it is one and may still be fetched there:
+        on a public host (forwarding "cache"), or GitLab's Dependency Firewall route."""
         up = self.settings.upstream
-        if up.forwarding != "cache":
+        if up.forwarding == "deny":
             return None
         raw = await self.store.forwarded_url(scope.key, sha256, filename)
         if raw is None:
             return None
         url = yarl.URL(raw, encoded=True)
-        return url if is_listed_host(url, up.forward_hosts) else None
+        target = self.upstream.forward_target(url)
+        if target is not None:
+            return url if up.forwarding == "redirect" or self._public_host(target) else None
+        return url if up.forwarding == "cache" and self._public_host(url) else None
 
-    def _forwarded_project(self, project: Project) -> Project:
-        """A public page as this proxy can serve it: files on `forward_hosts`, with a sha256."""
-        hosts = self.settings.upstream.forward_hosts
+    def _public_host(self, url: yarl.URL) -> bool:
+        return is_listed_host(url, self.settings.upstream.forward_hosts)
+
+    def _firewall_target(self, dist: Distribution) -> yarl.URL | None:
+        return self.upstream.forward_target(yarl.URL(dist.url, encoded=True))
+
+    def _firewall_project(self, project: Project) -> Project:
+        """A page GitLab's Dependency Firewall made of the public index's page: forwarding by
+        another name, so `upstream.forwarding` decides, as for a redirect."""
+        mode = self.settings.upstream.forwarding
+        if mode == "deny":
+            raise NotFound(
+                "package not found in GitLab, whose Dependency Firewall serves the public "
+                "index's page instead; this proxy does not follow forwarding "
+                "(upstream.forwarding = 'deny')"
+            )
+
+        def allowed(url: yarl.URL) -> bool:
+            # "redirect" lets each client go where GitLab's forward route sends it, as it would
+            # without the proxy; "cache" fetches only from the public hosts it was told of.
+            target = self.upstream.forward_target(url)
+            return target is not None and (mode == "redirect" or self._public_host(target))
+
+        forwarded = self._forwarded_project(project, allowed)
+        if project.files and not forwarded.files:
+            raise NotFound(
+                "package not found in GitLab, whose Dependency Firewall forwards to hosts "
+                "not in upstream.forward_hosts"
+            )
+        return forwarded
+
+    def _forwarded_project(self, project: Project, allowed: Callable[[yarl.URL], bool]) -> Project:
+        """A forwarded page as this proxy can serve it: the files it may fetch, with a sha256."""
         files = tuple(
             # No core-metadata: the proxy mirrors file bodies, and pip fails on a missing one.
             dataclasses.replace(dist, core_metadata=False)
             for dist in project.files
             if dist.sha256 is not None
             and is_sha256(dist.sha256)
-            and is_listed_host(yarl.URL(dist.url, encoded=True), hosts)
+            and allowed(yarl.URL(dist.url, encoded=True))
         )
         return Project(project.name, files)
 
     async def _remember_sources(self, scope: Scope, project: Project) -> None:
-        """Record where each file of a forwarded page comes from, for the files route."""
+        """Record where each file of a forwarded page comes from, for the files route: a public
+        host, or GitLab's Dependency Firewall route."""
         rows = [
             ForwardedRow(scope.key, dist.sha256, dist.filename, dist.url)
             for dist in project.files
-            if dist.sha256 is not None and not self.upstream.is_upstream_host(yarl.URL(dist.url))
+            if dist.sha256 is not None
+            and (
+                not self.upstream.is_upstream_host(url := yarl.URL(dist.url, encoded=True))
+                or self.upstream.forward_target(url) is not None
+            )
         ]
         if rows:
             await self.store.put_forwarded(rows)

@@ -132,6 +132,23 @@ class Upstream:
             base == ("http", url.host, 80) and origin == ("https", url.host, 443)
         )
 
+    def forward_target(self, url: yarl.URL) -> yarl.URL | None:
+        """The public file a link to GitLab's Dependency Firewall route names, if it is one:
+        `.../api/v4/projects/:id/packages/pypi/forward/<name>/<host>/<path>` on GitLab."""
+        if not self.is_upstream_host(url):
+            return None
+        head, found, tail = url.raw_path.partition("/packages/pypi/forward/")
+        if not found or "/api/v4/projects/" not in head:
+            return None
+        _, _, rest = tail.partition("/")
+        host, _, path = rest.partition("/")
+        if not host or not path:
+            return None
+        try:
+            return yarl.URL(f"https://{host}/{path}", encoded=True)
+        except ValueError:
+            return None
+
     def _headers(self, url: yarl.URL, authorization: str | None) -> dict[str, str]:
         headers: dict[str, str] = {hdrs.USER_AGENT: self.settings.user_agent}
         if authorization and self.is_upstream_host(url):

@@ -29,7 +29,7 @@ from multidict import CIMultiDict
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from tests.wheels import SdistOptions, WheelOptions, make_sdist, make_wheel
+from tests.wheels import SdistOptions, WheelOptions, make_sdist, make_wheel, wheel_metadata
 
 CHALLENGE = 'Basic realm="GitLab Packages Registry"'
 # PEP 508 names; GitLab refuses an upload whose name is not one.
@@ -997,7 +997,13 @@ class FakePublicIndex(_Server):
 
     async def _file(self, request: web.Request) -> web.StreamResponse:
         sha256, filename = request.match_info["sha256"], request.match_info["filename"]
+        # Like PyPI, each wheel's core metadata (PEP 658) sits next to it.
+        wheel_name = filename.removesuffix(".metadata")
         for file in self._files:
             if (file.sha256, file.filename) == (sha256, filename):
                 return web.Response(body=file.content, content_type="application/octet-stream")
+            if (file.sha256, file.filename) == (sha256, wheel_name) and wheel_name.endswith(
+                ".whl"
+            ):
+                return web.Response(body=wheel_metadata(file.content), content_type="text/plain")
         raise _Reply(404, "404 Not Found")
