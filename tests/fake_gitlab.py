@@ -1002,8 +1002,6 @@ class FakePublicIndex(_Server):
         for file in self._files:
             if (file.sha256, file.filename) == (sha256, filename):
                 return web.Response(body=file.content, content_type="application/octet-stream")
-            if (file.sha256, file.filename) == (sha256, wheel_name) and wheel_name.endswith(
-                ".whl"
-            ):
+            if (file.sha256, file.filename) == (sha256, wheel_name) and wheel_name.endswith(".whl"):
                 return web.Response(body=wheel_metadata(file.content), content_type="text/plain")
         raise _Reply(404, "404 Not Found")
