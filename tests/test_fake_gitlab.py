@@ -779,8 +779,11 @@ async def test_public_index_serves_pep_503_pages_and_files() -> None:
         assert f'href="{link}#sha256={sha}" data-requires-python="&gt;=2.7, !=3.0.*">' in page
         status, _, content = await fetch(link)
         assert (status, content) == (200, wheel.content)
+        # Like PyPI, each wheel's core metadata sits next to it (PEP 658).
+        status, _, content = await fetch(link + ".metadata")
+        assert (status, content) == (200, wheel_metadata(wheel.content))
         assert (await fetch(pub.url + "/simple/nothing/"))[0] == 404
-    assert [r.kind for r in pub.requests] == ["page", "page", "file", "notfound"]
+    assert [r.kind for r in pub.requests] == ["page", "page", "file", "file", "notfound"]
     assert pub.requests[1].headers["Authorization"] == "Bearer x"
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from proxy.log import redact
 from tests.conftest import TOKEN, ProxyFactory
 from tests.fake_gitlab import FakeGitLab
 from tests.proxy_harness import RunningProxy, clean_env, run
@@ -146,6 +147,7 @@ async def test_every_usable_sdist_is_listed_once_and_unsafe_names_never(
 async def test_gitlab_token_headers_go_upstream_as_they_came(
     gitlab: FakeGitLab, make_proxy: ProxyFactory, header: str, mode: str
 ) -> None:
+    assert READER not in redact(f"headers: {{'{header}': '{READER}'}}")
     gitlab.add_project(43, "platform/secret", group_id=7)
     gitlab.tokens.update({READER: {42}})
     gitlab.add_wheel(42, "corp-util", "1.0.0")
