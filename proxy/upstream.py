@@ -369,8 +369,11 @@ def credential_headers(credential: str) -> dict[str, str]:
 
 
 def refuses_credentials(status: int, message: str) -> bool:
-    """Whether GitLab's answer refuses the credential itself: a 401, or a 403 with no reason."""
-    return status == 401 or (status == 403 and message in _BARE_REFUSALS)
+    """Whether GitLab's answer refuses the credential itself: a 401, or a 403 with no reason
+    or for a token without the scope it needs."""
+    return status == 401 or (
+        status == 403 and (message in _BARE_REFUSALS or message.startswith("insufficient_scope"))
+    )
 
 
 def message_of(body: bytes, status: int, challenge: str | None = None) -> str:

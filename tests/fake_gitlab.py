@@ -172,6 +172,28 @@ def _revoked() -> _Raw:
     )
 
 
+def _insufficient_scope() -> _Raw:
+    """A token without `api` / `write_package_registry` scope, on an upload."""
+    body = json.dumps(
+        {
+            "error": "insufficient_scope",
+            "error_description": "The request requires higher privileges than provided by the "
+            "access token.",
+            "scope": "api",
+        },
+        separators=(",", ":"),
+    )
+    challenge = 'Bearer realm="Protected by OAuth 2.0", error="insufficient_scope"'
+    return _Raw(
+        web.Response(
+            status=403,
+            text=body,
+            content_type="application/json",
+            headers={"WWW-Authenticate": challenge},
+        )
+    )
+
+
 def rate_limited(retry_after: int) -> web.Response:
     """Rack::Attack's throttle answer (lib/gitlab/rack_attack.rb): plain text, with the
     RateLimit-* headers and Retry-After in seconds."""
@@ -856,7 +878,9 @@ class FakeGitLab(_Server):
         project, caller = self._project(request)
         if caller is None:
             raise _unauthorized()
-        if not (caller.can_write and self._is_member(caller, project)):
+        if not caller.can_write:
+            raise _insufficient_scope()
+        if not self._is_member(caller, project):
             raise _Reply(403, "403 Forbidden")
         fields, filename, content, size = await _read_upload(request, self.max_upload_size)
         missing = [

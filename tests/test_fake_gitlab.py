@@ -491,9 +491,10 @@ async def test_upload_refusals(gl: FakeGitLab) -> None:
         (basic("glpat-reader"), 403),
         (basic("glpat-stranger"), 404),
     ]:
-        assert (await post(gl.url + API, upload_form(filename, content, **fields), headers))[
-            0
-        ] == status
+        got, body = await post(gl.url + API, upload_form(filename, content, **fields), headers)
+        assert got == status
+        # A token without the write scope: GitLab's OAuth error, under `error`.
+        assert (b'"error":"insufficient_scope"' in body) == (headers == basic("glpat-reader"))
     got, body = await post(gl.url + API, upload_form(filename, content, version="1.0"), AUTH)
     assert (got, body) == (400, b'{"message":"400 Bad request - name is missing"}')
     got, body = await post(

@@ -235,6 +235,25 @@ async def test_a_403_with_a_reason_is_passed_on_not_blamed_on_the_token(
         assert (await resp.json())["message"] == "403 Forbidden - Package protected."
 
 
+async def test_a_proxy_token_without_the_write_scope_is_the_operators_to_fix(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory
+) -> None:
+    gitlab.read_only_tokens.add(TOKEN)
+    proxy = await make_proxy(upstream={"upload_credentials": "inject"})
+    form = aiohttp.FormData()
+    form.add_field("name", "corp-util")
+    form.add_field("version", "1.0.0")
+    filename, content = make_sdist("corp-util", "1.0.0")
+    form.add_field("content", content, filename=filename)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{proxy.url}/api/v4/projects/42/packages/pypi", data=form) as resp,
+    ):
+        assert resp.status == 502
+        message = (await resp.json())["message"]
+    assert "insufficient_scope" in message and "check upstream.token" in message
+
+
 # Redirects within GitLab, and what each anchor says.
 
 
