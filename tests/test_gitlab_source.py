@@ -15,11 +15,13 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import yarl
 
+from proxy import keys
 from proxy.log import redact
 from tests.conftest import TOKEN, ProxyFactory
 from tests.fake_gitlab import FakeGitLab
-from tests.proxy_harness import RunningProxy, clean_env, run
+from tests.proxy_harness import RunningProxy, clean_env, make_settings, run, start_proxy
 from tests.wheels import make_sdist, make_wheel
 
 PAGE = "/api/v4/projects/42/packages/pypi/simple/corp-util/"
@@ -270,6 +272,19 @@ async def test_gitlab_moved_under_a_relative_root_is_followed_not_taken_for_forw
     # Both hops carried the proxy's credentials: the same origin is still GitLab.
     assert all(r.headers.get("Authorization") for r in gitlab.requests)
     assert [r.status for r in gitlab.requests if r.kind == "page"] == [301, 200]
+
+
+async def test_gitlab_upgraded_to_https_on_its_own_host_is_still_gitlab(tmp_path: Path) -> None:
+    """An http GitLab's 301 to https (port 80 to 443) keeps its credentials; no other host does.
+    Checked on the running app's Upstream: the fakes cannot listen on ports 80 and 443."""
+    proxy = await start_proxy(make_settings("http://127.0.0.1", tmp_path / "cache", TOKEN))
+    try:
+        upstream = proxy.app[keys.UPSTREAM]
+        assert upstream.is_upstream_host(yarl.URL("https://127.0.0.1/api/v4/projects/42"))
+        for other in ["https://127.0.0.1:8443/", "http://127.0.0.1:8080/", "https://127.0.0.2/"]:
+            assert not upstream.is_upstream_host(yarl.URL(other)), other
+    finally:
+        await proxy.stop()
 
 
 async def test_each_file_keeps_its_own_requires_python(
