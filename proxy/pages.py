@@ -30,11 +30,12 @@ from .errors import (
     UpstreamUnavailable,
 )
 from .scope import Scope
-from .simple import Distribution, Index, Project, is_sha256
+from .simple import Index, Project, is_sha256
 from .simple_html import PageParseError, parse_index_page, parse_project_page
 from .simple_json import index_from_dict, index_to_dict, project_from_dict, project_to_dict
 from .store import ForwardedRow, Store
 from .upstream import (
+    FORWARD_ROUTE,
     PageAnswer,
     Upstream,
     fingerprint,
@@ -125,7 +126,7 @@ class PageCache:
             project = parse_project_page(answer.body, str(answer.url), name)
             if not self.upstream.is_upstream_host(answer.url):
                 return self._forwarded_project(project, self._public_host)
-            if any(self._firewall_target(dist) is not None for dist in project.files):
+            if any(FORWARD_ROUTE in dist.url for dist in project.files):
                 return self._firewall_project(project)
             return project
 
@@ -152,12 +153,10 @@ class PageCache:
     def _public_host(self, url: yarl.URL) -> bool:
         return is_listed_host(url, self.settings.upstream.forward_hosts)
 
-    def _firewall_target(self, dist: Distribution) -> yarl.URL | None:
-        return self.upstream.forward_target(yarl.URL(dist.url, encoded=True))
-
     def _firewall_project(self, project: Project) -> Project:
         """A page GitLab's Dependency Firewall made of the public index's page: forwarding by
-        another name, so `upstream.forwarding` decides, as for a redirect."""
+        another name, so `upstream.forwarding` decides, as for a redirect. Its files are
+        fetched from the forward route at GitLab's configured origin, as files/ ones are."""
         mode = self.settings.upstream.forwarding
         if mode == "deny":
             raise NotFound(
@@ -165,6 +164,11 @@ class PageCache:
                 "index's page instead; this proxy does not follow forwarding "
                 "(upstream.forwarding = 'deny')"
             )
+        routed = tuple(
+            dataclasses.replace(dist, url=str(route))
+            for dist in project.files
+            if (route := self.upstream.forward_route(dist.url)) is not None
+        )
 
         def allowed(url: yarl.URL) -> bool:
             # "redirect" lets each client go where GitLab's forward route sends it, as it would
@@ -172,7 +176,7 @@ class PageCache:
             target = self.upstream.forward_target(url)
             return target is not None and (mode == "redirect" or self._public_host(target))
 
-        forwarded = self._forwarded_project(project, allowed)
+        forwarded = self._forwarded_project(Project(project.name, routed), allowed)
         if project.files and not forwarded.files:
             raise NotFound(
                 "package not found in GitLab, whose Dependency Firewall forwards to hosts "
@@ -195,13 +199,15 @@ class PageCache:
     async def _remember_sources(self, scope: Scope, project: Project) -> None:
         """Record where each file of a forwarded page comes from, for the files route: a public
         host, or GitLab's Dependency Firewall route."""
+        public = self.settings.upstream.forwarding == "cache"
         rows = [
             ForwardedRow(scope.key, dist.sha256, dist.filename, dist.url)
             for dist in project.files
             if dist.sha256 is not None
+            # A string test first: a GitLab page's files need no URL parsing in redirect mode.
             and (
-                not self.upstream.is_upstream_host(url := yarl.URL(dist.url, encoded=True))
-                or self.upstream.forward_target(url) is not None
+                FORWARD_ROUTE in dist.url
+                or (public and not self.upstream.is_upstream_host(yarl.URL(dist.url)))
             )
         ]
         if rows:

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -41,6 +42,11 @@ DEFAULT_RETRY_AFTER = 5.0
 # GitLab's own token headers. A credential that travels in one is held as "<header> <token>",
 # as an Authorization value is held as "<scheme> <value>".
 TOKEN_HEADERS = ("Private-Token", "Deploy-Token")
+# The EE Dependency Firewall's route for a public file: it checks it, then redirects there.
+FORWARD_ROUTE = "/packages/pypi/forward/"
+_FORWARD_PATH = re.compile(
+    r"/api/v4/projects/[^/]+/packages/pypi/forward/[^/]+/(?P<host>[^/]+)/(?P<path>.+)$"
+)
 # What GitLab's bare refusals say; any other message is a reason worth passing on.
 _BARE_REFUSALS = frozenset({"401", "403", "401 Unauthorized", "403 Forbidden"})
 
@@ -132,20 +138,30 @@ class Upstream:
             base == ("http", url.host, 80) and origin == ("https", url.host, 443)
         )
 
+    def forward_route(self, link: str) -> yarl.URL | None:
+        """GitLab's Dependency Firewall route that a link on one of its pages names, at the
+        configured origin (links use GitLab's external URL, which may be another one)."""
+        if FORWARD_ROUTE not in link:
+            return None  # the common case, and no URL parsing for it
+        try:
+            path = yarl.URL(link, encoded=True).raw_path
+        except ValueError:
+            return None
+        match = _FORWARD_PATH.search(path)
+        if match is None:
+            return None
+        return yarl.URL(f"{self.base}{match[0]}", encoded=True)
+
     def forward_target(self, url: yarl.URL) -> yarl.URL | None:
-        """The public file a link to GitLab's Dependency Firewall route names, if it is one:
-        `.../api/v4/projects/:id/packages/pypi/forward/<name>/<host>/<path>` on GitLab."""
+        """The public file GitLab's forward route `url` redirects to, if it is one on GitLab:
+        `.../api/v4/projects/:id/packages/pypi/forward/<name>/<host>/<path>`."""
         if not self.is_upstream_host(url):
             return None
-        head, found, tail = url.raw_path.partition("/packages/pypi/forward/")
-        if not found or "/api/v4/projects/" not in head:
-            return None
-        _, _, rest = tail.partition("/")
-        host, _, path = rest.partition("/")
-        if not host or not path:
+        match = _FORWARD_PATH.search(url.raw_path)
+        if match is None:
             return None
         try:
-            return yarl.URL(f"https://{host}/{path}", encoded=True)
+            return yarl.URL(f"https://{match['host']}/{match['path']}", encoded=True)
         except ValueError:
             return None
 

@@ -9,9 +9,9 @@ import aiohttp
 import pytest
 
 from proxy import keys
-from tests.conftest import ProxyFactory
+from tests.conftest import TOKEN, ProxyFactory
 from tests.fake_gitlab import FakeGitLab, FakePublicIndex
-from tests.proxy_harness import pip_install
+from tests.proxy_harness import make_settings, pip_install, start_proxy
 from tests.test_forward_cache import host_of
 from tests.test_pull_through import PROJECT_PAGE, get, installed
 
@@ -119,3 +119,25 @@ async def test_redirect_sends_pip_where_gitlab_would_and_caches_nothing(
     assert (await get(f"{proxy.url}{PROJECT_PAGE}tiny-json/"))[0] == 200
     status, _, body = await get(f"{proxy.url}{FILES}/{blocked.sha256}/{blocked.filename}")
     assert (status, body) == (403, b'{"message": "Dependency Firewall policy violation"}')
+
+
+async def test_firewall_links_on_gitlabs_external_url_go_to_its_configured_origin(
+    public: FakePublicIndex, tmp_path: Path
+) -> None:
+    """GitLab builds links from its external URL; the proxy may know it by another address."""
+    async with FakeGitLab(token=TOKEN, external_url="https://gitlab.example.test") as gitlab:
+        gitlab.add_project(42, "platform/tools")
+        gitlab.public_index_url = public.url
+        gitlab.firewall = True
+        wheel = public.add_wheel("tiny-json", "1.0.0")
+        upstream = {"forwarding": "cache", "forward_hosts": (host_of(public),)}
+        settings = make_settings(gitlab.server_url, tmp_path / "cache", TOKEN, upstream=upstream)
+        proxy = await start_proxy(settings)
+        try:
+            _, _, page = await get(f"{proxy.url}{PROJECT_PAGE}tiny-json/")
+            assert wheel.filename.encode() in page
+            status, _, body = await get(f"{proxy.url}{FILES}/{wheel.sha256}/{wheel.filename}")
+            assert (status, body) == (200, wheel.content)
+            assert gitlab.counts["firewall"] == 1
+        finally:
+            await proxy.stop()
