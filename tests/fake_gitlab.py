@@ -643,7 +643,9 @@ class FakeGitLab(_Server):
             package = _Package(project_id, name, version, requires_python)
             self._packages.append(package)
         if any(f.filename == filename for f in package.files):
-            raise _Reply(400, "Validation failed: File name has already been taken")
+            raise _Reply(
+                400, "400 Bad request - Validation failed: File name has already been taken"
+            )
         if requires_python:
             package.requires_python = requires_python
         file = FakeFile(filename, content, sha256, requires_python, name, version, project_id)
@@ -893,7 +895,8 @@ class FakeGitLab(_Server):
             if not value
         ]
         if missing:
-            raise _Reply(400, "400 Bad request - " + ", ".join(f"{m} is missing" for m in missing))
+            # Grape's own parameter check, which answers under `error`.
+            raise _Reply(400, ", ".join(f"{m} is missing" for m in missing), key="error")
         if self.max_upload_size is not None and size > self.max_upload_size:
             raise _Reply(400, "File is too large")
         name, version = fields["name"], fields["version"]

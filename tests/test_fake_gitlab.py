@@ -455,7 +455,7 @@ async def test_upload_creates_then_refuses_the_same_filename(gl: FakeGitLab) -> 
     status, body = await post(gl.url + API, upload_form(filename, content, **fields), AUTH)
     assert (status, body) == (
         400,
-        b'{"message":"Validation failed: File name has already been taken"}',
+        b'{"message":"400 Bad request - Validation failed: File name has already been taken"}',
     )
     assert gl.counts["upload"] == 2
 
@@ -496,7 +496,7 @@ async def test_upload_refusals(gl: FakeGitLab) -> None:
         # A token without the write scope: GitLab's OAuth error, under `error`.
         assert (b'"error":"insufficient_scope"' in body) == (headers == basic("glpat-reader"))
     got, body = await post(gl.url + API, upload_form(filename, content, version="1.0"), AUTH)
-    assert (got, body) == (400, b'{"message":"400 Bad request - name is missing"}')
+    assert (got, body) == (400, b'{"error":"name is missing"}')
     got, body = await post(
         gl.url + API, upload_form(filename, content, name="x", version="one"), AUTH
     )
