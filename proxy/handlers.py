@@ -181,8 +181,7 @@ async def file_download(request: web.Request) -> web.StreamResponse:
     auth = who.authorization
     gate = request.app[keys.GATE]
     admission = gate.admission(who, scope, sha256, source)
-    # A client's cached file is judged at its source, which for a forwarded one is not files/.
-    if (admission is not None or files.hit(sha256, filename) is None) and not upstream.offline:
+    if files.hit(sha256, filename) is None and not upstream.offline:
         forwarded = await request.app[keys.PAGES].forwarded_source(scope, sha256, filename)
         if forwarded is not None and upstream.is_upstream_host(forwarded):
             # GitLab's Dependency Firewall route: it checks the file, then redirects to the

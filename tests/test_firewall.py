@@ -141,3 +141,29 @@ async def test_firewall_links_on_gitlabs_external_url_go_to_its_configured_origi
             assert gitlab.counts["firewall"] == 1
         finally:
             await proxy.stop()
+
+
+async def test_a_cached_firewall_file_reaches_only_clients_gitlab_lets_in(
+    gitlab: FakeGitLab, firewall: FakePublicIndex, make_proxy: ProxyFactory
+) -> None:
+    gitlab.tokens.update({"glpat-member-of-42": {42}, "glpat-stranger-0": set()})
+    upstream = {
+        "credentials": "passthrough",
+        "token": "",
+        "forwarding": "cache",
+        "forward_hosts": (host_of(firewall),),
+    }
+    proxy = await make_proxy(upstream=upstream)
+    wheel = firewall.add_wheel("tiny-json", "2.0.0")
+    url = f"{proxy.url}{FILES}/{wheel.sha256}/{wheel.filename}"
+    member = {"Private-Token": "glpat-member-of-42"}
+    assert (await get(f"{proxy.url}{PROJECT_PAGE}tiny-json/", headers=member))[0] == 200
+    status, headers, body = await get(url, headers=member)
+    assert (status, body) == (200, wheel.content)
+    assert headers["Cache-Control"].startswith("private")
+    # The forward route was asked with the member's own token, in the form it came.
+    asked = [r for r in gitlab.requests if r.kind == "firewall"]
+    assert [r.headers.get("Private-Token") for r in asked] == ["glpat-member-of-42"]
+    # A stranger to the project gets GitLab's answer, not the cached bytes.
+    status, _, body = await get(url, headers={"Private-Token": "glpat-stranger-0"})
+    assert status == 404 and wheel.content not in body
