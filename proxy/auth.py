@@ -19,11 +19,13 @@ from cachetools import LRUCache, TTLCache
 from .config import UpstreamSettings
 from .errors import GITLAB_CHALLENGE, BadRequest, ProxyError, UpstreamStatus
 from .scope import Scope
-from .upstream import Upstream
+from .upstream import TOKEN_HEADERS, Upstream, refuses_credentials
 
 # GitLab's tokens are short, but JWT CI job tokens run to a few hundred bytes; this is generous.
 MAX_AUTHORIZATION = 4096
 _TOKEN68_RE = re.compile(r"^[A-Za-z0-9._~+/-]+=*$")
+# GitLab reads this header on its other APIs, never on the PyPI routes.
+JOB_TOKEN_HEADER = "Job-Token"
 # Bounds on what is remembered: each entry is a few hundred bytes.
 MAX_DECISIONS = 100_000
 MAX_MEMBERS = 200_000
@@ -67,6 +69,31 @@ def parse_authorization(raw: str | None) -> str | None:
             raise BadRequest("Bearer credentials are malformed")
         return f"Bearer {value}"
     raise BadRequest("unsupported Authorization scheme; use Basic (user:token)")
+
+
+def client_credential(headers: Mapping[str, str]) -> str | None:
+    """The client's GitLab credential, in every form GitLab's PyPI routes take; None if none.
+
+    Authorization (Basic or Bearer) first, then GitLab's `Private-Token` and `Deploy-Token`
+    headers, held as "<header> <token>" so they go upstream as they came. A `Job-Token` header
+    is refused: GitLab would take its caller for anonymous.
+    """
+    authorization = parse_authorization(headers.get(hdrs.AUTHORIZATION))
+    if authorization is not None:
+        return authorization
+    for name in TOKEN_HEADERS:
+        token = headers.get(name, "").strip()
+        if not token:
+            continue
+        if len(token) > MAX_AUTHORIZATION or not _TOKEN68_RE.match(token):
+            raise BadRequest(f"{name} header is malformed")
+        return f"{name} {token}"
+    if headers.get(JOB_TOKEN_HEADER, "").strip():
+        raise Unauthenticated(
+            "401 Unauthorized - GitLab ignores the Job-Token header on its PyPI routes; "
+            "send the job token as Basic credentials gitlab-ci-token:<token>"
+        )
+    return None
 
 
 def parse_basic(raw: str) -> BasicCredentials:
@@ -156,7 +183,7 @@ class Gatekeeper:
         if mode == "inject":
             # The client's header is not used at all, so it is not judged either.
             return Caller(self.upstream.injected_authorization)
-        client = parse_authorization(headers.get(hdrs.AUTHORIZATION))
+        client = client_credential(headers)
         if client is None:
             if mode == "passthrough":
                 raise Unauthenticated()
@@ -170,7 +197,7 @@ class Gatekeeper:
         """Who an upload acts as: the client, unless `upload_credentials = "inject"`."""
         if self.settings.upload_credentials == "inject":
             return Caller(self.upstream.injected_authorization)
-        client = parse_authorization(headers.get(hdrs.AUTHORIZATION))
+        client = client_credential(headers)
         if client is None:
             raise Unauthenticated()
         return Caller(client, self._key(client))
@@ -222,7 +249,7 @@ class Gatekeeper:
         if status in _FILE_ALLOWED:
             self.remember(caller, scope, 200, "200 OK")
             return Decision(200, "200 OK")
-        if status in (401, 403):
+        if refuses_credentials(status, message):
             self.remember(caller, scope, status, message)
         if status in _FILE_REFUSED:
             return Decision(status, message)
@@ -243,7 +270,8 @@ class Gatekeeper:
             self.decisions[self._decision_key(caller, scope.key, sha256)] = Decision(
                 error.status, error.message
             )
-            if error.status in (401, 403):
+            # A 403 with a reason (a file the firewall blocks) is about this file only.
+            if refuses_credentials(error.status, error.message):
                 self.remember(caller, scope, error.status, error.message)
 
     def admission(

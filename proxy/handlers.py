@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 from urllib.parse import quote, unquote
 
+import yarl
 from aiohttp import hdrs, web
 
 from . import keys, uploads
 from .auth import Caller
-from .errors import BadRequest, NotAcceptable, NotFound, RangeNotSatisfiable
+from .errors import BadRequest, NotAcceptable, NotFound, RangeNotSatisfiable, UpstreamError
 from .metadata import SUFFIX as METADATA_SUFFIX
 from .negotiate import accepts_gzip, choose, none_match, parse_accept
 from .pages import PageResult
@@ -17,6 +18,7 @@ from .rendering import FORMAT_OF, Rendered
 from .scope import Scope
 from .simple import is_distribution_filename, is_sha256, is_valid_name, normalize
 from .status import render_home, render_status
+from .upstream import message_of
 
 MAX_FILENAME_LENGTH = 255
 
@@ -177,10 +179,17 @@ async def file_download(request: web.Request) -> web.StreamResponse:
     source = upstream.url_for(scope, f"files/{sha256}/{quote(filename, safe='')}")
     who = caller(request)
     auth = who.authorization
-    admission = request.app[keys.GATE].admission(who, scope, sha256, source)
+    gate = request.app[keys.GATE]
+    admission = gate.admission(who, scope, sha256, source)
     if files.hit(sha256, filename) is None and not upstream.offline:
         forwarded = await request.app[keys.PAGES].forwarded_source(scope, sha256, filename)
-        if forwarded is not None:
+        if forwarded is not None and upstream.is_upstream_host(forwarded):
+            # GitLab's Dependency Firewall route: it checks the file, then redirects to the
+            # public host (followed without credentials); GitLab judges each client there.
+            if request.app[keys.SETTINGS].upstream.forwarding == "redirect":
+                return await _firewall_redirect(request, forwarded, wants_metadata, auth)
+            source, admission = forwarded, gate.admission(who, scope, sha256, forwarded)
+        elif forwarded is not None:
             # A public index's file: fetched from there, never with GitLab's credentials, and
             # public, so there is no GitLab decision to wait for.
             source, auth, admission = forwarded, None, None
@@ -191,6 +200,26 @@ async def file_download(request: web.Request) -> web.StreamResponse:
             request, sha256, filename, source, auth, admission
         )
     return await files.respond(request, sha256, filename, source, auth, admission)
+
+
+async def _firewall_redirect(
+    request: web.Request, forward: yarl.URL, wants_metadata: bool, authorization: str | None
+) -> web.StreamResponse:
+    """What GitLab answers this client for a file its Dependency Firewall forwards: a redirect
+    to the public host (with forwarding "redirect" nothing is cached), or GitLab's refusal."""
+    if wants_metadata:
+        # The forward route serves the public index's `.metadata` files too.
+        forward = forward.with_path(forward.raw_path + METADATA_SUFFIX, encoded=True)
+    upstream = request.app[keys.UPSTREAM]
+    answer = await upstream.get_page(forward, authorization)
+    if answer.location is not None:
+        raise web.HTTPFound(str(answer.location))
+    message = message_of(answer.body, answer.status, answer.challenge)
+    if answer.status == 200:
+        raise UpstreamError("GitLab's Dependency Firewall route answered 200, not a redirect")
+    raise upstream.error_for(
+        answer.status, message, answer.retry_after, authorization=authorization
+    )
 
 
 async def health(request: web.Request) -> web.StreamResponse:

@@ -34,7 +34,15 @@ from .simple import Index, Project, is_sha256
 from .simple_html import PageParseError, parse_index_page, parse_project_page
 from .simple_json import index_from_dict, index_to_dict, project_from_dict, project_to_dict
 from .store import ForwardedRow, Store
-from .upstream import PageAnswer, Upstream, fingerprint, is_listed_host, message_of
+from .upstream import (
+    FORWARD_ROUTE,
+    PageAnswer,
+    Upstream,
+    fingerprint,
+    is_listed_host,
+    message_of,
+    refuses_credentials,
+)
 
 log = logging.getLogger(__name__)
 
@@ -116,45 +124,91 @@ class PageCache:
 
         def parse(answer: PageAnswer) -> Model:
             project = parse_project_page(answer.body, str(answer.url), name)
-            if self.upstream.is_upstream_host(answer.url):
-                return project
-            return self._forwarded_project(project)
+            if not self.upstream.is_upstream_host(answer.url):
+                return self._forwarded_project(project, self._public_host)
+            if any(FORWARD_ROUTE in dist.url for dist in project.files):
+                return self._firewall_project(project)
+            return project
 
         page = await self._get(scope, name, url, caller, parse, forwarding=True)
-        if page.state == "MISS" and self.settings.upstream.forwarding == "cache":
+        if page.state == "MISS" and self.settings.upstream.forwarding != "deny":
             await self._remember_sources(scope, page.project)
         return page
 
     async def forwarded_source(self, scope: Scope, sha256: str, filename: str) -> yarl.URL | None:
-        """Where a file of a forwarded page lives, if it is one and its host is still allowed."""
+        """Where a file of a forwarded page lives, if it is one and may still be fetched there:
+        on a public host (forwarding "cache"), or GitLab's Dependency Firewall route."""
         up = self.settings.upstream
-        if up.forwarding != "cache":
+        if up.forwarding == "deny":
             return None
         raw = await self.store.forwarded_url(scope.key, sha256, filename)
         if raw is None:
             return None
         url = yarl.URL(raw, encoded=True)
-        return url if is_listed_host(url, up.forward_hosts) else None
+        target = self.upstream.forward_target(url)
+        if target is not None:
+            return url if up.forwarding == "redirect" or self._public_host(target) else None
+        return url if up.forwarding == "cache" and self._public_host(url) else None
 
-    def _forwarded_project(self, project: Project) -> Project:
-        """A public page as this proxy can serve it: files on `forward_hosts`, with a sha256."""
-        hosts = self.settings.upstream.forward_hosts
+    def _public_host(self, url: yarl.URL) -> bool:
+        return is_listed_host(url, self.settings.upstream.forward_hosts)
+
+    def _firewall_project(self, project: Project) -> Project:
+        """A page GitLab's Dependency Firewall made of the public index's page: forwarding by
+        another name, so `upstream.forwarding` decides, as for a redirect. Its files are
+        fetched from the forward route at GitLab's configured origin, as files/ ones are."""
+        mode = self.settings.upstream.forwarding
+        if mode == "deny":
+            raise NotFound(
+                "package not found in GitLab, whose Dependency Firewall serves the public "
+                "index's page instead; this proxy does not follow forwarding "
+                "(upstream.forwarding = 'deny')"
+            )
+        routed = tuple(
+            dataclasses.replace(dist, url=str(route))
+            for dist in project.files
+            if (route := self.upstream.forward_route(dist.url)) is not None
+        )
+
+        def allowed(url: yarl.URL) -> bool:
+            # "redirect" lets each client go where GitLab's forward route sends it, as it would
+            # without the proxy; "cache" fetches only from the public hosts it was told of.
+            target = self.upstream.forward_target(url)
+            return target is not None and (mode == "redirect" or self._public_host(target))
+
+        forwarded = self._forwarded_project(Project(project.name, routed), allowed)
+        if project.files and not forwarded.files:
+            raise NotFound(
+                "package not found in GitLab, whose Dependency Firewall forwards to hosts "
+                "not in upstream.forward_hosts"
+            )
+        return forwarded
+
+    def _forwarded_project(self, project: Project, allowed: Callable[[yarl.URL], bool]) -> Project:
+        """A forwarded page as this proxy can serve it: the files it may fetch, with a sha256."""
         files = tuple(
             # No core-metadata: the proxy mirrors file bodies, and pip fails on a missing one.
             dataclasses.replace(dist, core_metadata=False)
             for dist in project.files
             if dist.sha256 is not None
             and is_sha256(dist.sha256)
-            and is_listed_host(yarl.URL(dist.url, encoded=True), hosts)
+            and allowed(yarl.URL(dist.url, encoded=True))
         )
         return Project(project.name, files)
 
     async def _remember_sources(self, scope: Scope, project: Project) -> None:
-        """Record where each file of a forwarded page comes from, for the files route."""
+        """Record where each file of a forwarded page comes from, for the files route: a public
+        host, or GitLab's Dependency Firewall route."""
+        public = self.settings.upstream.forwarding == "cache"
         rows = [
             ForwardedRow(scope.key, dist.sha256, dist.filename, dist.url)
             for dist in project.files
-            if dist.sha256 is not None and not self.upstream.is_upstream_host(yarl.URL(dist.url))
+            if dist.sha256 is not None
+            # A string test first: a GitLab page's files need no URL parsing in redirect mode.
+            and (
+                FORWARD_ROUTE in dist.url
+                or (public and not self.upstream.is_upstream_host(yarl.URL(dist.url)))
+            )
         ]
         if rows:
             await self.store.put_forwarded(rows)
@@ -299,7 +353,7 @@ class PageCache:
         up = self.settings.upstream
         follow = up.forward_hosts if forwarding and up.forwarding == "cache" else ()
         answer = await self.upstream.get_page(url, caller.authorization, follow_to=follow)
-        message = message_of(answer.body, answer.status)
+        message = message_of(answer.body, answer.status, answer.challenge)
         self._judge(scope, caller, answer, message, index=not forwarding)
         if answer.location is not None and forwarding:
             raise self._forwarded(answer.location)
@@ -341,7 +395,7 @@ class PageCache:
         if answer.status == 200 or (answer.location is not None and not index):
             self.gate.remember(caller, scope, 200, "200 OK")
         # A 404 for a package page may just mean no such package; for the index it is a no.
-        elif answer.status in (401, 403) or (answer.status == 404 and index):
+        elif refuses_credentials(answer.status, message) or (answer.status == 404 and index):
             self.gate.remember(caller, scope, answer.status, message)
 
     async def invalidate(self, name: str) -> None:

@@ -25,6 +25,22 @@ _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 # cannot be part of a real distribution and would be unsafe in the paths we build from it.
 _FILENAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+!-]*$")
 _HEX_RE = re.compile(r"^[0-9a-f]+$")
+# Sdist archives a current installer unpacks (pip's unpacking.py; uv adds .tar.zst). GitLab
+# accepts any filename, so all of them are on its pages; packaging parses only .tar.gz/.zip.
+SDIST_SUFFIXES = (
+    ".tar.gz",
+    ".zip",
+    ".tgz",
+    ".tar",
+    ".tar.bz2",
+    ".tbz",
+    ".tar.xz",
+    ".txz",
+    ".tlz",
+    ".tar.lz",
+    ".tar.lzma",
+    ".tar.zst",
+)
 # Hex digest lengths of the fixed-size hashlib.algorithms_guaranteed, the names PEP 503 allows.
 _HASH_HEX_LENGTHS = {
     "md5": 32,
@@ -64,7 +80,11 @@ def version_of(filename: str) -> Version | None:
     try:
         if filename.endswith(".whl"):
             return parse_wheel_filename(filename)[1]
-        return parse_sdist_filename(filename)[1]
+        suffix = next((s for s in SDIST_SUFFIXES if filename.endswith(s)), None)
+        if suffix is None:
+            return None
+        # The name-version rules are the same whatever the archive: parse it as a .tar.gz.
+        return parse_sdist_filename(filename.removesuffix(suffix) + ".tar.gz")[1]
     except (InvalidWheelFilename, InvalidSdistFilename):
         return None
 

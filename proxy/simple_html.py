@@ -34,8 +34,14 @@ def parse_project_page(body: bytes, base_url: str, name_hint: str | None = None)
     """
     doc = _document(body)
     base = _base_url(doc, base_url)
-    files = tuple(dist for a in doc.iter("a") if (dist := _distribution(a, base)) is not None)
-    return Project(_project_name(doc, name_hint), files)
+    # GitLab keeps `My_Pkg` and `my-pkg` as two records, so one page can list a filename
+    # twice; a client must see it once (the first, as pip would pick it).
+    files: dict[str, Distribution] = {}
+    for a in doc.iter("a"):
+        dist = _distribution(a, base)
+        if dist is not None:
+            files.setdefault(dist.filename, dist)
+    return Project(_project_name(doc, name_hint), tuple(files.values()))
 
 
 def parse_index_page(body: bytes) -> Index:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import yarl
@@ -27,16 +29,19 @@ from .errors import (
 )
 from .scope import Scope
 from .simple import normalize
-from .upstream import message_of
+from .upstream import credential_headers, message_of, refuses_credentials
 
 log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
 MAX_PART_HEADERS = 16 * 1024
 MAX_PREAMBLE = 16 * 1024
-# Only `name` and `version` are kept, to name the pages to drop; both are short.
+# Only these short fields are kept: `name` and `version` name the pages to drop, and the
+# digests are checked against the file, since GitLab stores them as sent.
 MAX_KEPT_FIELD = 1024
-KEPT_FIELDS = ("name", "version")
+REQUIRED_FIELDS = ("name", "version")
+DIGEST_FIELDS = ("sha256_digest", "md5_digest")
+KEPT_FIELDS = REQUIRED_FIELDS + DIGEST_FIELDS
 MAX_ANSWER = 64 * 1024
 DUPLICATE = "File name has already been taken"
 
@@ -59,6 +64,15 @@ class MultipartScanner:
     filename: str = ""
     content_bytes: int = 0
     done: bool = False
+    # Bytes fed so far, and where the closing delimiter (CRLF, `--boundary--`) starts.
+    fed: int = 0
+    closing_at: int | None = None
+    _digests: dict[str, Any] = field(
+        default_factory=lambda: {
+            "sha256_digest": hashlib.sha256(),
+            "md5_digest": hashlib.md5(usedforsecurity=False),
+        }
+    )
     _buffer: bytearray = field(default_factory=bytearray)
     _state: str = "preamble"
     _part: str | None = None
@@ -68,7 +82,24 @@ class MultipartScanner:
     def _delimiter(self) -> bytes:
         return b"\r\n--" + self.boundary
 
+    @property
+    def closing_length(self) -> int:
+        """Bytes from where the closing delimiter starts to where it is recognised."""
+        return len(self._delimiter) + 2
+
+    def sha256_part(self, hexdigest: str) -> bytes:
+        """A `sha256_digest` part with this digest, to go just before the closing delimiter."""
+        return (
+            self._delimiter
+            + b'\r\nContent-Disposition: form-data; name="sha256_digest"\r\n\r\n'
+            + hexdigest.encode("ascii")
+        )
+
+    def sha256_hexdigest(self) -> str:
+        return str(self._digests["sha256_digest"].hexdigest())
+
     def feed(self, data: bytes) -> None:
+        self.fed += len(data)
         if self.done:
             return  # the epilogue after the closing boundary carries nothing
         self._buffer += data
@@ -123,6 +154,7 @@ class MultipartScanner:
         tail = bytes(buf[end : end + 2])
         if tail == b"--":
             self.done = True
+            self.closing_at = self.fed - len(buf) + end - len(self._delimiter)
             self._buffer = bytearray()
             return False
         if tail != b"\r\n":
@@ -150,6 +182,8 @@ class MultipartScanner:
     def _body(self, data: bytes) -> None:
         if self._part == "content":
             self.content_bytes += len(data)
+            for digest in self._digests.values():
+                digest.update(data)
         elif self._part in KEPT_FIELDS:
             self._value += data
             if len(self._value) > MAX_KEPT_FIELD:
@@ -167,11 +201,19 @@ class MultipartScanner:
         """At the end: a closed body with the fields GitLab requires, else a clear 400."""
         if not self.done:
             raise Malformed("it ends before the closing boundary")
-        missing = [f for f in KEPT_FIELDS if not self.fields.get(f)]
+        missing = [f for f in REQUIRED_FIELDS if not self.fields.get(f)]
         if not self.filename:
             missing.insert(0, "content")
         if missing:
             raise BadRequest("400 Bad request - " + ", ".join(f"{m} is missing" for m in missing))
+        # GitLab would store a wrong digest unchecked; then no download of the file verifies.
+        for name, digest in self._digests.items():
+            claimed = self.fields.get(name, "").lower()
+            if claimed and claimed != digest.hexdigest():
+                raise BadRequest(
+                    f"400 Bad request - {name} {claimed} does not match the uploaded file "
+                    f"({digest.hexdigest()})"
+                )
 
 
 class ClientGone(ProxyError):
@@ -191,13 +233,15 @@ class Upload:
     failure: ProxyError | None = None
 
     async def body(self) -> AsyncIterator[bytes]:
-        """The request body as it arrives, checked before it goes upstream.
+        """The request body as it arrives, checked before it goes upstream, and with the file's
+        verified `sha256_digest` as its last part (see `SHA256_PART_BYTES`).
 
         Each chunk goes out only once the next one has arrived, and the last one only once the
         whole body has checked out: a body the proxy refuses, or a client that goes away, always
         leaves GitLab with an incomplete request, never a complete one to accept.
         """
-        pending = b""
+        held = bytearray()
+        sent = 0
         try:
             while True:
                 try:
@@ -210,9 +254,15 @@ class Upload:
                 if self.limit and self.received > self.limit:
                     raise _too_large(self.limit)
                 self.scanner.feed(chunk)
-                if pending:
-                    yield pending
-                pending = chunk
+                held += chunk
+                # Kept back too: enough bytes before this chunk to hold the closing delimiter,
+                # where the digest part goes in.
+                ready = len(held) - len(chunk) - self.scanner.closing_length
+                if ready > 0 and not self.scanner.done:
+                    out = bytes(held[:ready])
+                    del held[:ready]
+                    sent += ready
+                    yield out
             expected = self.request.content_length
             if self.request.content.exception() is not None or (
                 expected is not None and self.received < expected
@@ -223,8 +273,18 @@ class Upload:
             # Raised into aiohttp's writer, which then cuts the connection to GitLab.
             self.failure = e
             raise
-        if pending:
-            yield pending
+        assert self.scanner.closing_at is not None  # check() saw the closing delimiter
+        at = self.scanner.closing_at - sent
+        part = self.scanner.sha256_part(self.scanner.sha256_hexdigest())
+        yield bytes(held[:at]) + part + bytes(held[at:])
+
+
+# Without a digest GitLab stores NULL and the file can never be downloaded by its hash, so the
+# proxy always appends the one it computed: a fixed length, so Content-Length is known at the
+# start. Rack keeps the last of two same-named fields, and a client's own was checked equal.
+SHA256_PART_BYTES = (
+    len(b'\r\n--\r\nContent-Disposition: form-data; name="sha256_digest"\r\n\r\n') + 64
+)
 
 
 def _too_large(limit: int) -> PayloadTooLarge:
@@ -285,14 +345,15 @@ async def upload(request: web.Request) -> web.StreamResponse:
     # While GitLab's Retry-After holds, no byte of the body is read or sent.
     upstream.may_send(url)
     state = Upload(request, MultipartScanner(boundary), settings.max_upload_size)
-    headers = {
+    headers: dict[str, str] = {
         hdrs.USER_AGENT: settings.user_agent,
         hdrs.CONTENT_TYPE: request.headers[hdrs.CONTENT_TYPE],
     }
     if uploader.authorization is not None:
-        headers[hdrs.AUTHORIZATION] = uploader.authorization
+        headers.update(credential_headers(uploader.authorization))
     if request.content_length is not None:
-        headers[hdrs.CONTENT_LENGTH] = str(request.content_length)
+        extra = SHA256_PART_BYTES + len(boundary)
+        headers[hdrs.CONTENT_LENGTH] = str(request.content_length + extra)
     timeout = aiohttp.ClientTimeout(
         total=None, connect=settings.timeout, sock_read=max(settings.timeout, 120)
     )
@@ -330,7 +391,7 @@ async def _answer(
     answer: bytes,
 ) -> web.StreamResponse:
     """GitLab's answer as the client gets it, after dropping pages the upload made stale."""
-    message = message_of(answer, status)
+    message = message_of(answer, status, challenge)
     name = state.scanner.fields.get("name", "")
     duplicate = status == 400 and DUPLICATE in message
     if status == 201 or duplicate:
@@ -340,9 +401,9 @@ async def _answer(
     if duplicate:
         # 409 is what twine, poetry, pdm and uv read as "already there" (--skip-existing).
         return error_response(409, f"409 Conflict - file already exists: {message}")
-    if status in (401, 403) and not uploader.is_client:
+    if refuses_credentials(status, message) and not uploader.is_client:
         raise UpstreamError(
-            f"GitLab refused the proxy's credentials for the upload ({status}); "
+            f"GitLab refused the proxy's credentials for the upload ({status}: {message}); "
             "check upstream.token"
         )
     headers = {hdrs.CONTENT_TYPE: content_type}

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -40,6 +41,16 @@ _REDIRECTS = (301, 302, 303, 307, 308)
 DEFAULT_RETRY_AFTER = 5.0
 # A refused proxy token is logged at most this often: loud enough to notice, not a flood.
 REFUSAL_LOG_SECONDS = 60.0
+# GitLab's own token headers. A credential that travels in one is held as "<header> <token>",
+# as an Authorization value is held as "<scheme> <value>".
+TOKEN_HEADERS = ("Private-Token", "Deploy-Token")
+# The EE Dependency Firewall's route for a public file: it checks it, then redirects there.
+FORWARD_ROUTE = "/packages/pypi/forward/"
+_FORWARD_PATH = re.compile(
+    r"/api/v4/projects/[^/]+/packages/pypi/forward/[^/]+/(?P<host>[^/]+)/(?P<path>.+)$"
+)
+# What GitLab's bare refusals say; any other message is a reason worth passing on.
+_BARE_REFUSALS = frozenset({"401", "403", "401 Unauthorized", "403 Forbidden"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +63,8 @@ class PageAnswer:
     # Set on a redirect: where GitLab pointed (package forwarding).
     location: yarl.URL | None = None
     retry_after: float | None = None
+    # WWW-Authenticate: a revoked token's Bearer challenge says why GitLab refused it.
+    challenge: str | None = None
 
 
 class Upstream:
@@ -120,17 +133,45 @@ class Upstream:
         return yarl.URL(f"{self.base}/api/v4/{scope.api_prefix}/{tail}", encoded=True)
 
     def is_upstream_host(self, url: yarl.URL) -> bool:
-        """Credentials go only to the configured GitLab origin (scheme, host and port)."""
-        return (url.scheme, url.host, url.port) == (
-            self.base.scheme,
-            self.base.host,
-            self.base.port,
+        """Credentials go only to the configured GitLab origin (scheme, host and port), or to
+        the same host upgraded from http to https on the default ports."""
+        origin = (url.scheme, url.host, url.port)
+        base = (self.base.scheme, self.base.host, self.base.port)
+        return origin == base or (
+            base == ("http", url.host, 80) and origin == ("https", url.host, 443)
         )
+
+    def forward_route(self, link: str) -> yarl.URL | None:
+        """GitLab's Dependency Firewall route that a link on one of its pages names, at the
+        configured origin (links use GitLab's external URL, which may be another one)."""
+        if FORWARD_ROUTE not in link:
+            return None  # the common case, and no URL parsing for it
+        try:
+            path = yarl.URL(link, encoded=True).raw_path
+        except ValueError:
+            return None
+        match = _FORWARD_PATH.search(path)
+        if match is None:
+            return None
+        return yarl.URL(f"{self.base}{match[0]}", encoded=True)
+
+    def forward_target(self, url: yarl.URL) -> yarl.URL | None:
+        """The public file GitLab's forward route `url` redirects to, if it is one on GitLab:
+        `.../api/v4/projects/:id/packages/pypi/forward/<name>/<host>/<path>`."""
+        if not self.is_upstream_host(url):
+            return None
+        match = _FORWARD_PATH.search(url.raw_path)
+        if match is None:
+            return None
+        try:
+            return yarl.URL(f"https://{match['host']}/{match['path']}", encoded=True)
+        except ValueError:
+            return None
 
     def _headers(self, url: yarl.URL, authorization: str | None) -> dict[str, str]:
         headers: dict[str, str] = {hdrs.USER_AGENT: self.settings.user_agent}
         if authorization and self.is_upstream_host(url):
-            headers[hdrs.AUTHORIZATION] = authorization
+            headers.update(credential_headers(authorization))
         return headers
 
     async def get_page(
@@ -144,14 +185,25 @@ class Upstream:
                 async with await self._send("page", url, authorization, self._page_timeout) as resp:
                     location = _location(resp)
                     if resp.status in _REDIRECTS and location is not None:
-                        if is_listed_host(location, follow_to) and hops < MAX_REDIRECTS:
+                        # GitLab sending us to itself (http to https, a new relative root) is
+                        # not forwarding: followed, with the credentials its origin may have.
+                        follow = self.is_upstream_host(location) or is_listed_host(
+                            location, follow_to
+                        )
+                        if follow and hops < MAX_REDIRECTS:
                             hops += 1
                             url = location
                             continue
                         return PageAnswer(resp.status, b"", url, location=location)
                     body = await _read_limited(resp, MAX_PAGE_BYTES)
                     self.metrics.fetched("page", len(body))
-                    return PageAnswer(resp.status, body, url, retry_after=_retry_after(resp))
+                    return PageAnswer(
+                        resp.status,
+                        body,
+                        url,
+                        retry_after=_retry_after(resp),
+                        challenge=resp.headers.get(hdrs.WWW_AUTHENTICATE),
+                    )
         except TimeoutError as e:
             raise self._failed("page", UpstreamTimeout(self._timeout_message)) from e
         except aiohttp.ClientError as e:
@@ -209,12 +261,15 @@ class Upstream:
         )
         self.metrics.upstream_answered(kind, time.monotonic() - started, resp.status)
         self._note_status(url, resp.status, _retry_after(resp))
-        if kind != "probe" and self._is_own(url, authorization):
+        # The firewall's 403 on its forward route judges a file, not the proxy's token.
+        judges_token = FORWARD_ROUTE not in url.path
+        if kind != "probe" and judges_token and self._is_own(url, authorization):
             self._note_own_answer(resp.status)
         if resp.status >= 500 or resp.status == 429:
             self.metrics.upstream_failed(kind, f"{url.host} answered {resp.status} for {url.path}")
         elif (
             resp.status in (401, 403)
+            and judges_token
             and self.settings.credentials == "inject"
             and self.is_upstream_host(url)
         ):
@@ -321,9 +376,12 @@ class Upstream:
             None,
             self.injected_authorization,
         )
-        if status in (401, 403) and on_upstream and injected:
+        # A 403 with a reason (the Dependency Firewall, an IP restriction, the job token
+        # policy, a protected package) is about this request, not the token: it goes on as is.
+        if on_upstream and injected and refuses_credentials(status, message):
+            why = "" if message in _BARE_REFUSALS else f": {message}"
             return CredentialsRefused(
-                f"GitLab refused the proxy's credentials ({status}); check upstream.token"
+                f"GitLab refused the proxy's credentials ({status}{why}); check upstream.token"
             )
         if status in (401, 403, 404, 410) and on_upstream:
             headers: dict[str, str] = {}
@@ -356,15 +414,39 @@ def fingerprint(authorization: str | None) -> str:
     return hashlib.sha256(authorization.encode()).hexdigest()[:32]
 
 
-def message_of(body: bytes, status: int) -> str:
-    """GitLab's own JSON `message`, or the bare status; never more than a short string."""
+def credential_headers(credential: str) -> dict[str, str]:
+    """The header a credential travels in: GitLab's own token header, or Authorization."""
+    name, _, token = credential.partition(" ")
+    if name in TOKEN_HEADERS:
+        return {name: token}
+    return {hdrs.AUTHORIZATION: credential}
+
+
+def refuses_credentials(status: int, message: str) -> bool:
+    """Whether GitLab's answer refuses the credential itself: a 401, or a 403 with no reason
+    or for a token without the scope it needs."""
+    return status == 401 or (
+        status == 403 and (message in _BARE_REFUSALS or message.startswith("insufficient_scope"))
+    )
+
+
+def message_of(body: bytes, status: int, challenge: str | None = None) -> str:
+    """What GitLab said, short: its JSON `message`, or `error` (OAuth, parameter and Dependency
+    Firewall errors), or the bare status; a revoked token's challenge says so."""
+    message = str(status)
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
-        return str(status)
+        data = None
     if isinstance(data, dict) and isinstance(data.get("message"), str):
-        return str(data["message"])[:500]
-    return str(status)
+        message = str(data["message"])
+    elif isinstance(data, dict) and isinstance(data.get("error"), str):
+        message = str(data["error"])
+        if isinstance(data.get("error_description"), str):
+            message += f": {data['error_description']}"
+    if status == 401 and challenge and 'error="invalid_token"' in challenge:
+        message = f"the token is revoked or expired ({message})"
+    return message[:500]
 
 
 def _location(resp: aiohttp.ClientResponse) -> yarl.URL | None:
@@ -401,7 +483,7 @@ async def _message(resp: aiohttp.ClientResponse) -> str:
         body = await asyncio.wait_for(resp.content.read(64 * 1024), timeout=5)
     except (aiohttp.ClientError, TimeoutError):
         return str(resp.status)
-    return message_of(body, resp.status)
+    return message_of(body, resp.status, resp.headers.get(hdrs.WWW_AUTHENTICATE))
 
 
 def _unreachable(e: aiohttp.ClientError) -> str:

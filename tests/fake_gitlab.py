@@ -22,19 +22,24 @@ from types import TracebackType
 from typing import Self, TypeVar, Unpack
 from urllib.parse import quote, urlencode
 
+import aiohttp
 from aiohttp import BodyPartReader, web
 from aiohttp.typedefs import Handler
 from multidict import CIMultiDict
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from tests.wheels import SdistOptions, WheelOptions, make_sdist, make_wheel
+from tests.wheels import SdistOptions, WheelOptions, make_sdist, make_wheel, wheel_metadata
 
 CHALLENGE = 'Basic realm="GitLab Packages Registry"'
 # PEP 508 names; GitLab refuses an upload whose name is not one.
 _VALID_NAME = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.IGNORECASE)
 # Outcomes that tests count apart from the route they hit.
 _KIND_BY_STATUS = {401: "unauthorized", 404: "notfound"}
+# The relative root `moved` puts GitLab under; its routes exist there too, answering once moved.
+MOVED_ROOT = "/gitlab"
+# An absolute link on the public page, as the Dependency Firewall rewrites it.
+_PUBLIC_LINK = re.compile(r'href="https?://(?P<host>[^/"]+)/(?P<path>[^"]*)"')
 
 
 @dataclass
@@ -79,7 +84,8 @@ class _Package:
     project_id: int
     name: str  # as uploaded; GitLab keeps the raw name and normalizes it in queries
     version: str
-    requires_python: str  # belongs to the version, so the last upload of it wins
+    # The version's value, which the last upload that sent one set; files keep their own.
+    requires_python: str
     files: list[FakeFile] = field(default_factory=list)
 
     @property
@@ -106,21 +112,104 @@ class _Caller:
 class _Reply(Exception):
     """Ends a request with GitLab's JSON error shape; the middleware renders it."""
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        headers: dict[str, str] | None = None,
+        *,
+        key: str = "message",
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers or {}
+        self.key = key
 
 
-def _json(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    """GitLab's error (and upload) body, compact as Rails renders it."""
-    body = json.dumps({"message": message}, separators=(",", ":"))
+def _json(
+    status: int, message: str, headers: dict[str, str] | None = None, *, key: str = "message"
+) -> web.Response:
+    """GitLab's error (and upload) body, compact as Rails renders it: under `message`, or
+    under `error` for OAuth, parameter and Dependency Firewall errors."""
+    body = json.dumps({key: message}, separators=(",", ":"))
     return web.Response(status=status, text=body, content_type="application/json", headers=headers)
 
 
 def _unauthorized() -> _Reply:
     return _Reply(401, "401 Unauthorized", {"WWW-Authenticate": CHALLENGE})
+
+
+class _Raw(Exception):
+    """Ends a request with a response GitLab does not render as JSON (Rack::Attack's 429, the
+    OAuth challenge of a revoked token)."""
+
+    def __init__(self, response: web.Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+REVOKED_DESCRIPTION = "Token was revoked. You have to re-authorize from the user."
+
+
+def _revoked() -> _Raw:
+    """GitLab's answer to a revoked or expired personal token, even on a public project."""
+    challenge = (
+        'Bearer realm="Protected by OAuth 2.0", error="invalid_token", '
+        f'error_description="{REVOKED_DESCRIPTION}"'
+    )
+    body = json.dumps(
+        {"error": "invalid_token", "error_description": REVOKED_DESCRIPTION},
+        separators=(",", ":"),
+    )
+    return _Raw(
+        web.Response(
+            status=401,
+            text=body,
+            content_type="application/json",
+            headers={"WWW-Authenticate": challenge},
+        )
+    )
+
+
+def _insufficient_scope() -> _Raw:
+    """A token without `api` / `write_package_registry` scope, on an upload."""
+    body = json.dumps(
+        {
+            "error": "insufficient_scope",
+            "error_description": "The request requires higher privileges than provided by the "
+            "access token.",
+            "scope": "api",
+        },
+        separators=(",", ":"),
+    )
+    challenge = 'Bearer realm="Protected by OAuth 2.0", error="insufficient_scope"'
+    return _Raw(
+        web.Response(
+            status=403,
+            text=body,
+            content_type="application/json",
+            headers={"WWW-Authenticate": challenge},
+        )
+    )
+
+
+def rate_limited(retry_after: int) -> web.Response:
+    """Rack::Attack's throttle answer (lib/gitlab/rack_attack.rb): plain text, with the
+    RateLimit-* headers and Retry-After in seconds."""
+    reset = int(time.time()) + retry_after
+    headers = {
+        "Retry-After": str(retry_after),
+        "RateLimit-Name": "throttle_authenticated_packages_api",
+        "RateLimit-Limit": "1000",
+        "RateLimit-Observed": "1001",
+        "RateLimit-Remaining": "0",
+        "RateLimit-Reset": str(reset),
+        "RateLimit-ResetTime": time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(reset)),
+    }
+    return web.Response(
+        status=429, text="Retry later\n", content_type="text/plain", headers=headers
+    )
 
 
 def _requires_python(options: SdistOptions) -> str:
@@ -233,7 +322,9 @@ class _Server:
         try:
             response = await self._answer(request, handler)
         except _Reply as reply:
-            response = _json(reply.status, reply.message, reply.headers)
+            response = _json(reply.status, reply.message, reply.headers, key=reply.key)
+        except _Raw as raw:
+            response = raw.response
         except web.HTTPException as exc:  # the router's own 404 and 405
             response = _json(exc.status, f"{exc.status} {exc.reason}")
         if response is None:
@@ -419,7 +510,15 @@ class FakeGitLab(_Server):
         self.signed_url_ttl = 300
         self.forwarding = True
         self.public_index_url = "https://pypi.org"
+        # EE Dependency Firewall: project package pages of unknown names answer 200 with the
+        # public page, its links rewritten to the `forward/` route; these filenames it blocks.
+        self.firewall = False
+        self.firewall_blocked: set[str] = set()
+        # GitLab moved under MOVED_ROOT: the old paths answer a 301 to the new ones.
+        self.moved = False
         self.max_upload_size: int | None = None
+        # Names under a package protection rule: uploads of them are 403 for this fake's users.
+        self.protected: set[str] = set()
         # Faults. down/delay/fail_status hit GitLab only; the file faults also hit object storage.
         self.down = False
         self.delay = 0.0
@@ -438,7 +537,7 @@ class FakeGitLab(_Server):
     @property
     def url(self) -> str:
         """The external URL: what absolute links on pages start with."""
-        return self.external_url or self.server_url
+        return (self.external_url or self.server_url) + (MOVED_ROOT if self.moved else "")
 
     async def start(self) -> None:
         await self.object_store.start()
@@ -544,8 +643,11 @@ class FakeGitLab(_Server):
             package = _Package(project_id, name, version, requires_python)
             self._packages.append(package)
         if any(f.filename == filename for f in package.files):
-            raise _Reply(400, "Validation failed: File name has already been taken")
-        package.requires_python = requires_python
+            raise _Reply(
+                400, "400 Bad request - Validation failed: File name has already been taken"
+            )
+        if requires_python:
+            package.requires_python = requires_python
         file = FakeFile(filename, content, sha256, requires_python, name, version, project_id)
         package.files.append(file)
         return file
@@ -559,11 +661,15 @@ class FakeGitLab(_Server):
             return None
         username, secret = credentials
         if secret in self.revoked:
-            raise _unauthorized()
+            raise _revoked()
         can_write = secret not in self.read_only_tokens
-        if secret == self.token:
+        if username == "gitlab-ci-token":
+            # Basic gitlab-ci-token:<job token> is the one form a job token takes here, and a
+            # bad one is refused outright, even where anonymous is welcome.
+            if secret not in self.job_tokens:
+                raise _unauthorized()
             return _Caller(None, can_write)
-        if username == "gitlab-ci-token" and secret in self.job_tokens:
+        if secret == self.token:
             return _Caller(None, can_write)
         if secret in self.tokens:
             allowed = self.tokens[secret]
@@ -578,10 +684,15 @@ class FakeGitLab(_Server):
         return project.public or self._is_member(caller, project)
 
     def _project(self, request: web.Request) -> tuple[_Project, _Caller | None]:
-        """The readable project; 401 for anonymous and 404 for others, so nothing leaks."""
+        """The readable project; 401 for anonymous and 404 for others, so nothing leaks.
+
+        An id GitLab does not know is 404 for everyone, anonymous included.
+        """
         caller = self._caller(request)
         project = _by_id_or_path(self._projects, request.match_info["id"])
-        if project is None or not self._can_read(caller, project):
+        if project is None:
+            raise _Reply(404, "404 Project Not Found")
+        if not self._can_read(caller, project):
             raise _unauthorized() if caller is None else _Reply(404, "404 Not Found")
         return project, caller
 
@@ -597,7 +708,9 @@ class FakeGitLab(_Server):
             and self._can_read(caller, p)
         ]
         sees_group = caller is not None and caller.projects is None
-        if group is None or not (projects or sees_group):
+        if group is None:
+            raise _Reply(404, "404 Group Not Found")
+        if not (projects or sees_group):
             raise _unauthorized() if caller is None else _Reply(404, "404 Not Found")
         return group, projects
 
@@ -610,25 +723,42 @@ class FakeGitLab(_Server):
             if request.transport is not None:
                 request.transport.abort()
             return None
+        if self.fail_status == 429:
+            return rate_limited(self.retry_after)
         if self.fail_status is not None:
             status = self.fail_status
-            headers = {"Retry-After": str(self.retry_after)} if status in (429, 503) else {}
+            headers = {"Retry-After": str(self.retry_after)} if status == 503 else {}
             raise _Reply(status, f"{status} {HTTPStatus(status).phrase}", headers)
+        under_root = request.path.startswith(MOVED_ROOT + "/")
+        if self.moved and not under_root:
+            # The front proxy of a GitLab moved under a relative root sends old paths there.
+            return web.Response(status=301, headers={"Location": MOVED_ROOT + request.path_qs})
+        if under_root and not self.moved:
+            raise _Reply(404, "404 Not Found")
         return await handler(request)
 
     def _routes(self) -> list[web.RouteDef]:
-        project = "/api/v4/projects/{id}/packages/pypi"
-        group = "/api/v4/groups/{id}/-/packages/pypi"
-        return [
+        # Twice: at the root, and under the relative root a test may move GitLab to.
+        return self._api_routes("", "") + self._api_routes(MOVED_ROOT, ".moved")
+
+    def _api_routes(self, root: str, variant: str) -> list[web.RouteDef]:
+        project = root + "/api/v4/projects/{id}/packages/pypi"
+        group = root + "/api/v4/groups/{id}/-/packages/pypi"
+        routes = [
             web.get(project + "/simple{slash:/?}", self._project_index, name="index.project"),
             web.get(project + "/simple/{name}{slash:/?}", self._project_page, name="page.project"),
             web.get(
                 project + "/files/{sha256}/{filename}", self._project_file, name="file.project"
             ),
+            web.get(project + "/forward/{name}/{host}/{path:.+}", self._forward, name="firewall"),
             web.post(project, self._upload, name="upload"),
             web.get(group + "/simple{slash:/?}", self._group_index, name="index.group"),
             web.get(group + "/simple/{name}{slash:/?}", self._group_page, name="page.group"),
             web.get(group + "/files/{sha256}/{filename}", self._group_file, name="file.group"),
+        ]
+        return [
+            web.RouteDef(r.method, r.path, r.handler, {"name": r.kwargs["name"] + variant})
+            for r in routes
         ]
 
     def _index(self, title: str, base: str, project_ids: set[int]) -> web.Response:
@@ -658,15 +788,46 @@ class FakeGitLab(_Server):
         return _gitlab_page(
             packages[0].name,
             (
+                # Newest GitLab keeps requires_python per file, falling back to the version's.
+                # A file stored without a digest (NULL) gets an empty sha256 segment [inferred].
                 _gitlab_anchor(
                     f"{base}/files/{f.sha256}/{f.filename}#sha256={f.sha256}",
-                    p.requires_python,
+                    f.requires_python or p.requires_python,
                     f.filename,
                 )
                 for p in packages
                 for f in p.files
             ),
         )
+
+    async def _firewall_page(self, request: web.Request, base: str) -> web.StreamResponse:
+        """The EE Dependency Firewall's 200: the public page GitLab fetched itself, each
+        absolute link rewritten to the project's `forward/<name>/<host>/<path>` route."""
+        requested = request.match_info["name"].lower()
+        url = f"{self.public_index_url.rstrip('/')}/simple/{requested}/"
+        async with aiohttp.ClientSession() as session, session.get(url) as resp:
+            if resp.status != 200:
+                raise _Reply(404, "404 Package Not Found")
+            public = await resp.text()
+        rewritten = _PUBLIC_LINK.sub(
+            lambda m: f'href="{base}/forward/{requested}/{m["host"]}/{m["path"]}"', public
+        )
+        return web.Response(
+            text=rewritten,
+            content_type="text/html",
+            headers={"Content-Disposition": "attachment", "Vary": "Accept"},
+        )
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        """The firewall's check of one public file: 302 to the public file host, or 403."""
+        self._project(request)
+        path = request.match_info["path"]
+        filename = path.rpartition("/")[2].removesuffix(".metadata")
+        if filename in self.firewall_blocked:
+            raise _Reply(403, "Dependency Firewall policy violation", key="error")
+        scheme = self.public_index_url.partition("://")[0]
+        location = f"{scheme}://{request.match_info['host']}/{path}"
+        return web.Response(status=302, headers={"Location": location})
 
     async def _file(self, request: web.Request, project_ids: set[int]) -> web.StreamResponse:
         file = self.find_file(
@@ -691,7 +852,13 @@ class FakeGitLab(_Server):
 
     async def _project_page(self, request: web.Request) -> web.StreamResponse:
         project, _ = self._project(request)
-        return self._package_page(request, self._project_base(project), {project.id})
+        base = self._project_base(project)
+        if self.firewall and not any(
+            p.project_id == project.id and p.normalized == request.match_info["name"].lower()
+            for p in self._packages
+        ):
+            return await self._firewall_page(request, base)
+        return self._package_page(request, base, {project.id})
 
     async def _project_file(self, request: web.Request) -> web.StreamResponse:
         project, _ = self._project(request)
@@ -713,7 +880,9 @@ class FakeGitLab(_Server):
         project, caller = self._project(request)
         if caller is None:
             raise _unauthorized()
-        if not (caller.can_write and self._is_member(caller, project)):
+        if not caller.can_write:
+            raise _insufficient_scope()
+        if not self._is_member(caller, project):
             raise _Reply(403, "403 Forbidden")
         fields, filename, content, size = await _read_upload(request, self.max_upload_size)
         missing = [
@@ -726,25 +895,32 @@ class FakeGitLab(_Server):
             if not value
         ]
         if missing:
-            raise _Reply(400, "400 Bad request - " + ", ".join(f"{m} is missing" for m in missing))
+            # Grape's own parameter check, which answers under `error`.
+            raise _Reply(400, ", ".join(f"{m} is missing" for m in missing), key="error")
         if self.max_upload_size is not None and size > self.max_upload_size:
             raise _Reply(400, "File is too large")
         name, version = fields["name"], fields["version"]
         if not _VALID_NAME.match(name):
             raise _Reply(400, "Validation failed: Name is invalid")
+        if canonicalize_name(name) in self.protected:
+            raise _Reply(403, "403 Forbidden - Package protected.")
         try:
             Version(version)
         except InvalidVersion:
             raise _Reply(400, "Validation failed: Version is invalid") from None
-        # GitLab stores the digest the uploader claims and never re-hashes the file.
-        sha256 = fields.get("sha256_digest") or hashlib.sha256(content).hexdigest()
+        # GitLab stores the digest the uploader claims and never hashes the file itself:
+        # without one the digest is NULL (""), and no download by hash ever finds the file.
+        sha256 = fields.get("sha256_digest", "")
         requires_python = fields.get("requires_python", "")
         self._store(project.id, name, version, filename, content, requires_python, sha256)
         return _json(201, "201 Created")
 
 
 def _credentials(request: web.Request) -> tuple[str, str] | None:
-    """(username, secret) from Basic auth or GitLab's token headers."""
+    """(username, secret) from Basic or Bearer auth or GitLab's token headers.
+
+    The `Job-Token` header is not read on the PyPI routes: such a caller is anonymous.
+    """
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "basic":
         try:
@@ -752,11 +928,11 @@ def _credentials(request: web.Request) -> tuple[str, str] | None:
         except (binascii.Error, UnicodeDecodeError):
             return None
         return username, password
+    if scheme.lower() == "bearer" and value.strip():
+        return "", value.strip()
     for header in ("Private-Token", "Deploy-Token"):
         if secret := request.headers.get(header):
             return "", secret
-    if secret := request.headers.get("Job-Token"):
-        return "gitlab-ci-token", secret
     return None
 
 
@@ -848,7 +1024,11 @@ class FakePublicIndex(_Server):
 
     async def _file(self, request: web.Request) -> web.StreamResponse:
         sha256, filename = request.match_info["sha256"], request.match_info["filename"]
+        # Like PyPI, each wheel's core metadata (PEP 658) sits next to it.
+        wheel_name = filename.removesuffix(".metadata")
         for file in self._files:
             if (file.sha256, file.filename) == (sha256, filename):
                 return web.Response(body=file.content, content_type="application/octet-stream")
+            if (file.sha256, file.filename) == (sha256, wheel_name) and wheel_name.endswith(".whl"):
+                return web.Response(body=wheel_metadata(file.content), content_type="text/plain")
         raise _Reply(404, "404 Not Found")

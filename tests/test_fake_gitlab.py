@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import io
+import json
 import logging
 import subprocess
 import sys
@@ -117,18 +118,23 @@ async def gl() -> AsyncIterator[FakeGitLab]:
 async def test_private_project_challenges_anonymous_and_hides_from_strangers(
     gl: FakeGitLab,
 ) -> None:
-    for path in [f"{API}/simple/", "/api/v4/projects/999/packages/pypi/simple/"]:
-        status, headers, body = await fetch(gl.url + path)
-        assert status == 401
-        assert headers["WWW-Authenticate"] == 'Basic realm="GitLab Packages Registry"'
-        assert body == b'{"message":"401 Unauthorized"}'
+    status, headers, body = await fetch(gl.url + API + "/simple/")
+    assert status == 401
+    assert headers["WWW-Authenticate"] == 'Basic realm="GitLab Packages Registry"'
+    assert body == b'{"message":"401 Unauthorized"}'
     # An unknown token is no token: still the challenge, so pip retries with credentials.
     status, _, _ = await fetch(gl.url + API + "/simple/", basic("glpat-unknown"))
     assert status == 401
-    status, _, body = await fetch(gl.url + "/api/v4/projects/999/packages/pypi/simple/", AUTH)
-    assert (status, body) == (404, b'{"message":"404 Not Found"}')
-    assert gl.counts["unauthorized"] == 3
-    assert gl.counts["notfound"] == 1
+    # An id GitLab does not know is 404 for everyone, anonymous included.
+    for credentials in [None, AUTH]:
+        status, _, body = await fetch(
+            gl.url + "/api/v4/projects/999/packages/pypi/simple/", credentials
+        )
+        assert (status, body) == (404, b'{"message":"404 Project Not Found"}')
+    status, _, body = await fetch(gl.url + "/api/v4/groups/99/-/packages/pypi/simple/")
+    assert (status, body) == (404, b'{"message":"404 Group Not Found"}')
+    assert gl.counts["unauthorized"] == 2
+    assert gl.counts["notfound"] == 3
 
 
 async def test_token_is_accepted_as_basic_password_or_header(gl: FakeGitLab) -> None:
@@ -136,15 +142,24 @@ async def test_token_is_accepted_as_basic_password_or_header(gl: FakeGitLab) -> 
     accepted = [
         AUTH,
         basic(TOKEN, ""),
+        {"Authorization": f"Bearer {TOKEN}"},
         {"Private-Token": TOKEN},
+        {"Deploy-Token": TOKEN},
         basic("job-123", "gitlab-ci-token"),
     ]
     for headers in accepted:
         status, _, _ = await fetch(gl.url + API + "/simple/", headers)
         assert status == 200, headers
-    # A job token only counts with the username GitLab reserves for it.
-    status, _, _ = await fetch(gl.url + API + "/simple/", basic("job-123", "someone"))
-    assert status == 401
+    # A job token only counts as Basic with the username GitLab reserves for it: the Job-Token
+    # header is not read on these routes, so its caller is anonymous.
+    for headers in [basic("job-123", "someone"), {"Job-Token": "job-123"}]:
+        status, _, _ = await fetch(gl.url + API + "/simple/", headers)
+        assert status == 401, headers
+    # A bad job token is refused even where anonymous is welcome.
+    gl.add_project(43, "platform/open", group_id=7, public=True)
+    open_api = "/api/v4/projects/43/packages/pypi/simple/"
+    assert (await fetch(gl.url + open_api, {"Job-Token": "job-bad"}))[0] == 200
+    assert (await fetch(gl.url + open_api, basic("job-bad", "gitlab-ci-token")))[0] == 401
     assert gl.requests[0].headers["Authorization"] == AUTH["Authorization"]
 
 
@@ -163,10 +178,17 @@ async def test_per_token_access_public_projects_and_revocation(gl: FakeGitLab) -
     _, _, restricted = await fetch(gl.url + GROUP_API + "/simple/", lib_only)
     assert b">open-tool<" in anonymous and b"tool<" not in anonymous.replace(b">open-tool<", b"")
     assert b">lib-tool<" in restricted and b">secret-tool<" not in restricted
-    # A revoked token is refused everywhere, even where anonymous is welcome.
+    # A revoked token is refused everywhere, even where anonymous is welcome, with GitLab's
+    # OAuth challenge and an {"error": ...} body, in whatever form it comes.
     gl.revoke("glpat-lib-only")
-    status, _, _ = await fetch(gl.url + "/api/v4/projects/43/packages/pypi/simple/", lib_only)
-    assert status == 401
+    for headers in [lib_only, {"Private-Token": "glpat-lib-only"}]:
+        status, got, body = await fetch(
+            gl.url + "/api/v4/projects/43/packages/pypi/simple/", headers
+        )
+        assert status == 401
+        assert got["WWW-Authenticate"].startswith('Bearer realm="Protected by OAuth 2.0"')
+        assert 'error="invalid_token"' in got["WWW-Authenticate"]
+        assert json.loads(body)["error"] == "invalid_token"
 
 
 async def test_group_with_nothing_visible_challenges_anonymous(gl: FakeGitLab) -> None:
@@ -228,7 +250,7 @@ async def test_group_index_repeats_names_once_per_version() -> None:
     assert body.decode() == GROUP_INDEX_SAMPLE
 
 
-async def test_project_index_links_by_numeric_id_and_last_upload_sets_requires_python(
+async def test_project_index_links_by_numeric_id_and_requires_python_is_per_file(
     gl: FakeGitLab,
 ) -> None:
     gl.add_wheel(42, "corp-util", "1.0", requires_python=">=3.8")
@@ -243,8 +265,13 @@ async def test_project_index_links_by_numeric_id_and_last_upload_sets_requires_p
         f'<a href="{gl.url}{API}/simple/corp-util" data-requires-python="&gt;=3.9">corp-util</a>'
         in page
     )
+    # Newest GitLab keeps each file's own value, falling back to the version's for files
+    # uploaded without one.
+    gl.add_file(42, "corp-util", "1.0", "corp_util-1.0.zip", b"zip")
     _, _, body = await fetch(gl.url + API + "/simple/corp-util/", AUTH)
-    assert body.decode().count('data-requires-python="&gt;=3.9"') == 2
+    page = body.decode()
+    assert page.count('data-requires-python="&gt;=3.8"') == 1
+    assert page.count('data-requires-python="&gt;=3.9"') == 2
 
 
 async def test_encoded_full_path_routes_and_a_literal_slash_does_not(gl: FakeGitLab) -> None:
@@ -284,6 +311,57 @@ async def test_name_lookup_only_lowercases_then_forwards_or_404s(
     gl.forwarding = False
     status, _, body = await fetch(gl.url + API + f"/simple/{requested}/", AUTH)
     assert (status, body) == (404, b'{"message":"404 Package Not Found"}')
+
+
+async def test_firewall_serves_the_public_page_through_its_forward_route(
+    gl: FakeGitLab,
+) -> None:
+    async with FakePublicIndex() as public:
+        gl.public_index_url = public.url
+        wheel = public.add_wheel("tiny-json", "1.0")
+        blocked = public.add_wheel("tiny-json", "1.1")
+        gl.firewall = True
+        gl.firewall_blocked.add(blocked.filename)
+        status, headers, body = await fetch(gl.url + API + "/simple/tiny-json/", AUTH)
+        assert status == 200
+        assert (headers["Content-Disposition"], headers["Vary"]) == ("attachment", "Accept")
+        host = public.url.removeprefix("http://")
+        path = wheel_path = public.file_url(wheel).removeprefix(public.url + "/")
+        link = f"{gl.url}{API}/forward/tiny-json/{host}/{path}"
+        assert f'href="{link}"' in body.decode()
+        assert public.url not in body.decode()
+        # The forward route checks the firewall, then sends the client to the public host.
+        status, headers, _ = await fetch(link.partition("#")[0], AUTH)
+        assert (status, headers["Location"]) == (
+            302,
+            f"{public.url}/{wheel_path.partition('#')[0]}",
+        )
+        blocked_link = (
+            f"{gl.url}{API}/forward/tiny-json/{host}/"
+            + public.file_url(blocked).removeprefix(public.url + "/").partition("#")[0]
+        )
+        status, _, body = await fetch(blocked_link, AUTH)
+        assert (status, body) == (403, b'{"error":"Dependency Firewall policy violation"}')
+        # Only after the read check, like every route of a private project.
+        assert (await fetch(link.partition("#")[0]))[0] == 401
+        assert (await fetch(gl.url + API + "/simple/tiny-json/"))[0] == 401
+        # A name in the project is GitLab's own page, firewall or not.
+        gl.add_wheel(42, "corp-util", "1.0")
+        _, _, body = await fetch(gl.url + API + "/simple/corp-util/", AUTH)
+        assert "/files/" in body.decode() and "/forward/" not in body.decode()
+
+
+async def test_moved_gitlab_redirects_old_paths_to_its_relative_root(gl: FakeGitLab) -> None:
+    wheel = gl.add_wheel(42, "corp-util", "1.0")
+    old = gl.url
+    gl.moved = True
+    status, headers, _ = await fetch(old + API + "/simple/corp-util/?x=1", AUTH)
+    assert (status, headers["Location"]) == (301, f"/gitlab{API}/simple/corp-util/?x=1")
+    status, _, body = await fetch(old + "/gitlab" + API + "/simple/corp-util/", AUTH)
+    assert status == 200
+    assert f"{old}/gitlab{API}/files/{wheel.sha256}/" in body.decode()
+    gl.moved = False
+    assert (await fetch(old + "/gitlab" + API + "/simple/corp-util/", AUTH))[0] == 404
 
 
 # Files.
@@ -377,9 +455,29 @@ async def test_upload_creates_then_refuses_the_same_filename(gl: FakeGitLab) -> 
     status, body = await post(gl.url + API, upload_form(filename, content, **fields), AUTH)
     assert (status, body) == (
         400,
-        b'{"message":"Validation failed: File name has already been taken"}',
+        b'{"message":"400 Bad request - Validation failed: File name has already been taken"}',
     )
     assert gl.counts["upload"] == 2
+
+
+async def test_upload_digest_is_stored_as_sent_or_null(gl: FakeGitLab) -> None:
+    filename, content = make_wheel("corp-util", "1.0")
+    real = hashlib.sha256(content).hexdigest()
+    lie = "0" * 64
+    fields = {"name": "corp-util", "version": "1.0", "sha256_digest": lie}
+    assert (await post(gl.url + API, upload_form(filename, content, **fields), AUTH))[0] == 201
+    # Accepted and listed under the claimed digest; the real one finds nothing.
+    _, _, page = await fetch(gl.url + API + "/simple/corp-util", AUTH)
+    assert f"files/{lie}/{filename}#sha256={lie}" in page.decode()
+    assert (await fetch(gl.url + f"{API}/files/{real}/{filename}", AUTH))[0] == 404
+    # Without a digest GitLab stores NULL: listed, and never downloadable by any hash.
+    other, other_content = make_wheel("corp-util", "1.1")
+    fields = {"name": "corp-util", "version": "1.1"}
+    assert (await post(gl.url + API, upload_form(other, other_content, **fields), AUTH))[0] == 201
+    _, _, page = await fetch(gl.url + API + "/simple/corp-util", AUTH)
+    assert f"files//{other}#sha256=" in page.decode()
+    digest = hashlib.sha256(other_content).hexdigest()
+    assert (await fetch(gl.url + f"{API}/files/{digest}/{other}", AUTH))[0] == 404
 
 
 async def test_upload_refusals(gl: FakeGitLab) -> None:
@@ -393,11 +491,12 @@ async def test_upload_refusals(gl: FakeGitLab) -> None:
         (basic("glpat-reader"), 403),
         (basic("glpat-stranger"), 404),
     ]:
-        assert (await post(gl.url + API, upload_form(filename, content, **fields), headers))[
-            0
-        ] == status
+        got, body = await post(gl.url + API, upload_form(filename, content, **fields), headers)
+        assert got == status
+        # A token without the write scope: GitLab's OAuth error, under `error`.
+        assert (b'"error":"insufficient_scope"' in body) == (headers == basic("glpat-reader"))
     got, body = await post(gl.url + API, upload_form(filename, content, version="1.0"), AUTH)
-    assert (got, body) == (400, b'{"message":"400 Bad request - name is missing"}')
+    assert (got, body) == (400, b'{"error":"name is missing"}')
     got, body = await post(
         gl.url + API, upload_form(filename, content, name="x", version="one"), AUTH
     )
@@ -444,7 +543,11 @@ async def test_fail_status_429_says_when_to_retry(gl: FakeGitLab) -> None:
     gl.retry_after = 7
     status, headers, body = await fetch(gl.url + API + "/simple/x/", AUTH)
     assert (status, headers["Retry-After"]) == (429, "7")
-    assert body == b'{"message":"429 Too Many Requests"}'
+    # Rack::Attack's answer, not a Grape one: plain text and the RateLimit-* headers.
+    assert body == b"Retry later\n"
+    assert headers["Content-Type"].startswith("text/plain")
+    assert headers["RateLimit-Remaining"] == "0"
+    assert {"RateLimit-Limit", "RateLimit-Reset", "RateLimit-ResetTime"} <= set(headers)
     assert gl.counts["page"] == 1
 
 
@@ -677,8 +780,11 @@ async def test_public_index_serves_pep_503_pages_and_files() -> None:
         assert f'href="{link}#sha256={sha}" data-requires-python="&gt;=2.7, !=3.0.*">' in page
         status, _, content = await fetch(link)
         assert (status, content) == (200, wheel.content)
+        # Like PyPI, each wheel's core metadata sits next to it (PEP 658).
+        status, _, content = await fetch(link + ".metadata")
+        assert (status, content) == (200, wheel_metadata(wheel.content))
         assert (await fetch(pub.url + "/simple/nothing/"))[0] == 404
-    assert [r.kind for r in pub.requests] == ["page", "page", "file", "notfound"]
+    assert [r.kind for r in pub.requests] == ["page", "page", "file", "file", "notfound"]
     assert pub.requests[1].headers["Authorization"] == "Bearer x"
 
 

@@ -271,7 +271,8 @@ def test_anchors_that_are_not_distribution_files_are_skipped() -> None:
             '<a href="javascript:x/six-1.0.tar.gz">script</a>',
             '<a href="/f/six-1.0.tar.gz.asc">signature</a>',
             '<a href="/f/six-1.0.exe">installer</a>',
-            '<a href="/f/six-1.0.tar.bz2">old sdist</a>',
+            # An archive no installer unpacks, named like an sdist.
+            '<a href="/f/six-1.0.tar.7z">7z archive</a>',
             '<a href="/f/six-notaversion.tar.gz">no version</a>',
             '<a href="/f/six-1.0-py3-none-any.whl.metadata">metadata</a>',
             '<a href="/f/..%2Fsix-1.0.tar.gz">encoded slash</a>',
@@ -282,6 +283,13 @@ def test_anchors_that_are_not_distribution_files_are_skipped() -> None:
     )
     project = parse_project_page(page(anchors), "https://pypi.example/simple/six/")
     assert [f.filename for f in project.files] == ["six-1.0.tar.gz"]
+
+
+def test_every_sdist_archive_an_installer_unpacks_is_kept() -> None:
+    names = ["six-1.0.tar.bz2", "six-1.0.tar.xz", "six-1.0.tgz", "six-1.0.tar", "six-1.0.tar.zst"]
+    anchors = "".join(f'<a href="/f/{n}#sha256={SHA_A}">{n}</a>' for n in names)
+    project = parse_project_page(page(anchors), "https://pypi.example/simple/six/")
+    assert [f.filename for f in project.files] == names
 
 
 # --- names ---

@@ -439,3 +439,63 @@ async def test_expect_100_continue_is_refused_or_granted_before_the_body(
         assert b" 201 " in line
     writer.close()
     assert uploads(gitlab) == ([201] if expected == b" 100 " else [])
+
+
+# Digests: GitLab stores `sha256_digest` as sent and never checks it.
+
+BIG = b"\x1f\x8b" + bytes(range(256)) * 4096  # 1 MiB: the body streams in many chunks
+
+
+@pytest.mark.parametrize("field", ["sha256_digest", "md5_digest"])
+async def test_a_wrong_digest_is_a_400_and_gitlab_stores_nothing(
+    gitlab: FakeGitLab, proxy: RunningProxy, field: str
+) -> None:
+    wrong = "0" * (64 if field == "sha256_digest" else 32)
+    # As twine orders it: the digests before the file.
+    body = multipart(
+        ("name", None, b"corp-util"),
+        ("version", None, b"1.0.0"),
+        (field, None, wrong.encode()),
+        ("content", "corp_util-1.0.0.tar.gz", BIG),
+    )
+    status, _, answer = await post_as_is(proxy.url + UPLOAD, body, GOOD_TYPE, basic(TOKEN))
+    assert status == 400
+    message = json.loads(answer)["message"]
+    assert f"{field} {wrong} does not match the uploaded file" in message
+    # GitLab's request was cut before its closing boundary: nothing stored under any digest.
+    assert 201 not in uploads(gitlab)
+    real = hashlib.sha256(BIG).hexdigest()
+    assert gitlab.find_file(real, "corp_util-1.0.0.tar.gz", None) is None
+    assert gitlab.find_file(wrong, "corp_util-1.0.0.tar.gz", None) is None
+    status, _, _ = await post_as_is(proxy.url + UPLOAD, GOOD, GOOD_TYPE, basic(TOKEN))
+    assert status == 201, "the refusal was about the digest, not the upload"
+
+
+async def test_an_upload_without_a_digest_can_be_downloaded_by_its_hash(
+    gitlab: FakeGitLab, proxy: RunningProxy
+) -> None:
+    body = multipart(
+        ("name", None, b"corp-util"),
+        ("version", None, b"1.0.0"),
+        ("content", "corp_util-1.0.0.tar.gz", BIG),
+    )
+    status, _, answer = await post_as_is(proxy.url + UPLOAD, body, GOOD_TYPE, basic(TOKEN))
+    assert status == 201, answer
+    real = hashlib.sha256(BIG).hexdigest()
+    # The proxy added the digest it computed; without it GitLab would have stored NULL.
+    assert gitlab.find_file(real, "corp_util-1.0.0.tar.gz", {42}) is not None
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{proxy.url}{UPLOAD}/simple/corp-util/") as resp:
+            assert f"files/{real}/corp_util-1.0.0.tar.gz" in await resp.text()
+        async with session.get(f"{proxy.url}{UPLOAD}/files/{real}/corp_util-1.0.0.tar.gz") as resp:
+            assert (resp.status, await resp.read()) == (200, BIG)
+
+
+async def test_twine_uploads_keep_their_digest_and_verify(
+    gitlab: FakeGitLab, proxy: RunningProxy, tmp_path: Path
+) -> None:
+    """twine's own right digest passes, and GitLab stores that same one."""
+    filename, content = make_wheel("corp-util", "1.0.0")
+    (await twine(proxy.url + UPLOAD, TOKEN, *dist_dir(tmp_path, (filename, content)))).check()
+    stored = gitlab.find_file(hashlib.sha256(content).hexdigest(), filename, {42})
+    assert stored is not None and stored.content == content
