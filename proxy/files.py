@@ -372,6 +372,10 @@ class FileCache:
         if fill.error is not None:
             raise fill.error
 
+    def headers_for(self, sha256: str, filename: str, *, private: bool) -> dict[str, str]:
+        """The headers of a file served from here, for a body served from elsewhere."""
+        return self._headers(sha256, filename, private=private)
+
     def _headers(self, sha256: str, filename: str, *, private: bool) -> dict[str, str]:
         return {
             hdrs.CACHE_CONTROL: PRIVATE_IMMUTABLE if private else IMMUTABLE,

@@ -1,24 +1,33 @@
-"""PEP 658/714 core metadata: each wheel's METADATA, read from the cached wheel, kept as a blob."""
+"""PEP 658/714 core metadata: each wheel's METADATA, read from the cached wheel or by Range."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import logging
 import lzma
+import sqlite3
+import struct
 import zipfile
 import zlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import BinaryIO, cast
 
 import yarl
 from aiohttp import web
+from cachetools import LRUCache
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
-from .errors import NotFound
-from .files import Admission, FileCache
+from .cachehealth import Throttled
+from .errors import NotFound, UpstreamError
+from .files import Admission, CacheUnwritable, FileCache
+from .remotezip import RemoteFile, RemoteZipError, read_by_range
 from .simple import Distribution
 from .store import CoreMetadataRow, Store
+from .upstream import RangeIgnored
 
 log = logging.getLogger(__name__)
 
@@ -26,24 +35,39 @@ SUFFIX = ".metadata"
 # Real METADATA files run to a few hundred KiB (long descriptions); a zip member claiming more
 # is not read into memory.
 MAX_METADATA_BYTES = 16 * 1024 * 1024
+# A zip member's local header before its name; past the name, an extra field that may be
+# longer than the central directory's copy of it (read along, so one range usually does).
+LOCAL_HEADER_BYTES = 30
+LOCAL_EXTRA_SLACK = 1024
+# Metadata of wheels the cache has no room for, held in memory instead (most are a few KiB).
+UNSTORED_BYTES = 32 * 1024 * 1024
 
 
-class WheelMetadataError(ValueError):
+class WheelMetadataError(Exception):
     """The wheel has no METADATA a client could use; the message says why."""
 
 
-def read_wheel_metadata(path: Path, filename: str) -> bytes:
-    """The `<name>-<version>.dist-info/METADATA` bytes of the wheel at `path` (blocking).
+def read_wheel_metadata(source: Path | RemoteFile, filename: str) -> bytes:
+    """The `<name>-<version>.dist-info/METADATA` bytes of a wheel (blocking), from a cached
+    file or from the ranges of a remote one (MissingBytes: fetch those, then ask again).
 
     The one `.dist-info` directory must name the project and version the filename does, as
     pip and uv check when they install the wheel.
     """
+    if isinstance(source, Path):
+        # Opened first: a file that is gone says nothing about the wheel's content.
+        with source.open("rb") as file:
+            return _read_metadata(file, filename)
+    return _read_metadata(source, filename)
+
+
+def _read_metadata(file: BinaryIO | RemoteFile, filename: str) -> bytes:
     try:
         name, version, _, _ = parse_wheel_filename(filename)
     except InvalidWheelFilename as e:
         raise WheelMetadataError(f"{filename} is not a wheel filename") from e
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(cast(BinaryIO, file)) as archive:
             tops = {
                 top
                 for member in archive.namelist()
@@ -59,21 +83,35 @@ def read_wheel_metadata(path: Path, filename: str) -> bytes:
                 info = archive.getinfo(f"{dist_info}/METADATA")
             except KeyError:
                 raise WheelMetadataError(f"{filename} has no {dist_info}/METADATA") from None
-            if info.file_size > MAX_METADATA_BYTES:
+            if max(info.file_size, info.compress_size) > MAX_METADATA_BYTES:
                 raise WheelMetadataError(f"{filename}'s METADATA is larger than it may be")
+            if isinstance(file, RemoteFile):
+                # The local header, its name and extra field, and the data, in one range.
+                end = (
+                    info.header_offset
+                    + LOCAL_HEADER_BYTES
+                    + len(info.filename.encode())
+                    + len(info.extra)
+                    + info.compress_size
+                )
+                file.require(info.header_offset, min(end + LOCAL_EXTRA_SLACK, file.size))
             # zipfile stops at the member's declared size, checked just above.
             return archive.read(info)
     except (
         zipfile.BadZipFile,
         zipfile.LargeZipFile,
         EOFError,
-        # An encrypted member, an unsupported compression method, a corrupt stream.
+        # An encrypted member, an unsupported compression method, a corrupt stream (bzip2
+        # says so with an OSError), a name flagged UTF-8 that is not (a ValueError).
         RuntimeError,
         NotImplementedError,
+        ValueError,
+        OSError,
+        struct.error,
         zlib.error,
         lzma.LZMAError,
     ) as e:
-        raise WheelMetadataError(f"{filename} is not a readable zip archive") from e
+        raise WheelMetadataError(f"{filename} is not a readable zip archive ({e})") from e
 
 
 def _check_dist_info(dist_info: str, name: str, version: Version, filename: str) -> None:
@@ -95,10 +133,15 @@ class CoreMetadata:
         # wheel sha256 -> metadata sha256, or None when the wheel has no usable METADATA.
         self.by_wheel: dict[str, str | None] = {}
         self.problems: dict[str, str] = {}
+        # Wheels whose entry was read by Range, not yet checked against the verified wheel.
+        self.provisional: set[str] = set()
+        # Metadata bodies the cache could not store (full or unwritable): served from here.
+        self.unstored: LRUCache[str, bytes] = LRUCache(maxsize=UNSTORED_BYTES, getsizeof=len)
         # Counts changes to `by_wheel`: pages rendered under one count advertise current hashes.
         self.generation = 0
         self._inflight: dict[str, asyncio.Future[str]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._db_warn = Throttled(log)
 
     async def load(self) -> None:
         for row in await self.store.core_metadata():
@@ -141,26 +184,42 @@ class CoreMetadata:
         metadata_filename = filename + SUFFIX
         metadata_sha256 = self.by_wheel.get(sha256)
         if metadata_sha256 is not None:
-            response = await self.files.respond_blob(
-                request, metadata_sha256, metadata_filename, private=private
-            )
+            response = await self._respond_known(request, metadata_sha256, filename, private)
             if response is not None:
-                self.files.metrics.file_hit(self.files.known[metadata_sha256].size)
+                blob = self.files.known.get(metadata_sha256)
+                self.files.metrics.file_hit(blob.size if blob is not None else 0)
                 return response
         self.files.metrics.file_miss()
         metadata_sha256 = await self._single_flight(
             sha256, lambda: self._obtain(sha256, filename, source, authorization)
         )
+        response = await self._respond_known(request, metadata_sha256, filename, private)
+        if response is None:
+            raise NotFound(f"the metadata of {metadata_filename} is not in the cache")
+        return response
+
+    async def _respond_known(
+        self, request: web.Request, metadata_sha256: str, filename: str, private: bool
+    ) -> web.Response | None:
+        metadata_filename = filename + SUFFIX
         response = await self.files.respond_blob(
             request, metadata_sha256, metadata_filename, private=private
         )
-        if response is None:
-            raise NotFound(f"the metadata of {filename} is not in the cache")
-        return response
+        if response is not None:
+            return cast(web.Response, response)
+        body = self.unstored.get(metadata_sha256)
+        if body is None:
+            return None
+        headers = self.files.headers_for(metadata_sha256, metadata_filename, private=private)
+        headers["X-Cache"] = "BYPASS"
+        return web.Response(body=body, headers=headers)
 
     def wheel_verified(self, sha256: str, filename: str, path: Path) -> None:
-        """A wheel just entered the cache: learn its metadata now, so pages can name its hash."""
-        if not filename.endswith(".whl") or sha256 in self.by_wheel or sha256 in self._inflight:
+        """A wheel just entered the cache: learn its metadata now, so pages can name its hash,
+        or check what a Range read said of it."""
+        if not filename.endswith(".whl"):
+            return
+        if sha256 in self.by_wheel and sha256 not in self.provisional:
             return
         task = asyncio.create_task(self._learn(sha256, filename, path))
         self._tasks.add(task)
@@ -168,18 +227,21 @@ class CoreMetadata:
 
     async def _learn(self, sha256: str, filename: str, path: Path) -> None:
         try:
-            await self._single_flight(sha256, lambda: self._extract(sha256, filename, path))
+            # Its own flight: a Range read of the same wheel may be running, and is no check.
+            await self._single_flight(
+                f"{sha256}/verified", lambda: self._extract(sha256, filename, path)
+            )
         except NotFound:
             pass  # recorded and logged; pages stop advertising it
         except Exception:
             log.exception("could not read the metadata of %s", filename)
 
-    async def _single_flight(self, sha256: str, work: Callable[[], Awaitable[str]]) -> str:
-        future = self._inflight.get(sha256)
+    async def _single_flight(self, key: str, work: Callable[[], Awaitable[str]]) -> str:
+        future = self._inflight.get(key)
         if future is None:
             future = asyncio.ensure_future(work())
-            self._inflight[sha256] = future
-            future.add_done_callback(lambda _: self._inflight.pop(sha256, None))
+            self._inflight[key] = future
+            future.add_done_callback(lambda _: self._inflight.pop(key, None))
         # Shielded: one client going away must not cancel what the others wait on.
         return await asyncio.shield(future)
 
@@ -194,8 +256,20 @@ class CoreMetadata:
             known = self.by_wheel[sha256]
             if known is None:
                 raise NotFound(self.problems.get(sha256, f"{filename} has no core metadata"))
-            if known in self.files.known:
+            if known in self.files.known or known in self.unstored:
                 return known
+        upstream = self.files.upstream
+        if self.files.hit(sha256, filename) is None and not upstream.offline:
+            if not upstream.is_upstream_host(source):
+                # A public index serves the metadata file itself (PEP 658/714).
+                published = await self._published(source, filename)
+                if published is not None:
+                    return await self._keep(sha256, filename, published, provisional=True)
+            if upstream.ranges_work(source):
+                with contextlib.suppress(RangeIgnored):
+                    return await self._read_by_range(sha256, filename, source, authorization)
+        if self.files.hit(sha256, filename) is None and not self.files.health.writable():
+            raise CacheUnwritable(f"no room in the cache to read the metadata of {filename}")
         wheel = await self.files.ensure(sha256, filename, source, authorization)
         if self.files.hit(sha256, filename) is None:
             # These bytes are cached as another file: what they hold says nothing of this name,
@@ -203,25 +277,101 @@ class CoreMetadata:
             raise NotFound(f"{filename} with that sha256 is not in the cache")
         return await self._extract(sha256, filename, wheel)
 
+    async def _read_by_range(
+        self, sha256: str, filename: str, source: yarl.URL, authorization: str | None
+    ) -> str:
+        """METADATA from the wheel's zip directory and one member: kilobytes, not the wheel."""
+        upstream = self.files.upstream
+
+        async def read_range(first: int | None, last: int) -> tuple[int, bytes, int]:
+            return await upstream.read_range(source, authorization, first, last)
+
+        try:
+            data = await read_by_range(
+                read_range, lambda remote: read_wheel_metadata(remote, filename)
+            )
+        except (WheelMetadataError, RemoteZipError) as e:
+            # Unverified bytes: held as provisional, checked again once the wheel verifies.
+            await self._record_problem(sha256, filename, str(e), provisional=True)
+            raise NotFound(f"no core metadata: {e}") from e
+        return await self._keep(sha256, filename, data, provisional=True)
+
+    async def _published(self, source: yarl.URL, filename: str) -> bytes | None:
+        """The `.metadata` file a public index serves beside the wheel, or None if it has none."""
+        url = source.with_path(source.path + SUFFIX)
+        try:
+            async with self.files.upstream.open_file(url, None) as resp:
+                body = await resp.content.read(MAX_METADATA_BYTES + 1)
+        except NotFound:
+            return None
+        if len(body) > MAX_METADATA_BYTES:
+            log.warning("the published metadata of %s is larger than it may be", filename)
+            return None
+        return body
+
     async def _extract(self, sha256: str, filename: str, wheel: Path) -> str:
         try:
             data = await asyncio.to_thread(read_wheel_metadata, wheel, filename)
         except WheelMetadataError as e:
             # The wheel verified against its sha256, so this is its content for good.
-            log.warning("no core metadata for %s: %s", filename, e)
-            self._remember(CoreMetadataRow(sha256, None, str(e)))
-            await self.store.put_core_metadata(CoreMetadataRow(sha256, None, str(e)))
+            await self._record_problem(sha256, filename, str(e), provisional=False)
             raise NotFound(f"no core metadata: {e}") from e
-        metadata_sha256 = await self.files.store_bytes(data, filename + SUFFIX)
-        row = CoreMetadataRow(sha256, metadata_sha256, None)
-        await self.store.put_core_metadata(row)
-        self._remember(row)
+        if sha256 in self.provisional:
+            metadata_sha256 = hashlib.sha256(data).hexdigest()
+            if self.by_wheel.get(sha256) != metadata_sha256:
+                log.warning(
+                    "the metadata of %s read by Range differs from the verified wheel's;"
+                    " replaced it",
+                    filename,
+                )
+                self.files.metrics.metadata_replaced += 1
+        return await self._keep(sha256, filename, data, provisional=False)
+
+    async def _keep(self, sha256: str, filename: str, data: bytes, *, provisional: bool) -> str:
+        """Store (or, if the cache cannot, hold in memory) one wheel's metadata; its sha256."""
+        metadata_sha256 = hashlib.sha256(data).hexdigest()
+        verified = sha256 in self.by_wheel and sha256 not in self.provisional
+        if provisional and verified and self.by_wheel[sha256] != metadata_sha256:
+            # Checked against the verified wheel (here or in another worker): that one stands.
+            raise UpstreamError(f"upstream sent other metadata for {filename} than its wheel has")
+        if verified:
+            provisional = False
+        stored = False
+        if self.files.health.writable():
+            try:
+                await self.files.store_bytes(data, filename + SUFFIX)
+                stored = True
+            except OSError as e:
+                self.files.health.failed(e)
+        if not stored:
+            self.unstored[metadata_sha256] = data
+        await self._put(CoreMetadataRow(sha256, metadata_sha256, None, provisional))
         return metadata_sha256
 
+    async def _record_problem(
+        self, sha256: str, filename: str, problem: str, *, provisional: bool
+    ) -> None:
+        log.warning("no core metadata for %s: %s", filename, problem)
+        await self._put(CoreMetadataRow(sha256, None, problem, provisional))
+
+    async def _put(self, row: CoreMetadataRow) -> None:
+        self._remember(row)
+        try:
+            await self.store.put_core_metadata(row)
+        except sqlite3.Error as e:
+            # Known to this process anyway; another one reads the wheel again.
+            self._db_warn.log(logging.WARNING, "could not record core metadata: %s", e)
+
     def _remember(self, row: CoreMetadataRow) -> None:
+        if row.provisional:
+            self.provisional.add(row.wheel_sha256)
+        else:
+            self.provisional.discard(row.wheel_sha256)
+        if row.problem:
+            self.problems[row.wheel_sha256] = row.problem
+        else:
+            self.problems.pop(row.wheel_sha256, None)
         if self.by_wheel.get(row.wheel_sha256, "") == row.metadata_sha256:
             return
         self.by_wheel[row.wheel_sha256] = row.metadata_sha256
-        if row.problem:
-            self.problems[row.wheel_sha256] = row.problem
         self.generation += 1
