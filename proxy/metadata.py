@@ -22,7 +22,7 @@ from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel
 from packaging.version import InvalidVersion, Version
 
 from .cachehealth import Throttled
-from .errors import NotFound, UpstreamError
+from .errors import NotFound, UpstreamError, UpstreamStatus
 from .files import Admission, CacheUnwritable, FileCache
 from .remotezip import RemoteFile, RemoteZipError, read_by_range
 from .simple import Distribution
@@ -41,6 +41,9 @@ LOCAL_HEADER_BYTES = 30
 LOCAL_EXTRA_SLACK = 1024
 # Metadata of wheels the cache has no room for, held in memory instead (most are a few KiB).
 UNSTORED_BYTES = 32 * 1024 * 1024
+# With no room in the cache and an upstream that ignores Range, a wheel up to this size is
+# read into memory (two at a time) to serve its metadata; a bigger one gets a 503.
+MAX_IN_MEMORY_WHEEL = 64 * 1024 * 1024
 
 
 class WheelMetadataError(Exception):
@@ -142,6 +145,7 @@ class CoreMetadata:
         self._inflight: dict[str, asyncio.Future[str]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._db_warn = Throttled(log)
+        self._memory_reads = asyncio.Semaphore(2)
 
     async def load(self) -> None:
         for row in await self.store.core_metadata():
@@ -255,7 +259,8 @@ class CoreMetadata:
         if sha256 in self.by_wheel:
             known = self.by_wheel[sha256]
             if known is None:
-                raise NotFound(self.problems.get(sha256, f"{filename} has no core metadata"))
+                problem = self.problems.get(sha256, f"{filename} has none usable")
+                raise NotFound(f"no core metadata: {problem}")
             if known in self.files.known or known in self.unstored:
                 return known
         upstream = self.files.upstream
@@ -269,7 +274,7 @@ class CoreMetadata:
                 with contextlib.suppress(RangeIgnored):
                     return await self._read_by_range(sha256, filename, source, authorization)
         if self.files.hit(sha256, filename) is None and not self.files.health.writable():
-            raise CacheUnwritable(f"no room in the cache to read the metadata of {filename}")
+            return await self._read_in_memory(sha256, filename, source, authorization)
         wheel = await self.files.ensure(sha256, filename, source, authorization)
         if self.files.hit(sha256, filename) is None:
             # These bytes are cached as another file: what they hold says nothing of this name,
@@ -296,18 +301,54 @@ class CoreMetadata:
             raise NotFound(f"no core metadata: {e}") from e
         return await self._keep(sha256, filename, data, provisional=True)
 
+    async def _read_in_memory(
+        self, sha256: str, filename: str, source: yarl.URL, authorization: str | None
+    ) -> str:
+        """With no room in the cache and no Range: the whole wheel into memory, verified, if
+        it is small enough; nothing is stored."""
+        upstream = self.files.upstream
+        async with self._memory_reads, upstream.open_file(source, authorization) as resp:
+            too_big = CacheUnwritable(f"no room in the cache to read the metadata of {filename}")
+            if (resp.content_length or 0) > MAX_IN_MEMORY_WHEEL:
+                raise too_big
+            digest = hashlib.sha256()
+            chunks: list[bytes] = []
+            received = 0
+            async for chunk in resp.content.iter_chunked(256 * 1024):
+                received += len(chunk)
+                if received > MAX_IN_MEMORY_WHEEL:
+                    raise too_big
+                digest.update(chunk)
+                chunks.append(chunk)
+        self.files.metrics.fetched("file", received)
+        if digest.hexdigest() != sha256:
+            raise UpstreamError(f"sha256 mismatch for {filename}: its metadata is not served")
+        remote = RemoteFile(received)
+        remote.add(0, b"".join(chunks))
+        try:
+            data = await asyncio.to_thread(read_wheel_metadata, remote, filename)
+        except WheelMetadataError as e:
+            await self._record_problem(sha256, filename, str(e), provisional=False)
+            raise NotFound(f"no core metadata: {e}") from e
+        return await self._keep(sha256, filename, data, provisional=False)
+
     async def _published(self, source: yarl.URL, filename: str) -> bytes | None:
         """The `.metadata` file a public index serves beside the wheel, or None if it has none."""
         url = source.with_path(source.path + SUFFIX)
         try:
             async with self.files.upstream.open_file(url, None) as resp:
-                body = await resp.content.read(MAX_METADATA_BYTES + 1)
-        except NotFound:
-            return None
-        if len(body) > MAX_METADATA_BYTES:
-            log.warning("the published metadata of %s is larger than it may be", filename)
-            return None
-        return body
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in resp.content.iter_chunked(256 * 1024):
+                    size += len(chunk)
+                    if size > MAX_METADATA_BYTES:
+                        log.warning("the published metadata of %s is too large", filename)
+                        return None
+                    chunks.append(chunk)
+        except (NotFound, UpstreamStatus, UpstreamError):
+            return None  # none published here: read the wheel instead
+        self.files.metrics.fetched("file", size)
+        return b"".join(chunks)
 
     async def _extract(self, sha256: str, filename: str, wheel: Path) -> str:
         try:
