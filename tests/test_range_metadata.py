@@ -84,7 +84,7 @@ def build_wheel(
     sink = _Unseekable() if data_descriptors else io.BytesIO()
     with (
         _zip64_everywhere() if zip64 else contextlib.nullcontext(),
-        zipfile.ZipFile(sink, "w") as archive,  # type: ignore[arg-type]
+        zipfile.ZipFile(sink, "w") as archive,
     ):
         for path, data in ordered:
             info = zipfile.ZipInfo(path, date_time=(1980, 1, 1, 0, 0, 0))
