@@ -141,7 +141,7 @@ class CoreMetadata:
         # Metadata bodies the cache could not store (full or unwritable): served from here.
         self.unstored: LRUCache[str, bytes] = LRUCache(maxsize=UNSTORED_BYTES, getsizeof=len)
         # Counts changes to `by_wheel`: pages rendered under one count advertise current hashes.
-        self.generation = 0
+        self._changes = 0
         self._inflight: dict[str, asyncio.Future[str]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._db_warn = Throttled(log)
@@ -155,6 +155,16 @@ class CoreMetadata:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    @property
+    def generation(self) -> int:
+        """Changes what pages advertise: `by_wheel`, and whether blind() holds."""
+        return 2 * self._changes + self._blind()
+
+    def _blind(self) -> bool:
+        """The cache takes no writes and some upstream ignores Range: big wheels' metadata
+        could then be read only by downloading them whole, into memory."""
+        return self.files.health.problem is not None and self.files.upstream.ignores_range_somewhere
+
     def advertised(self, dist: Distribution) -> bool | str:
         """What a page says of this file's metadata: `sha256=<hex>` once known, else `True`.
 
@@ -164,7 +174,12 @@ class CoreMetadata:
         if not dist.is_wheel or dist.sha256 is None:
             return False
         if dist.sha256 not in self.by_wheel:
-            return True
+            # Not offered when it could not be served: pip would retry, then abort the install.
+            return not (
+                self._blind()
+                and not self.files.upstream.ranges_work(yarl.URL(dist.url, encoded=True))
+                and (dist.size is None or dist.size > MAX_IN_MEMORY_WHEEL)
+            )
         metadata_sha256 = self.by_wheel[dist.sha256]
         return False if metadata_sha256 is None else f"sha256={metadata_sha256}"
 
@@ -371,11 +386,15 @@ class CoreMetadata:
     async def _keep(self, sha256: str, filename: str, data: bytes, *, provisional: bool) -> str:
         """Store (or, if the cache cannot, hold in memory) one wheel's metadata; its sha256."""
         metadata_sha256 = hashlib.sha256(data).hexdigest()
-        verified = sha256 in self.by_wheel and sha256 not in self.provisional
-        if provisional and verified and self.by_wheel[sha256] != metadata_sha256:
-            # Checked against the verified wheel (here or in another worker): that one stands.
-            raise UpstreamError(f"upstream sent other metadata for {filename} than its wheel has")
-        if verified:
+        if provisional and sha256 in self.by_wheel and sha256 not in self.provisional:
+            # Checked against the verified wheel meanwhile (here or in another worker).
+            known = self.by_wheel[sha256]
+            if known is None:
+                raise NotFound(f"no core metadata: {self.problems.get(sha256, filename)}")
+            if known in self.files.known or known in self.unstored:
+                return known
+            if known != metadata_sha256:
+                raise UpstreamError(f"upstream sent other metadata for {filename} than it has")
             provisional = False
         stored = False
         if self.files.health.writable():
@@ -415,4 +434,4 @@ class CoreMetadata:
         if self.by_wheel.get(row.wheel_sha256, "") == row.metadata_sha256:
             return
         self.by_wheel[row.wheel_sha256] = row.metadata_sha256
-        self.generation += 1
+        self._changes += 1

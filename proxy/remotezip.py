@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -101,7 +102,8 @@ async def read_by_range(read_range: ReadRange, parse: Callable[[RemoteFile], T])
     reads = 1
     while True:
         try:
-            return parse(remote)
+            # A big central directory takes a while to parse: not on the event loop.
+            return await asyncio.to_thread(parse, remote)
         except MissingBytes as missing:
             if missing.start < 0 or missing.stop > size:
                 raise RemoteZipError("the zip's directory points outside the file") from None

@@ -208,6 +208,10 @@ class Upstream:
         except aiohttp.ClientError as e:
             raise self._failed("file", UpstreamUnavailable(_unreachable(e))) from e
 
+    @property
+    def ignores_range_somewhere(self) -> bool:
+        return bool(self._ignores_range)
+
     def ranges_work(self, url: yarl.URL) -> bool:
         """False once this URL's host answered a Range request with the whole file."""
         return _host_key(url) not in self._ignores_range
