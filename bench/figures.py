@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import statistics
 import sys
 import time
@@ -718,7 +719,12 @@ class Bench:
         start = time.perf_counter()
         done = await run(args, timeout=600)
         took = time.perf_counter() - start
-        if done.returncode != 0 or f"{data.CUDA}==1.2" not in done.stdout.replace(" ", ""):
+        if tool == "pip" and done.returncode == 0:
+            report = json.loads((work / "report.json").read_text())
+            chosen = {i["metadata"]["name"]: i["metadata"]["version"] for i in report["install"]}
+        else:
+            chosen = dict(line.split("==", 1) for line in done.stdout.splitlines() if "==" in line)
+        if done.returncode != 0 or chosen.get(data.CUDA) != "1.2":
             raise RuntimeError(
                 f"{tool} did not resolve {data.CUDA}==1.2 from {index}:\n"
                 f"{done.stdout[-1000:]}\n{done.stderr[-2000:]}"

@@ -302,19 +302,39 @@ class CoreMetadata:
     ) -> str:
         """METADATA from the wheel's zip directory and one member: kilobytes, not the wheel."""
         upstream = self.files.upstream
+        # A small wheel comes whole with the tail: verified, it is cached like any download.
+        whole: bytes | None = None
 
         async def read_range(first: int | None, last: int) -> tuple[int, bytes, int]:
-            return await upstream.read_range(source, authorization, first, last)
+            nonlocal whole
+            offset, body, size = await upstream.read_range(source, authorization, first, last)
+            if offset == 0 and len(body) == size and hashlib.sha256(body).hexdigest() == sha256:
+                whole = body
+            return offset, body, size
 
         try:
             data = await read_by_range(
                 read_range, lambda remote: read_wheel_metadata(remote, filename)
             )
         except (WheelMetadataError, RemoteZipError) as e:
-            # Unverified bytes: held as provisional, checked again once the wheel verifies.
-            await self._record_problem(sha256, filename, str(e), provisional=True)
+            # Unverified bytes are provisional, checked again once the wheel verifies.
+            if whole is not None:
+                await self._store_wheel(sha256, filename, whole)
+            await self._record_problem(sha256, filename, str(e), provisional=whole is None)
             raise NotFound(f"no core metadata: {e}") from e
-        return await self._keep(sha256, filename, data, provisional=True)
+        if whole is not None:
+            await self._store_wheel(sha256, filename, whole)
+        return await self._keep(sha256, filename, data, provisional=whole is None)
+
+    async def _store_wheel(self, sha256: str, filename: str, body: bytes) -> None:
+        if not self.files.health.writable():
+            return
+        try:
+            await self.files.store_download(sha256, filename, body)
+        except OSError as e:
+            self.files.health.failed(e)
+        except sqlite3.Error as e:
+            self._db_warn.log(logging.WARNING, "could not record %s in SQLite: %s", filename, e)
 
     async def _read_in_memory(
         self, sha256: str, filename: str, source: yarl.URL, authorization: str | None
@@ -403,6 +423,8 @@ class CoreMetadata:
                 stored = True
             except OSError as e:
                 self.files.health.failed(e)
+            except sqlite3.Error as e:
+                self._db_warn.log(logging.WARNING, "could not record %s: %s", filename, e)
         if not stored:
             self.unstored[metadata_sha256] = data
         await self._put(CoreMetadataRow(sha256, metadata_sha256, None, provisional))

@@ -172,6 +172,19 @@ async def test_every_zip_shape_wheels_use_is_read_by_range(
     assert len(file_requests(gitlab)) <= 3
 
 
+async def test_a_small_wheel_read_whole_by_the_tail_request_is_cached_verified(
+    gitlab: FakeGitLab, proxy: RunningProxy
+) -> None:
+    wheel = gitlab.add_wheel(42, NAME, "1.0.0")
+    assert len(wheel.content) < TAIL_BYTES
+    assert await metadata_of(proxy, wheel) == (200, wheel_metadata(wheel.content))
+    got = await fetch(file_url(proxy, wheel.sha256, wheel.filename))
+    assert (got.status, got.headers["X-Cache"], got.body) == (200, "HIT", wheel.content)
+    # One request for both, and nothing provisional: those bytes verified.
+    assert file_requests(gitlab) == [f"bytes=-{TAIL_BYTES}"]
+    assert [r.provisional for r in await proxy.app[keys.STORE].core_metadata()] == [False]
+
+
 async def test_one_range_read_for_many_clients(gitlab: FakeGitLab, proxy: RunningProxy) -> None:
     filename, content = build_wheel(metadata_first=True, padding=1_000_000)
     wheel = publish(gitlab, filename, content)
@@ -324,7 +337,7 @@ async def test_range_metadata_the_wheel_confirms_is_kept_and_no_longer_provision
     gitlab: FakeGitLab, make_proxy: ProxyFactory, tmp_path: Path
 ) -> None:
     proxy = await make_proxy()
-    wheel = gitlab.add_wheel(42, NAME, "1.0.0")
+    wheel = gitlab.add_wheel(42, NAME, "1.0.0", payload_size=200_000)
     assert (await metadata_of(proxy, wheel))[0] == 200
     store = proxy.app[keys.STORE]
     assert [row.provisional for row in await store.core_metadata()] == [True]
