@@ -222,7 +222,7 @@ class Upstream:
         """Bytes first..last of a file (first None: the last `last` bytes), as for files.
 
         (offset, body, file size). Raises RangeIgnored, remembering the host, when the answer
-        is not the one range asked for; the body of such an answer is never read.
+        is not the one range asked for; a whole file sent instead is not read.
         """
         spec = f"bytes=-{last}" if first is None else f"bytes={first}-{last}"
         wanted = last if first is None else last - first + 1
@@ -242,7 +242,7 @@ class Upstream:
             body = await _read_limited(resp, end - start + 1, "file")
             self.metrics.fetched("file", len(body))
             if len(body) != end - start + 1 or (first is not None and start != first):
-                raise UpstreamError(f"upstream sent a short or shifted range of {url.path}")
+                self._range_ignored(url, "answered a Range request with a short or shifted range")
             return start, body, size
 
     def _range_ignored(self, url: yarl.URL, how: str) -> NoReturn:
