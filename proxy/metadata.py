@@ -219,13 +219,13 @@ class CoreMetadata:
 
     async def _respond_known(
         self, request: web.Request, metadata_sha256: str, filename: str, private: bool
-    ) -> web.Response | None:
+    ) -> web.StreamResponse | None:
         metadata_filename = filename + SUFFIX
         response = await self.files.respond_blob(
             request, metadata_sha256, metadata_filename, private=private
         )
         if response is not None:
-            return cast(web.Response, response)
+            return response
         body = self.unstored.get(metadata_sha256)
         if body is None:
             return None
