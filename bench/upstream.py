@@ -81,22 +81,28 @@ class BenchGitLab(FakeGitLab):
             "Accept-Ranges": "bytes",
         }
         size = path.stat().st_size
-        wanted = _byte_range(request.headers.get("Range"), size) or range(size)
+        ranged = _byte_range(request.headers.get("Range"), size)
+        wanted = ranged or range(size)
         if request.method != "HEAD":
             self.file_bytes_sent += len(wanted)
         if not self.rate:
             # Honours Range and HEAD itself, by sendfile.
             return web.FileResponse(path, chunk_size=CHUNK, headers=headers)
-        return await self._paced(request, path, headers, wanted)
+        return await self._paced(request, path, headers, wanted, ranged is not None)
 
     async def _paced(
-        self, request: web.Request, path: Path, headers: dict[str, str], wanted: range
+        self,
+        request: web.Request,
+        path: Path,
+        headers: dict[str, str],
+        wanted: range,
+        ranged: bool,
     ) -> web.StreamResponse:
         """Send at `rate` bytes/s, like GitLab across a link of that speed (one range too)."""
         loop = asyncio.get_running_loop()
         response = web.StreamResponse(headers=headers)
         size = path.stat().st_size
-        if len(wanted) != size:
+        if ranged and wanted:
             response.set_status(206)
             response.headers["Content-Range"] = f"bytes {wanted.start}-{wanted.stop - 1}/{size}"
         response.content_length = len(wanted)

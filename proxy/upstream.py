@@ -228,6 +228,11 @@ class Upstream:
         wanted = last if first is None else last - first + 1
         headers = {str(hdrs.RANGE): spec, str(hdrs.ACCEPT_ENCODING): "identity"}
         async with self._follow(url, authorization, headers) as resp:
+            if resp.status == 200 and (resp.content_length or wanted + 1) <= wanted:
+                # The whole file, no bigger than the range: a fair answer (RFC 9110 14.2).
+                body = await _read_limited(resp, wanted, "file")
+                self.metrics.fetched("file", len(body))
+                return 0, body, len(body)
             if resp.status == 200:
                 # Closed, not drained: the whole file is what this was meant to avoid.
                 resp.close()

@@ -302,6 +302,19 @@ async def test_an_upstream_that_ignores_range_gets_the_full_verified_download(
     assert proxy.app[keys.FILES].hit(second.sha256, second.filename) is not None
 
 
+async def test_a_whole_small_file_for_a_range_is_a_fair_answer(
+    gitlab: FakeGitLab, proxy: RunningProxy
+) -> None:
+    gitlab.ignore_range = True
+    small = gitlab.add_wheel(42, NAME, "1.0.0")
+    assert await metadata_of(proxy, small) == (200, wheel_metadata(small.content))
+    # All of it is no more than the tail asked for: Range is not known not to work.
+    gitlab.ignore_range = False
+    big = publish(gitlab, *build_wheel(version="2.0.0", padding=1_000_000), version="2.0.0")
+    assert (await metadata_of(proxy, big))[0] == 200
+    assert file_requests(gitlab) == [f"bytes=-{TAIL_BYTES}", f"bytes=-{TAIL_BYTES}"]
+
+
 # --- 16.3: provisional metadata, checked once the wheel verifies ---
 
 
