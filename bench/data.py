@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tests.wheels import make_sdist, make_wheel
 
 # Bump when the set changes, so an old bench/.data is rebuilt instead of half-reused.
-VERSION = 3
+VERSION = 4
 MiB = 1024 * 1024
 
 SMALL = "bench-small"  # one ~10 KB wheel: figure 1
@@ -23,6 +24,12 @@ FANOUT = "bench-fanout"  # 100 MiB, one per fan-out run: figure 5
 LONE = "bench-lone"  # 100 MiB, the lone client's file in the same run
 HUGE = "bench-huge"  # 1 GiB: figure 6
 RESOLVE_TOP = [f"bench-app-{i}" for i in range(10)]  # figure 7
+# Figure 8: five versions of a 200 MiB wheel over a small tree; the two newest need a runtime
+# the requirements rule out, so resolvers look at three versions before settling on 1.2.
+CUDA = "bench-cuda"
+CUDA_RUNTIME = "bench-cuda-runtime"
+CUDA_REQUIREMENTS = [CUDA, f"{CUDA_RUNTIME}<1.1"]
+CUDA_SIZE = 200 * MiB
 
 BIG_SIZE = 16 * MiB
 FANOUT_SIZE = 100 * MiB
@@ -55,6 +62,39 @@ def _bulk(path: Path, size: int, seed: str) -> str:
             digest.update(chunk)
             left -= len(chunk)
     return digest.hexdigest()
+
+
+def _big_wheel(
+    path: Path, name: str, version: str, requires: list[str], payload: int
+) -> tuple[str, int]:
+    """A real wheel with `payload` stored (incompressible) bytes first and its METADATA last,
+    written without holding it in memory; (sha256, size)."""
+    dist = name.replace("-", "_")
+    dist_info = f"{dist}-{version}.dist-info"
+    metadata = "".join(
+        [
+            f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+            *(f"Requires-Dist: {r}\n" for r in requires),
+        ]
+    )
+    block = os.urandom(MiB)
+    with zipfile.ZipFile(path, "w") as archive:
+        info = zipfile.ZipInfo(f"{dist}/payload.bin", date_time=(1980, 1, 1, 0, 0, 0))
+        with archive.open(info, "w", force_zip64=True) as out:
+            head = hashlib.sha256(f"{name}=={version}".encode()).digest() * 2
+            out.write(head)
+            left = payload - len(head)
+            while left:
+                out.write(block[: min(left, MiB)])
+                left -= min(left, MiB)
+        archive.writestr(f"{dist_info}/METADATA", metadata)
+        archive.writestr(f"{dist_info}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\n")
+        archive.writestr(f"{dist_info}/RECORD", "")
+    digest = hashlib.sha256()
+    with path.open("rb") as written:
+        while chunk := written.read(MiB):
+            digest.update(chunk)
+    return digest.hexdigest(), path.stat().st_size
 
 
 def _resolve_set() -> list[tuple[str, str, list[str], int]]:
@@ -112,6 +152,20 @@ def build(root: Path) -> list[Entry]:
     add_bulk(HUGE, "1.0", HUGE_SIZE)
     for name, version, requires, payload in _resolve_set():
         add(name, version, *make_wheel(name, version, requires=requires, payload_size=payload))
+    for version in ("1.0", "1.1", "1.2"):
+        add(CUDA_RUNTIME, version, *make_wheel(CUDA_RUNTIME, version, payload_size=20_000))
+    add("bench-cuda-util", "1.0", *make_wheel("bench-cuda-util", "1.0", payload_size=20_000))
+    for version, runtime in (
+        ("1.0", "1.0"),
+        ("1.1", "1.0"),
+        ("1.2", "1.0"),
+        ("1.3", "1.1"),
+        ("1.4", "1.2"),
+    ):
+        requires = [f"{CUDA_RUNTIME}>={runtime}", "bench-cuda-util"]
+        filename = f"{CUDA.replace('-', '_')}-{version}-py3-none-any.whl"
+        sha, size = _big_wheel(files / filename, CUDA, version, requires, CUDA_SIZE)
+        entries.append(Entry(CUDA, version, filename, sha, size))
     manifest = {"version": VERSION, "entries": [asdict(e) for e in entries]}
     manifest_path.write_text(json.dumps(manifest, indent=1))
     return entries

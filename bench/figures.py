@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import statistics
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +19,7 @@ import aiohttp
 from bench import data, procs
 from bench.load import Load, LoadGenerator, Timed, bulk_load, timed_get
 from bench.upstream import PRIVATE_PROJECT, PUBLIC_PROJECT
-from tests.proxy_harness import pip_install, uv_pip_install
+from tests.proxy_harness import BIN, pip_install, run, uv_pip_install
 
 JSON_TYPE = "application/vnd.pypi.simple.v1+json"
 SERVERS = ("nginx", "nginx, 1 worker", "proxpi", "proxy", "proxy, access log on")
@@ -27,6 +29,8 @@ RATIOS = ("proxy / nginx", "proxy / nginx, 1 worker", "proxy / proxpi")
 FANOUT_CLIENTS = 50
 MEMORY_CLIENTS = 20
 RESOLVE_LATENCY = 0.05
+# Figure 8: a download rate like GitLab's across a 200 Mbit/s link.
+BIG_RESOLVE_RATE = 25e6
 
 
 @dataclass
@@ -39,7 +43,7 @@ class Options:
     # Bytes/s per upstream download in figure 5, one column each; 0 = unlimited.
     fanout_rates: tuple[float, ...] = (25e6, 100e6)
     threads: int = 1
-    only: frozenset[int] = frozenset(range(1, 8))
+    only: frozenset[int] = frozenset(range(1, 9))
     quick: bool = False
 
 
@@ -71,6 +75,10 @@ def _rate(value: float) -> str:
 
 def _ratio(value: float) -> str:
     return f"{value:.2f}×"
+
+
+def _megabytes(value: float) -> str:
+    return f"{value / 1e6:,.2f} MB" if value < 1e9 else f"{value / 1e9:,.2f} GB"
 
 
 def _seconds(value: float) -> str:
@@ -607,6 +615,121 @@ class Bench:
             f"--target; no client cache), median of {self.o.resolve_runs} runs."
         )
         return fig
+
+    async def upstream_bytes(self) -> int:
+        async with self.session.get(f"{self.gitlab.url}/-/bench/counts") as resp:
+            counts: dict[str, int] = await resp.json()
+            return counts.get("bytes", 0)
+
+    async def figure_big_resolve(self) -> Figure:
+        size = data.CUDA_SIZE // data.MiB
+        fig = Figure(
+            8,
+            f"Resolving {data.CUDA}: five versions of a {size} MiB wheel and a small tree, "
+            f"fake GitLab at {BIG_RESOLVE_RATE / 1e6:g} MB/s per download",
+            ["uv", "uv upstream", "pip", "pip upstream"],
+        )
+        times: dict[tuple[str, str], list[float]] = {}
+        moved: dict[tuple[str, str], list[int]] = {}
+
+        async def measure(tool: str, index: str, mode: str, run: int) -> None:
+            await self.upstream(reset=True)
+            took = await self._resolve(tool, index, f"{run}-{tool}-{mode}")
+            times.setdefault((tool, mode), []).append(took)
+            moved.setdefault((tool, mode), []).append(await self.upstream_bytes())
+
+        direct_index = (
+            self.gitlab.url.replace("http://", f"http://{procs.USERNAME}:{self.token}@")
+            + f"/api/v4/projects/{PRIVATE_PROJECT}/packages/pypi/simple/"
+        )
+        await self.upstream(rate=BIG_RESOLVE_RATE)
+        try:
+            for r in range(self.o.resolve_runs):
+                for tool in ("uv", "pip"):
+                    await measure(tool, direct_index, "direct", r)
+                    server = await self.new_proxy(f"proxy-big-resolve-{r}-{tool}")
+                    try:
+                        index = f"{self.proxy_base(server)}/simple/"
+                        await measure(tool, index, "cold", r)
+                        await measure(tool, index, "warm", r)
+                    finally:
+                        await self.processes.stop(server.proc)
+        finally:
+            await self.upstream(rate=0, reset=True)
+        for mode, label in (
+            ("direct", "straight from fake GitLab"),
+            ("cold", "through the proxy, cold cache"),
+            ("warm", "through the proxy, warm cache"),
+        ):
+            cells: dict[str, str] = {}
+            for tool in ("uv", "pip"):
+                cells[tool] = _seconds(median(times[(tool, mode)]))
+                cells[f"{tool} upstream"] = _megabytes(median(moved[(tool, mode)]))
+            fig.rows.append(Row(label, cells))
+        cold_bytes = max(max(moved[(t, "cold")]) for t in ("uv", "pip"))
+        fig.verdicts.append(("cold proxy moves under 5 MB from upstream", cold_bytes < 5e6))
+        for tool in ("uv", "pip"):
+            cold, direct = median(times[(tool, "cold")]), median(times[(tool, "direct")])
+            fig.verdicts.append(
+                (f"{tool} resolves cold through the proxy no slower", cold <= direct)
+            )
+        fig.notes.append(
+            f"`uv pip compile` and `pip install --dry-run --report`, each with an empty client "
+            f"cache, for {' '.join(data.CUDA_REQUIREMENTS)}; median of {self.o.resolve_runs} "
+            "runs. Upstream: file bytes the fake GitLab sent (Range reads count what they asked)."
+        )
+        return fig
+
+    async def _resolve(self, tool: str, index: str, name: str) -> float:
+        work = self.run_dir / "big-resolve" / name
+        work.mkdir(parents=True)
+        if tool == "uv":
+            requirements = work / "requirements.in"
+            requirements.write_text("\n".join(data.CUDA_REQUIREMENTS) + "\n")
+            args = [
+                str(BIN / "uv"),
+                "pip",
+                "compile",
+                "--no-config",
+                "--index-url",
+                index,
+                "--cache-dir",
+                str(work / "uv-cache"),
+                "--python",
+                sys.executable,
+                str(requirements),
+            ]
+        else:
+            args = [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--isolated",
+                "--no-cache-dir",
+                "--disable-pip-version-check",
+                "--dry-run",
+                "--ignore-installed",
+                "--report",
+                str(work / "report.json"),
+                "--index-url",
+                index,
+                *data.CUDA_REQUIREMENTS,
+            ]
+        start = time.perf_counter()
+        done = await run(args, timeout=600)
+        took = time.perf_counter() - start
+        if tool == "pip" and done.returncode == 0:
+            report = json.loads((work / "report.json").read_text())
+            chosen = {i["metadata"]["name"]: i["metadata"]["version"] for i in report["install"]}
+        else:
+            chosen = dict(line.split("==", 1) for line in done.stdout.splitlines() if "==" in line)
+        if done.returncode != 0 or chosen.get(data.CUDA) != "1.2":
+            raise RuntimeError(
+                f"{tool} did not resolve {data.CUDA}==1.2 from {index}:\n"
+                f"{done.stdout[-1000:]}\n{done.stderr[-2000:]}"
+            )
+        return took
 
     async def _install(self, tool: str, index: str, name: str) -> float:
         target = self.run_dir / "installs" / name

@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _options(args: argparse.Namespace) -> Options:
-    only = frozenset(range(1, 8))
+    only = frozenset(range(1, 9))
     if args.only:
         only = frozenset(int(n) for n in args.only.split(","))
     return Options(
@@ -88,6 +88,7 @@ async def _run(options: Options, processes: procs.Processes, out: Path, command:
             (5, bench.figure_fanout),
             (6, bench.figure_memory),
             (7, bench.figure_resolve),
+            (8, bench.figure_big_resolve),
         ]
         for number, step in steps:
             if number in options.only:

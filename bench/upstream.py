@@ -4,7 +4,8 @@ Run by bench/run.py as `python -m bench.upstream DATA_DIR TOKEN`; prints its URL
 then serves until SIGTERM (which the kernel also sends if the bench dies). Private project 42
 (token required) is what the proxy reads; public project 43 holds the same files for proxpi, which
 cannot send credentials. `POST /-/bench/set` changes the added latency and a per-download rate
-limit; `GET /-/bench/counts` answers the request counts by kind (`file`, `page`, ...).
+limit; `GET /-/bench/counts` answers the request counts by kind (`file`, `page`, ...) and the file
+bytes sent (`bytes`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from bench import data
-from tests.fake_gitlab import FakeGitLab, _Reply
+from tests.fake_gitlab import FakeGitLab, _byte_range, _Reply
 
 PRIVATE_PROJECT = 42
 PUBLIC_PROJECT = 43
@@ -56,7 +57,7 @@ class BenchGitLab(FakeGitLab):
         return await super()._answer(request, handler)
 
     async def _counts(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response(dict(self.counts))
+        return web.json_response({**self.counts, "bytes": self.file_bytes_sent})
 
     async def _set(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -65,6 +66,7 @@ class BenchGitLab(FakeGitLab):
         if body.get("reset"):
             self.counts.clear()
             self.requests.clear()
+            self.file_bytes_sent = 0
         return web.json_response({"delay": self.delay, "rate": self.rate})
 
     async def _file(self, request: web.Request, project_ids: set[int]) -> web.StreamResponse:
@@ -76,22 +78,42 @@ class BenchGitLab(FakeGitLab):
         headers = {
             "Content-Type": "application/octet-stream",
             "Content-Disposition": f'attachment; filename="{file.filename}"',
+            "Accept-Ranges": "bytes",
         }
+        size = path.stat().st_size
+        ranged = _byte_range(request.headers.get("Range"), size)
+        wanted = ranged or range(size)
+        if request.method != "HEAD":
+            self.file_bytes_sent += len(wanted)
         if not self.rate:
+            # Honours Range and HEAD itself, by sendfile.
             return web.FileResponse(path, chunk_size=CHUNK, headers=headers)
-        return await self._paced(request, path, headers)
+        return await self._paced(request, path, headers, wanted, ranged is not None)
 
     async def _paced(
-        self, request: web.Request, path: Path, headers: dict[str, str]
+        self,
+        request: web.Request,
+        path: Path,
+        headers: dict[str, str],
+        wanted: range,
+        ranged: bool,
     ) -> web.StreamResponse:
-        """Send at `rate` bytes/s, like GitLab across a link of that speed."""
+        """Send at `rate` bytes/s, like GitLab across a link of that speed (one range too)."""
         loop = asyncio.get_running_loop()
         response = web.StreamResponse(headers=headers)
-        response.content_length = path.stat().st_size
+        size = path.stat().st_size
+        if ranged and wanted:
+            response.set_status(206)
+            response.headers["Content-Range"] = f"bytes {wanted.start}-{wanted.stop - 1}/{size}"
+        response.content_length = len(wanted)
         await response.prepare(request)
+        if request.method == "HEAD":
+            await response.write_eof()
+            return response
         start, sent = loop.time(), 0
         with path.open("rb") as body:
-            while chunk := body.read(CHUNK):
+            body.seek(wanted.start)
+            while sent < len(wanted) and (chunk := body.read(min(CHUNK, len(wanted) - sent))):
                 await response.write(chunk)
                 sent += len(chunk)
                 ahead = start + sent / self.rate - loop.time()

@@ -357,6 +357,20 @@ class FileCache:
         self.generation += 1
         return sha256
 
+    async def store_download(self, sha256: str, filename: str, body: bytes) -> None:
+        """Keep a whole file that came with another request (a Range read that covered it),
+        once it verifies; observers count it as a download, which it was."""
+        if hashlib.sha256(body).hexdigest() != sha256 or sha256 in self.known:
+            return
+        await self.store_bytes(body, filename)
+        fill = Fill(sha256, filename, self.blobs.path(sha256))
+        fill.mark_started(len(body))
+        fill.advance(len(body))
+        fill.finish(fill.path)
+        for observe in self.fill_observers:
+            observe(fill)
+        self.grown.set()
+
     async def respond_blob(
         self, request: web.Request, sha256: str, filename: str, *, private: bool
     ) -> web.StreamResponse | None:
@@ -371,6 +385,10 @@ class FileCache:
             await fill.changed()
         if fill.error is not None:
             raise fill.error
+
+    def headers_for(self, sha256: str, filename: str, *, private: bool) -> dict[str, str]:
+        """The headers of a file served from here, for a body served from elsewhere."""
+        return self._headers(sha256, filename, private=private)
 
     def _headers(self, sha256: str, filename: str, *, private: bool) -> dict[str, str]:
         return {

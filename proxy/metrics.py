@@ -52,6 +52,8 @@ class Metrics:
         self.fetched_bytes = {"page": 0, "file": 0}
         self.evictions = 0
         self.evicted_bytes = 0
+        # Metadata read by Range that its wheel, once downloaded and verified, contradicted.
+        self.metadata_replaced = 0
         self.upstream_errors = {"page": 0, "file": 0, "probe": 0}
         self.packages: Counter[str] = Counter()
         self.recent_errors: deque[UpstreamFailure] = deque(maxlen=RECENT_ERRORS)
@@ -198,6 +200,11 @@ class _Collector:
         )
         yield CounterMetricFamily(
             f"{PREFIX}_cache_evicted_bytes", "Bytes of evicted files", value=m.evicted_bytes
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_core_metadata_replaced",
+            "Core metadata read by Range that differed from the verified wheel's, so replaced",
+            value=m.metadata_replaced,
         )
         size, files = m.cache_size()
         yield GaugeMetricFamily(f"{PREFIX}_cache_size_bytes", "Bytes of verified files", value=size)

@@ -11,7 +11,8 @@ from typing import Any
 
 import aiosqlite
 
-SCHEMA_VERSION = 1
+# 2: core_metadata.provisional (metadata read by Range, not yet checked against its wheel).
+SCHEMA_VERSION = 2
 # The index's file name inside cache.dir.
 DB_NAME = "index.sqlite3"
 _SCHEMA = """
@@ -37,12 +38,18 @@ CREATE TABLE IF NOT EXISTS forwarded_files (
 );
 -- PEP 658: which blob holds a wheel's METADATA. NULL metadata_sha256: the wheel has none
 -- usable, for the reason in `problem` (a wheel's content never changes, so neither does this).
+-- provisional: read by HTTP Range from a wheel not yet downloaded and verified.
 CREATE TABLE IF NOT EXISTS core_metadata (
     wheel_sha256 TEXT PRIMARY KEY,
     metadata_sha256 TEXT,
-    problem TEXT
+    problem TEXT,
+    provisional INTEGER NOT NULL DEFAULT 0
 );
 """
+# Each step brings a database written at version N-1 (the index) to version N.
+_MIGRATIONS = {
+    2: "ALTER TABLE core_metadata ADD COLUMN provisional INTEGER NOT NULL DEFAULT 0",
+}
 
 _PUT_FORWARDED = (
     "INSERT INTO forwarded_files (scope, sha256, filename, url) VALUES (?,?,?,?)"
@@ -63,6 +70,7 @@ class CoreMetadataRow:
     wheel_sha256: str
     metadata_sha256: str | None
     problem: str | None
+    provisional: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +90,18 @@ class ForwardedRow:
     url: str
 
 
+async def _migrate(db: aiosqlite.Connection) -> None:
+    """Create the schema, or bring one an earlier release wrote up to SCHEMA_VERSION."""
+    rows = list(await db.execute_fetchall("PRAGMA user_version"))
+    found = int(rows[0][0])  # 0: a new database
+    if found:
+        for version in range(found + 1, SCHEMA_VERSION + 1):
+            await db.execute(_MIGRATIONS[version])
+    await db.executescript(_SCHEMA)
+    await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    await db.commit()
+
+
 class Store:
     """One aiosqlite connection per process; WAL lets worker processes share the file."""
 
@@ -98,9 +118,7 @@ class Store:
         db = await aiosqlite.connect(path, timeout=30, isolation_level="IMMEDIATE")
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute("PRAGMA synchronous=NORMAL")
-        await db.executescript(_SCHEMA)
-        await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        await db.commit()
+        await _migrate(db)
         return cls(db)
 
     async def close(self) -> None:
@@ -246,16 +264,19 @@ class Store:
 
     async def core_metadata(self, wheel_sha256: str | None = None) -> list[CoreMetadataRow]:
         """Every wheel-to-metadata row, or the one of `wheel_sha256`."""
-        query = "SELECT wheel_sha256, metadata_sha256, problem FROM core_metadata"
+        query = "SELECT wheel_sha256, metadata_sha256, problem, provisional FROM core_metadata"
         args: tuple[str, ...] = ()
         if wheel_sha256 is not None:
             query += " WHERE wheel_sha256=?"
             args = (wheel_sha256,)
-        return [CoreMetadataRow(*row) for row in await self._read(query, args)]
+        return [
+            CoreMetadataRow(wheel, metadata, problem, bool(provisional))
+            for wheel, metadata, problem, provisional in await self._read(query, args)
+        ]
 
     async def put_core_metadata(self, row: CoreMetadataRow) -> None:
         await self._write(
-            "INSERT OR REPLACE INTO core_metadata (wheel_sha256, metadata_sha256, problem)"
-            " VALUES (?,?,?)",
-            [(row.wheel_sha256, row.metadata_sha256, row.problem)],
+            "INSERT OR REPLACE INTO core_metadata"
+            " (wheel_sha256, metadata_sha256, problem, provisional) VALUES (?,?,?,?)",
+            [(row.wheel_sha256, row.metadata_sha256, row.problem, int(row.provisional))],
         )

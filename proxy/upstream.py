@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import NoReturn
 
 import aiohttp
 import yarl
@@ -51,6 +52,10 @@ _FORWARD_PATH = re.compile(
 )
 # What GitLab's bare refusals say; any other message is a reason worth passing on.
 _BARE_REFUSALS = frozenset({"401", "403", "401 Unauthorized", "403 Forbidden"})
+
+
+class RangeIgnored(Exception):
+    """The upstream does not answer Range requests as asked; the message says how."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +99,8 @@ class Upstream:
         # Per host: until when a 429 (or 503 with Retry-After) asked us not to come back.
         self._held_until: dict[str | None, float] = {}
         self._refusal_logged_at = -REFUSAL_LOG_SECONDS
+        # host:port of upstreams that answer a Range request with the whole file.
+        self._ignores_range: set[str] = set()
 
     def _held_for(self, url: yarl.URL) -> float:
         """Seconds left before the host's Retry-After lets us ask again (0 when free)."""
@@ -214,13 +221,28 @@ class Upstream:
         self, url: yarl.URL, authorization: str | None
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """A 200 response for a file, following object-storage redirects without credentials."""
+        async with self._follow(url, authorization, {}) as resp:
+            if resp.status != 200:
+                raise await self.status_error(resp, authorization)
+            yield resp
+
+    @asynccontextmanager
+    async def _follow(
+        self, url: yarl.URL, authorization: str | None, extra: dict[str, str]
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """A file request's last answer after redirects, which get no credentials off-host."""
         self.may_send(url)
         hops = 0
         try:
             while True:
                 # A file body is hashed as sent: it must arrive as stored, not re-encoded.
                 resp = await self._send(
-                    "file", url, authorization, self._file_timeout, auto_decompress=False
+                    "file",
+                    url,
+                    authorization,
+                    self._file_timeout,
+                    auto_decompress=False,
+                    extra=extra,
                 )
                 location = _location(resp)
                 if resp.status in _REDIRECTS and location is not None and hops < MAX_REDIRECTS:
@@ -230,8 +252,6 @@ class Upstream:
                     continue
                 break
             try:
-                if resp.status != 200:
-                    raise await self.status_error(resp, authorization)
                 yield resp
             finally:
                 resp.release()
@@ -239,6 +259,58 @@ class Upstream:
             raise self._failed("file", UpstreamTimeout(self._timeout_message)) from e
         except aiohttp.ClientError as e:
             raise self._failed("file", UpstreamUnavailable(_unreachable(e))) from e
+
+    @property
+    def ignores_range_somewhere(self) -> bool:
+        return bool(self._ignores_range)
+
+    def ranges_work(self, url: yarl.URL) -> bool:
+        """False once this URL's host answered a Range request with the whole file."""
+        return _host_key(url) not in self._ignores_range
+
+    async def read_range(
+        self, url: yarl.URL, authorization: str | None, first: int | None, last: int
+    ) -> tuple[int, bytes, int]:
+        """Bytes first..last of a file (first None: the last `last` bytes), as for files.
+
+        (offset, body, file size). Raises RangeIgnored, remembering the host, when the answer
+        is not the one range asked for; a whole file sent instead is not read.
+        """
+        spec = f"bytes=-{last}" if first is None else f"bytes={first}-{last}"
+        wanted = last if first is None else last - first + 1
+        headers = {str(hdrs.RANGE): spec, str(hdrs.ACCEPT_ENCODING): "identity"}
+        async with self._follow(url, authorization, headers) as resp:
+            if resp.status == 200 and (resp.content_length or wanted + 1) <= wanted:
+                # The whole file, no bigger than the range: a fair answer (RFC 9110 14.2).
+                body = await _read_limited(resp, wanted, "file")
+                self.metrics.fetched("file", len(body))
+                return 0, body, len(body)
+            if resp.status == 200:
+                # Closed, not drained: the whole file is what this was meant to avoid.
+                resp.close()
+                self._range_ignored(url, "answered a Range request with the whole file")
+            if resp.status != 206:
+                raise await self.status_error(resp, authorization)
+            span = _content_range(resp.headers.get(hdrs.CONTENT_RANGE, ""))
+            if span is None or span[1] - span[0] + 1 > wanted:
+                resp.close()
+                self._range_ignored(url, "answered a Range request with another range")
+            start, end, size = span
+            body = await _read_limited(resp, end - start + 1, "file")
+            self.metrics.fetched("file", len(body))
+            if len(body) != end - start + 1 or (first is not None and start != first):
+                self._range_ignored(url, "answered a Range request with a short or shifted range")
+            return start, body, size
+
+    def _range_ignored(self, url: yarl.URL, how: str) -> NoReturn:
+        if self.ranges_work(url):
+            log.warning(
+                "%s %s: .metadata of uncached wheels from it now downloads the whole wheel",
+                url.host,
+                how,
+            )
+            self._ignores_range.add(_host_key(url))
+        raise RangeIgnored(how)
 
     async def _send(
         self,
@@ -248,13 +320,14 @@ class Upstream:
         limits: aiohttp.ClientTimeout,
         *,
         auto_decompress: bool = True,
+        extra: dict[str, str] | None = None,
     ) -> aiohttp.ClientResponse:
         """One GET without redirects, timed to its headers; failing answers are remembered."""
         self._check_gate(url)
         started = time.monotonic()
         resp = await self.session.get(
             url,
-            headers=self._headers(url, authorization),
+            headers={**self._headers(url, authorization), **(extra or {})},
             allow_redirects=False,
             timeout=limits,
             auto_decompress=auto_decompress,
@@ -467,13 +540,29 @@ def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
         return None
 
 
-async def _read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+def _host_key(url: yarl.URL) -> str:
+    return f"{url.host}:{url.port}"
+
+
+def _content_range(raw: str) -> tuple[int, int, int] | None:
+    """(first, last, size) of `bytes first-last/size`, or None if it is not that."""
+    unit, _, rest = raw.strip().partition(" ")
+    span, _, size = rest.partition("/")
+    first, _, last = span.partition("-")
+    if unit != "bytes" or not (first.isdigit() and last.isdigit() and size.isdigit()):
+        return None
+    if int(first) > int(last) or int(last) >= int(size):
+        return None
+    return int(first), int(last), int(size)
+
+
+async def _read_limited(resp: aiohttp.ClientResponse, limit: int, what: str = "page") -> bytes:
     chunks: list[bytes] = []
     size = 0
     async for chunk in resp.content.iter_chunked(256 * 1024):
         size += len(chunk)
         if size > limit:
-            raise UpstreamError(f"GitLab sent a page larger than {limit} bytes")
+            raise UpstreamError(f"GitLab sent a {what} larger than {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 

@@ -249,6 +249,8 @@ class _Server:
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
         self.requests: list[RequestRecord] = []
+        # Body bytes of files sent, so tests can assert what the proxy pulled from upstream.
+        self.file_bytes_sent = 0
         self._runner: web.AppRunner | None = None
         self._port = 0
 
@@ -383,7 +385,8 @@ async def _send_file(
         "Accept-Ranges": "bytes",
     }
     response = web.StreamResponse(headers=headers)
-    wanted = _byte_range(request.headers.get("Range"), len(body))
+    # ignore_range: a server (or a proxy before it) that answers every Range with the whole file.
+    wanted = None if gitlab.ignore_range else _byte_range(request.headers.get("Range"), len(body))
     if wanted is not None and not wanted:
         return web.Response(
             status=416,
@@ -407,6 +410,7 @@ async def _send_file(
         if start and gitlab.file_chunk_delay:
             await asyncio.sleep(gitlab.file_chunk_delay)
         await response.write(body[start : min(start + step, end)])
+        gitlab.file_bytes_sent += min(step, end - start)
     if gitlab.drop_files and request.transport is not None:
         # A reset mid-body, as when a load balancer or GitLab's worker dies under the download.
         request.transport.abort()
@@ -507,6 +511,7 @@ class FakeGitLab(_Server):
         self.revoked: set[str] = set()
         # Behaviour switches.
         self.object_storage = False
+        self.ignore_range = False
         self.signed_url_ttl = 300
         self.forwarding = True
         self.public_index_url = "https://pypi.org"
@@ -968,6 +973,8 @@ class FakePublicIndex(_Server):
     def __init__(self) -> None:
         super().__init__()
         self._files: list[FakeFile] = []
+        # PEP 658/714, as PyPI does: each wheel's METADATA beside it, its hash on the page.
+        self.offers_metadata = True
 
     @property
     def files_url(self) -> str:
@@ -1010,6 +1017,7 @@ class FakePublicIndex(_Server):
         anchors = "".join(
             f'    <a href="{self.file_url(f)}"'
             + (f' data-requires-python="{escape(f.requires_python)}"' if f.requires_python else "")
+            + self._core_metadata(f)
             + f">{f.filename}</a><br />\n"
             for f in files
         )
@@ -1022,13 +1030,24 @@ class FakePublicIndex(_Server):
         )
         return web.Response(text=body, content_type="text/html")
 
+    def _core_metadata(self, file: FakeFile) -> str:
+        if not self.offers_metadata or not file.filename.endswith(".whl"):
+            return ""
+        digest = hashlib.sha256(wheel_metadata(file.content)).hexdigest()
+        return f' data-core-metadata="sha256={digest}"'
+
     async def _file(self, request: web.Request) -> web.StreamResponse:
         sha256, filename = request.match_info["sha256"], request.match_info["filename"]
-        # Like PyPI, each wheel's core metadata (PEP 658) sits next to it.
         wheel_name = filename.removesuffix(".metadata")
         for file in self._files:
-            if (file.sha256, file.filename) == (sha256, filename):
-                return web.Response(body=file.content, content_type="application/octet-stream")
-            if (file.sha256, file.filename) == (sha256, wheel_name) and wheel_name.endswith(".whl"):
-                return web.Response(body=wheel_metadata(file.content), content_type="text/plain")
+            if (file.sha256, file.filename) != (sha256, wheel_name):
+                continue
+            if filename == wheel_name:
+                body = file.content
+            elif self._core_metadata(file):
+                body = wheel_metadata(file.content)
+            else:
+                break
+            self.file_bytes_sent += len(body)
+            return web.Response(body=body, content_type="application/octet-stream")
         raise _Reply(404, "404 Not Found")

@@ -88,14 +88,15 @@ async def test_warm_export_import_then_install_offline_with_no_network(
     assert row(warmed.stdout, "failed")[0] == 0
     assert blobs_in(online) == set(needed)
     assert gitlab.counts["file"] == 2
-    assert public.counts["file"] == 2
+    # Public wheels: the index's own .metadata file (PEP 714), then the wheel.
+    assert public.counts["file"] == 4
     assert not any("Authorization" in r.headers for r in public.requests), "token left GitLab"
 
     # Resumable: a second run fetches nothing and says so.
     again = (await cli(env, "warm", "projects/42", "-r", requirements)).check()
     assert row(again.stdout, "fetched")[0] == 0
     assert row(again.stdout, "already there")[0] == 4
-    assert (gitlab.counts["file"], public.counts["file"]) == (2, 2)
+    assert (gitlab.counts["file"], public.counts["file"]) == (2, 4)
 
     # 2. Export, and import into an empty cache with nothing configured but its directory.
     bundle = tmp_path / "mirror.tar"

@@ -777,12 +777,17 @@ async def test_public_index_serves_pep_503_pages_and_files() -> None:
         assert '<meta name="pypi:repository-version" content="1.0">' in page
         sha = wheel.sha256
         link = f"{pub.files_url}/packages/{sha[:2]}/{sha[2:4]}/{sha}/{wheel.filename}"
-        assert f'href="{link}#sha256={sha}" data-requires-python="&gt;=2.7, !=3.0.*">' in page
+        metadata = wheel_metadata(wheel.content)
+        metadata_sha = hashlib.sha256(metadata).hexdigest()
+        assert (
+            f'href="{link}#sha256={sha}" data-requires-python="&gt;=2.7, !=3.0.*"'
+            f' data-core-metadata="sha256={metadata_sha}">'
+        ) in page
         status, _, content = await fetch(link)
         assert (status, content) == (200, wheel.content)
-        # Like PyPI, each wheel's core metadata sits next to it (PEP 658).
+        # PEP 658: the metadata file beside the wheel, as PyPI serves it.
         status, _, content = await fetch(link + ".metadata")
-        assert (status, content) == (200, wheel_metadata(wheel.content))
+        assert (status, content) == (200, metadata)
         assert (await fetch(pub.url + "/simple/nothing/"))[0] == 404
     assert [r.kind for r in pub.requests] == ["page", "page", "file", "file", "notfound"]
     assert pub.requests[1].headers["Authorization"] == "Bearer x"

@@ -34,7 +34,10 @@ async def test_pip_installs_private_and_forwarded_public_packages(
         "tiny_json-1.1.0.dist-info",
         "tiny_util-0.5.dist-info",
     }
-    assert public.counts["file"] == 2
+    # Each wheel once, and before it the .metadata the public index publishes (PEP 714).
+    fetched = [r.path for r in public.requests if r.kind == "file"]
+    assert len(fetched) == 4
+    assert len([path for path in fetched if path.endswith(".whl.metadata")]) == 2
     assert public.requests, "nothing was forwarded"
     # GitLab's credentials went to GitLab only.
     assert not any("Authorization" in r.headers for r in public.requests)
@@ -48,7 +51,7 @@ async def test_pip_installs_private_and_forwarded_public_packages(
     # Cached like any other file: a second install fetches nothing from the public index.
     result = await pip_install(proxy.index_url("projects/42"), tmp_path / "two", "corp-app")
     result.check()
-    assert public.counts["file"] == 2
+    assert public.counts["file"] == 4
 
 
 async def test_forwarded_file_that_does_not_verify_is_not_stored(
