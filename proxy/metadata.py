@@ -15,6 +15,7 @@ from aiohttp import web
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
+from .cachehealth import CacheMode
 from .errors import NotFound
 from .files import Admission, FileCache
 from .simple import Distribution
@@ -117,7 +118,9 @@ class CoreMetadata:
         if not dist.is_wheel or dist.sha256 is None:
             return False
         if dist.sha256 not in self.by_wheel:
-            return True
+            # A cache opened read-only or not at all keeps no metadata it would extract: pip
+            # then reads the wheel itself, as it does from an index without PEP 658.
+            return self.files.health.mode is CacheMode.READ_WRITE
         metadata_sha256 = self.by_wheel[dist.sha256]
         return False if metadata_sha256 is None else f"sha256={metadata_sha256}"
 
