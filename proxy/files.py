@@ -610,7 +610,14 @@ class FileCache:
                 return response
             # A client that goes away only stops its own copy; the fill goes on for the others.
             with contextlib.suppress(ConnectionError):
-                await _stream_fill(request, response, fill, reader)
+                sent = await _stream_fill(request, response, fill, reader)
+                if sent is not None:
+                    # The disk filled up under the download: this client's copy goes on from
+                    # GitLab, checked against the bytes it already has.
+                    async with self.upstream.open_file(source, authorization) as resp:
+                        await _relay_verified(
+                            request, response, resp, fill.sha256, fill.filename, reader, sent
+                        )
             return response
         finally:
             reader.close()
@@ -646,8 +653,14 @@ async def _relay_verified(
     upstream: aiohttp.ClientResponse,
     sha256: str,
     filename: str,
+    sent: BinaryIO | None = None,
+    skip: int = 0,
 ) -> None:
-    """Copy a body, holding the last byte back until it verifies; cut the client if not."""
+    """Copy a body, holding the last byte back until it verifies; cut the client if not.
+
+    The client may have the first `skip` bytes already (they are in the file `sent`): those
+    are compared with the body instead of sent again.
+    """
     digest = hashlib.sha256()
     held = b""
     received = 0
@@ -656,7 +669,17 @@ async def _relay_verified(
             if not chunk:
                 continue
             digest.update(chunk)
+            start = received
             received += len(chunk)
+            if start < skip and sent is not None:
+                had = chunk[: skip - start]
+                if os.pread(sent.fileno(), len(had), start) != had:
+                    log.warning("pass-through of %s failed: upstream sent other bytes", filename)
+                    _cut(request)
+                    return
+                chunk = chunk[len(had) :]
+                if not chunk:
+                    continue
             await response.write(held + chunk[:-1])
             held = chunk[-1:]
     except ConnectionError:
@@ -675,8 +698,12 @@ async def _relay_verified(
 
 async def _stream_fill(
     request: web.Request, response: web.StreamResponse, fill: Fill, reader: BinaryIO
-) -> None:
-    """Send a fill's bytes as they land in its file; complete only once verified."""
+) -> int | None:
+    """Send a fill's bytes as they land in its file; complete only once verified.
+
+    When the fill lost the disk (CacheUnwritable), how many bytes the client has, for the
+    caller to go on from; None once the response is complete, cut or its client gone.
+    """
     # With a known length the body goes by sendfile, never copied through Python: that is what
     # lets one fill feed dozens of clients. Chunked framing needs write() instead. (A
     # StreamResponse has sent its headers on prepare(), so the body follows them.)
@@ -687,7 +714,7 @@ async def _stream_fill(
         limit = fill.readable_limit()
         if offset < limit and transport is not None:
             if transport.is_closing():
-                return  # the client left; the fill goes on for the others
+                return None  # the client left; the fill goes on for the others
             offset += await loop.sendfile(transport, reader, offset, limit - offset)
             response[SENDFILE_BYTES] = offset
         elif offset < limit:
@@ -697,10 +724,12 @@ async def _stream_fill(
             await response.write(chunk)
         elif fill.state is FillState.DONE:
             await response.write_eof()
-            return
+            return None
+        elif isinstance(fill.error, CacheUnwritable):
+            return offset
         elif fill.state is FillState.FAILED:
             _cut(request)
-            return
+            return None
         else:
             await fill.changed()
 

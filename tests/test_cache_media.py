@@ -157,3 +157,117 @@ def _read_write(proxy: ServeProcess) -> Any:
         return (await ready(proxy))["cache"] == "read-write"
 
     return check
+
+
+
+@contextlib.contextmanager
+def read_only_copy(source: Path, media: Path, *, skip: tuple[str, ...] = ()) -> Iterator[Path]:
+    """`source` copied (but for the names in `skip`) onto a tmpfs then remounted read-only."""
+    with tmpfs(media, "64m"):
+        shutil.copytree(source, media, dirs_exist_ok=True, ignore=lambda d, names: skip)
+        subprocess.run(["mount", "-o", "remount,ro", str(media)], check=True)
+        yield media
+
+
+def file_requests(gitlab: FakeGitLab, file: FakeFile) -> int:
+    return sum(1 for r in gitlab.requests if r.kind == "file" and file.filename in r.path)
+
+
+async def test_a_cache_on_read_only_media_serves_what_it_holds_and_passes_the_rest_through(
+    gitlab: FakeGitLab, workdir: Path
+) -> None:
+    cached = gitlab.add_wheel(42, "corp-util", "1.0.0")
+    filled = workdir / "filled"
+    async with await start(workdir, gitlab, filled) as proxy:
+        (await pip_install(index_url(proxy), workdir / "first", "corp-util")).check()
+    fresh = gitlab.add_wheel(42, "corp-new", "1.0.0")
+    asked = file_requests(gitlab, cached)
+    # Closed cleanly, so the index has no -wal: SQLite could not create one, nor a -shm.
+    with read_only_copy(filled, workdir / "media") as media:
+        async with await start(workdir, gitlab, media) as proxy:
+            answer = await ready(proxy)
+            assert answer["cache"] == "read-only"
+            assert "read-only" in answer["degraded"][0]
+            target = workdir / "online"
+            (await pip_install(index_url(proxy), target, "corp-util", "corp-new")).check()
+            assert await fetch_file(proxy, cached) == "HIT"
+            assert await fetch_file(proxy, fresh) == "BYPASS"
+            # The stored page is what answers once GitLab is gone.
+            gitlab.down = True
+            (await pip_install(index_url(proxy), workdir / "down", "corp-util")).check()
+        assert sorted(p.name for p in media.iterdir()) == ["blobs", "index.sqlite3", "tmp"]
+    assert file_requests(gitlab, cached) == asked
+    assert "Traceback" not in proxy.log()
+
+
+@pytest.mark.parametrize("skip", [(), ("index.sqlite3-shm",)], ids=["wal-and-shm", "wal-only"])
+async def test_an_index_copied_with_its_wal_is_read_whole_from_read_only_media(
+    gitlab: FakeGitLab, workdir: Path, skip: tuple[str, ...]
+) -> None:
+    wheel = gitlab.add_wheel(42, "corp-util", "1.0.0")
+    page = f"{BASE}/simple/corp-util/"
+    filled = workdir / "filled"
+    async with await start(workdir, gitlab, filled) as proxy:
+        assert (await get(proxy.url + page))[0] == 200
+        assert await fetch_file(proxy, wheel) == "MISS"
+        # Copied while it runs: what it stored is still in the -wal, not in the main file.
+        with read_only_copy(filled, workdir / "media", skip=skip) as media:
+            assert (media / "index.sqlite3-wal").stat().st_size > 0
+            async with await start(workdir, gitlab, media) as copy:
+                assert (await ready(copy))["cache"] == "read-only"
+                gitlab.down = True
+                status, headers, _ = await get(copy.url + page)
+                assert (status, headers["X-Cache"]) == (200, "STALE")
+                assert await fetch_file(copy, wheel) == "HIT"
+            assert "Traceback" not in copy.log()
+            # Without its -shm, SQLite cannot read a WAL on read-only media in place.
+            assert ("from a private copy with its WAL" in copy.log()) == bool(skip)
+
+
+def stored(cache: Path, file: FakeFile) -> bool:
+    return blob(cache, file).is_file()
+
+
+async def test_a_download_without_content_length_keeps_the_free_space_reserve(
+    gitlab: FakeGitLab, workdir: Path
+) -> None:
+    with tmpfs(workdir / "cache", "20m") as cache:
+        # About 17 MiB free: 2 MiB more would eat into the 16 MiB reserve.
+        (cache / "ballast").write_bytes(bytes(3 * MiB))
+        wheel = gitlab.add_wheel(42, "corp-big", "1.0.0", payload_size=2 * MiB)
+        gitlab.chunked_files = True
+        async with await start(workdir, gitlab, cache) as proxy:
+            # Started as a fill, stopped at the reserve, and the client's copy went on from
+            # GitLab: whole and verified all the same.
+            assert await fetch_file(proxy, wheel) == "MISS"
+            assert file_requests(gitlab, wheel) == 2
+            assert await fetch_file(proxy, wheel) == "BYPASS"
+            assert file_requests(gitlab, wheel) == 3
+            assert "disk full" in (await ready(proxy))["degraded"][0]
+            assert not stored(cache, wheel)
+            assert list((cache / "tmp").iterdir()) == []
+            assert shutil.disk_usage(cache).free > 16 * MiB
+
+
+async def test_a_disk_other_files_fill_makes_room_by_eviction_and_caching_goes_on(
+    gitlab: FakeGitLab, workdir: Path
+) -> None:
+    with tmpfs(workdir / "cache", "32m") as cache:
+        (cache / "ballast").write_bytes(bytes(4 * MiB))
+        first = gitlab.add_wheel(42, "corp-first", "1.0.0", payload_size=4 * MiB)
+        second = gitlab.add_wheel(42, "corp-second", "1.0.0", payload_size=4 * MiB)
+        later = gitlab.add_wheel(42, "corp-later", "1.0.0", payload_size=1 * MiB)
+        async with await start(workdir, gitlab, cache) as proxy:
+            assert await fetch_file(proxy, first) == "MISS"
+            assert await fetch_file(proxy, second) == "MISS"
+            # Something else on the disk grows: about 14 MiB free, under the 16 MiB reserve,
+            # far below cache.max_size (20 GiB), so size-based eviction would never run.
+            (cache / "other-files").write_bytes(bytes(6 * MiB))
+            assert await fetch_file(proxy, later) == "BYPASS"
+            # The least recently used file makes room; the next request is cached.
+            await eventually(lambda: not stored(cache, first), "the oldest file evicted")
+            assert await fetch_file(proxy, later) == "MISS"
+            assert await fetch_file(proxy, later) == "HIT"
+            assert await fetch_file(proxy, second) == "HIT"
+            assert (await ready(proxy))["degraded"] == []
+            assert shutil.disk_usage(cache).free >= 16 * MiB
