@@ -271,3 +271,35 @@ async def test_a_disk_other_files_fill_makes_room_by_eviction_and_caching_goes_o
             assert await fetch_file(proxy, second) == "HIT"
             assert (await ready(proxy))["degraded"] == []
             assert shutil.disk_usage(cache).free >= 16 * MiB
+
+
+async def test_a_disk_that_fills_up_during_a_download_does_not_cut_the_client(
+    gitlab: FakeGitLab, workdir: Path
+) -> None:
+    with tmpfs(workdir / "cache", "24m") as cache:
+        wheel = gitlab.add_wheel(42, "corp-big", "1.0.0", payload_size=4 * MiB)
+        # 64 chunks of 64 KiB, paced: the download is still running when the disk fills.
+        gitlab.file_chunk_delay = 0.02
+        url = f"{BASE}/files/{wheel.sha256}/{wheel.filename}"
+        async with await start(workdir, gitlab, cache) as proxy:
+            async with aiohttp.ClientSession() as session, session.get(proxy.url + url) as resp:
+                assert resp.headers["X-Cache"] == "MISS"
+                body = await resp.content.readany()
+                # Another program takes every byte left.
+                with (cache / "ballast").open("wb") as ballast, contextlib.suppress(OSError):
+                    while True:
+                        ballast.write(bytes(MiB))
+                        ballast.flush()
+                body += await resp.read()
+            assert hashlib.sha256(body).hexdigest() == wheel.sha256
+            assert not stored(cache, wheel)
+            assert "disk full" in (await ready(proxy))["degraded"][0]
+            # Space comes back: caching resumes at the next probe.
+            (cache / "ballast").unlink()
+            gitlab.file_chunk_delay = 0
+            await eventually(lambda: _cached(proxy, wheel), "caching resumed")
+            assert await fetch_file(proxy, wheel) == "HIT"
+
+
+async def _cached(proxy: ServeProcess, file: FakeFile) -> bool:
+    return await fetch_file(proxy, file) == "MISS"
