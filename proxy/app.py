@@ -13,8 +13,8 @@ from . import handlers, keys
 from .access import AccessGuard, access_middleware
 from .auth import Gatekeeper
 from .blobs import BlobStore
-from .cacheopen import open_index, reopen_when_writable
 from .cachehealth import CacheMode
+from .cacheopen import open_index, reopen_when_writable
 from .config import Settings
 from .errors import error_middleware
 from .eviction import run_evictor

@@ -113,11 +113,17 @@ class Store:
         # IMMEDIATE: a write takes SQLite's write lock before reading, so with other worker
         # processes it waits out the busy timeout instead of failing at once on a stale snapshot.
         db = await aiosqlite.connect(path, timeout=30, isolation_level="IMMEDIATE")
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA synchronous=NORMAL")
-        await db.executescript(_SCHEMA)
-        await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        await db.commit()
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=NORMAL")
+            await db.executescript(_SCHEMA)
+            await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            await db.commit()
+        except BaseException:
+            # Its thread would otherwise keep the process alive after the error: the hang of
+            # a start-up on a read-only index.
+            await db.close()
+            raise
         return cls(db)
 
     @classmethod
@@ -136,7 +142,7 @@ class Store:
         it cannot, a -wal holding changes not yet in the main file is read from a private
         copy; with no such -wal the file is opened immutable, which ignores none of its data.
         """
-        path = path.resolve()
+        path = await asyncio.to_thread(path.resolve)
         try:
             return cls(await _connect_read_only(f"{path.as_uri()}?mode=ro"), read_only=True)
         except sqlite3.Error as e:

@@ -12,7 +12,7 @@ import shutil
 import sqlite3
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import pytest
 from tests.cli_process import PROXY, ServeProcess, free_port
 from tests.conftest import TOKEN
 from tests.fake_gitlab import FakeFile, FakeGitLab
-from tests.proxy_harness import clean_env, pip_install
+from tests.proxy_harness import clean_env, pip_install, run
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root: setpriv to another user, tmpfs and remounts"
@@ -144,9 +144,7 @@ async def test_a_root_owned_cache_directory_passes_through_until_it_becomes_writ
             pages = [key for (key,) in db.execute("SELECT key FROM pages")]
         assert "projects/42:corp-util" in pages
     warnings = [
-        line
-        for line in proxy.log().splitlines()
-        if " WARNING " in line and "not writable" in line
+        line for line in proxy.log().splitlines() if " WARNING " in line and "not writable" in line
     ]
     assert len(warnings) == 1, "\n".join(warnings)
     assert "Traceback" not in proxy.log()
@@ -154,10 +152,9 @@ async def test_a_root_owned_cache_directory_passes_through_until_it_becomes_writ
 
 def _read_write(proxy: ServeProcess) -> Any:
     async def check() -> bool:
-        return (await ready(proxy))["cache"] == "read-write"
+        return bool((await ready(proxy))["cache"] == "read-write")
 
     return check
-
 
 
 @contextlib.contextmanager
@@ -303,3 +300,38 @@ async def test_a_disk_that_fills_up_during_a_download_does_not_cut_the_client(
 
 async def _cached(proxy: ServeProcess, file: FakeFile) -> bool:
     return await fetch_file(proxy, file) == "MISS"
+
+
+async def test_warm_refuses_a_cache_it_cannot_write(gitlab: FakeGitLab, workdir: Path) -> None:
+    gitlab.add_wheel(42, "corp-util", "1.0.0")
+    with tmpfs(workdir / "media", "1m") as media:
+        subprocess.run(["mount", "-o", "remount,ro", str(media)], check=True)
+        env = clean_env(
+            GITLAB_PYPI_PROXY_UPSTREAM_URL=gitlab.url,
+            GITLAB_PYPI_PROXY_UPSTREAM_TOKEN=TOKEN,
+            GITLAB_PYPI_PROXY_CACHE_DIR=str(media),
+        )
+        result = await run([*PROXY, "warm", "projects/42", "corp-util"], env)
+    assert result.returncode == 2
+    assert "warm needs a cache it can write" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert gitlab.counts["file"] == 0
+
+
+async def test_an_index_left_by_root_in_our_directory_is_read_only_and_the_process_exits(
+    gitlab: FakeGitLab, workdir: Path
+) -> None:
+    wheel = gitlab.add_wheel(42, "corp-util", "1.0.0")
+    cache = workdir / "cache"
+    # Filled by root (say `sudo gitlab-pypi-proxy warm`), then handed to the proxy's user but
+    # for the index itself.
+    async with await start(workdir, gitlab, cache) as proxy:
+        assert await fetch_file(proxy, wheel) == "MISS"
+    for path in [cache, *cache.rglob("*")]:
+        if path.name != "index.sqlite3":
+            os.chown(path, 10001, 10001)
+    async with await start(workdir, gitlab, cache, as_user=True) as proxy:
+        assert (await ready(proxy))["cache"] == "read-only"
+        assert await fetch_file(proxy, wheel) == "HIT"
+        # Its failed read-write attempt must not leave a thread that keeps the process alive.
+        assert await proxy.stop(timeout=10) == 0
