@@ -100,11 +100,11 @@ async def run_evictor(files: FileCache) -> None:
                 forget=files.forget,
                 free_target=free_target,
             )
+            if free_target and files.blobs.free_space() >= free_target:
+                files.health.room_made()
         except Exception:
             log.exception("eviction failed")
             continue
-        if free_target and files.blobs.free_space() >= free_target:
-            files.health.room_made()
         if report.removed or report.busy:
             log.info(
                 "evicted %d files (%d bytes); cache now %d of %d bytes; %d in use kept",

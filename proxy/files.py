@@ -612,15 +612,31 @@ class FileCache:
             with contextlib.suppress(ConnectionError):
                 sent = await _stream_fill(request, response, fill, reader)
                 if sent is not None:
-                    # The disk filled up under the download: this client's copy goes on from
-                    # GitLab, checked against the bytes it already has.
-                    async with self.upstream.open_file(source, authorization) as resp:
-                        await _relay_verified(
-                            request, response, resp, fill.sha256, fill.filename, reader, sent
-                        )
+                    await self._go_on(request, response, fill, reader, sent, source, authorization)
             return response
         finally:
             reader.close()
+
+    async def _go_on(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        fill: Fill,
+        reader: BinaryIO,
+        sent: int,
+        source: yarl.URL,
+        authorization: str | None,
+    ) -> None:
+        """The disk filled up under a download this client has `sent` bytes of: its copy goes
+        on from a new upstream download, checked against the bytes it already has."""
+        try:
+            async with self.upstream.open_file(source, authorization) as resp:
+                await _relay_verified(
+                    request, response, resp, fill.sha256, fill.filename, reader, sent
+                )
+        except ProxyError as e:
+            log.warning("pass-through of %s failed: %s", fill.filename, e.message)
+            _cut(request)
 
     async def _pass_through(
         self,
