@@ -148,6 +148,8 @@ class CacheHealth:
             return False
         log.info("cache directory writable again (was: %s)", self.problem)
         self.problem = None
+        # Space came back by itself: eviction must not go on to make more.
+        self.room_made()
         return True
 
     def free_target(self) -> int:
@@ -168,6 +170,8 @@ class CacheHealth:
             self.failed(e)
             return False
         if free >= size + RESERVE_BYTES:
+            if size >= self.wanted:
+                self.room_made()  # what eviction was to make room for fits now
             return True
         self.no_room(size)
         return False
