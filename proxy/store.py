@@ -347,11 +347,32 @@ class Store:
 
 
 async def _connect_read_only(uri: str) -> aiosqlite.Connection:
-    """A read-only connection that has read the schema: a failure to open shows here."""
+    """A read-only connection that has read the schema: a failure to open shows here.
+
+    Tables an earlier release did not have yet are made empty TEMP tables (in memory, not in
+    the file), so every query finds what it expects.
+    """
     db = await aiosqlite.connect(uri, uri=True, timeout=30)
     try:
         await db.execute_fetchall("SELECT count(*) FROM blobs")
+        rows = await db.execute_fetchall("SELECT name FROM sqlite_master WHERE type='table'")
+        present = {str(row[0]) for row in rows}
+        for name, create in _tables().items():
+            if name not in present:
+                await db.execute(create.replace("CREATE TABLE IF NOT EXISTS", "CREATE TEMP TABLE"))
     except BaseException:
         await db.close()
         raise
     return db
+
+
+def _tables() -> dict[str, str]:
+    """Each table of _SCHEMA by name: its CREATE TABLE statement."""
+    tables = {}
+    for statement in _SCHEMA.split(";"):
+        code = "\n".join(
+            line for line in statement.splitlines() if not line.lstrip().startswith("--")
+        ).strip()
+        if code.startswith("CREATE TABLE IF NOT EXISTS "):
+            tables[code.split()[5]] = code
+    return tables

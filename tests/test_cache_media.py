@@ -345,3 +345,27 @@ async def test_an_index_left_by_root_in_our_directory_is_read_only_and_the_proce
         assert await fetch_file(proxy, wheel) == "HIT"
         # Its failed read-write attempt must not leave a thread that keeps the process alive.
         assert await proxy.stop(timeout=10) == 0
+
+
+async def test_an_index_from_before_core_metadata_is_read_from_read_only_media(
+    gitlab: FakeGitLab, workdir: Path
+) -> None:
+    wheel = gitlab.add_wheel(42, "corp-util", "1.0.0")
+    page = f"{BASE}/simple/corp-util/"
+    filled = workdir / "filled"
+    async with await start(workdir, gitlab, filled) as proxy:
+        assert (await get(proxy.url + page))[0] == 200
+        assert await fetch_file(proxy, wheel) == "MISS"
+    # As written before forwarded sources and PEP 658 metadata had tables of their own.
+    with contextlib.closing(sqlite3.connect(filled / "index.sqlite3")) as db:
+        db.execute("DROP TABLE core_metadata")
+        db.execute("DROP TABLE forwarded_files")
+        db.commit()
+    with read_only_copy(filled, workdir / "media") as media:
+        async with await start(workdir, gitlab, media) as copy:
+            assert (await ready(copy))["cache"] == "read-only"
+            gitlab.down = True
+            status, headers, _ = await get(copy.url + page)
+            assert (status, headers["X-Cache"]) == (200, "STALE")
+            assert await fetch_file(copy, wheel) == "HIT"
+        assert "Traceback" not in copy.log()
