@@ -61,7 +61,8 @@ def describe(error: OSError) -> str:
 
 
 class CacheHealth:
-    """Owns the cache's write state: set by failed writes, cleared by a successful probe."""
+    """Owns the cache's write state: its mode since start-up, and the problem set by failed
+    writes (or a file finding no room), cleared by a successful probe."""
 
     def __init__(
         self,
