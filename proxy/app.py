@@ -13,6 +13,8 @@ from . import handlers, keys
 from .access import AccessGuard, access_middleware
 from .auth import Gatekeeper
 from .blobs import BlobStore
+from .cachehealth import CacheMode
+from .cacheopen import open_index, reopen_when_writable
 from .config import Settings
 from .errors import error_middleware
 from .eviction import run_evictor
@@ -21,7 +23,6 @@ from .metadata import CoreMetadata
 from .metrics import Metrics, metrics_middleware
 from .pages import PageCache
 from .rendering import PageRenderer
-from .store import DB_NAME, Store
 from .upstream import Upstream
 
 
@@ -43,11 +44,9 @@ def create_app(settings: Settings) -> web.Application:
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
-    cache_dir = settings.cache.dir
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    store = await Store.open(cache_dir / DB_NAME)
-    blobs = BlobStore(cache_dir)
-    blobs.ensure_dirs()
+    blobs = BlobStore(settings.cache.dir)
+    # An unwritable or read-only directory still serves: see cachehealth.CacheMode.
+    store, mode, reason = await open_index(blobs)
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=100, limit_per_host=50, ttl_dns_cache=300),
         # Cookies from GitLab must never travel from one client's request to another's.
@@ -65,6 +64,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         metrics,
         accel_redirect=settings.server.accel_redirect,
     )
+    files.health.opened(mode, reason)
     await files.load()
     metrics.cache_limit = settings.cache.max_size
     metrics.cache_size = lambda: (sum(b.size for b in files.known.values()), len(files.known))
@@ -85,6 +85,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(files.run_access_flusher()),
         asyncio.create_task(run_evictor(files)),
     ]
+    if mode is not CacheMode.READ_WRITE:
+        background.append(asyncio.create_task(reopen_when_writable(files, metadata)))
     try:
         yield
     finally:

@@ -74,6 +74,9 @@ class CacheSettings:
     # Small files are also kept in memory, up to this many bytes in all.
     memory_size: int = 64 * 1024**2
     memory_file_max: int = 256 * 1024
+    # How often an unwritable, full or read-only cache directory is probed again; caching
+    # resumes at the first probe that finds it writable.
+    recheck_interval: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)

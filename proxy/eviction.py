@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .blobs import BlobStore
+from .cachehealth import CacheMode
 from .files import FileCache
 from .locks import FileLock
 from .store import Store
@@ -37,13 +38,19 @@ async def evict(
     max_size: int,
     *,
     forget: Callable[[str], None] = lambda sha256: None,
+    free_target: int = 0,
 ) -> EvictionReport:
-    """Remove least recently used blobs until the cache is under LOW_WATER of `max_size`.
+    """Remove least recently used blobs until the cache is under LOW_WATER of `max_size`, and
+    its file system has `free_target` bytes free (a disk shared with other files fills up
+    before `max_size` is reached).
 
     A blob is removed only under its fill lock and with no client reading it, in any process.
     """
     total = await store.total_size()
-    if max_size <= 0 or total <= max_size:
+    # Only when removing the whole cache would reach it: a file larger than all the cache
+    # and the free space together must not flush everything for nothing.
+    free_short = 0 < free_target - blobs.free_space() <= total
+    if not free_short and (max_size <= 0 or total <= max_size):
         return EvictionReport(total, total, 0, 0, 0)
     # One evictor at a time across workers; the others find the work done.
     guard = FileLock.try_acquire(blobs.tmp_dir / "evict.lock")
@@ -51,11 +58,11 @@ async def evict(
         return EvictionReport(total, total, 0, 0, 0)
     with guard:
         before = total = await store.total_size()
-        target = int(max_size * LOW_WATER)
+        target = int(max_size * LOW_WATER) if 0 < max_size < total else total
         removed: list[str] = []
         freed = busy = 0
         for row in await store.blobs():
-            if total <= target:
+            if total <= target and (not free_short or blobs.free_space() >= free_target):
                 break
             lock = FileLock.try_acquire(blobs.lock_path(row.sha256))
             if lock is None:
@@ -83,9 +90,18 @@ async def run_evictor(files: FileCache) -> None:
         try:
             # Access times first, so "least recently used" counts this process's hits.
             await files.flush_access()
+            if files.health.mode is not CacheMode.READ_WRITE:
+                continue  # nothing here may be removed
+            free_target = files.health.free_target()
             report = await evict(
-                files.store, files.blobs, files.settings.max_size, forget=files.forget
+                files.store,
+                files.blobs,
+                files.settings.max_size,
+                forget=files.forget,
+                free_target=free_target,
             )
+            if free_target and files.blobs.free_space() >= free_target:
+                files.health.room_made()
         except Exception:
             log.exception("eviction failed")
             continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import errno
 import hashlib
 import logging
 import os
@@ -23,7 +24,7 @@ from aiohttp.web_fileresponse import NOSENDFILE
 from cachetools import LRUCache, TTLCache
 
 from .blobs import BlobStore
-from .cachehealth import CacheHealth, Throttled
+from .cachehealth import CacheHealth, CacheMode, Throttled
 from .config import CacheSettings
 from .errors import Offline, ProxyError, UpstreamError, UpstreamStatus, UpstreamUnavailable
 from .locks import FileLock, ReadHold
@@ -153,13 +154,15 @@ class FileCache:
         self.on_verified: Callable[[str, str, Path], None] | None = None
         # Told of each fill as it starts, so a warm-up can count what it caused.
         self.fill_observers: list[Callable[[Fill], None]] = []
-        self.health = CacheHealth(blobs)
+        self.health = CacheHealth(blobs, recheck=settings.recheck_interval)
         # Upstream 404s by (source URL, credential fingerprint), so absent files cost one request.
         self.negative: TTLCache[tuple[str, str], ProxyError] = TTLCache(
             maxsize=10_000, ttl=max(settings.negative_ttl, 1e-9), timer=time.monotonic
         )
         # Set whenever a blob is added, so eviction looks at the size soon.
         self.grown = asyncio.Event()
+        # A file that found no room wakes eviction too: it frees space, not only size.
+        self.health.on_no_room = self.grown.set
         self._tasks: set[asyncio.Task[None]] = set()
         self._db_warn = Throttled(log)
 
@@ -167,14 +170,18 @@ class FileCache:
         """Start-up reconciliation: drop temp files, rows without blobs, blobs without rows.
 
         Safe while other workers share the directory: live temp files are flocked by their
-        writer, and each blob is fixed only under its lock, after looking again.
+        writer, and each blob is fixed only under its lock, after looking again. A directory
+        that cannot be written is only read: what matches is served, the rest left as it is.
         """
-        removed_temp = await asyncio.to_thread(self.blobs.clean_temp)
+        read_write = self.health.mode is CacheMode.READ_WRITE
+        removed_temp = await asyncio.to_thread(self.blobs.clean_temp) if read_write else 0
         on_disk = dict(await asyncio.to_thread(lambda: list(self.blobs.scan())))
         rows = await self.store.blobs()
         self.known = {
             r.sha256: KnownBlob(r.size, r.filename) for r in rows if on_disk.get(r.sha256) == r.size
         }
+        if not read_write:
+            return
         suspects = {r.sha256 for r in rows if r.sha256 not in self.known}
         suspects |= {sha for sha in on_disk if sha not in self.known}
         orphan_rows = stray = 0
@@ -446,6 +453,9 @@ class FileCache:
     async def _discard(self, sha256: str) -> None:
         """Drop a blob that is gone or does not match its name, so it is fetched again."""
         self.forget(sha256)
+        if self.health.mode is not CacheMode.READ_WRITE:
+            log.error("blob %s does not match its sha256; not serving it", sha256)
+            return
         lock = FileLock.try_acquire(self.blobs.lock_path(sha256))
         if lock is None:
             return  # someone is filling it again right now
@@ -485,11 +495,15 @@ class FileCache:
                 return
             async with self.upstream.open_file(source, authorization) as resp:
                 size = resp.content_length
-                if size is not None and not self.health.room_for(size):
+                # Without a Content-Length the reserve is checked as the file grows, chunk by
+                # chunk, instead of once for its whole size.
+                if not self.health.room_for(size or 0):
                     raise CacheUnwritable(f"no room in the cache for {fill.filename}")
                 fill.mark_started(size)
                 digest = hashlib.sha256()
                 async for chunk in resp.content.iter_chunked(CHUNK):
+                    if size is None and not self.health.room_for(len(chunk)):
+                        raise CacheUnwritable(f"no room left in the cache for {fill.filename}")
                     _write_all(fd, chunk)
                     digest.update(chunk)
                     fill.advance(len(chunk))
@@ -525,7 +539,10 @@ class FileCache:
             log.warning("fill of %s failed: %s", fill.filename, type(e).__name__)
             fill.fail(UpstreamUnavailable(f"upstream failed while sending {fill.filename}"))
         except OSError as e:
-            self.health.failed(e)
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                self.health.no_room(fill.size or fill.written)
+            else:
+                self.health.failed(e)
             fill.fail(CacheUnwritable(f"could not write {fill.filename} to the cache"))
         finally:
             os.close(fd)
@@ -611,10 +628,33 @@ class FileCache:
                 return response
             # A client that goes away only stops its own copy; the fill goes on for the others.
             with contextlib.suppress(ConnectionError):
-                await _stream_fill(request, response, fill, reader)
+                sent = await _stream_fill(request, response, fill, reader)
+                if sent is not None:
+                    await self._go_on(request, response, fill, reader, sent, source, authorization)
             return response
         finally:
             reader.close()
+
+    async def _go_on(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        fill: Fill,
+        reader: BinaryIO,
+        sent: int,
+        source: yarl.URL,
+        authorization: str | None,
+    ) -> None:
+        """The disk filled up under a download this client has `sent` bytes of: its copy goes
+        on from a new upstream download, checked against the bytes it already has."""
+        try:
+            async with self.upstream.open_file(source, authorization) as resp:
+                await _relay_verified(
+                    request, response, resp, fill.sha256, fill.filename, reader, sent
+                )
+        except ProxyError as e:
+            log.warning("pass-through of %s failed: %s", fill.filename, e.message)
+            _cut(request)
 
     async def _pass_through(
         self,
@@ -647,8 +687,14 @@ async def _relay_verified(
     upstream: aiohttp.ClientResponse,
     sha256: str,
     filename: str,
+    sent: BinaryIO | None = None,
+    skip: int = 0,
 ) -> None:
-    """Copy a body, holding the last byte back until it verifies; cut the client if not."""
+    """Copy a body, holding the last byte back until it verifies; cut the client if not.
+
+    The client may have the first `skip` bytes already (they are in the file `sent`): those
+    are compared with the body instead of sent again.
+    """
     digest = hashlib.sha256()
     held = b""
     received = 0
@@ -657,7 +703,17 @@ async def _relay_verified(
             if not chunk:
                 continue
             digest.update(chunk)
+            start = received
             received += len(chunk)
+            if start < skip and sent is not None:
+                had = chunk[: skip - start]
+                if os.pread(sent.fileno(), len(had), start) != had:
+                    log.warning("pass-through of %s failed: upstream sent other bytes", filename)
+                    _cut(request)
+                    return
+                chunk = chunk[len(had) :]
+                if not chunk:
+                    continue
             await response.write(held + chunk[:-1])
             held = chunk[-1:]
     except ConnectionError:
@@ -676,8 +732,12 @@ async def _relay_verified(
 
 async def _stream_fill(
     request: web.Request, response: web.StreamResponse, fill: Fill, reader: BinaryIO
-) -> None:
-    """Send a fill's bytes as they land in its file; complete only once verified."""
+) -> int | None:
+    """Send a fill's bytes as they land in its file; complete only once verified.
+
+    When the fill lost the disk (CacheUnwritable), how many bytes the client has, for the
+    caller to go on from; None once the response is complete, cut or its client gone.
+    """
     # With a known length the body goes by sendfile, never copied through Python: that is what
     # lets one fill feed dozens of clients. Chunked framing needs write() instead. (A
     # StreamResponse has sent its headers on prepare(), so the body follows them.)
@@ -688,7 +748,7 @@ async def _stream_fill(
         limit = fill.readable_limit()
         if offset < limit and transport is not None:
             if transport.is_closing():
-                return  # the client left; the fill goes on for the others
+                return None  # the client left; the fill goes on for the others
             offset += await loop.sendfile(transport, reader, offset, limit - offset)
             response[SENDFILE_BYTES] = offset
         elif offset < limit:
@@ -698,10 +758,12 @@ async def _stream_fill(
             await response.write(chunk)
         elif fill.state is FillState.DONE:
             await response.write_eof()
-            return
+            return None
+        elif isinstance(fill.error, CacheUnwritable):
+            return offset
         elif fill.state is FillState.FAILED:
             _cut(request)
-            return
+            return None
         else:
             await fill.changed()
 

@@ -246,7 +246,14 @@ async def ready(request: web.Request) -> web.StreamResponse:
     status = 503 if problems else 200
     offline = request.app[keys.UPSTREAM].offline
     return web.json_response(
-        {"ready": not problems, "offline": offline, "problems": problems, "degraded": degraded},
+        {
+            "ready": not problems,
+            "offline": offline,
+            # read-write, read-only (served as it is) or pass-through (nothing on disk used).
+            "cache": health.mode.value,
+            "problems": problems,
+            "degraded": degraded,
+        },
         status=status,
     )
 

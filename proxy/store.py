@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import shutil
+import sqlite3
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -10,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
+
+log = logging.getLogger(__name__)
 
 # 2: core_metadata.provisional (metadata read by Range, not yet checked against its wheel).
 SCHEMA_VERSION = 2
@@ -103,10 +109,21 @@ async def _migrate(db: aiosqlite.Connection) -> None:
 
 
 class Store:
-    """One aiosqlite connection per process; WAL lets worker processes share the file."""
+    """One aiosqlite connection per process; WAL lets worker processes share the file.
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    Read-only (the index on read-only media) it keeps what it holds and drops every write:
+    what the proxy learns meanwhile lives in its memory caches only.
+    """
+
+    def __init__(
+        self, db: aiosqlite.Connection, *, read_only: bool = False, on_disk: bool = True
+    ) -> None:
         self.db = db
+        self.read_only = read_only
+        # False for the in-memory index used while the cache directory cannot be written.
+        self.on_disk = on_disk
+        # A private copy of an index whose WAL could not be read in place; removed on close.
+        self._copy_dir: Path | None = None
         # One write transaction at a time on this connection; a failed one is rolled back
         # before the next begins, so no coroutine's write rides on another's failure.
         self._write_lock = asyncio.Lock()
@@ -116,13 +133,79 @@ class Store:
         # IMMEDIATE: a write takes SQLite's write lock before reading, so with other worker
         # processes it waits out the busy timeout instead of failing at once on a stale snapshot.
         db = await aiosqlite.connect(path, timeout=30, isolation_level="IMMEDIATE")
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA synchronous=NORMAL")
-        await _migrate(db)
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=NORMAL")
+            await _migrate(db)
+        except BaseException:
+            # Its thread would otherwise keep the process alive after the error: the hang of
+            # a start-up on a read-only index.
+            await db.close()
+            raise
         return cls(db)
+
+    @classmethod
+    async def in_memory(cls) -> Store:
+        """An empty index in memory: pages and sources are kept, nothing reaches the disk."""
+        db = await aiosqlite.connect(":memory:", isolation_level="IMMEDIATE")
+        await db.executescript(_SCHEMA)
+        await db.commit()
+        return cls(db, on_disk=False)
+
+    @classmethod
+    async def open_read_only(cls, path: Path) -> Store:
+        """The index as it is, never written (read-only media, or a directory not ours).
+
+        In WAL mode SQLite reads in place only if it can use (or create) the -shm file. When
+        it cannot, a -wal holding changes not yet in the main file is read from a private
+        copy; with no such -wal the file is opened immutable, which ignores none of its data.
+        """
+        path = await asyncio.to_thread(path.resolve)
+        try:
+            return cls(await _connect_read_only(f"{path.as_uri()}?mode=ro"), read_only=True)
+        except sqlite3.Error as e:
+            in_place = e
+        wal = path.with_name(path.name + "-wal")
+        if wal.is_file() and wal.stat().st_size > 0:
+            copy_dir = Path(tempfile.mkdtemp(prefix="gitlab-pypi-proxy-index-"))
+            try:
+                await asyncio.to_thread(shutil.copy2, path, copy_dir / path.name)
+                await asyncio.to_thread(shutil.copy2, wal, copy_dir / wal.name)
+                copy = copy_dir / path.name
+                store = cls(await _connect_read_only(f"{copy.as_uri()}?mode=ro"), read_only=True)
+            except (OSError, sqlite3.Error) as e:
+                shutil.rmtree(copy_dir, ignore_errors=True)
+                log.warning(
+                    "cannot read %s in place (%s) nor copy it with its WAL (%s): changes "
+                    "still in the WAL are ignored",
+                    path,
+                    in_place,
+                    e,
+                )
+            else:
+                log.info("reading %s from a private copy with its WAL (%s)", path, in_place)
+                store._copy_dir = copy_dir
+                return store
+        return cls(await _connect_read_only(f"{path.as_uri()}?immutable=1"), read_only=True)
+
+    async def adopt(self, other: Store) -> None:
+        """Carry on with `other`'s connection (the directory became writable); what an
+        in-memory index learnt meanwhile (pages, file sources) is written to `other`."""
+        async with self._write_lock:
+            carried = (await self.pages(), await self.forwarded()) if not self.on_disk else None
+            old, old_copy = self.db, self._copy_dir
+            self.db, self.read_only, self.on_disk = other.db, other.read_only, other.on_disk
+            self._copy_dir = other._copy_dir
+        if carried is not None:
+            await self.merge([], *carried)
+        await old.close()
+        if old_copy is not None:
+            shutil.rmtree(old_copy, ignore_errors=True)
 
     async def close(self) -> None:
         await self.db.close()
+        if self._copy_dir is not None:
+            shutil.rmtree(self._copy_dir, ignore_errors=True)
 
     async def _write(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
         """Run one statement per row in one transaction, committed, or rolled back on error."""
@@ -132,6 +215,8 @@ class Store:
         self, statements: Sequence[tuple[str, Sequence[Sequence[object]]]]
     ) -> None:
         """Several statements (each once per row) in one transaction: all of them or none."""
+        if self.read_only:
+            return
         async with self._write_lock:
             try:
                 for sql, rows in statements:
@@ -280,3 +365,43 @@ class Store:
             " (wheel_sha256, metadata_sha256, problem, provisional) VALUES (?,?,?,?)",
             [(row.wheel_sha256, row.metadata_sha256, row.problem, int(row.provisional))],
         )
+
+
+async def _connect_read_only(uri: str) -> aiosqlite.Connection:
+    """A read-only connection that has read the schema: a failure to open shows here.
+
+    Tables an earlier release did not have yet are made empty TEMP tables (in memory, not in
+    the file), so every query finds what it expects.
+    """
+    db = await aiosqlite.connect(uri, uri=True, timeout=30)
+    try:
+        await db.execute_fetchall("SELECT count(*) FROM blobs")
+        rows = await db.execute_fetchall("SELECT name FROM sqlite_master WHERE type='table'")
+        present = {str(row[0]) for row in rows}
+        for name, create in _tables().items():
+            if name not in present:
+                await db.execute(create.replace("CREATE TABLE IF NOT EXISTS", "CREATE TEMP TABLE"))
+        columns = await db.execute_fetchall("PRAGMA table_info(core_metadata)")
+        if "core_metadata" in present and "provisional" not in {str(c[1]) for c in columns}:
+            # Schema 1 (before metadata by Range): a TEMP view shadows the table, so its rows
+            # read as verified ones, as that release kept only metadata from verified wheels.
+            await db.execute(
+                "CREATE TEMP VIEW core_metadata AS SELECT wheel_sha256, metadata_sha256,"
+                " problem, 0 AS provisional FROM main.core_metadata"
+            )
+    except BaseException:
+        await db.close()
+        raise
+    return db
+
+
+def _tables() -> dict[str, str]:
+    """Each table of _SCHEMA by name: its CREATE TABLE statement."""
+    tables = {}
+    for statement in _SCHEMA.split(";"):
+        code = "\n".join(
+            line for line in statement.splitlines() if not line.lstrip().startswith("--")
+        ).strip()
+        if code.startswith("CREATE TABLE IF NOT EXISTS "):
+            tables[code.split()[5]] = code
+    return tables

@@ -37,7 +37,8 @@ from rich.text import Text
 
 from . import keys
 from .app import create_app
-from .config import Settings
+from .cachehealth import CacheMode
+from .config import ConfigError, Settings
 from .errors import ProxyError
 from .files import Fill, FillState
 from .metadata import SUFFIX as METADATA_SUFFIX
@@ -492,6 +493,10 @@ async def warm(settings: Settings, args: argparse.Namespace) -> Tally:
                 trust_env=False,
             ) as session,
         ):
+            health = app[keys.FILES].health
+            if health.mode is not CacheMode.READ_WRITE:
+                # It would pass every file through and keep none: say so instead.
+                raise ConfigError(f"cache.dir: {health.problem}; warm needs a cache it can write")
             warmer.connect(url, session)
             ticker = asyncio.create_task(_tick(progress, task, warmer))
             try:

@@ -397,7 +397,8 @@ async def _send_file(
         response.set_status(206)
         response.headers["Content-Range"] = f"bytes {wanted.start}-{wanted.stop - 1}/{len(body)}"
         body = body[wanted.start : wanted.stop]
-    response.content_length = len(body)
+    if not gitlab.chunked_files:
+        response.content_length = len(body)
     await response.prepare(request)
     if request.method == "HEAD":
         # aiohttp would send what is written even to a HEAD; GitLab sends headers only.
@@ -534,6 +535,8 @@ class FakeGitLab(_Server):
         self.truncate_files = False
         self.drop_files = False
         self.corrupt_files = False
+        # No Content-Length, chunked instead (as behind some proxies and object stores).
+        self.chunked_files = False
         self.object_store = FakeObjectStorage(self)
         self._groups: dict[int, _Group] = {}
         self._projects: dict[int, _Project] = {}
