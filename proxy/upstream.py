@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
+import email.utils
 import hashlib
 import json
 import logging
@@ -51,6 +53,8 @@ _FORWARD_PATH = re.compile(
 )
 # What GitLab's bare refusals say; any other message is a reason worth passing on.
 _BARE_REFUSALS = frozenset({"401", "403", "401 Unauthorized", "403 Forbidden"})
+# The longest a Retry-After may hold a host: past that, asking again costs less than waiting.
+MAX_RETRY_AFTER = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -454,17 +458,41 @@ def _location(resp: aiohttp.ClientResponse) -> yarl.URL | None:
     if not raw:
         return None
     try:
-        return resp.url.join(yarl.URL(raw))
+        location = resp.url.join(yarl.URL(raw))
     except ValueError:
         return None
+    if location.user is not None or location.password is not None:
+        # aiohttp would send them as Basic credentials, or refuse them beside ours (ValueError).
+        raise UpstreamError(
+            "GitLab redirected to a URL with a user name or password in it; not followed"
+        )
+    return location
+
+
+def parse_retry_after(raw: str | None, now: float | None = None) -> float | None:
+    """Seconds a Retry-After asks for, at most MAX_RETRY_AFTER; None if absent or malformed.
+
+    RFC 9110 10.2.3 allows delta-seconds (digits only) or an HTTP-date, nothing else: `inf`,
+    `1e999` or `-5` are nonsense, as if there were no header.
+    """
+    value = (raw or "").strip()
+    if not value:
+        return None
+    if value.isascii() and value.isdigit():
+        # Compared as text first: int() of thousands of digits is slow, then refused.
+        return MAX_RETRY_AFTER if len(value) > 5 else min(float(value), MAX_RETRY_AFTER)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)  # "-0000": still UTC (RFC 5322 3.3)
+    wait = when.timestamp() - (time.time() if now is None else now)
+    return min(max(0.0, wait), MAX_RETRY_AFTER)
 
 
 def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
-    raw = resp.headers.get(hdrs.RETRY_AFTER, "")
-    try:
-        return max(0.0, float(raw)) if raw else None
-    except ValueError:
-        return None
+    return parse_retry_after(resp.headers.get(hdrs.RETRY_AFTER))
 
 
 async def _read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:

@@ -523,7 +523,7 @@ class FakeGitLab(_Server):
         self.down = False
         self.delay = 0.0
         self.fail_status: int | None = None
-        self.retry_after = 1
+        self.retry_after: int | str = 1  # sent as is: tests give odd values too
         self.file_chunk_delay = 0.0
         self.file_chunk_size = 65536
         self.truncate_files = False
