@@ -43,6 +43,10 @@ class ServerSettings:
     accel_redirect: str = ""
     # One log line per request; it costs about a third of a cached hit's time (BENCHMARKS.md).
     access_log: bool = True
+    # A new connection must send its request headers within this (nginx's client_header_timeout).
+    header_timeout: float = 60.0
+    # An idle connection between requests is closed after this (nginx's keepalive_timeout).
+    keepalive_timeout: float = 75.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +258,9 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(
             f"server.accel_redirect: {accel!r} is not a location like '/_blobs/' (slashes around)"
         )
+    for key in ("header_timeout", "keepalive_timeout"):
+        if getattr(settings.server, key) <= 0:
+            raise ConfigError(f"server.{key}: must be more than 0 seconds")
     if up.timeout <= 0:
         raise ConfigError("upstream.timeout: must be more than 0 seconds")
     if up.forwarding == "cache" and not up.forward_hosts:
