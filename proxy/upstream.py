@@ -35,8 +35,6 @@ from .scope import Scope
 
 log = logging.getLogger(__name__)
 
-# A simple page is small; a lying upstream must not make the proxy buffer gigabytes.
-MAX_PAGE_BYTES = 64 * 1024 * 1024
 MAX_REDIRECTS = 5
 _REDIRECTS = (301, 302, 303, 307, 308)
 # How long a 429 without Retry-After keeps the proxy from asking that host again.
@@ -199,7 +197,7 @@ class Upstream:
                             url = location
                             continue
                         return PageAnswer(resp.status, b"", url, location=location)
-                    body = await _read_limited(resp, MAX_PAGE_BYTES)
+                    body = await _read_limited(resp, self.settings.max_page_size)
                     self.metrics.fetched("page", len(body))
                     return PageAnswer(
                         resp.status,
@@ -496,12 +494,19 @@ def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
 
 
 async def _read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body, refused as soon as it is known to pass `limit`: no more is ever kept."""
+    too_big = UpstreamError(
+        f"GitLab sent a page larger than upstream.max_page_size ({limit} bytes)"
+    )
+    # Content-Length of a compressed body is not the page's size, but bigger still says no.
+    if resp.content_length is not None and resp.content_length > limit:
+        raise too_big
     chunks: list[bytes] = []
     size = 0
     async for chunk in resp.content.iter_chunked(256 * 1024):
         size += len(chunk)
         if size > limit:
-            raise UpstreamError(f"GitLab sent a page larger than {limit} bytes")
+            raise too_big
         chunks.append(chunk)
     return b"".join(chunks)
 

@@ -594,6 +594,16 @@ class FakeGitLab(_Server):
             project_id, name, version, filename, content, requires_python=_requires_python(options)
         )
 
+    def add_many_files(self, project_id: int, name: str, version: str, count: int) -> None:
+        """`count` tiny wheels of one version, in linear time: a page with thousands of links."""
+        package = _Package(project_id, name, version, "")
+        for build in range(count):
+            content = f"{name} {version} {build}".encode()
+            filename = f"{name.replace('-', '_')}-{version}-{build}-py3-none-any.whl"
+            digest = hashlib.sha256(content).hexdigest()
+            package.files.append(FakeFile(filename, content, digest, "", name, version, project_id))
+        self._packages.append(package)
+
     def add_sdist(
         self, project_id: int, name: str, version: str, **options: Unpack[SdistOptions]
     ) -> FakeFile:
