@@ -135,6 +135,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def serve(settings: Settings, *, reuse_port: bool = False, announce: bool = True) -> int:
     setup_logging(settings.server.log_format, [settings.upstream.token])
+    # Built before any worker starts: a bad tokens file is one ConfigError line, not N crashes.
+    app = create_app(settings)
     # Before the workers start, so they inherit it: 1,024 is little for an open port.
     before, open_files = raise_open_files_limit()
     guard = ConnectionGuard(settings.server.header_timeout, capacity_for(open_files))
@@ -145,8 +147,6 @@ def serve(settings: Settings, *, reuse_port: bool = False, announce: bool = True
             f" (raised from {before})" if before != open_files else "",
             guard.capacity,
         )
-    # Built before any worker starts: a bad tokens file is one ConfigError line, not N crashes.
-    app = create_app(settings)
     if settings.server.workers > 1 and not reuse_port:
         _warn_short_token(settings)
         return supervise(settings, serve_worker)
