@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import gzip
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
+from tests import fake_gitlab
 from tests.cli_process import PROXY, ServeProcess, free_port
 from tests.conftest import TOKEN
 from tests.fake_gitlab import FakeGitLab
@@ -111,3 +115,36 @@ async def test_a_page_over_max_page_size_is_a_clear_502(gitlab: FakeGitLab, serv
             assert "upstream.max_page_size (65536 bytes)" in (await resp.json())["message"]
         async with session.get(f"{proxy.url}{SIMPLE}/corp-small/") as resp:
             assert resp.status == 200
+
+
+async def test_a_compressed_page_is_cut_once_it_unpacks_past_max_page_size(
+    gitlab: FakeGitLab, serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    page = fake_gitlab._gitlab_page
+
+    def gzipped(title: str, anchors: Iterable[str]) -> web.Response:
+        response = page(title, anchors)
+        response.enable_compression()
+        return response
+
+    monkeypatch.setattr(fake_gitlab, "_gitlab_page", gzipped)
+    gitlab.add_many_files(42, "corp-huge", "1.0.0", 2_000)
+    limit = 300 * 1024
+    basic = "Basic " + base64.b64encode(f"proxy:{TOKEN}".encode()).decode()
+    # Its Content-Length (compressed) is within the limit: only the body read can tell.
+    async with (
+        aiohttp.ClientSession(
+            headers={"Authorization": basic, "Accept-Encoding": "gzip"}
+        ) as session,
+        session.get(f"{gitlab.url}{SIMPLE}/corp-huge/", auto_decompress=False) as resp,
+    ):
+        assert resp.headers["Content-Encoding"] == "gzip"
+        assert int(resp.headers["Content-Length"]) < limit
+        assert len(gzip.decompress(await resp.read())) > limit
+    proxy = await serve(upstream_max_page_size=str(limit))
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{proxy.url}{SIMPLE}/corp-huge/") as resp,
+    ):
+        assert resp.status == 502
+        assert f"upstream.max_page_size ({limit} bytes)" in (await resp.json())["message"]
