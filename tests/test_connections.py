@@ -11,6 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from proxy.connections import capacity_for
 from tests.cli_process import PROXY, ServeProcess, free_port
 from tests.conftest import TOKEN
 from tests.fake_gitlab import FakeGitLab
@@ -131,3 +132,34 @@ async def test_a_flood_of_half_open_clients_past_the_limit_leaves_room_for_real_
     assert log.count("open files nearly exhausted") == 1, log
     for _, writer in flood:
         writer.close()
+
+
+async def test_when_every_connection_is_busy_a_newcomer_gets_a_503_at_once(
+    gitlab: FakeGitLab, serve: Serve
+) -> None:
+    gitlab.add_wheel(42, "corp-util", "1.0.0")
+    proxy = await serve((256, 256))
+    room = capacity_for(256)
+    # GitLab slow to answer: each of these requests keeps its connection busy meanwhile.
+    gitlab.delay = 5.0
+    busy = []
+    for n in range(room):
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        # Each its own page, so each request is seen reaching GitLab (no shared fetch).
+        writer.write(f"GET {PAGE.rstrip('/')}-{n}/ HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        await writer.drain()
+        busy.append((reader, writer))
+    while len(gitlab.requests) < room:
+        await asyncio.sleep(0.05)
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    answer = await asyncio.wait_for(reader.read(), PATIENCE)
+    assert answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    assert b"Retry-After: 1\r\n" in answer and b"too many connections" in answer
+    # The busy ones were left alone: each gets GitLab's answer (forwarding, for these names).
+    for busy_reader, _ in busy:
+        status_line = await asyncio.wait_for(busy_reader.readline(), PATIENCE)
+        assert status_line.startswith(b"HTTP/1.1 302")
+    assert proxy.log().count("open files nearly exhausted") == 1
+    for _, busy_writer in busy:
+        busy_writer.close()
+    writer.close()
