@@ -734,7 +734,8 @@ class FakeGitLab(_Server):
                 request.transport.abort()
             return None
         if self.fail_status == 429:
-            return rate_limited(self.retry_after)
+            # Rack::Attack sends whole seconds; odd Retry-After values are for the 503 below.
+            return rate_limited(int(self.retry_after))
         if self.fail_status is not None:
             status = self.fail_status
             headers = {"Retry-After": str(self.retry_after)} if status == 503 else {}
