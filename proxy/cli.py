@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from rich.filesize import decimal
@@ -30,6 +31,7 @@ from .access import hash_token
 from .app import create_app
 from .blobs import BlobStore
 from .config import ConfigError, Settings, load_settings
+from .connections import ConnectionGuard, capacity_for, raise_open_files_limit
 from .log import ACCESS_LOGGER, MIN_SECRET_LENGTH, AccessLogger, redact, setup_logging
 from .store import DB_NAME, Store
 from .workers import supervise
@@ -135,12 +137,22 @@ def serve(settings: Settings, *, reuse_port: bool = False, announce: bool = True
     setup_logging(settings.server.log_format, [settings.upstream.token])
     # Built before any worker starts: a bad tokens file is one ConfigError line, not N crashes.
     app = create_app(settings)
+    # Before the workers start, so they inherit it: 1,024 is little for an open port.
+    before, open_files = raise_open_files_limit()
+    guard = ConnectionGuard(settings.server.header_timeout, capacity_for(open_files))
+    if announce:
+        log.info(
+            "open files: limit %d%s, room for %d client connections per process",
+            open_files,
+            f" (raised from {before})" if before != open_files else "",
+            guard.capacity,
+        )
     if settings.server.workers > 1 and not reuse_port:
         _warn_short_token(settings)
         return supervise(settings, serve_worker)
     if not reuse_port:
         _warn_short_token(settings)
-    return asyncio.run(_serve(settings, app, reuse_port=reuse_port, announce=announce))
+    return asyncio.run(_serve(settings, app, guard, reuse_port=reuse_port, announce=announce))
 
 
 def _warn_short_token(settings: Settings) -> None:
@@ -172,27 +184,41 @@ def _announce(settings: Settings) -> None:
 
 
 async def _serve(
-    settings: Settings, app: web.Application, *, reuse_port: bool, announce: bool
+    settings: Settings,
+    app: web.Application,
+    guard: ConnectionGuard,
+    *,
+    reuse_port: bool,
+    announce: bool,
 ) -> int:
     """Serve until SIGTERM or SIGINT, then stop accepting and let in-flight requests finish."""
     server = settings.server
+    handler_args: dict[str, Any] = {
+        "access_log_class": AccessLogger,
+        # Off on request (server.access_log): a log line costs a third of a cached hit's time.
+        "access_log": logging.getLogger(ACCESS_LOGGER) if server.access_log else None,
+        # An idle connection between two requests is closed after this.
+        "keepalive_timeout": server.keepalive_timeout,
+    }
+    app.middlewares.insert(0, guard.middleware())
     runner = web.AppRunner(
         app,
         handle_signals=False,
-        access_log_class=AccessLogger,
-        # Off on request (server.access_log): a log line costs a third of a cached hit's time.
-        access_log=logging.getLogger(ACCESS_LOGGER) if server.access_log else None,
         # Each request still running gets this long to finish, then it is cancelled.
         shutdown_timeout=server.shutdown_grace,
+        **handler_args,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(guard.exception_handler)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await runner.setup()
     try:
         try:
-            site = web.TCPSite(runner, server.host, server.port, reuse_port=reuse_port or None)
+            site = guard.site(
+                runner, server.host, server.port, reuse_port=reuse_port, **handler_args
+            )
             await site.start()
         except OSError as e:
             log.error("cannot listen on %s:%d: %s", server.host, server.port, e.strerror)

@@ -43,6 +43,10 @@ class ServerSettings:
     accel_redirect: str = ""
     # One log line per request; it costs about a third of a cached hit's time (BENCHMARKS.md).
     access_log: bool = True
+    # A new connection must send its request headers within this (nginx's client_header_timeout).
+    header_timeout: float = 60.0
+    # An idle connection between requests is closed after this (nginx's keepalive_timeout).
+    keepalive_timeout: float = 75.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +63,8 @@ class UpstreamSettings:
     auth_ttl: float = 60.0
     max_upload_size: int = 0
     user_agent: str = "gitlab-pypi-proxy"
+    # A bigger simple page is refused (502) as it arrives, before it is all in memory.
+    max_page_size: int = 64 * 1024**2
     # While a page keeps failing upstream, its last good copy is served and GitLab is asked
     # again at most once per this many seconds (or per Retry-After, when GitLab gives one).
     retry_interval: float = 10.0
@@ -109,7 +115,7 @@ _SERVICE_LINK_RE = re.compile(
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4}
 _SIZE_KEYS = {"cache.max_size", "cache.memory_size", "cache.memory_file_max"}
-_SIZE_KEYS_UPSTREAM = {"upstream.max_upload_size"}
+_SIZE_KEYS_UPSTREAM = {"upstream.max_upload_size", "upstream.max_page_size"}
 
 
 def parse_size(text: str) -> int:
@@ -257,6 +263,9 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(
             f"server.accel_redirect: {accel!r} is not a location like '/_blobs/' (slashes around)"
         )
+    for key in ("header_timeout", "keepalive_timeout"):
+        if getattr(settings.server, key) <= 0:
+            raise ConfigError(f"server.{key}: must be more than 0 seconds")
     if up.timeout <= 0:
         raise ConfigError("upstream.timeout: must be more than 0 seconds")
     if up.forwarding == "cache" and not up.forward_hosts:

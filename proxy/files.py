@@ -614,8 +614,9 @@ class FileCache:
             if fill.error is not None and fill.written == 0:
                 raise fill.error
             size = fill.size
-            if request.method == hdrs.METH_HEAD and size is None:
-                # No Content-Length from upstream: a HEAD still owes the client the size.
+            if request.method == hdrs.METH_HEAD:
+                # GitLab's Content-Length is its claim, not the file's: a HEAD reports the size
+                # of the bytes that verified, or the error if they did not.
                 await self._finished(fill)
                 size = fill.written
             headers = self._headers(fill.sha256, fill.filename, private=private)
@@ -671,7 +672,8 @@ class FileCache:
             headers = self._headers(sha256, filename, private=private)
             headers["X-Cache"] = "BYPASS"
             response = web.StreamResponse(headers=headers)
-            if resp.content_length is not None:
+            # Unverified, a HEAD has no size to stand behind: a GET's body is checked as sent.
+            if resp.content_length is not None and request.method != hdrs.METH_HEAD:
                 response.content_length = resp.content_length
             # A client that goes away leaves nothing to undo: nothing was stored.
             with contextlib.suppress(ConnectionError):

@@ -79,10 +79,18 @@ class PageRenderer:
         entry = self.cache.get((key, fmt, prefix))
         if entry is not None and (entry.fetched_at, entry.generation) == (fetched_at, generation):
             return entry.rendered
-        # Offline, a mirror lists only what it holds: a client never picks a file it cannot have.
-        project = _servable(fetched, self.files.known if self.files.upstream.offline else None)
+
+        def view() -> tuple[Project, Details]:
+            # Offline, a mirror lists only what it holds: a client never picks a file it cannot
+            # have.
+            known = self.files.known if self.files.upstream.offline else None
+            project = _servable(fetched, known)
+            return project, tuple(self._details(dist) for dist in project.files)
+
+        big = len(fetched.files) >= THREAD_FROM_FILES
+        # A thread may read `known` and the metadata map: the loop only ever adds to them there.
+        project, details = await asyncio.to_thread(view) if big else view()
         # What changed may concern other pages only; then this page's bytes stand.
-        details = tuple(self._details(dist) for dist in project.files)
         details_hash = hash(details)
         if entry is not None and (entry.fetched_at, entry.details) == (fetched_at, details_hash):
             entry.generation = generation
@@ -91,7 +99,6 @@ class PageRenderer:
         def render() -> Rendered:
             return _render_project(project, details, fmt, prefix)
 
-        big = len(project.files) >= THREAD_FROM_FILES
         return await self._render(
             (key, fmt, prefix), fetched_at, generation, details_hash, render, big
         )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
+import email.utils
 import hashlib
 import json
 import logging
@@ -34,8 +36,6 @@ from .scope import Scope
 
 log = logging.getLogger(__name__)
 
-# A simple page is small; a lying upstream must not make the proxy buffer gigabytes.
-MAX_PAGE_BYTES = 64 * 1024 * 1024
 MAX_REDIRECTS = 5
 _REDIRECTS = (301, 302, 303, 307, 308)
 # How long a 429 without Retry-After keeps the proxy from asking that host again.
@@ -52,6 +52,8 @@ _FORWARD_PATH = re.compile(
 )
 # What GitLab's bare refusals say; any other message is a reason worth passing on.
 _BARE_REFUSALS = frozenset({"401", "403", "401 Unauthorized", "403 Forbidden"})
+# The longest a Retry-After may hold a host: past that, asking again costs less than waiting.
+MAX_RETRY_AFTER = 3600.0
 
 
 class RangeIgnored(Exception):
@@ -202,7 +204,7 @@ class Upstream:
                             url = location
                             continue
                         return PageAnswer(resp.status, b"", url, location=location)
-                    body = await _read_limited(resp, MAX_PAGE_BYTES)
+                    body = await _read_limited(resp, self.settings.max_page_size)
                     self.metrics.fetched("page", len(body))
                     return PageAnswer(
                         resp.status,
@@ -527,17 +529,41 @@ def _location(resp: aiohttp.ClientResponse) -> yarl.URL | None:
     if not raw:
         return None
     try:
-        return resp.url.join(yarl.URL(raw))
+        location = resp.url.join(yarl.URL(raw))
     except ValueError:
         return None
+    if location.user is not None or location.password is not None:
+        # aiohttp would send them as Basic credentials, or refuse them beside ours (ValueError).
+        raise UpstreamError(
+            "GitLab redirected to a URL with a user name or password in it; not followed"
+        )
+    return location
+
+
+def parse_retry_after(raw: str | None, now: float | None = None) -> float | None:
+    """Seconds a Retry-After asks for, at most MAX_RETRY_AFTER; None if absent or malformed.
+
+    RFC 9110 10.2.3 allows delta-seconds (digits only) or an HTTP-date, nothing else: `inf`,
+    `1e999` or `-5` are nonsense, as if there were no header.
+    """
+    value = (raw or "").strip()
+    if not value:
+        return None
+    if value.isascii() and value.isdigit():
+        # Compared as text first: int() of thousands of digits is slow, then refused.
+        return MAX_RETRY_AFTER if len(value) > 5 else min(float(value), MAX_RETRY_AFTER)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)  # "-0000": still UTC (RFC 5322 3.3)
+    wait = when.timestamp() - (time.time() if now is None else now)
+    return min(max(0.0, wait), MAX_RETRY_AFTER)
 
 
 def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
-    raw = resp.headers.get(hdrs.RETRY_AFTER, "")
-    try:
-        return max(0.0, float(raw)) if raw else None
-    except ValueError:
-        return None
+    return parse_retry_after(resp.headers.get(hdrs.RETRY_AFTER))
 
 
 def _host_key(url: yarl.URL) -> str:
@@ -557,12 +583,18 @@ def _content_range(raw: str) -> tuple[int, int, int] | None:
 
 
 async def _read_limited(resp: aiohttp.ClientResponse, limit: int, what: str = "page") -> bytes:
+    """The body, refused as soon as it is known to pass `limit`: no more is ever kept."""
+    bound = f"upstream.max_page_size ({limit} bytes)" if what == "page" else f"{limit} bytes"
+    too_big = UpstreamError(f"GitLab sent a {what} larger than {bound}")
+    # Content-Length of a compressed body is not the page's size, but bigger still says no.
+    if resp.content_length is not None and resp.content_length > limit:
+        raise too_big
     chunks: list[bytes] = []
     size = 0
     async for chunk in resp.content.iter_chunked(256 * 1024):
         size += len(chunk)
         if size > limit:
-            raise UpstreamError(f"GitLab sent a {what} larger than {limit} bytes")
+            raise too_big
         chunks.append(chunk)
     return b"".join(chunks)
 

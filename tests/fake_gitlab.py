@@ -529,7 +529,7 @@ class FakeGitLab(_Server):
         self.down = False
         self.delay = 0.0
         self.fail_status: int | None = None
-        self.retry_after = 1
+        self.retry_after: int | str = 1  # sent as is: tests give odd values too
         self.file_chunk_delay = 0.0
         self.file_chunk_size = 65536
         self.truncate_files = False
@@ -601,6 +601,16 @@ class FakeGitLab(_Server):
         return self.add_file(
             project_id, name, version, filename, content, requires_python=_requires_python(options)
         )
+
+    def add_many_files(self, project_id: int, name: str, version: str, count: int) -> None:
+        """`count` tiny wheels of one version, in linear time: a page with thousands of links."""
+        package = _Package(project_id, name, version, "")
+        for build in range(count):
+            content = f"{name} {version} {build}".encode()
+            filename = f"{name.replace('-', '_')}-{version}-{build}-py3-none-any.whl"
+            digest = hashlib.sha256(content).hexdigest()
+            package.files.append(FakeFile(filename, content, digest, "", name, version, project_id))
+        self._packages.append(package)
 
     def add_sdist(
         self, project_id: int, name: str, version: str, **options: Unpack[SdistOptions]
@@ -732,7 +742,8 @@ class FakeGitLab(_Server):
                 request.transport.abort()
             return None
         if self.fail_status == 429:
-            return rate_limited(self.retry_after)
+            # Rack::Attack sends whole seconds; odd Retry-After values are for the 503 below.
+            return rate_limited(int(self.retry_after))
         if self.fail_status is not None:
             status = self.fail_status
             headers = {"Retry-After": str(self.retry_after)} if status == 503 else {}
