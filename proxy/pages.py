@@ -254,13 +254,18 @@ class PageCache:
         # Only a view this caller may see from the cache can fall back to a stored copy.
         may_use_stored = trusted and shared
 
+        # GitLab's failure for one credential (a per-user 429, a 500 to one token) is that
+        # credential's: another's request still goes to GitLab, and is served stale only after
+        # its own failure.
+        failing_key = f"{key}|{caller.key}" if caller.is_client else key
+
         def fetch() -> Awaitable[CachedPage]:
             return self._tracked(
-                key,
+                failing_key,
                 self._fetch(scope, key, url, caller, parse, forwarding=forwarding, shared=shared),
             )
 
-        failing = self._failing.get(key)
+        failing = self._failing.get(failing_key)
         if failing is not None and not self.upstream.offline:
             # GitLab failed this page lately: answer now, and let one request at a time retry.
             stored = await self._stored(key) if may_use_stored else None

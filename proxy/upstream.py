@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import hmac
 import json
 import logging
 import re
+import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,6 +26,7 @@ from .errors import (
     CredentialsRefused,
     Offline,
     ProxyError,
+    RateLimited,
     UpstreamError,
     UpstreamStatus,
     UpstreamTimeout,
@@ -96,36 +99,57 @@ class Upstream:
         )
         # A readiness probe must answer well within a probe's own timeout.
         self._probe_timeout = aiohttp.ClientTimeout(total=min(settings.timeout, 3.0))
-        # Per host: until when a 429 (or 503 with Retry-After) asked us not to come back.
-        self._held_until: dict[str | None, float] = {}
+        # Until when a 429 (or 503 with Retry-After) asked us not to come back, per (host,
+        # credential): GitLab throttles authenticated requests per user, so one token's 429 holds
+        # that token only. The credential is held as a keyed hash; "" is the whole host.
+        self._held_until: dict[tuple[str | None, str], float] = {}
+        self._hold_secret = secrets.token_bytes(32)
         self._refusal_logged_at = -REFUSAL_LOG_SECONDS
         # host:port of upstreams that answer a Range request with the whole file.
         self._ignores_range: set[str] = set()
 
-    def _held_for(self, url: yarl.URL) -> float:
-        """Seconds left before the host's Retry-After lets us ask again (0 when free)."""
-        return max(0.0, self._held_until.get(url.host, 0.0) - time.monotonic())
+    def _holder(self, url: yarl.URL, authorization: str | None) -> str:
+        """Whom an answer to this request holds: its credential's keyed hash, or "" (the host).
 
-    def may_send(self, url: yarl.URL) -> None:
-        """Raise instead of sending anything: offline, or while the host's Retry-After holds."""
+        A request that carries no credential to this host is counted by GitLab per address,
+        which is the proxy's for every client; so is a 503, GitLab's own health.
+        """
+        if not authorization or not self.is_upstream_host(url):
+            return ""
+        return hmac.new(self._hold_secret, authorization.encode(), hashlib.sha256).hexdigest()
+
+    def _held_for(self, url: yarl.URL, authorization: str | None = None) -> float:
+        """Seconds left before a Retry-After lets this request go (0 when free)."""
+        until = self._held_until.get((url.host, ""), 0.0)
+        holder = self._holder(url, authorization)
+        if holder:
+            until = max(until, self._held_until.get((url.host, holder), 0.0))
+        return max(0.0, until - time.monotonic())
+
+    def may_send(self, url: yarl.URL, authorization: str | None = None) -> None:
+        """Raise instead of sending anything: offline, or while a Retry-After holds this request."""
         if self.offline:
             raise Offline()
-        self._check_gate(url)
+        self._check_gate(url, authorization)
 
-    def _check_gate(self, url: yarl.URL) -> None:
-        """Refuse, without a request, while the host's Retry-After has not passed."""
-        left = self._held_for(url)
+    def _check_gate(self, url: yarl.URL, authorization: str | None) -> None:
+        """Refuse, without a request, while the Retry-After that holds it has not passed."""
+        left = self._held_for(url, authorization)
         if left > 0:
-            raise UpstreamUnavailable(
-                f"GitLab is rate limiting the proxy; not asking again for {left:.0f}s",
+            raise RateLimited(
+                f"GitLab is rate limiting these credentials; not asking again for {left:.0f}s",
                 headers={hdrs.RETRY_AFTER: str(max(1, round(left)))},
             )
 
-    def _note_status(self, url: yarl.URL, status: int, retry_after: float | None) -> None:
+    def _note_status(
+        self, url: yarl.URL, authorization: str | None, status: int, retry_after: float | None
+    ) -> None:
         if status == 429 or (status == 503 and retry_after is not None):
             wait = DEFAULT_RETRY_AFTER if retry_after is None else retry_after
-            log.warning("%s asked the proxy to wait %gs (HTTP %d)", url.host, wait, status)
-            self._held_until[url.host] = time.monotonic() + wait
+            holder = self._holder(url, authorization) if status == 429 else ""
+            whom = "one credential" if holder else "the proxy"
+            log.warning("%s asked %s to wait %gs (HTTP %d)", url.host, whom, wait, status)
+            self._held_until[(url.host, holder)] = time.monotonic() + wait
 
     @property
     def injected_authorization(self) -> str | None:
@@ -185,7 +209,7 @@ class Upstream:
         self, url: yarl.URL, authorization: str | None, *, follow_to: tuple[str, ...] = ()
     ) -> PageAnswer:
         """GET a simple page. Redirects are returned, or followed to `follow_to` hosts only."""
-        self.may_send(url)
+        self.may_send(url, authorization)
         hops = 0
         try:
             while True:
@@ -231,7 +255,7 @@ class Upstream:
         self, url: yarl.URL, authorization: str | None, extra: dict[str, str]
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """A file request's last answer after redirects, which get no credentials off-host."""
-        self.may_send(url)
+        self.may_send(url, authorization)
         hops = 0
         try:
             while True:
@@ -323,7 +347,7 @@ class Upstream:
         extra: dict[str, str] | None = None,
     ) -> aiohttp.ClientResponse:
         """One GET without redirects, timed to its headers; failing answers are remembered."""
-        self._check_gate(url)
+        self._check_gate(url, authorization)
         started = time.monotonic()
         resp = await self.session.get(
             url,
@@ -333,7 +357,7 @@ class Upstream:
             auto_decompress=auto_decompress,
         )
         self.metrics.upstream_answered(kind, time.monotonic() - started, resp.status)
-        self._note_status(url, resp.status, _retry_after(resp))
+        self._note_status(url, authorization, resp.status, _retry_after(resp))
         # The firewall's 403 on its forward route judges a file, not the proxy's token.
         judges_token = FORWARD_ROUTE not in url.path
         if kind != "probe" and judges_token and self._is_own(url, authorization):
@@ -406,7 +430,7 @@ class Upstream:
         self, url: yarl.URL, authorization: str | None
     ) -> tuple[int, str, float | None]:
         """HEAD a file with these credentials: GitLab's status, message and Retry-After only."""
-        self.may_send(url)
+        self.may_send(url, authorization)
         try:
             async with self.session.head(
                 url,
@@ -414,7 +438,7 @@ class Upstream:
                 allow_redirects=False,
                 timeout=self._page_timeout,
             ) as resp:
-                self._note_status(url, resp.status, _retry_after(resp))
+                self._note_status(url, authorization, resp.status, _retry_after(resp))
                 return resp.status, await _message(resp), _retry_after(resp)
         except TimeoutError as e:
             raise UpstreamTimeout(self._timeout_message) from e
@@ -466,7 +490,7 @@ class Upstream:
         if retry_after is not None:
             retry[hdrs.RETRY_AFTER] = str(int(retry_after))
         if status == 429:
-            return UpstreamUnavailable("GitLab is rate limiting the proxy", headers=retry)
+            return RateLimited("GitLab is rate limiting the proxy", headers=retry)
         if status >= 500:
             return UpstreamUnavailable(f"GitLab answered {status}", headers=retry)
         # Object storage answers for itself: its status is not GitLab's.

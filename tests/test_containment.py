@@ -1,0 +1,121 @@
+"""Issue 12, items 1-6: one client's trouble (throttles, failures, refusals, floods) stays its own."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from proxy import keys
+from tests.conftest import ProxyFactory
+from tests.fake_gitlab import FakeFile, FakeGitLab
+from tests.proxy_harness import RunningProxy
+from tests.test_passthrough import basic, file_url, get
+
+ALICE = "glpat-alice-reads-42"
+BOB = "glpat-bob-reads-42-too"
+EVE = "glpat-eve-reads-nothing"
+PAGE = "/api/v4/projects/42/packages/pypi/simple/corp-util/"
+FILES = "projects/42/packages/pypi"
+
+
+@pytest.fixture
+async def passthrough(gitlab: FakeGitLab, make_proxy: ProxyFactory) -> RunningProxy:
+    gitlab.tokens.update({ALICE: {42}, BOB: {42}, EVE: set()})
+    return await make_proxy(upstream={"credentials": "passthrough", "token": ""})
+
+
+def asked_by(gitlab: FakeGitLab, secret: str) -> int:
+    return sum(1 for r in gitlab.requests if r.headers.get("Authorization") == basic(secret))
+
+
+async def test_one_tokens_429_holds_that_token_only(
+    gitlab: FakeGitLab, passthrough: RunningProxy
+) -> None:
+    gitlab.add_wheel(42, "corp-util", "1.0.0")
+    gitlab.token_faults[BOB] = 429
+    gitlab.retry_after = 60
+    status, headers, body = await get(passthrough.url + PAGE, BOB)
+    assert (status, headers["Retry-After"]) == (503, "60")
+    assert b"rate limiting" in body
+    # Alice is not throttled by GitLab: her request goes there, and is answered.
+    status, _, body = await get(passthrough.url + PAGE, ALICE)
+    assert status == 200 and b"corp_util-1.0.0" in body
+    assert asked_by(gitlab, ALICE) == 1
+    # Bob waits out his own Retry-After without another request.
+    status, headers, _ = await get(passthrough.url + PAGE, BOB)
+    assert status == 503 and int(headers["Retry-After"]) > 50
+    assert asked_by(gitlab, BOB) == 1
+
+
+async def test_an_unauthenticated_429_holds_the_whole_host(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory
+) -> None:
+    """prefer-client without a token: anonymous requests are throttled per address, the proxy's."""
+    gitlab.add_project(50, "platform/open", group_id=7, public=True)
+    gitlab.add_wheel(50, "open-util", "1.0.0")
+    gitlab.tokens[ALICE] = {42}
+    proxy = await make_proxy(upstream={"credentials": "prefer-client", "token": ""})
+    gitlab.fail_status, gitlab.retry_after = 429, 60
+    page = "/api/v4/projects/50/packages/pypi/simple/open-util/"
+    assert (await get(proxy.url + page))[0] == 503
+    gitlab.fail_status = None
+    status, headers, _ = await get(proxy.url + page, ALICE)
+    assert status == 503 and int(headers["Retry-After"]) > 50
+    assert len(gitlab.requests) == 1
+
+
+async def test_a_failure_to_one_token_is_not_replayed_to_another(
+    gitlab: FakeGitLab, passthrough: RunningProxy
+) -> None:
+    gitlab.add_wheel(42, "corp-util", "1.0.0")
+    gitlab.token_faults[BOB] = 500
+    assert (await get(passthrough.url + PAGE, BOB))[0] == 503
+    status, _, body = await get(passthrough.url + PAGE, ALICE)
+    assert status == 200 and b"corp_util-1.0.0" in body
+    assert asked_by(gitlab, ALICE) == 1
+    # Bob's own failure is his for retry_interval: answered without asking GitLab again.
+    assert (await get(passthrough.url + PAGE, BOB))[0] == 503
+    assert asked_by(gitlab, BOB) == 1
+
+
+async def _alice_joins_eves_download(
+    gitlab: FakeGitLab, proxy: RunningProxy, wheel: FakeFile, path: str, headers: dict[str, str]
+) -> tuple[int, bytes]:
+    """Eve (refused) starts the download of an uncached file; Alice asks while it runs."""
+    # Alice's page lists the file: GitLab's yes to her, so joining needs no question.
+    assert (await get(proxy.url + PAGE, ALICE))[0] == 200
+    gitlab.delay = 1.0
+    eve = asyncio.create_task(get(file_url(proxy, FILES, wheel.sha256, wheel.filename), EVE))
+    while not any(r.kind == "file" for r in gitlab.requests):
+        await asyncio.sleep(0.01)
+    assert proxy.app[keys.FILES].fills, "Eve's download should be running"
+    status, _, body = await get(proxy.url + path, ALICE, headers)
+    assert (await eve)[0] == 404
+    return status, body
+
+
+@pytest.mark.parametrize("kind", ["whole", "range", "metadata"])
+async def test_a_refused_download_does_not_fail_its_joiners(
+    gitlab: FakeGitLab, passthrough: RunningProxy, kind: str
+) -> None:
+    wheel = gitlab.add_wheel(42, "corp-util", "1.0.0", payload_size=20_000)
+    path = f"/api/v4/{FILES}/files/{wheel.sha256}/{wheel.filename}"
+    headers = {"Range": "bytes=0-9"} if kind == "range" else {}
+    if kind == "metadata":
+        path += ".metadata"
+    status, body = await _alice_joins_eves_download(gitlab, passthrough, wheel, path, headers)
+    if kind == "whole":
+        assert (status, hashlib.sha256(body).hexdigest()) == (200, wheel.sha256)
+    elif kind == "range":
+        assert (status, body) == (206, wheel.content[:10])
+    else:
+        assert status == 200 and b"Name: corp-util" in body
+    # Alice's own download: GitLab was asked with her credentials.
+    alice_files = [
+        r for r in gitlab.requests if r.kind == "file" and r.headers["Authorization"] == basic(ALICE)
+    ]
+    assert len(alice_files) == 1 and alice_files[0].status == 200
