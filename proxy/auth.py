@@ -9,6 +9,7 @@ import hmac
 import re
 import secrets
 import time
+from http import HTTPStatus
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -212,6 +213,18 @@ class Gatekeeper:
         """GitLab's remembered answer to this client for this scope, if within auth_ttl."""
         return self.decisions.get(self._decision_key(caller, scope.key))
 
+    def refuse_if_refused(self, caller: Caller, scope: Scope) -> None:
+        """Raise GitLab's remembered no to this client for this scope, before the cache is read.
+
+        A refused client gets the same answer, from memory and without asking GitLab, whether
+        the file it names is cached or not: were only misses sent upstream, the time of the
+        answer would tell it what others downloaded. A client with no decision yet is asked
+        about at GitLab either way (a HEAD for a cached file, the download itself otherwise).
+        """
+        decision = self.decision(caller, scope) if caller.is_client else None
+        if decision is not None and not decision.allowed:
+            raise decision.error()
+
     def remember(self, caller: Caller, scope: Scope, status: int, message: str) -> None:
         """Remember what GitLab said to this client's own request in this scope."""
         if caller.is_client and self.settings.auth_ttl > 0:
@@ -246,6 +259,10 @@ class Gatekeeper:
     async def _probe(self, caller: Caller, scope: Scope, source_url: yarl.URL) -> Decision:
         """Ask GitLab, with the client's own credentials, whether it would serve this file."""
         status, message, retry_after = await self.upstream.probe(source_url, caller.authorization)
+        if message == str(status) and status in _FILE_REFUSED:
+            # A HEAD has no body: answer in GitLab's words for a GET, so a cached file's refusal
+            # reads like an uncached one's.
+            message = f"{status} {HTTPStatus(status).phrase}"
         if status in _FILE_ALLOWED:
             self.remember(caller, scope, 200, "200 OK")
             return Decision(200, "200 OK")

@@ -180,6 +180,7 @@ async def file_download(request: web.Request) -> web.StreamResponse:
     who = caller(request)
     auth = who.authorization
     gate = request.app[keys.GATE]
+    gate.refuse_if_refused(who, scope)
     admission = gate.admission(who, scope, sha256, source)
     if files.hit(sha256, filename) is None and not upstream.offline:
         forwarded = await request.app[keys.PAGES].forwarded_source(scope, sha256, filename)

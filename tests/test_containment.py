@@ -119,3 +119,27 @@ async def test_a_refused_download_does_not_fail_its_joiners(
         r for r in gitlab.requests if r.kind == "file" and r.headers["Authorization"] == basic(ALICE)
     ]
     assert len(alice_files) == 1 and alice_files[0].status == 200
+
+
+@pytest.mark.parametrize("known", ["refused", "unknown"])
+async def test_a_refused_client_learns_nothing_from_what_is_cached(
+    gitlab: FakeGitLab, passthrough: RunningProxy, known: str
+) -> None:
+    cached = gitlab.add_wheel(42, "corp-util", "1.0.0")
+    uncached = gitlab.add_wheel(42, "corp-util", "2.0.0")
+    assert (await get(file_url(passthrough, FILES, cached.sha256, cached.filename), ALICE))[0] == 200
+    index = passthrough.url + PAGE.removesuffix("corp-util/")
+    answers = []
+    for number, wheel in enumerate((cached, uncached)):
+        secret = EVE if known == "refused" else f"glpat-unknown-to-gitlab-{number}"
+        if known == "refused" and number == 0:
+            assert (await get(index, EVE))[0] == 404  # GitLab's no, remembered for auth_ttl
+        before = len(gitlab.requests)
+        status, _, body = await get(file_url(passthrough, FILES, wheel.sha256, wheel.filename), secret)
+        answers.append((status, len(gitlab.requests) - before, body))
+    # The same status and body, and the same number of questions to GitLab: none once refused,
+    # one for a credential GitLab has not judged yet, whether the file is cached or not.
+    expected_asks = 0 if known == "refused" else 1
+    assert [(a[0], a[1]) for a in answers] == [(answers[0][0], expected_asks)] * 2
+    assert answers[0][0] in (401, 404)
+    assert answers[0][2] == answers[1][2]
