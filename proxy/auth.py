@@ -9,7 +9,6 @@ import hmac
 import re
 import secrets
 import time
-from http import HTTPStatus
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -259,10 +258,6 @@ class Gatekeeper:
     async def _probe(self, caller: Caller, scope: Scope, source_url: yarl.URL) -> Decision:
         """Ask GitLab, with the client's own credentials, whether it would serve this file."""
         status, message, retry_after = await self.upstream.probe(source_url, caller.authorization)
-        if message == str(status) and status in _FILE_REFUSED:
-            # A HEAD has no body: answer in GitLab's words for a GET, so a cached file's refusal
-            # reads like an uncached one's.
-            message = f"{status} {HTTPStatus(status).phrase}"
         if status in _FILE_ALLOWED:
             self.remember(caller, scope, 200, "200 OK")
             return Decision(200, "200 OK")

@@ -71,9 +71,13 @@ class FillState(enum.Enum):
 class Fill:
     """One upstream download into a temp file that any number of clients read as it grows."""
 
-    def __init__(self, sha256: str, filename: str, path: Path, credential: str) -> None:
+    def __init__(
+        self, sha256: str, filename: str, path: Path, source: yarl.URL, credential: str
+    ) -> None:
         self.sha256 = sha256
         self.filename = filename
+        # Where it is fetched from: a joiner asking through another scope's URL is not its own.
+        self.source = source
         # The starter's credential fingerprint: GitLab's no to it is not a no to a joiner's.
         self.credential = credential
         # The temp file while running; the blob's own path once verified and renamed.
@@ -522,7 +526,7 @@ class FileCache:
         self.blobs.ensure_dirs()
         # Created now, so a reader joining in this same step can open it.
         temp, fd = self.blobs.open_temp(sha256)
-        fill = Fill(sha256, filename, temp, fingerprint(authorization))
+        fill = Fill(sha256, filename, temp, source, fingerprint(authorization))
         self.fills[sha256] = fill
         for observe in self.fill_observers:
             observe(fill)

@@ -30,7 +30,7 @@ from .errors import (
     UpstreamUnavailable,
 )
 from .scope import Scope
-from .simple import Index, Project, is_sha256
+from .simple import Index, Project, is_sha256, project_of
 from .simple_html import PageParseError, parse_index_page, parse_project_page
 from .simple_json import index_from_dict, index_to_dict, project_from_dict, project_to_dict
 from .store import ForwardedRow, Store
@@ -212,6 +212,37 @@ class PageCache:
         ]
         if rows:
             await self.store.put_forwarded(rows)
+
+    async def check_listed(
+        self, scope: Scope, sha256: str, filename: str, source: yarl.URL, authorization: str | None
+    ) -> None:
+        """Raise unless this scope lists the file, or GitLab serves it there.
+
+        The cache holds a file once, whichever scope fetched it; `access.allow` and GitLab's own
+        projects decide which scopes may hand it out. A scope's page seen in this process, or
+        its stored copy, names its files; else GitLab is asked (a HEAD with these credentials).
+        """
+        if self.gate.members.get((scope.key, sha256)):
+            return
+        name = project_of(filename)
+        if name is not None and await self._page_lists(scope, name, sha256, filename):
+            self.gate.listed(scope.key, (sha256,))
+            return
+        if self.upstream.offline:
+            raise NotFound(f"no cached page of {scope.key} lists {filename}")
+        status, message, retry_after = await self.upstream.probe(source, authorization)
+        if status not in (200, 301, 302, 303, 307, 308):
+            raise self.upstream.error_for(status, message, retry_after, authorization=authorization)
+        self.gate.listed(scope.key, (sha256,))
+
+    async def _page_lists(self, scope: Scope, name: str, sha256: str, filename: str) -> bool:
+        key = _view_key(scope.key, name)
+        page = self.fresh.get(key) or await self._stored(key)
+        return (
+            page is not None
+            and isinstance(page.model, Project)
+            and any(f.sha256 == sha256 and f.filename == filename for f in page.model.files)
+        )
 
     async def index(self, scope: Scope, caller: Caller) -> PageResult:
         url = self.upstream.url_for(scope, "simple")

@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import NoReturn
 
 import aiohttp
@@ -439,7 +440,12 @@ class Upstream:
                 timeout=self._page_timeout,
             ) as resp:
                 self._note_status(url, authorization, resp.status, _retry_after(resp))
-                return resp.status, await _message(resp), _retry_after(resp)
+                message = await _message(resp)
+                if message == str(resp.status) and resp.status in (401, 403, 404, 410):
+                    # A HEAD has no body: say what GitLab says to a GET, so a refusal of a cached
+                    # file reads like one of a file fetched for the asking.
+                    message = f"{resp.status} {HTTPStatus(resp.status).phrase}"
+                return resp.status, message, _retry_after(resp)
         except TimeoutError as e:
             raise UpstreamTimeout(self._timeout_message) from e
         except aiohttp.ClientError as e:

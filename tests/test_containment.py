@@ -1,4 +1,4 @@
-"""Issue 12, items 1-6: one client's trouble (throttles, failures, refusals, floods) stays its own."""
+"""Issue 12, items 1-6: one client's trouble (throttles, failures, refusals) stays its own."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from proxy import keys
@@ -116,7 +115,9 @@ async def test_a_refused_download_does_not_fail_its_joiners(
         assert status == 200 and b"Name: corp-util" in body
     # Alice's own download: GitLab was asked with her credentials.
     alice_files = [
-        r for r in gitlab.requests if r.kind == "file" and r.headers["Authorization"] == basic(ALICE)
+        r
+        for r in gitlab.requests
+        if r.kind == "file" and r.headers["Authorization"] == basic(ALICE)
     ]
     assert len(alice_files) == 1 and alice_files[0].status == 200
 
@@ -127,7 +128,8 @@ async def test_a_refused_client_learns_nothing_from_what_is_cached(
 ) -> None:
     cached = gitlab.add_wheel(42, "corp-util", "1.0.0")
     uncached = gitlab.add_wheel(42, "corp-util", "2.0.0")
-    assert (await get(file_url(passthrough, FILES, cached.sha256, cached.filename), ALICE))[0] == 200
+    cached_url = file_url(passthrough, FILES, cached.sha256, cached.filename)
+    assert (await get(cached_url, ALICE))[0] == 200
     index = passthrough.url + PAGE.removesuffix("corp-util/")
     answers = []
     for number, wheel in enumerate((cached, uncached)):
@@ -135,7 +137,8 @@ async def test_a_refused_client_learns_nothing_from_what_is_cached(
         if known == "refused" and number == 0:
             assert (await get(index, EVE))[0] == 404  # GitLab's no, remembered for auth_ttl
         before = len(gitlab.requests)
-        status, _, body = await get(file_url(passthrough, FILES, wheel.sha256, wheel.filename), secret)
+        url = file_url(passthrough, FILES, wheel.sha256, wheel.filename)
+        status, _, body = await get(url, secret)
         answers.append((status, len(gitlab.requests) - before, body))
     # The same status and body, and the same number of questions to GitLab: none once refused,
     # one for a credential GitLab has not judged yet, whether the file is cached or not.
@@ -143,3 +146,50 @@ async def test_a_refused_client_learns_nothing_from_what_is_cached(
     assert [(a[0], a[1]) for a in answers] == [(answers[0][0], expected_asks)] * 2
     assert answers[0][0] in (401, 404)
     assert answers[0][2] == answers[1][2]
+
+
+async def test_allow_binds_cached_files_to_the_scopes_that_list_them(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory
+) -> None:
+    gitlab.add_project(43, "platform/other", group_id=7)
+    secret = gitlab.add_wheel(42, "corp-util", "1.0.0")
+    shared = gitlab.add_wheel(42, "corp-common", "1.0.0")
+    gitlab.add_file(43, "corp-common", "1.0.0", shared.filename, shared.content)
+    first = await make_proxy(access={"allow": ("projects/42",)})
+    for wheel in (secret, shared):
+        url = file_url(first, FILES, wheel.sha256, wheel.filename)
+        assert (await get(url))[0] == 200
+    await first.stop()
+
+    # The operator narrows `allow` to project 43: 42's files are not served through it.
+    proxy = await make_proxy(access={"allow": ("projects/43",)})
+    before = len(gitlab.requests)
+    in_43 = "projects/43/packages/pypi"
+    status, _, body = await get(file_url(proxy, in_43, secret.sha256, secret.filename))
+    assert status == 404 and secret.content[:64] not in body
+    # GitLab was asked whether 43 has it (a HEAD), and said no.
+    assert [(r.method, r.status) for r in gitlab.requests[before:]] == [("HEAD", 404)]
+    # A file 43 has too is served from the cache once GitLab says so, then without asking.
+    shared_43 = file_url(proxy, in_43, shared.sha256, shared.filename)
+    for _ in range(2):
+        status, headers, body = await get(shared_43)
+        assert (status, headers["X-Cache"], body) == (200, "HIT", shared.content)
+    asked = [(r.method, r.status) for r in gitlab.requests[before:]]
+    assert asked == [("HEAD", 404), ("HEAD", 200)]
+
+
+async def test_a_scopes_stored_page_lets_its_cached_files_out_offline(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    wheel = gitlab.add_wheel(42, "corp-util", "1.0.0")
+    gitlab.add_project(43, "platform/other", group_id=7)
+    online = await make_proxy()
+    assert (await get(online.url + PAGE))[0] == 200
+    assert (await get(file_url(online, FILES, wheel.sha256, wheel.filename)))[0] == 200
+    await online.stop()
+    offline = await make_proxy(cache={"dir": tmp_path / "cache", "offline": True})
+    status, _, body = await get(file_url(offline, FILES, wheel.sha256, wheel.filename))
+    assert (status, body) == (200, wheel.content)
+    other = file_url(offline, "projects/43/packages/pypi", wheel.sha256, wheel.filename)
+    status, _, body = await get(other)
+    assert status == 404 and wheel.content[:64] not in body
