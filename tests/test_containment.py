@@ -1,14 +1,19 @@
-"""Issue 12, items 1-6: one client's trouble (throttles, failures, refusals) stays its own."""
+"""Issue 12, items 1-6: one client's trouble (throttles, failures, refusals, floods) is its own."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import secrets
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from proxy import keys
+from proxy.access import MAX_PENDING_CHECKS, MAX_PENDING_PER_ADDRESS, hash_token
 from tests.conftest import ProxyFactory
 from tests.fake_gitlab import FakeFile, FakeGitLab
 from tests.proxy_harness import RunningProxy
@@ -91,6 +96,7 @@ async def _alice_joins_eves_download(
     eve = asyncio.create_task(get(file_url(proxy, FILES, wheel.sha256, wheel.filename), EVE))
     while not any(r.kind == "file" for r in gitlab.requests):
         await asyncio.sleep(0.01)
+    gitlab.delay = 0.0  # Eve's answer is already held back; Alice's own ones are not
     assert proxy.app[keys.FILES].fills, "Eve's download should be running"
     status, _, body = await get(proxy.url + path, ALICE, headers)
     assert (await eve)[0] == 404
@@ -193,3 +199,92 @@ async def test_a_scopes_stored_page_lets_its_cached_files_out_offline(
     other = file_url(offline, "projects/43/packages/pypi", wheel.sha256, wheel.filename)
     status, _, body = await get(other)
     assert status == 404 and wheel.content[:64] not in body
+
+
+RIGHT = "right-token-of-the-ci-runners"
+NEW_RIGHT = "right-token-never-shown-before"
+
+
+@pytest.fixture
+async def guarded(gitlab: FakeGitLab, make_proxy: ProxyFactory, tmp_path: Path) -> RunningProxy:
+    gitlab.add_wheel(42, "corp-util", "1.0.0")
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{hash_token(RIGHT)}\n{hash_token(NEW_RIGHT)}\n")
+    return await make_proxy(access={"tokens_file": str(tokens)})
+
+
+async def _status_from(address: str, url: str, secret: str) -> tuple[int, dict[str, str]]:
+    connector = aiohttp.TCPConnector(local_addr=(address, 0))
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.get(url, headers={"Authorization": basic(secret)}) as resp,
+    ):
+        return resp.status, dict(resp.headers)
+
+
+class _Flood:
+    """Clients at `addresses` sending random wrong tokens, again and again, until stopped."""
+
+    def __init__(self, url: str, addresses: list[str], per_address: int) -> None:
+        self.answers: Counter[int] = Counter()
+        self.retry_after: set[str] = set()
+        self._stop = asyncio.Event()
+        self._tasks = [
+            asyncio.create_task(self._one(url, address))
+            for address in addresses
+            for _ in range(per_address)
+        ]
+
+    async def _one(self, url: str, address: str) -> None:
+        while not self._stop.is_set():
+            status, headers = await _status_from(address, url, secrets.token_hex(16))
+            self.answers[status] += 1
+            if status == 429:
+                self.retry_after.add(headers.get("Retry-After", ""))
+                await asyncio.sleep(0.01)  # a client that honours nothing, but lets others run
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await asyncio.sleep(0.005)
+
+
+async def test_a_flood_of_wrong_tokens_gets_429s_and_a_right_token_goes_through(
+    guarded: RunningProxy,
+) -> None:
+    url = guarded.url + PAGE
+    guard = guarded.app[keys.ACCESS]
+    assert (await _status_from("127.0.0.1", url, RIGHT))[0] == 200
+    flood = _Flood(url, [f"127.0.0.{n}" for n in range(2, 14)], per_address=4)
+    try:
+        await _until(lambda: guard.pending >= MAX_PENDING_CHECKS)
+        # The queue is full; the right token's verdict is remembered, so it needs no slot.
+        assert (await _status_from("127.0.0.1", url, RIGHT))[0] == 200
+        await _until(lambda: flood.answers[429] > 0)
+    finally:
+        await flood.stop()
+    assert flood.answers[429] > 0 and flood.retry_after == {"1"}
+    assert flood.answers[401] > 0
+    assert set(flood.answers) == {401, 429}
+    assert guard.pending == 0
+
+
+async def test_one_address_cannot_hold_the_queue_from_a_new_right_token(
+    guarded: RunningProxy,
+) -> None:
+    url = guarded.url + PAGE
+    guard = guarded.app[keys.ACCESS]
+    flood = _Flood(url, ["127.0.0.2"], per_address=20)
+    try:
+        await _until(lambda: guard.pending_by_address["127.0.0.2"] >= MAX_PENDING_PER_ADDRESS)
+        assert guard.pending <= MAX_PENDING_PER_ADDRESS
+        # A token never checked before, from another address: a slot is free for it.
+        assert (await _status_from("127.0.0.3", url, NEW_RIGHT))[0] == 200
+        await _until(lambda: flood.answers[429] > 0)
+    finally:
+        await flood.stop()
+    assert flood.answers[401] > 0
