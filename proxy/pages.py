@@ -108,6 +108,8 @@ class PageCache:
             maxsize=MAX_PRIVATE_PAGES, ttl=settings.cache.index_ttl, timer=time.time
         )
         self._inflight: dict[str, asyncio.Future[CachedPage]] = {}
+        # Whose credential (keyed hash; None: the proxy's) each in-flight fetch uses.
+        self._starters: dict[str, str | None] = {}
         self._failing: TTLCache[str, _Failing] = TTLCache(maxsize=20_000, ttl=3600)
         # Upstream "absent" answers (404, forwarding) per key and credential.
         self.negative: TTLCache[tuple[str, str], ProxyError] = TTLCache(
@@ -303,12 +305,12 @@ class PageCache:
             due = time.monotonic() >= failing.retry_at
             if stored is not None:
                 if due:
-                    self._refresh_in_background(flight, fetch)
+                    self._refresh_in_background(flight, fetch, caller.key)
                 return PageResult(stored, "STALE", key)
             if not due:
                 raise failing.error
         try:
-            page = await self._single_flight(flight, fetch)
+            page = await self._single_flight(flight, fetch, caller)
         except Offline:
             stored = await self._stored(key) if may_use_stored else None
             if stored is None:
@@ -350,29 +352,47 @@ class PageCache:
         self._failing.pop(key, None)
         return page
 
-    def _refresh_in_background(self, key: str, fetch: Callable[[], Awaitable[CachedPage]]) -> None:
+    def _refresh_in_background(
+        self, key: str, fetch: Callable[[], Awaitable[CachedPage]], starter: str | None
+    ) -> None:
         """One retry for a failing page, while its clients get the stored copy at once."""
         if key in self._inflight:
             return
-        future = self._flight(key, fetch)
+        future = self._flight(key, fetch, starter)
         # Its outcome is recorded by _tracked; retrieving it keeps asyncio from logging it.
         future.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     async def _single_flight(
-        self, key: str, fetch: Callable[[], Awaitable[CachedPage]]
+        self, key: str, fetch: Callable[[], Awaitable[CachedPage]], caller: Caller
     ) -> CachedPage:
-        # Shielded: one client going away must not cancel the fetch the others wait on.
-        return await asyncio.shield(self._flight(key, fetch))
+        """The page from the one fetch of `key`; a client that joined another credential's
+        fetch asks with its own when GitLab answered that one with a 429 or 5xx."""
+        future = self._flight(key, fetch, caller.key)
+        starter = self._starters.get(key)
+        try:
+            # Shielded: one client going away must not cancel the fetch the others wait on.
+            return await asyncio.shield(future)
+        except UpstreamUnavailable:
+            if not caller.is_client or starter == caller.key:
+                raise
+        own = f"{key}|{caller.key}"
+        return await asyncio.shield(self._flight(own, fetch, caller.key))
 
     def _flight(
-        self, key: str, fetch: Callable[[], Awaitable[CachedPage]]
+        self, key: str, fetch: Callable[[], Awaitable[CachedPage]], starter: str | None
     ) -> asyncio.Future[CachedPage]:
-        """The running fetch of `key`, started if there is none."""
+        """The running fetch of `key`, started (for `starter`'s credential) if there is none."""
         future = self._inflight.get(key)
         if future is None:
             future = asyncio.ensure_future(fetch())
             self._inflight[key] = future
-            future.add_done_callback(lambda _: self._inflight.pop(key, None))
+            self._starters[key] = starter
+
+            def done(_: asyncio.Future[CachedPage]) -> None:
+                self._inflight.pop(key, None)
+                self._starters.pop(key, None)
+
+            future.add_done_callback(done)
         return future
 
     async def _fetch(

@@ -86,6 +86,30 @@ async def test_a_failure_to_one_token_is_not_replayed_to_another(
     assert asked_by(gitlab, BOB) == 1
 
 
+async def test_a_client_joining_a_fetch_that_gitlab_throttled_asks_itself(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory
+) -> None:
+    gitlab.tokens.update({ALICE: {42}, BOB: {42}})
+    gitlab.add_wheel(42, "corp-util", "1.0.0")
+    proxy = await make_proxy(
+        upstream={"credentials": "passthrough", "token": ""}, cache={"index_ttl": 0}
+    )
+    for secret in (ALICE, BOB):  # both allowed: they share one fetch of the page
+        assert (await get(proxy.url + PAGE, secret))[0] == 200
+    gitlab.token_faults[BOB] = 429
+    gitlab.delay = 1.0
+    bob = asyncio.create_task(get(proxy.url + PAGE, BOB))
+    while asked_by(gitlab, BOB) < 2:
+        await asyncio.sleep(0.01)
+    gitlab.delay = 0.0  # Bob's answer is already held back; Alice's own ones are not
+    status, headers, _ = await get(proxy.url + PAGE, ALICE)
+    # Not Bob's 429, nor a stale copy because of it: GitLab's answer to Alice herself.
+    assert (status, headers["X-Cache"]) == (200, "MISS")
+    assert asked_by(gitlab, ALICE) == 2
+    status, headers, _ = await bob
+    assert (status, headers["X-Cache"]) == (200, "STALE")  # his own failure: his stale copy
+
+
 async def _alice_joins_eves_download(
     gitlab: FakeGitLab, proxy: RunningProxy, wheel: FakeFile, path: str, headers: dict[str, str]
 ) -> tuple[int, bytes]:
