@@ -30,7 +30,6 @@ from .errors import (
     CredentialsRefused,
     Offline,
     ProxyError,
-    RateLimited,
     UpstreamError,
     UpstreamStatus,
     UpstreamUnavailable,
@@ -118,12 +117,13 @@ class Fill:
 
     def refused_only_its_starter(self, authorization: str | None) -> bool:
         """Whether this fill ended, before a byte, on GitLab's answer to its starter's credential
-        (a refusal, or a per-user throttle), which says nothing to a joiner with other ones."""
+        (a refusal, a per-user throttle, a 5xx), which says nothing to a joiner with other ones.
+        A timeout is not asked again: the joiner would only wait as long once more."""
         return (
             self.state is FillState.FAILED
             and not self.started
             and self.credential != fingerprint(authorization)
-            and isinstance(self.error, UpstreamStatus | CredentialsRefused | RateLimited)
+            and isinstance(self.error, UpstreamStatus | CredentialsRefused | UpstreamUnavailable)
         )
 
     def readable_limit(self) -> int:
