@@ -80,10 +80,6 @@ class UpstreamUnavailable(ProxyError):
     status = 503
 
 
-class RateLimited(UpstreamUnavailable):
-    """GitLab's 429: a throttle that counts per user, so it is about one credential."""
-
-
 class UpstreamTimeout(ProxyError):
     status = 504
 

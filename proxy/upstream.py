@@ -27,7 +27,6 @@ from .errors import (
     CredentialsRefused,
     Offline,
     ProxyError,
-    RateLimited,
     UpstreamError,
     UpstreamStatus,
     UpstreamTimeout,
@@ -119,13 +118,16 @@ class Upstream:
             return ""
         return hmac.new(self._hold_secret, authorization.encode(), hashlib.sha256).hexdigest()
 
-    def _held_for(self, url: yarl.URL, authorization: str | None = None) -> float:
-        """Seconds left before a Retry-After lets this request go (0 when free)."""
-        until = self._held_until.get((url.host, ""), 0.0)
+    def _held_for(self, url: yarl.URL, authorization: str | None = None) -> tuple[float, str]:
+        """Seconds left before a Retry-After lets this request go (0 when free), and whom it
+        holds: "" for the whole host, else this request's credential."""
+        now = time.monotonic()
+        host_left = self._held_until.get((url.host, ""), 0.0) - now
         holder = self._holder(url, authorization)
-        if holder:
-            until = max(until, self._held_until.get((url.host, holder), 0.0))
-        return max(0.0, until - time.monotonic())
+        own_left = self._held_until.get((url.host, holder), 0.0) - now if holder else 0.0
+        if own_left > host_left:
+            return own_left, holder
+        return max(0.0, host_left), ""
 
     def may_send(self, url: yarl.URL, authorization: str | None = None) -> None:
         """Raise instead of sending anything: offline, or while a Retry-After holds this request."""
@@ -135,10 +137,11 @@ class Upstream:
 
     def _check_gate(self, url: yarl.URL, authorization: str | None) -> None:
         """Refuse, without a request, while the Retry-After that holds it has not passed."""
-        left = self._held_for(url, authorization)
+        left, holder = self._held_for(url, authorization)
         if left > 0:
-            raise RateLimited(
-                f"GitLab is rate limiting these credentials; not asking again for {left:.0f}s",
+            whom = "these credentials" if holder else "the proxy"
+            raise UpstreamUnavailable(
+                f"GitLab is rate limiting {whom}; not asking again for {left:.0f}s",
                 headers={hdrs.RETRY_AFTER: str(max(1, round(left)))},
             )
 
@@ -150,7 +153,11 @@ class Upstream:
             holder = self._holder(url, authorization) if status == 429 else ""
             whom = "one credential" if holder else "the proxy"
             log.warning("%s asked %s to wait %gs (HTTP %d)", url.host, whom, wait, status)
-            self._held_until[(url.host, holder)] = time.monotonic() + wait
+            now = time.monotonic()
+            # One entry per throttled credential: the ones that have run out go.
+            for key in [k for k, until in self._held_until.items() if until <= now]:
+                del self._held_until[key]
+            self._held_until[(url.host, holder)] = now + wait
 
     @property
     def injected_authorization(self) -> str | None:
@@ -416,7 +423,7 @@ class Upstream:
 
     async def reachable(self) -> bool:
         """Whether GitLab answers HTTP at all (any status): for /-/ready, without credentials."""
-        if self._held_for(self.base) > 0:
+        if self._held_for(self.base)[0] > 0:
             return True  # it answered, asking us to wait: reachable, not to be asked again now
         try:
             resp = await self._send("probe", self.base, None, self._probe_timeout)
@@ -496,7 +503,7 @@ class Upstream:
         if retry_after is not None:
             retry[hdrs.RETRY_AFTER] = str(int(retry_after))
         if status == 429:
-            return RateLimited("GitLab is rate limiting the proxy", headers=retry)
+            return UpstreamUnavailable("GitLab is rate limiting the proxy", headers=retry)
         if status >= 500:
             return UpstreamUnavailable(f"GitLab answered {status}", headers=retry)
         # Object storage answers for itself: its status is not GitLab's.
