@@ -34,8 +34,8 @@ MAX_SCRYPT_MEMORY = 256 * 1024 * 1024
 REMEMBER_SECONDS = 300.0
 # Token checks waiting or running, in all and per client address. Past either bound a client is
 # told to come back (429) instead of queueing, and client addresses take turns at the scrypt
-# slots: a flood from one address keeps a new right token from another waiting for about one
-# check, not for the flood's.
+# slots, a newly waiting one first: a flood keeps a new right token from another address
+# waiting for about the checks already running, not for the flood's.
 SCRYPT_SLOTS = 2
 MAX_PENDING_CHECKS = 16
 MAX_PENDING_PER_ADDRESS = 4
@@ -215,24 +215,42 @@ class AccessGuard:
             raise Unauthorized("401 Unauthorized", headers={hdrs.WWW_AUTHENTICATE: CHALLENGE})
         check = self._checks.get(key)
         if check is None:
-            if (
-                self.pending >= MAX_PENDING_CHECKS
-                or self.pending_by_address[address] >= MAX_PENDING_PER_ADDRESS
+            if self.pending_by_address[address] >= MAX_PENDING_PER_ADDRESS or (
+                self.pending >= MAX_PENDING_CHECKS and not self._make_room_for(address)
             ):
-                raise TooManyRequests(
-                    "too many token checks are waiting; retry in a second",
-                    headers={hdrs.RETRY_AFTER: "1"},
-                )
+                raise _come_back()
             check = self._submit(key, token, address)
         # Shielded: a client that leaves does not cancel what others carrying its token wait on.
         if not await asyncio.shield(check.verdict):
             raise Unauthorized("401 Unauthorized", headers={hdrs.WWW_AUTHENTICATE: CHALLENGE})
 
+    def _make_room_for(self, address: str) -> bool:
+        """With the queue full, drop the newest waiting check of the address holding the most,
+        if that is at least two more than `address` holds: so the queue is shared out evenly."""
+        busiest = max(self._waiting, key=self.pending_by_address.__getitem__, default=None)
+        if busiest is None or (
+            self.pending_by_address[busiest] < self.pending_by_address[address] + 2
+        ):
+            return False
+        queue = self._waiting[busiest]
+        dropped = queue.pop()
+        if not queue:
+            del self._waiting[busiest]
+        self._forget(dropped)
+        dropped.verdict.set_exception(_come_back())
+        return True
+
     def _submit(self, key: str, token: str, address: str) -> _Check:
         check = _Check(key, token, address, asyncio.get_running_loop().create_future())
+        # Retrieved here too, so a check whose clients all left logs no "never retrieved".
+        check.verdict.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._checks[key] = check
         self.pending_by_address[address] += 1
-        self._waiting.setdefault(address, deque()).append(check)
+        if address in self._waiting:
+            self._waiting[address].append(check)
+        else:
+            # An address with nothing waiting goes first: the others have had their turns.
+            self._waiting = {address: deque([check]), **self._waiting}
         self._start_next()
         return check
 
@@ -261,11 +279,14 @@ class AccessGuard:
             if not check.verdict.done():
                 check.verdict.cancel()
             self._running -= 1
-            del self._checks[check.key]
-            self.pending_by_address[check.address] -= 1
-            if self.pending_by_address[check.address] <= 0:
-                del self.pending_by_address[check.address]
+            self._forget(check)
             self._start_next()
+
+    def _forget(self, check: _Check) -> None:
+        del self._checks[check.key]
+        self.pending_by_address[check.address] -= 1
+        if self.pending_by_address[check.address] <= 0:
+            del self.pending_by_address[check.address]
 
     async def is_operator(self, header: str | None) -> bool:
         """Whether `header` (Basic with any user, or Bearer) carries one of access.ops_tokens."""
@@ -297,6 +318,12 @@ def _ops_hash(number: int, line: str) -> TokenHash:
         return parse_token_line(line.strip())
     except ValueError as e:
         raise ConfigError(f"access.ops_tokens: entry {number}: {e}") from None
+
+
+def _come_back() -> TooManyRequests:
+    return TooManyRequests(
+        "too many token checks are waiting; retry in a second", headers={hdrs.RETRY_AFTER: "1"}
+    )
 
 
 def _any_match(hashes: Sequence[TokenHash], token: str) -> bool:

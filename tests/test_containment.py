@@ -314,3 +314,19 @@ async def test_one_address_cannot_hold_the_queue_from_a_new_right_token(
     finally:
         await flood.stop()
     assert flood.answers[401] > 0
+
+
+async def test_a_flood_from_many_addresses_leaves_room_for_a_new_right_token(
+    guarded: RunningProxy,
+) -> None:
+    url = guarded.url + PAGE
+    guard = guarded.app[keys.ACCESS]
+    flood = _Flood(url, [f"127.0.0.{n}" for n in range(2, 10)], per_address=4)
+    try:
+        await _until(lambda: guard.pending >= MAX_PENDING_CHECKS)
+        # The queue is full, of several checks per address: the newest of the busiest address
+        # makes way for a token never checked before, from an address holding none.
+        assert (await _status_from("127.0.0.200", url, NEW_RIGHT))[0] == 200
+    finally:
+        await flood.stop()
+    assert flood.answers[429] > 0 and flood.answers[401] > 0
