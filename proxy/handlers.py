@@ -201,11 +201,12 @@ async def file_download(request: web.Request) -> web.StreamResponse:
     scoped = admission is None and forwarded is None
     metadata = request.app[keys.METADATA]
     fill = files.fills.get(sha256)
-    if scoped and (
+    checked = scoped and (
         files.hit(sha256, filename) is not None
         or (fill is not None and fill.source != source)
         or (wants_metadata and sha256 in metadata.by_wheel)
-    ):
+    )
+    if checked:
         await pages.check_listed(scope, sha256, filename, source, auth)
     if wants_metadata:
         if not filename.endswith(".whl"):
@@ -213,8 +214,8 @@ async def file_download(request: web.Request) -> web.StreamResponse:
         response = await metadata.respond(request, sha256, filename, source, auth, admission)
     else:
         response = await files.respond(request, sha256, filename, source, auth, admission)
-    if scoped:
-        # Served through this scope by GitLab (or as it lists it): remembered as its file.
+    if scoped and not checked:
+        # Served through this scope by GitLab: remembered as its file.
         gate.listed(scope.key, (sha256,))
     return response
 
