@@ -71,11 +71,17 @@ class Fill:
     """One upstream download into a temp file that any number of clients read as it grows."""
 
     def __init__(
-        self, sha256: str, filename: str, path: Path, source: yarl.URL, credential: str
+        self,
+        sha256: str,
+        filename: str,
+        path: Path,
+        source: yarl.URL | None = None,
+        credential: str = "",
     ) -> None:
         self.sha256 = sha256
         self.filename = filename
-        # Where it is fetched from: a joiner asking through another scope's URL is not its own.
+        # Where it is fetched from (None: bytes that came whole with another request, never
+        # joined): a joiner asking through another scope's URL is not its own.
         self.source = source
         # The starter's credential fingerprint: GitLab's no to it is not a no to a joiner's.
         self.credential = credential
