@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from cachetools import TTLCache
 
 from .auth import parse_basic
 from .config import AccessSettings, ConfigError
-from .errors import Handler, NotFound, ProxyError, Unauthorized
+from .errors import Handler, NotFound, ProxyError, TooManyRequests, Unauthorized
 from .scope import Scope
 
 SCHEME = "scrypt"
@@ -31,6 +32,14 @@ SALT_BYTES = 16
 KEY_BYTES = 32
 MAX_SCRYPT_MEMORY = 256 * 1024 * 1024
 REMEMBER_SECONDS = 300.0
+# Token checks waiting or running, in all and per client address. Past either bound a client is
+# told to come back (429) instead of queueing, and client addresses take turns at the scrypt
+# slots, a newly waiting one first: a flood keeps a new right token from another address
+# waiting for about the checks already running, not for the flood's.
+SCRYPT_SLOTS = 2
+MAX_PENDING_CHECKS = 16
+MAX_PENDING_PER_ADDRESS = 4
+REMEMBERED_TOKENS = 10_000
 CHALLENGE = 'Basic realm="gitlab-pypi-proxy"'
 # Liveness and readiness probes come from orchestrators that hold no token.
 OPEN_PATHS = frozenset({"/-/health", "/-/ready"})
@@ -62,6 +71,16 @@ class TokenHash:
         salt = base64.b64encode(self.salt).decode()
         key = base64.b64encode(self.key).decode()
         return f"{SCHEME}${self.n}${self.r}${self.p}${salt}${key}"
+
+
+@dataclass(slots=True)
+class _Check:
+    """One presented credential waiting for, or running, its scrypt check."""
+
+    key: str
+    token: str = field(repr=False)
+    address: str
+    verdict: asyncio.Future[bool]
 
 
 def hash_token(token: str, *, n: int = N, r: int = R, p: int = P) -> str:
@@ -131,12 +150,22 @@ class AccessGuard:
             self.hashes = load_tokens(Path(settings.tokens_file))
         self.allow = tuple(_allow_entry(e) for e in settings.allow)
         self._secret = secrets.token_bytes(32)
-        # Keyed hashes of presented credentials and the verdict, so scrypt runs once per client.
-        self._verdicts: TTLCache[str, bool] = TTLCache(
-            maxsize=10_000, ttl=REMEMBER_SECONDS, timer=time.monotonic
+        # Keyed hashes of presented credentials, so scrypt runs once per client. Right and wrong
+        # ones are kept apart: a flood of wrong tokens cannot push a right one out.
+        self._good: TTLCache[str, bool] = TTLCache(
+            maxsize=REMEMBERED_TOKENS, ttl=REMEMBER_SECONDS, timer=time.monotonic
         )
+        self._bad: TTLCache[str, bool] = TTLCache(
+            maxsize=REMEMBERED_TOKENS, ttl=REMEMBER_SECONDS, timer=time.monotonic
+        )
+        # One check per presented credential at a time, however many requests carry it.
+        self._checks: dict[str, _Check] = {}
+        # Waiting checks per client address; the first address in the dict has the next turn.
+        self._waiting: dict[str, deque[_Check]] = {}
         # Each scrypt takes 16 MiB; a flood of wrong tokens must not take all memory and CPU.
-        self._slots = asyncio.Semaphore(2)
+        self._running = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.pending_by_address: Counter[str] = Counter()
         self.ops_hashes = tuple(
             _ops_hash(number, line) for number, line in enumerate(settings.ops_tokens, start=1)
         )
@@ -150,7 +179,7 @@ class AccessGuard:
         if request.path in OPEN_PATHS:
             return
         if self.hashes:
-            await self._check_token(request.headers.get(hdrs.AUTHORIZATION))
+            await self._check_token(request.headers.get(hdrs.AUTHORIZATION), request.remote or "")
         # Every route with an {id} is a scope's, however its prefix was spelled.
         if (
             self.allow
@@ -170,18 +199,94 @@ class AccessGuard:
                 return True
         return False
 
-    async def _check_token(self, header: str | None) -> None:
+    @property
+    def pending(self) -> int:
+        """Token checks waiting for or running scrypt."""
+        return len(self._checks)
+
+    async def _check_token(self, header: str | None, address: str) -> None:
         if not header:
             raise Unauthorized("401 Unauthorized", headers={hdrs.WWW_AUTHENTICATE: CHALLENGE})
         token = parse_basic(header).password
         key = hmac.new(self._secret, header.encode(), hashlib.sha256).hexdigest()
-        verdict = self._verdicts.get(key)
-        if verdict is None:
-            async with self._slots:
-                verdict = await asyncio.to_thread(_any_match, self.hashes, token)
-            self._verdicts[key] = verdict
-        if not verdict:
+        if key in self._good:
+            return
+        if key in self._bad:
             raise Unauthorized("401 Unauthorized", headers={hdrs.WWW_AUTHENTICATE: CHALLENGE})
+        check = self._checks.get(key)
+        if check is None:
+            if self.pending_by_address[address] >= MAX_PENDING_PER_ADDRESS or (
+                self.pending >= MAX_PENDING_CHECKS and not self._make_room_for(address)
+            ):
+                raise _come_back()
+            check = self._submit(key, token, address)
+        # Shielded: a client that leaves does not cancel what others carrying its token wait on.
+        if not await asyncio.shield(check.verdict):
+            raise Unauthorized("401 Unauthorized", headers={hdrs.WWW_AUTHENTICATE: CHALLENGE})
+
+    def _make_room_for(self, address: str) -> bool:
+        """With the queue full, drop the newest waiting check of the address holding the most,
+        if that is at least two more than `address` holds: so the queue is shared out evenly."""
+        busiest = max(self._waiting, key=self.pending_by_address.__getitem__, default=None)
+        if busiest is None or (
+            self.pending_by_address[busiest] < self.pending_by_address[address] + 2
+        ):
+            return False
+        queue = self._waiting[busiest]
+        dropped = queue.pop()
+        if not queue:
+            del self._waiting[busiest]
+        self._forget(dropped)
+        dropped.verdict.set_exception(_come_back())
+        return True
+
+    def _submit(self, key: str, token: str, address: str) -> _Check:
+        check = _Check(key, token, address, asyncio.get_running_loop().create_future())
+        # Retrieved here too, so a check whose clients all left logs no "never retrieved".
+        check.verdict.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._checks[key] = check
+        self.pending_by_address[address] += 1
+        if address in self._waiting:
+            self._waiting[address].append(check)
+        else:
+            # An address with nothing waiting goes first: the others have had their turns.
+            self._waiting = {address: deque([check]), **self._waiting}
+        self._start_next()
+        return check
+
+    def _start_next(self) -> None:
+        """Start waiting checks while a scrypt slot is free, one address after another."""
+        while self._running < SCRYPT_SLOTS and self._waiting:
+            address, queue = next(iter(self._waiting.items()))
+            check = queue.popleft()
+            # To the back of the line, behind every other address that is waiting.
+            del self._waiting[address]
+            if queue:
+                self._waiting[address] = queue
+            self._running += 1
+            task = asyncio.create_task(self._run(check))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, check: _Check) -> None:
+        try:
+            verdict = await asyncio.to_thread(_any_match, self.hashes, check.token)
+            (self._good if verdict else self._bad)[check.key] = True
+            check.verdict.set_result(verdict)
+        except Exception as e:
+            check.verdict.set_exception(e)
+        finally:
+            if not check.verdict.done():
+                check.verdict.cancel()
+            self._running -= 1
+            self._forget(check)
+            self._start_next()
+
+    def _forget(self, check: _Check) -> None:
+        del self._checks[check.key]
+        self.pending_by_address[check.address] -= 1
+        if self.pending_by_address[check.address] <= 0:
+            del self.pending_by_address[check.address]
 
     async def is_operator(self, header: str | None) -> bool:
         """Whether `header` (Basic with any user, or Bearer) carries one of access.ops_tokens."""
@@ -213,6 +318,12 @@ def _ops_hash(number: int, line: str) -> TokenHash:
         return parse_token_line(line.strip())
     except ValueError as e:
         raise ConfigError(f"access.ops_tokens: entry {number}: {e}") from None
+
+
+def _come_back() -> TooManyRequests:
+    return TooManyRequests(
+        "too many token checks are waiting; retry in a second", headers={hdrs.RETRY_AFTER: "1"}
+    )
 
 
 def _any_match(hashes: Sequence[TokenHash], token: str) -> bool:

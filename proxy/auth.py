@@ -212,6 +212,18 @@ class Gatekeeper:
         """GitLab's remembered answer to this client for this scope, if within auth_ttl."""
         return self.decisions.get(self._decision_key(caller, scope.key))
 
+    def refuse_if_refused(self, caller: Caller, scope: Scope) -> None:
+        """Raise GitLab's remembered no to this client for this scope, before the cache is read.
+
+        A refused client gets the same answer, from memory and without asking GitLab, whether
+        the file it names is cached or not: were only misses sent upstream, the time of the
+        answer would tell it what others downloaded. A client with no decision yet is asked
+        about at GitLab either way (a HEAD for a cached file, the download itself otherwise).
+        """
+        decision = self.decision(caller, scope) if caller.is_client else None
+        if decision is not None and not decision.allowed:
+            raise decision.error()
+
     def remember(self, caller: Caller, scope: Scope, status: int, message: str) -> None:
         """Remember what GitLab said to this client's own request in this scope."""
         if caller.is_client and self.settings.auth_ttl > 0:

@@ -60,6 +60,10 @@ class PayloadTooLarge(ProxyError):
     status = 413
 
 
+class TooManyRequests(ProxyError):
+    status = 429
+
+
 class UpstreamError(ProxyError):
     """GitLab answered with something the proxy cannot pass on as it is."""
 

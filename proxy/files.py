@@ -26,7 +26,14 @@ from cachetools import LRUCache, TTLCache
 from .blobs import BlobStore
 from .cachehealth import CacheHealth, CacheMode, Throttled
 from .config import CacheSettings
-from .errors import Offline, ProxyError, UpstreamError, UpstreamStatus, UpstreamUnavailable
+from .errors import (
+    CredentialsRefused,
+    Offline,
+    ProxyError,
+    UpstreamError,
+    UpstreamStatus,
+    UpstreamUnavailable,
+)
 from .locks import FileLock, ReadHold
 from .log import SENDFILE_BYTES
 from .metrics import Metrics
@@ -63,9 +70,21 @@ class FillState(enum.Enum):
 class Fill:
     """One upstream download into a temp file that any number of clients read as it grows."""
 
-    def __init__(self, sha256: str, filename: str, path: Path) -> None:
+    def __init__(
+        self,
+        sha256: str,
+        filename: str,
+        path: Path,
+        source: yarl.URL | None = None,
+        credential: str = "",
+    ) -> None:
         self.sha256 = sha256
         self.filename = filename
+        # Where it is fetched from (None: bytes that came whole with another request, never
+        # joined): a joiner asking through another scope's URL is not its own.
+        self.source = source
+        # The starter's credential fingerprint: GitLab's no to it is not a no to a joiner's.
+        self.credential = credential
         # The temp file while running; the blob's own path once verified and renamed.
         self.path = path
         self.size: int | None = None
@@ -101,6 +120,17 @@ class Fill:
     async def changed(self) -> None:
         """Wait for the next step: bytes written, headers known, done or failed."""
         await self._changed.wait()
+
+    def refused_only_its_starter(self, authorization: str | None) -> bool:
+        """Whether this fill ended, before a byte, on GitLab's answer to its starter's credential
+        (a refusal, a per-user throttle, a 5xx), which says nothing to a joiner with other ones.
+        A timeout is not asked again: the joiner would only wait as long once more."""
+        return (
+            self.state is FillState.FAILED
+            and not self.started
+            and self.credential != fingerprint(authorization)
+            and isinstance(self.error, UpstreamStatus | CredentialsRefused | UpstreamUnavailable)
+        )
 
     def readable_limit(self) -> int:
         """How many bytes a reader may send: all once verified, else all but the last."""
@@ -256,8 +286,29 @@ class FileCache:
         """Serve a file: from the cache when verified there, else through one shared fill.
 
         With an `admission`, bytes fetched for anyone else reach this client only once it is
-        admitted; a fill it starts itself is GitLab's answer to its own credentials.
+        admitted; a fill it starts itself is GitLab's answer to its own credentials. A joiner
+        whose fill was refused to its starter's other credentials asks GitLab with its own.
         """
+        response = await self._respond(request, sha256, filename, source, authorization, admission)
+        if response is None:
+            response = await self._respond(
+                request, sha256, filename, source, authorization, admission, rejoin=False
+            )
+        assert response is not None
+        return response
+
+    async def _respond(
+        self,
+        request: web.Request,
+        sha256: str,
+        filename: str,
+        source: yarl.URL,
+        authorization: str | None,
+        admission: Admission | None,
+        *,
+        rejoin: bool = True,
+    ) -> web.StreamResponse | None:
+        """`respond`, or None (while `rejoin`) when the fill joined failed for its starter only."""
         private = admission is not None
         if admission is not None and (
             self.hit(sha256, filename) is not None or sha256 in self.fills
@@ -321,6 +372,8 @@ class FileCache:
                 return await self._pass_through(
                     request, sha256, filename, source, authorization, private=private
                 )
+            if rejoin and fill.refused_only_its_starter(authorization):
+                return None
             if fill.error is not None:
                 raise fill.error
             blob = self.known.get(sha256)
@@ -329,7 +382,9 @@ class FileCache:
                 if hit is not None:
                     return hit
             raise UpstreamUnavailable(f"{filename} vanished from the cache; try again")
-        return await self._respond_fill(request, fill, source, authorization, private=private)
+        return await self._respond_fill(
+            request, fill, source, authorization, private=private, rejoin=rejoin
+        )
 
     async def ensure(
         self, sha256: str, filename: str, source: yarl.URL, authorization: str | None
@@ -343,6 +398,12 @@ class FileCache:
             fill = self.fills.get(sha256)
             if fill is None:
                 fill = self._start_fill(sha256, filename, source, authorization)
+            while fill.state is FillState.RUNNING:
+                await fill.changed()
+            if fill.refused_only_its_starter(authorization):
+                fill = self.fills.get(sha256) or self._start_fill(
+                    sha256, filename, source, authorization
+                )
             await self._finished(fill)
         return self.blobs.path(sha256)
 
@@ -471,7 +532,7 @@ class FileCache:
         self.blobs.ensure_dirs()
         # Created now, so a reader joining in this same step can open it.
         temp, fd = self.blobs.open_temp(sha256)
-        fill = Fill(sha256, filename, temp)
+        fill = Fill(sha256, filename, temp, source, fingerprint(authorization))
         self.fills[sha256] = fill
         for observe in self.fill_observers:
             observe(fill)
@@ -590,7 +651,9 @@ class FileCache:
         authorization: str | None,
         *,
         private: bool,
-    ) -> web.StreamResponse:
+        rejoin: bool,
+    ) -> web.StreamResponse | None:
+        """Stream a fill to the client; None (while `rejoin`) if it failed for its starter only."""
         # Opened before any await, so a rename or a failed fill's unlink cannot race it.
         reader = fill.path.open("rb")
         try:
@@ -611,6 +674,8 @@ class FileCache:
                 if hit is None:
                     raise UpstreamUnavailable(f"{fill.filename} vanished from the cache; try again")
                 return hit
+            if rejoin and fill.refused_only_its_starter(authorization):
+                return None
             if fill.error is not None and fill.written == 0:
                 raise fill.error
             size = fill.size

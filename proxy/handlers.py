@@ -180,9 +180,12 @@ async def file_download(request: web.Request) -> web.StreamResponse:
     who = caller(request)
     auth = who.authorization
     gate = request.app[keys.GATE]
+    gate.refuse_if_refused(who, scope)
     admission = gate.admission(who, scope, sha256, source)
+    pages = request.app[keys.PAGES]
+    forwarded = None
     if files.hit(sha256, filename) is None and not upstream.offline:
-        forwarded = await request.app[keys.PAGES].forwarded_source(scope, sha256, filename)
+        forwarded = await pages.forwarded_source(scope, sha256, filename)
         if forwarded is not None and upstream.is_upstream_host(forwarded):
             # GitLab's Dependency Firewall route: it checks the file, then redirects to the
             # public host (followed without credentials); GitLab judges each client there.
@@ -193,13 +196,28 @@ async def file_download(request: web.Request) -> web.StreamResponse:
             # A public index's file: fetched from there, never with GitLab's credentials, and
             # public, so there is no GitLab decision to wait for.
             source, auth, admission = forwarded, None, None
+    # The proxy's own credentials: bytes cached (or coming) through one scope go out through
+    # another only if that one lists them too. Clients' admissions ask the same of GitLab.
+    scoped = admission is None and forwarded is None
+    metadata = request.app[keys.METADATA]
+    fill = files.fills.get(sha256)
+    checked = scoped and (
+        files.hit(sha256, filename) is not None
+        or (fill is not None and fill.source != source)
+        or (wants_metadata and sha256 in metadata.by_wheel)
+    )
+    if checked:
+        await pages.check_listed(scope, sha256, filename, source, auth)
     if wants_metadata:
         if not filename.endswith(".whl"):
             raise NotFound("core metadata is served for wheels only")
-        return await request.app[keys.METADATA].respond(
-            request, sha256, filename, source, auth, admission
-        )
-    return await files.respond(request, sha256, filename, source, auth, admission)
+        response = await metadata.respond(request, sha256, filename, source, auth, admission)
+    else:
+        response = await files.respond(request, sha256, filename, source, auth, admission)
+    if scoped and not checked:
+        # Served through this scope by GitLab: remembered as its file.
+        gate.listed(scope.key, (sha256,))
+    return response
 
 
 async def _firewall_redirect(

@@ -30,7 +30,7 @@ from .errors import (
     UpstreamUnavailable,
 )
 from .scope import Scope
-from .simple import Index, Project, is_sha256
+from .simple import Index, Project, is_sha256, project_of
 from .simple_html import PageParseError, parse_index_page, parse_project_page
 from .simple_json import dumps, index_from_dict, index_to_dict, project_from_dict, project_to_dict
 from .store import ForwardedRow, Store
@@ -112,6 +112,8 @@ class PageCache:
             maxsize=MAX_PRIVATE_PAGES, ttl=settings.cache.index_ttl, timer=time.time
         )
         self._inflight: dict[str, asyncio.Future[CachedPage]] = {}
+        # Whose credential (keyed hash; None: the proxy's) each in-flight fetch uses.
+        self._starters: dict[str, str | None] = {}
         self._failing: TTLCache[str, _Failing] = TTLCache(maxsize=20_000, ttl=3600)
         # Upstream "absent" answers (404, forwarding) per key and credential.
         self.negative: TTLCache[tuple[str, str], ProxyError] = TTLCache(
@@ -217,6 +219,37 @@ class PageCache:
         if rows:
             await self.store.put_forwarded(rows)
 
+    async def check_listed(
+        self, scope: Scope, sha256: str, filename: str, source: yarl.URL, authorization: str | None
+    ) -> None:
+        """Raise unless this scope lists the file, or GitLab serves it there.
+
+        The cache holds a file once, whichever scope fetched it; `access.allow` and GitLab's own
+        projects decide which scopes may hand it out. A scope's page seen in this process, or
+        its stored copy, names its files; else GitLab is asked (a HEAD with these credentials).
+        """
+        if self.gate.members.get((scope.key, sha256)):
+            return
+        name = project_of(filename)
+        if name is not None and await self._page_lists(scope, name, sha256, filename):
+            self.gate.listed(scope.key, (sha256,))
+            return
+        if self.upstream.offline:
+            raise NotFound(f"no cached page of {scope.key} lists {filename}")
+        status, message, retry_after = await self.upstream.probe(source, authorization)
+        if status not in (200, 301, 302, 303, 307, 308):
+            raise self.upstream.error_for(status, message, retry_after, authorization=authorization)
+        self.gate.listed(scope.key, (sha256,))
+
+    async def _page_lists(self, scope: Scope, name: str, sha256: str, filename: str) -> bool:
+        key = _view_key(scope.key, name)
+        page = self.fresh.get(key) or await self._stored(key)
+        return (
+            page is not None
+            and isinstance(page.model, Project)
+            and any(f.sha256 == sha256 and f.filename == filename for f in page.model.files)
+        )
+
     async def index(self, scope: Scope, caller: Caller) -> PageResult:
         url = self.upstream.url_for(scope, "simple")
 
@@ -258,25 +291,30 @@ class PageCache:
         # Only a view this caller may see from the cache can fall back to a stored copy.
         may_use_stored = trusted and shared
 
+        # GitLab's failure for one credential (a per-user 429, a 500 to one token) is that
+        # credential's: another's request still goes to GitLab, and is served stale only after
+        # its own failure.
+        failing_key = f"{key}|{caller.key}" if caller.is_client else key
+
         def fetch() -> Awaitable[CachedPage]:
             return self._tracked(
-                key,
+                failing_key,
                 self._fetch(scope, key, url, caller, parse, forwarding=forwarding, shared=shared),
             )
 
-        failing = self._failing.get(key)
+        failing = self._failing.get(failing_key)
         if failing is not None and not self.upstream.offline:
             # GitLab failed this page lately: answer now, and let one request at a time retry.
             stored = await self._stored(key) if may_use_stored else None
             due = time.monotonic() >= failing.retry_at
             if stored is not None:
                 if due:
-                    self._refresh_in_background(flight, fetch)
+                    self._refresh_in_background(flight, fetch, caller.key)
                 return PageResult(stored, "STALE", key)
             if not due:
                 raise failing.error
         try:
-            page = await self._single_flight(flight, fetch)
+            page = await self._single_flight(flight, fetch, caller)
         except Offline:
             stored = await self._stored(key) if may_use_stored else None
             if stored is None:
@@ -318,29 +356,47 @@ class PageCache:
         self._failing.pop(key, None)
         return page
 
-    def _refresh_in_background(self, key: str, fetch: Callable[[], Awaitable[CachedPage]]) -> None:
+    def _refresh_in_background(
+        self, key: str, fetch: Callable[[], Awaitable[CachedPage]], starter: str | None
+    ) -> None:
         """One retry for a failing page, while its clients get the stored copy at once."""
         if key in self._inflight:
             return
-        future = self._flight(key, fetch)
+        future = self._flight(key, fetch, starter)
         # Its outcome is recorded by _tracked; retrieving it keeps asyncio from logging it.
         future.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     async def _single_flight(
-        self, key: str, fetch: Callable[[], Awaitable[CachedPage]]
+        self, key: str, fetch: Callable[[], Awaitable[CachedPage]], caller: Caller
     ) -> CachedPage:
-        # Shielded: one client going away must not cancel the fetch the others wait on.
-        return await asyncio.shield(self._flight(key, fetch))
+        """The page from the one fetch of `key`; a client that joined another credential's
+        fetch asks with its own when GitLab answered that one with a 429 or 5xx."""
+        future = self._flight(key, fetch, caller.key)
+        starter = self._starters.get(key)
+        try:
+            # Shielded: one client going away must not cancel the fetch the others wait on.
+            return await asyncio.shield(future)
+        except UpstreamUnavailable:
+            if not caller.is_client or starter == caller.key:
+                raise
+        own = f"{key}|{caller.key}"
+        return await asyncio.shield(self._flight(own, fetch, caller.key))
 
     def _flight(
-        self, key: str, fetch: Callable[[], Awaitable[CachedPage]]
+        self, key: str, fetch: Callable[[], Awaitable[CachedPage]], starter: str | None
     ) -> asyncio.Future[CachedPage]:
-        """The running fetch of `key`, started if there is none."""
+        """The running fetch of `key`, started (for `starter`'s credential) if there is none."""
         future = self._inflight.get(key)
         if future is None:
             future = asyncio.ensure_future(fetch())
             self._inflight[key] = future
-            future.add_done_callback(lambda _: self._inflight.pop(key, None))
+            self._starters[key] = starter
+
+            def done(_: asyncio.Future[CachedPage]) -> None:
+                self._inflight.pop(key, None)
+                self._starters.pop(key, None)
+
+            future.add_done_callback(done)
         return future
 
     async def _fetch(

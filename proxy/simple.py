@@ -89,6 +89,16 @@ def version_of(filename: str) -> Version | None:
         return None
 
 
+def project_of(filename: str) -> NormalizedName | None:
+    """The normalized project name a wheel or sdist filename carries, or None if not one."""
+    try:
+        if filename.endswith(".whl"):
+            return parse_wheel_filename(filename)[0]
+        return parse_sdist_filename(filename)[0]
+    except (InvalidWheelFilename, InvalidSdistFilename):
+        return None
+
+
 def is_distribution_filename(filename: str) -> bool:
     """True for a wheel or sdist filename made only of characters such names use."""
     return _FILENAME_RE.match(filename) is not None and version_of(filename) is not None

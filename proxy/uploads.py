@@ -343,7 +343,7 @@ async def upload(request: web.Request) -> web.StreamResponse:
     if upstream.offline:
         raise UpstreamUnavailable("this proxy is offline (cache.offline): no upload reaches GitLab")
     # While GitLab's Retry-After holds, no byte of the body is read or sent.
-    upstream.may_send(url)
+    upstream.may_send(url, uploader.authorization)
     state = Upload(request, MultipartScanner(boundary), settings.max_upload_size)
     headers: dict[str, str] = {
         hdrs.USER_AGENT: settings.user_agent,

@@ -7,13 +7,16 @@ import base64
 import datetime
 import email.utils
 import hashlib
+import hmac
 import json
 import logging
 import re
+import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import NoReturn
 
 import aiohttp
@@ -98,36 +101,65 @@ class Upstream:
         )
         # A readiness probe must answer well within a probe's own timeout.
         self._probe_timeout = aiohttp.ClientTimeout(total=min(settings.timeout, 3.0))
-        # Per host: until when a 429 (or 503 with Retry-After) asked us not to come back.
-        self._held_until: dict[str | None, float] = {}
+        # Until when a 429 (or 503 with Retry-After) asked us not to come back, per (host,
+        # credential): GitLab throttles authenticated requests per user, so one token's 429 holds
+        # that token only. The credential is held as a keyed hash; "" is the whole host.
+        self._held_until: dict[tuple[str | None, str], float] = {}
+        self._hold_secret = secrets.token_bytes(32)
         self._refusal_logged_at = -REFUSAL_LOG_SECONDS
         # host:port of upstreams that answer a Range request with the whole file.
         self._ignores_range: set[str] = set()
 
-    def _held_for(self, url: yarl.URL) -> float:
-        """Seconds left before the host's Retry-After lets us ask again (0 when free)."""
-        return max(0.0, self._held_until.get(url.host, 0.0) - time.monotonic())
+    def _holder(self, url: yarl.URL, authorization: str | None) -> str:
+        """Whom an answer to this request holds: its credential's keyed hash, or "" (the host).
 
-    def may_send(self, url: yarl.URL) -> None:
-        """Raise instead of sending anything: offline, or while the host's Retry-After holds."""
+        A request that carries no credential to this host is counted by GitLab per address,
+        which is the proxy's for every client; so is a 503, GitLab's own health.
+        """
+        if not authorization or not self.is_upstream_host(url):
+            return ""
+        return hmac.new(self._hold_secret, authorization.encode(), hashlib.sha256).hexdigest()
+
+    def _held_for(self, url: yarl.URL, authorization: str | None = None) -> tuple[float, str]:
+        """Seconds left before a Retry-After lets this request go (0 when free), and whom it
+        holds: "" for the whole host, else this request's credential."""
+        now = time.monotonic()
+        host_left = self._held_until.get((url.host, ""), 0.0) - now
+        holder = self._holder(url, authorization)
+        own_left = self._held_until.get((url.host, holder), 0.0) - now if holder else 0.0
+        if own_left > host_left:
+            return own_left, holder
+        return max(0.0, host_left), ""
+
+    def may_send(self, url: yarl.URL, authorization: str | None = None) -> None:
+        """Raise instead of sending anything: offline, or while a Retry-After holds this request."""
         if self.offline:
             raise Offline()
-        self._check_gate(url)
+        self._check_gate(url, authorization)
 
-    def _check_gate(self, url: yarl.URL) -> None:
-        """Refuse, without a request, while the host's Retry-After has not passed."""
-        left = self._held_for(url)
+    def _check_gate(self, url: yarl.URL, authorization: str | None) -> None:
+        """Refuse, without a request, while the Retry-After that holds it has not passed."""
+        left, holder = self._held_for(url, authorization)
         if left > 0:
+            whom = "these credentials" if holder else "the proxy"
             raise UpstreamUnavailable(
-                f"GitLab is rate limiting the proxy; not asking again for {left:.0f}s",
+                f"GitLab is rate limiting {whom}; not asking again for {left:.0f}s",
                 headers={hdrs.RETRY_AFTER: str(max(1, round(left)))},
             )
 
-    def _note_status(self, url: yarl.URL, status: int, retry_after: float | None) -> None:
+    def _note_status(
+        self, url: yarl.URL, authorization: str | None, status: int, retry_after: float | None
+    ) -> None:
         if status == 429 or (status == 503 and retry_after is not None):
             wait = DEFAULT_RETRY_AFTER if retry_after is None else retry_after
-            log.warning("%s asked the proxy to wait %gs (HTTP %d)", url.host, wait, status)
-            self._held_until[url.host] = time.monotonic() + wait
+            holder = self._holder(url, authorization) if status == 429 else ""
+            whom = "one credential" if holder else "the proxy"
+            log.warning("%s asked %s to wait %gs (HTTP %d)", url.host, whom, wait, status)
+            now = time.monotonic()
+            # One entry per throttled credential: the ones that have run out go.
+            for key in [k for k, until in self._held_until.items() if until <= now]:
+                del self._held_until[key]
+            self._held_until[(url.host, holder)] = now + wait
 
     @property
     def injected_authorization(self) -> str | None:
@@ -187,7 +219,7 @@ class Upstream:
         self, url: yarl.URL, authorization: str | None, *, follow_to: tuple[str, ...] = ()
     ) -> PageAnswer:
         """GET a simple page. Redirects are returned, or followed to `follow_to` hosts only."""
-        self.may_send(url)
+        self.may_send(url, authorization)
         hops = 0
         try:
             while True:
@@ -233,7 +265,7 @@ class Upstream:
         self, url: yarl.URL, authorization: str | None, extra: dict[str, str]
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """A file request's last answer after redirects, which get no credentials off-host."""
-        self.may_send(url)
+        self.may_send(url, authorization)
         hops = 0
         try:
             while True:
@@ -325,7 +357,7 @@ class Upstream:
         extra: dict[str, str] | None = None,
     ) -> aiohttp.ClientResponse:
         """One GET without redirects, timed to its headers; failing answers are remembered."""
-        self._check_gate(url)
+        self._check_gate(url, authorization)
         started = time.monotonic()
         resp = await self.session.get(
             url,
@@ -335,7 +367,7 @@ class Upstream:
             auto_decompress=auto_decompress,
         )
         self.metrics.upstream_answered(kind, time.monotonic() - started, resp.status)
-        self._note_status(url, resp.status, _retry_after(resp))
+        self._note_status(url, authorization, resp.status, _retry_after(resp))
         # The firewall's 403 on its forward route judges a file, not the proxy's token.
         judges_token = FORWARD_ROUTE not in url.path
         if kind != "probe" and judges_token and self._is_own(url, authorization):
@@ -393,7 +425,7 @@ class Upstream:
 
     async def reachable(self) -> bool:
         """Whether GitLab answers HTTP at all (any status): for /-/ready, without credentials."""
-        if self._held_for(self.base) > 0:
+        if self._held_for(self.base)[0] > 0:
             return True  # it answered, asking us to wait: reachable, not to be asked again now
         try:
             resp = await self._send("probe", self.base, None, self._probe_timeout)
@@ -408,7 +440,7 @@ class Upstream:
         self, url: yarl.URL, authorization: str | None
     ) -> tuple[int, str, float | None]:
         """HEAD a file with these credentials: GitLab's status, message and Retry-After only."""
-        self.may_send(url)
+        self.may_send(url, authorization)
         try:
             async with self.session.head(
                 url,
@@ -416,8 +448,13 @@ class Upstream:
                 allow_redirects=False,
                 timeout=self._page_timeout,
             ) as resp:
-                self._note_status(url, resp.status, _retry_after(resp))
-                return resp.status, await _message(resp), _retry_after(resp)
+                self._note_status(url, authorization, resp.status, _retry_after(resp))
+                message = await _message(resp)
+                if message == str(resp.status) and resp.status in (401, 403, 404, 410):
+                    # A HEAD has no body: say what GitLab says to a GET, so a refusal of a cached
+                    # file reads like one of a file fetched for the asking.
+                    message = f"{resp.status} {HTTPStatus(resp.status).phrase}"
+                return resp.status, message, _retry_after(resp)
         except TimeoutError as e:
             raise UpstreamTimeout(self._timeout_message) from e
         except aiohttp.ClientError as e:

@@ -530,6 +530,9 @@ class FakeGitLab(_Server):
         self.delay = 0.0
         self.fail_status: int | None = None
         self.retry_after: int | str = 1  # sent as is: tests give odd values too
+        # Per-credential faults: token (the Basic password or token header) -> the status GitLab
+        # answers its every request with; a 429 is a per-user throttle, as GitLab's are.
+        self.token_faults: dict[str, int] = {}
         self.file_chunk_delay = 0.0
         self.file_chunk_size = 65536
         self.truncate_files = False
@@ -741,11 +744,14 @@ class FakeGitLab(_Server):
             if request.transport is not None:
                 request.transport.abort()
             return None
-        if self.fail_status == 429:
+        status = self.fail_status
+        if status is None and self.token_faults:
+            credentials = _credentials(request)
+            status = self.token_faults.get(credentials[1]) if credentials else None
+        if status == 429:
             # Rack::Attack sends whole seconds; odd Retry-After values are for the 503 below.
             return rate_limited(int(self.retry_after))
-        if self.fail_status is not None:
-            status = self.fail_status
+        if status is not None:
             headers = {"Retry-After": str(self.retry_after)} if status == 503 else {}
             raise _Reply(status, f"{status} {HTTPStatus(status).phrase}", headers)
         under_root = request.path.startswith(MOVED_ROOT + "/")

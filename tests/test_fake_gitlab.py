@@ -551,6 +551,17 @@ async def test_fail_status_429_says_when_to_retry(gl: FakeGitLab) -> None:
     assert gl.counts["page"] == 1
 
 
+async def test_token_faults_answer_one_token_only(gl: FakeGitLab) -> None:
+    gl.tokens["glpat-throttled"] = None
+    gl.token_faults["glpat-throttled"] = 429
+    gl.retry_after = 60
+    status, headers, _ = await fetch(gl.url + API + "/simple/x/", basic("glpat-throttled"))
+    assert (status, headers["Retry-After"]) == (429, "60")
+    assert (await fetch(gl.url + API + "/simple/x/", AUTH))[0] == 302
+    gl.token_faults["glpat-throttled"] = 500
+    assert (await fetch(gl.url + API + "/simple/x/", basic("glpat-throttled")))[0] == 500
+
+
 async def test_truncated_and_corrupt_files(gl: FakeGitLab) -> None:
     wheel = gl.add_wheel(42, "corp-util", "1.0", payload_size=300_000)
     url = gl.url + f"{API}/files/{wheel.sha256}/{wheel.filename}"
