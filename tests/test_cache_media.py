@@ -369,3 +369,32 @@ async def test_an_index_from_before_core_metadata_is_read_from_read_only_media(
             assert (status, headers["X-Cache"]) == (200, "STALE")
             assert await fetch_file(copy, wheel) == "HIT"
         assert "Traceback" not in copy.log()
+
+
+async def test_a_schema_1_index_keeps_its_core_metadata_on_read_only_media(
+    gitlab: FakeGitLab, workdir: Path
+) -> None:
+    wheel = gitlab.add_wheel(42, "corp-util", "1.0.0")
+    page = f"{BASE}/simple/corp-util/"
+    metadata_url = f"{BASE}/files/{wheel.sha256}/{wheel.filename}.metadata"
+    filled = workdir / "filled"
+    async with await start(workdir, gitlab, filled) as proxy:
+        assert (await get(proxy.url + page))[0] == 200
+        assert await fetch_file(proxy, wheel) == "MISS"
+        status, _, metadata = await get(proxy.url + metadata_url)
+        assert status == 200
+    # As release 1 wrote it: core_metadata without the `provisional` column, user_version 1.
+    with contextlib.closing(sqlite3.connect(filled / "index.sqlite3")) as db:
+        db.execute("ALTER TABLE core_metadata DROP COLUMN provisional")
+        db.execute("PRAGMA user_version=1")
+        db.commit()
+    with read_only_copy(filled, workdir / "media") as media:
+        async with await start(workdir, gitlab, media) as copy:
+            assert (await ready(copy))["cache"] == "read-only"
+            gitlab.down = True
+            status, _, body = await get(copy.url + page)
+            assert status == 200
+            assert hashlib.sha256(metadata).hexdigest() in body.decode()
+            status, _, served = await get(copy.url + metadata_url)
+            assert (status, served) == (200, metadata)
+        assert "Traceback" not in copy.log()
