@@ -141,19 +141,21 @@ async def start_proxy(
     token: str,
     cache_dir: Path,
     name: str = "proxy",
-    access_log: bool = False,
-    workers: int = 1,
+    access_log: bool | None = None,
+    workers: int | None = None,
 ) -> Server:
-    """`python -m proxy serve`; no access log by default, as nginx and proxpi run here."""
+    """`python -m proxy serve` as a user runs it; `access_log`/`workers` override the defaults."""
     port = free_port()
     env = clean_env(
         GITLAB_PYPI_PROXY_UPSTREAM_URL=upstream,
         GITLAB_PYPI_PROXY_UPSTREAM_USERNAME=USERNAME,
         GITLAB_PYPI_PROXY_UPSTREAM_TOKEN=token,
         GITLAB_PYPI_PROXY_CACHE_DIR=str(cache_dir),
-        GITLAB_PYPI_PROXY_SERVER_ACCESS_LOG=str(access_log).lower(),
-        GITLAB_PYPI_PROXY_SERVER_WORKERS=str(workers),
     )
+    if access_log is not None:
+        env["GITLAB_PYPI_PROXY_SERVER_ACCESS_LOG"] = str(access_log).lower()
+    if workers is not None:
+        env["GITLAB_PYPI_PROXY_SERVER_WORKERS"] = str(workers)
     proc = await procs.spawn(
         name,
         [sys.executable, "-m", "proxy", "serve", "--host", "127.0.0.1", "--port", str(port)],
@@ -162,6 +164,36 @@ async def start_proxy(
     url = f"http://127.0.0.1:{port}"
     await wait_ready(f"{url}/-/health", proc)
     return Server(name, url, proc)
+
+
+def missing_requirements(figures: frozenset[int]) -> list[str]:
+    """What `figures` need and this machine lacks, each with how to get it; empty when ready.
+
+    Checked before the first figure, so a run does not die half-way (it did, in the report,
+    for a project installed without its test extras: no uv).
+    """
+    missing = []
+    if 7 in figures:
+        for tool in ("pip", "uv"):
+            if not (Path(sys.executable).parent / tool).exists():
+                missing.append(
+                    f"{tool} next to {sys.executable} (figure 7 installs with it): "
+                    "pip install -e '.[test]'"
+                )
+    return missing
+
+
+def optional_tools(wrk: str | None, nginx: str | None) -> list[str]:
+    """What the run goes on without, and what that costs."""
+    notes = []
+    if wrk is None:
+        notes.append(
+            "wrk not found: an aiohttp load loop measures throughput instead (slower than "
+            "every server here, so ratios shrink toward 1); apt-get install wrk"
+        )
+    if nginx is None:
+        notes.append("nginx not found: its columns read n/a; apt-get install nginx-light")
+    return notes
 
 
 def ensure_bench_venv(with_profiler: bool = False) -> Path:

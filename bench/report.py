@@ -13,6 +13,7 @@ from pathlib import Path
 
 from bench.figures import Figure, Options
 from bench.procs import BENCH_VENV, REPO
+from proxy.config import usable_cpus
 
 
 def _first_line(args: Sequence[str]) -> str:
@@ -51,13 +52,18 @@ def machine(wrk: str | None, nginx: str | None, load_at_start: float) -> list[tu
             "proxy",
             f"commit {commit}, aiohttp {metadata.version('aiohttp')}, "
             f"{'uvloop ' + metadata.version('uvloop') if _has('uvloop') else 'asyncio loop'}; "
-            "server.workers = 2 for figures 1-3 and fan-out's first rate, 1 elsewhere",
+            f"the default configuration (server.workers = auto: {usable_cpus()} here, access "
+            "log on) unless a column or row says otherwise",
         ),
         ("proxpi", f"{proxpi} under gunicorn {gunicorn} (2 workers x 8 threads)"),
         ("nginx", _first_line([nginx, "-v"]) if nginx else "not installed"),
         ("load", _first_line([wrk, "--version"]) if wrk else "aiohttp load loop"),
-        ("pip / uv", f"{metadata.version('pip')} / {metadata.version('uv')}"),
+        ("pip / uv", f"{_version('pip')} / {_version('uv')}"),
     ]
+
+
+def _version(dist: str) -> str:
+    return metadata.version(dist) if _has(dist) else "not installed"
 
 
 def _has(dist: str) -> bool:

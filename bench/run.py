@@ -70,11 +70,14 @@ def _options(args: argparse.Namespace) -> Options:
 async def _run(options: Options, processes: procs.Processes, out: Path, command: str) -> str:
     started = time.monotonic()
     load_at_start = os.getloadavg()[0]
-    print("preparing the data set in bench/.data (first run: ~2 GB, once)", flush=True)
-    entries = await asyncio.to_thread(data.build, DATA_DIR)
-    await asyncio.to_thread(procs.ensure_bench_venv)
     wrk = await asyncio.to_thread(procs.wrk_binary)
     nginx = await asyncio.to_thread(procs.nginx_binary)
+    for note in procs.optional_tools(wrk, nginx):
+        print(note, flush=True)
+    # proxpi comes from PyPI: a machine without it learns so before the data set is built.
+    await asyncio.to_thread(procs.ensure_bench_venv)
+    print("preparing the data set in bench/.data (first run: ~2 GB, once)", flush=True)
+    entries = await asyncio.to_thread(data.build, DATA_DIR)
     load = LoadGenerator(wrk, options.threads)
     bench = Bench(options, processes, processes.logs.parent, entries, secrets.token_hex(16), load)
     figures: list[Figure] = []
@@ -107,6 +110,12 @@ async def _run(options: Options, processes: procs.Processes, out: Path, command:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     options = _options(args)
+    missing = procs.missing_requirements(options.only)
+    if missing:
+        print("bench/run.py needs, before it measures anything:", file=sys.stderr)
+        for line in missing:
+            print(f"  - {line}", file=sys.stderr)
+        return 2
     run_dir = DATA_DIR / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
     (run_dir / "logs").mkdir(parents=True)

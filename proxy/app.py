@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -26,10 +27,13 @@ from .rendering import PageRenderer
 from .upstream import Upstream
 
 
-def create_app(settings: Settings) -> web.Application:
-    """The application; raises ConfigError when the access tokens file is unusable."""
+def create_app(settings: Settings, metrics_dir: Path | None = None) -> web.Application:
+    """The application; raises ConfigError when the access tokens file is unusable.
+
+    `metrics_dir`: where the workers of one supervisor share their counters.
+    """
     guard = AccessGuard(settings.access)
-    metrics = Metrics()
+    metrics = Metrics(metrics_dir)
     # Metrics outermost, so it counts the statuses clients really get, errors mapped.
     app = web.Application(
         middlewares=[metrics_middleware(metrics), error_middleware, access_middleware(guard)]
@@ -87,6 +91,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     ]
     if mode is not CacheMode.READ_WRITE:
         background.append(asyncio.create_task(reopen_when_writable(files, metadata)))
+    if metrics.shared is not None:
+        background.append(asyncio.create_task(metrics.run_publisher()))
     try:
         yield
     finally:

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import getpass
 import logging
+import os
 import secrets
 import signal
 import sys
@@ -16,25 +17,19 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_log import AccessLogger
 from rich.filesize import decimal
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from . import bundle, maintenance, warm
 from .access import hash_token
+from .accesslog import AccessLog, access_logger_class, root_stream
 from .app import create_app
 from .blobs import BlobStore
 from .config import ConfigError, Settings, load_settings
 from .connections import ConnectionGuard, capacity_for, raise_open_files_limit
-from .log import ACCESS_LOGGER, MIN_SECRET_LENGTH, AccessLogger, redact, setup_logging
+from .log import ACCESS_LOGGER, MIN_SECRET_LENGTH, announce_start, setup_logging
 from .store import DB_NAME, Store
-from .workers import supervise
+from .workers import exec_supervisor
 
 log = logging.getLogger("proxy")
 
@@ -133,26 +128,32 @@ def _settings(args: argparse.Namespace) -> Settings:
     return dataclasses.replace(settings, server=server, cache=cache)
 
 
-def serve(settings: Settings, *, reuse_port: bool = False, announce: bool = True) -> int:
+def serve(settings: Settings) -> int:
     setup_logging(settings.server.log_format, [settings.upstream.token])
     # Built before any worker starts: a bad tokens file is one ConfigError line, not N crashes.
     app = create_app(settings)
     # Before the workers start, so they inherit it: 1,024 is little for an open port.
     before, open_files = raise_open_files_limit()
-    guard = ConnectionGuard(settings.server.header_timeout, capacity_for(open_files))
-    if announce:
-        log.info(
-            "open files: limit %d%s, room for %d client connections per process",
-            open_files,
-            f" (raised from {before})" if before != open_files else "",
-            guard.capacity,
-        )
-    if settings.server.workers > 1 and not reuse_port:
-        _warn_short_token(settings)
-        return supervise(settings, serve_worker)
-    if not reuse_port:
-        _warn_short_token(settings)
-    return asyncio.run(_serve(settings, app, guard, reuse_port=reuse_port, announce=announce))
+    log.info(
+        "open files: limit %d%s, room for %d client connections per process",
+        open_files,
+        f" (raised from {before})" if before != open_files else "",
+        capacity_for(open_files),
+    )
+    _warn_short_token(settings)
+    if settings.server.workers > 1:
+        try:
+            exec_supervisor(settings)
+        except OSError as e:
+            # Serving in one process beats not serving at all.
+            log.warning("cannot start workers (%s: %s): serving in one process", sys.executable, e)
+    return asyncio.run(_serve(settings, app, _guard(settings)))
+
+
+def _guard(settings: Settings) -> ConnectionGuard:
+    """This process's connection guard, sized by the open-files limit it has (or inherited)."""
+    _, open_files = raise_open_files_limit()
+    return ConnectionGuard(settings.server.header_timeout, capacity_for(open_files))
 
 
 def _warn_short_token(settings: Settings) -> None:
@@ -166,37 +167,26 @@ def _warn_short_token(settings: Settings) -> None:
         )
 
 
-def _announce(settings: Settings) -> None:
-    """What an operator checks first, once the port is bound; never the token itself."""
-    up = settings.upstream
-    server = settings.server
-    log.info(
-        "gitlab-pypi-proxy %s serving http://%s:%d/ in front of %s; credentials = %s, "
-        "upstream token %s; cache in %s",
-        version("gitlab-pypi-proxy"),
-        f"[{server.host}]" if ":" in server.host else server.host,
-        server.port,
-        redact(up.url),
-        up.credentials,
-        "set" if up.token else "not set",
-        settings.cache.dir.resolve(),
-    )
-
-
 async def _serve(
     settings: Settings,
     app: web.Application,
     guard: ConnectionGuard,
     *,
-    reuse_port: bool,
-    announce: bool,
+    lifeline: int | None = None,
 ) -> int:
-    """Serve until SIGTERM or SIGINT, then stop accepting and let in-flight requests finish."""
+    """Serve until SIGTERM or SIGINT, then stop accepting and let in-flight requests finish.
+
+    `lifeline`: in a worker, the pipe whose end means the supervisor is gone.
+    """
     server = settings.server
+    reuse_port = lifeline is not None
+    access_log = None
+    if server.access_log:
+        stream, lock = root_stream()
+        access_log = AccessLog(stream, server.log_format, lock)
     handler_args: dict[str, Any] = {
-        "access_log_class": AccessLogger,
-        # Off on request (server.access_log): a log line costs a third of a cached hit's time.
-        "access_log": logging.getLogger(ACCESS_LOGGER) if server.access_log else None,
+        "access_log_class": access_logger_class(access_log) if access_log else AccessLogger,
+        "access_log": logging.getLogger(ACCESS_LOGGER) if access_log else None,
         # An idle connection between two requests is closed after this.
         "keepalive_timeout": server.keepalive_timeout,
     }
@@ -213,6 +203,15 @@ async def _serve(
     loop.set_exception_handler(guard.exception_handler)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    if lifeline is not None:
+
+        def supervisor_gone() -> None:
+            if not os.read(lifeline, 1):
+                loop.remove_reader(lifeline)
+                log.warning("the supervisor is gone; stopping")
+                stop.set()
+
+        loop.add_reader(lifeline, supervisor_gone)
     await runner.setup()
     try:
         try:
@@ -223,8 +222,9 @@ async def _serve(
         except OSError as e:
             log.error("cannot listen on %s:%d: %s", server.host, server.port, e.strerror)
             return 1
-        if announce:
-            _announce(settings)
+        if lifeline is None:
+            # A worker's supervisor announced the instance once it held the port.
+            announce_start(settings)
         await stop.wait()
         # A second signal now stops the process at once (SQLite's WAL survives that).
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -240,13 +240,25 @@ async def _serve(
         )
     finally:
         await runner.cleanup()
+        if access_log is not None:
+            access_log.close()
     log.info("stopped")
     return 0
 
 
-def serve_worker(settings: Settings, first: bool) -> int:
-    """One of `server.workers` processes, all bound to one port with SO_REUSEPORT."""
-    return serve(settings, reuse_port=True, announce=first)
+def serve_worker(settings: Settings, lifeline: int, shared: Path | None) -> int:
+    """One of `server.workers` processes, all bound to one port with SO_REUSEPORT.
+
+    `shared` is where the workers publish their counters; `lifeline` ends with the supervisor,
+    which announced the instance.
+    """
+    setup_logging(settings.server.log_format, [settings.upstream.token])
+    try:
+        app = create_app(settings, shared)
+    except ConfigError as e:
+        print(f"gitlab-pypi-proxy: config error: {e}", file=sys.stderr)
+        return 2
+    return asyncio.run(_serve(settings, app, _guard(settings), lifeline=lifeline))
 
 
 async def _open_cache(settings: Settings) -> tuple[Store, BlobStore]:
@@ -258,6 +270,16 @@ async def _open_cache(settings: Settings) -> tuple[Store, BlobStore]:
 
 
 async def _verify(settings: Settings, quiet: bool) -> int:
+    # Only here: rich.progress alone is tens of milliseconds of every start-up.
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     store, blobs = await _open_cache(settings)
     try:
         count, size = await maintenance.census(blobs)

@@ -27,8 +27,60 @@ Forwarding = Literal["redirect", "deny", "cache"]
 LogFormat = Literal["plain", "json"]
 
 
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
 class ConfigError(Exception):
     """A config key or value that stops start-up; the message names the key."""
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on, and no more than its cgroups' CPU quotas allow.
+
+    A Kubernetes sidecar limited to one CPU sees every core of the node in its affinity mask;
+    its quota (cgroup v2 `cpu.max`, v1 `cpu.cfs_quota_us`) is what it really gets.
+    """
+    affinity = getattr(os, "sched_getaffinity", None)
+    cpus = len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+    quota = _cpu_quota()
+    return max(1, min(cpus, quota) if quota is not None else cpus)
+
+
+def _cpu_quota() -> int | None:
+    """The tightest CPU quota of this process's cgroup and its parents, in whole CPUs."""
+    try:
+        memberships = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    quotas = []
+    files: list[tuple[str, str | None]]
+    for line in memberships:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            files = [("cpu.max", None)]
+            base = CGROUP_ROOT
+        elif "cpu" in controllers.split(","):
+            files = [("cpu.cfs_quota_us", "cpu.cfs_period_us")]
+            base = CGROUP_ROOT / controllers
+        else:
+            continue
+        # Parents limit their children too; a container sees its own cgroup as the root.
+        group = base / path.lstrip("/")
+        for directory in (group, *group.parents):
+            if not directory.is_relative_to(base):
+                break
+            for quota_file, period_file in files:
+                try:
+                    fields = (directory / quota_file).read_text().split()
+                    if period_file is not None:
+                        fields.append((directory / period_file).read_text().strip())
+                except OSError:
+                    continue
+                if len(fields) == 2 and fields[0].isdigit() and fields[1].isdigit():
+                    quota, period = int(fields[0]), int(fields[1])
+                    if quota > 0 and period > 0:
+                        quotas.append(-(-quota // period))
+    return min(quotas) if quotas else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,11 +89,12 @@ class ServerSettings:
     port: int = 8080
     # Absolute links are built from this, never from the request's Host header.
     public_url: str = ""
-    workers: int = 1
+    # "auto" in the file or the environment: usable_cpus().
+    workers: int = field(default_factory=usable_cpus)
     log_format: LogFormat = "plain"
     shutdown_grace: float = 10.0
     accel_redirect: str = ""
-    # One log line per request; it costs about a third of a cached hit's time (BENCHMARKS.md).
+    # One log line per request, written in batches off the request path.
     access_log: bool = True
     # A new connection must send its request headers within this (nginx's client_header_timeout).
     header_timeout: float = 60.0
@@ -135,6 +188,8 @@ def parse_size(text: str) -> int:
 def _convert(key: str, hint: Any, raw: Any, *, from_env: bool) -> Any:
     """Turn a TOML or env value into the field's type, or raise ConfigError naming the key."""
     origin = typing.get_origin(hint)
+    if key == "server.workers" and raw == "auto":
+        return usable_cpus()
     if key in _SIZE_KEYS or key in _SIZE_KEYS_UPSTREAM:
         if isinstance(raw, int) and not isinstance(raw, bool):
             value = raw

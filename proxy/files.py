@@ -23,6 +23,7 @@ from aiohttp.abc import AbstractStreamWriter
 from aiohttp.web_fileresponse import NOSENDFILE
 from cachetools import LRUCache, TTLCache
 
+from .accesslog import SENDFILE_BYTES
 from .blobs import BlobStore
 from .cachehealth import CacheHealth, CacheMode, Throttled
 from .config import CacheSettings
@@ -35,7 +36,6 @@ from .errors import (
     UpstreamUnavailable,
 )
 from .locks import FileLock, ReadHold
-from .log import SENDFILE_BYTES
 from .metrics import Metrics
 from .store import Store
 from .upstream import Upstream, fingerprint

@@ -333,11 +333,12 @@ def _home_response(request: web.Request, status: int) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     for prefix in (PROJECT_PREFIX, GROUP_PREFIX):
-        app.router.add_get(f"{prefix}/simple", simple_index)
-        app.router.add_get(f"{prefix}/simple/", simple_index)
-        app.router.add_get(f"{prefix}/simple/{{name}}", simple_project)
-        app.router.add_get(f"{prefix}/simple/{{name}}/", simple_project)
+        # The router tries a prefix's routes in this order: the most requested first.
         app.router.add_get(f"{prefix}/files/{{sha256}}/{{filename}}", file_download)
+        app.router.add_get(f"{prefix}/simple/{{name}}/", simple_project)
+        app.router.add_get(f"{prefix}/simple/{{name}}", simple_project)
+        app.router.add_get(f"{prefix}/simple/", simple_index)
+        app.router.add_get(f"{prefix}/simple", simple_index)
     for path in (PROJECT_PREFIX, f"{PROJECT_PREFIX}/"):
         app.router.add_post(path, uploads.upload, expect_handler=uploads.expect_continue)
     app.router.add_get("/", home)

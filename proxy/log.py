@@ -1,4 +1,4 @@
-"""Logging set-up; every record passes a filter that blanks credentials."""
+"""Logging set-up; every record but the access log's passes a filter that blanks credentials."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ import re
 import sys
 import time
 from collections.abc import Iterable
+from importlib.metadata import version
 
-from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
-from aiohttp.web import BaseRequest, StreamResponse
+from .config import Settings
 
 # Credentials where they occur: Authorization and token header values, token-like query
 # values, and userinfo in URLs. Never a substring of ordinary text.
@@ -57,12 +56,6 @@ def redact_raw_bytes(text: str) -> str:
     return _RAW_BYTES.sub(f"b'{REDACTED}'", text)
 
 
-def short_user_agent(value: str) -> str:
-    """A User-Agent fit for one log line: printable, and cut at MAX_USER_AGENT characters."""
-    printable = "".join(c if c.isprintable() else "?" for c in value[:MAX_USER_AGENT])
-    return printable + ("..." if len(value) > MAX_USER_AGENT else "")
-
-
 class RedactingFilter(logging.Filter):
     """Renders each record's message once, redacted, so no handler sees a secret."""
 
@@ -77,11 +70,6 @@ class RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = self._redact(record, record.getMessage())
         record.args = None
-        access = getattr(record, "access", None)
-        if isinstance(access, dict):
-            record.access = {
-                k: redact(v, self.secrets) if isinstance(v, str) else v for k, v in access.items()
-            }
         if record.exc_info:
             record.exc_text = self._redact(
                 record, logging.Formatter().formatException(record.exc_info)
@@ -100,56 +88,24 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_text:
             entry["exception"] = record.exc_text
-        access = getattr(record, "access", None)
-        if isinstance(access, dict):
-            entry.update(access)
         return json.dumps(entry, ensure_ascii=False)
 
 
-def redacted_target(path: str, query: str) -> str:
-    """The request target with every query value blanked: a query is where tokens travel."""
-    if not query:
-        return path
-    params = (p.partition("=") for p in query.split("&"))
-    return path + "?" + "&".join(k + (f"={REDACTED}" if eq else "") for k, eq, _ in params)
-
-
-# Key in a response's own mapping: body bytes sent by sendfile, which aiohttp's writer does
-# not count (the body goes from the file to the socket in the kernel).
-SENDFILE_BYTES = web.ResponseKey("sendfile_bytes", int)
-
-
-class AccessLogger(AbstractAccessLogger):
-    """One line per request; no header but User-Agent, no query value, ever reaches it."""
-
-    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
-        target = redacted_target(request.rel_url.raw_path, request.rel_url.raw_query_string)
-        bytes_sent = response.body_length + response.get(SENDFILE_BYTES, 0)
-        fields = {
-            "remote": request.remote or "-",
-            "method": request.method,
-            "path": target,
-            "status": response.status,
-            # Headers included, as nginx's $bytes_sent: what really went out, even if cut.
-            "bytes_sent": bytes_sent,
-            "duration": round(time, 6),
-            "cache": response.headers.get("X-Cache", "-"),
-            "user_agent": short_user_agent(request.headers.get("User-Agent", "-")),
-        }
-        self.logger.info(
-            '%s "%s %s HTTP/%d.%d" %d %d %.3fs %s "%s"',
-            fields["remote"],
-            request.method,
-            target,
-            request.version.major,
-            request.version.minor,
-            response.status,
-            bytes_sent,
-            time,
-            fields["cache"],
-            fields["user_agent"],
-            extra={"access": fields},
-        )
+def announce_start(settings: Settings) -> None:
+    """What an operator checks first, once the port is bound; never the token itself."""
+    up = settings.upstream
+    server = settings.server
+    logging.getLogger("proxy").info(
+        "gitlab-pypi-proxy %s serving http://%s:%d/ in front of %s; credentials = %s, "
+        "upstream token %s; cache in %s",
+        version("gitlab-pypi-proxy"),
+        f"[{server.host}]" if ":" in server.host else server.host,
+        server.port,
+        redact(up.url),
+        up.credentials,
+        "set" if up.token else "not set",
+        settings.cache.dir.resolve(),
+    )
 
 
 def setup_logging(log_format: str, secrets: Iterable[str], level: int = logging.INFO) -> None:

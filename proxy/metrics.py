@@ -1,18 +1,35 @@
-"""Counters for `/-/metrics` and `/-/status`: plain ints on the hot path, prometheus at scrape."""
+"""Counters for `/-/metrics` and `/-/status`: plain ints on the hot path, prometheus at scrape.
+
+With `server.workers > 1` each worker publishes its counters to a file of its own in the
+supervisor's private directory (every PUBLISH_SECONDS, and before it answers a scrape); a scrape
+or the status page sums every worker's file, so each answer shows the whole process group.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import bisect
+import contextlib
+import json
+import os
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
-from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.utils import floatToGoString
 
 from .log import redact
 
@@ -27,6 +44,8 @@ TRACKED_PACKAGES = 1000
 RECENT_ERRORS = 20
 RECENT_LATENCIES = 100
 UNMATCHED = "unmatched"
+# How stale another worker's counters may be in a scrape; a worker's own are always current.
+PUBLISH_SECONDS = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,10 +55,108 @@ class UpstreamFailure:
     message: str
 
 
-class Metrics:
-    """One per app. Single-threaded event loop: plain ints need no lock on the hit path."""
+@dataclass(slots=True)
+class Totals:
+    """Every counter of one process, or summed over the process group."""
 
-    def __init__(self) -> None:
+    requests: dict[tuple[str, int], int] = field(default_factory=dict)
+    page_hits: int = 0
+    page_misses: int = 0
+    page_stale: int = 0
+    file_hits: int = 0
+    file_misses: int = 0
+    served_bytes: int = 0
+    fetched_bytes: dict[str, int] = field(default_factory=dict)
+    evictions: int = 0
+    evicted_bytes: int = 0
+    metadata_replaced: int = 0
+    upstream_errors: dict[str, int] = field(default_factory=dict)
+    packages: Counter[str] = field(default_factory=Counter)
+    recent_errors: list[UpstreamFailure] = field(default_factory=list)
+    recent_latencies: list[float] = field(default_factory=list)
+    # kind -> observations per bucket of LATENCY_BUCKETS (the last one +Inf), and their sum.
+    latency_counts: dict[str, list[int]] = field(default_factory=dict)
+    latency_sums: dict[str, float] = field(default_factory=dict)
+    upstream_last_ok: float | None = None
+    upstream_last_error: float | None = None
+    started: float = 0.0
+
+    def hit_ratio(self) -> float | None:
+        """Pages and files answered from the cache, of all that were looked up."""
+        hits = self.page_hits + self.file_hits
+        total = hits + self.page_misses + self.page_stale + self.file_misses
+        return hits / total if total else None
+
+    def median_latency(self) -> float | None:
+        if not self.recent_latencies:
+            return None
+        ordered = sorted(self.recent_latencies)
+        return ordered[len(ordered) // 2]
+
+    def to_json(self) -> str:
+        document = {
+            name: getattr(self, name)
+            for name in self.__slots__
+            if name not in ("requests", "recent_errors")
+        }
+        document["requests"] = [[r, s, n] for (r, s), n in self.requests.items()]
+        document["recent_errors"] = [[e.at, e.kind, e.message] for e in self.recent_errors]
+        return json.dumps(document)
+
+    @classmethod
+    def from_json(cls, text: str) -> Totals:
+        document: dict[str, Any] = json.loads(text)
+        requests = {(r, s): n for r, s, n in document.pop("requests")}
+        errors = [UpstreamFailure(*e) for e in document.pop("recent_errors")]
+        packages = Counter(document.pop("packages"))
+        return cls(requests=requests, recent_errors=errors, packages=packages, **document)
+
+    def add(self, other: Totals) -> None:
+        """Fold another process's counters into these."""
+        for key, count in other.requests.items():
+            self.requests[key] = self.requests.get(key, 0) + count
+        self.page_hits += other.page_hits
+        self.page_misses += other.page_misses
+        self.page_stale += other.page_stale
+        self.file_hits += other.file_hits
+        self.file_misses += other.file_misses
+        self.served_bytes += other.served_bytes
+        self.evictions += other.evictions
+        self.evicted_bytes += other.evicted_bytes
+        self.metadata_replaced += other.metadata_replaced
+        for mine, theirs in (
+            (self.fetched_bytes, other.fetched_bytes),
+            (self.upstream_errors, other.upstream_errors),
+            (self.latency_sums, other.latency_sums),
+        ):
+            for kind, amount in theirs.items():
+                mine[kind] = mine.get(kind, 0) + amount  # type: ignore[assignment]
+        for kind, counts in other.latency_counts.items():
+            mine_counts = self.latency_counts.setdefault(kind, [0] * len(counts))
+            self.latency_counts[kind] = [a + b for a, b in zip(mine_counts, counts, strict=True)]
+        self.packages.update(other.packages)
+        self.recent_errors = sorted(
+            self.recent_errors + other.recent_errors, key=lambda e: e.at, reverse=True
+        )[:RECENT_ERRORS]
+        self.recent_latencies = (self.recent_latencies + other.recent_latencies)[-RECENT_LATENCIES:]
+        self.upstream_last_ok = _latest(self.upstream_last_ok, other.upstream_last_ok)
+        self.upstream_last_error = _latest(self.upstream_last_error, other.upstream_last_error)
+        self.started = min(self.started, other.started) if self.started else other.started
+
+
+def _latest(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+class Metrics:
+    """One per app. Single-threaded event loop: plain ints need no lock on the hit path.
+
+    `shared`: the directory where the workers of one supervisor publish their counters.
+    """
+
+    def __init__(self, shared: Path | None = None) -> None:
+        self.shared = shared
+        self._published = ""
         self.registry = CollectorRegistry()
         # (route template, status): both bounded, by the route table and by HTTP.
         self.requests: dict[tuple[str, int], int] = {}
@@ -67,13 +184,8 @@ class Metrics:
         self.cache_size: Callable[[], tuple[int, int]] = lambda: (0, 0)
         self.cache_limit = 0
         self.fills_in_flight: Callable[[], int] = lambda: 0
-        self.latency = Histogram(
-            f"{PREFIX}_upstream_latency_seconds",
-            "Seconds until GitLab (or object storage) answered with headers",
-            ["kind"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
+        self.latency_counts: dict[str, list[int]] = {}
+        self.latency_sums: dict[str, float] = {}
         self.registry.register(_Collector(self))
         ProcessCollector(registry=self.registry)
 
@@ -111,7 +223,9 @@ class Metrics:
             self.packages = Counter(dict(self.packages.most_common(TRACKED_PACKAGES // 2)))
 
     def upstream_answered(self, kind: UpstreamKind, seconds: float, status: int) -> None:
-        self.latency.labels(kind).observe(seconds)
+        counts = self.latency_counts.setdefault(kind, [0] * (len(LATENCY_BUCKETS) + 1))
+        counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sums[kind] = self.latency_sums.get(kind, 0.0) + seconds
         self.recent_latencies.append(seconds)
         if status < 500 and status != 429:
             self.upstream_last_ok = time.time()
@@ -123,17 +237,64 @@ class Metrics:
         self.upstream_last_error = now
         self.recent_errors.appendleft(UpstreamFailure(now, kind, redact(message)))
 
-    def hit_ratio(self) -> float | None:
-        """Pages and files answered from the cache, of all that were looked up."""
-        hits = self.page_hits + self.file_hits
-        total = hits + self.page_misses + self.page_stale + self.file_misses
-        return hits / total if total else None
+    def own(self) -> Totals:
+        """This process's counters (copies: the event loop goes on counting)."""
+        return Totals(
+            requests=dict(self.requests),
+            page_hits=self.page_hits,
+            page_misses=self.page_misses,
+            page_stale=self.page_stale,
+            file_hits=self.file_hits,
+            file_misses=self.file_misses,
+            served_bytes=self.served_bytes,
+            fetched_bytes=dict(self.fetched_bytes),
+            evictions=self.evictions,
+            evicted_bytes=self.evicted_bytes,
+            metadata_replaced=self.metadata_replaced,
+            upstream_errors=dict(self.upstream_errors),
+            packages=Counter(self.packages),
+            recent_errors=list(self.recent_errors),
+            recent_latencies=list(self.recent_latencies),
+            latency_counts={k: list(v) for k, v in self.latency_counts.items()},
+            latency_sums=dict(self.latency_sums),
+            upstream_last_ok=self.upstream_last_ok,
+            upstream_last_error=self.upstream_last_error,
+            started=self.started,
+        )
 
-    def median_latency(self) -> float | None:
-        if not self.recent_latencies:
-            return None
-        ordered = sorted(self.recent_latencies)
-        return ordered[len(ordered) // 2]
+    def totals(self) -> Totals:
+        """The process group's counters: this worker's now, the others' as last published."""
+        if self.shared is None:
+            return self.own()
+        self.publish()
+        totals = Totals()
+        for path in self.shared.glob("*.json"):
+            with contextlib.suppress(OSError, ValueError):
+                totals.add(Totals.from_json(path.read_text()))
+        return totals
+
+    def publish(self) -> None:
+        """Replace this worker's file in `shared` with its counters, if they changed."""
+        if self.shared is None:
+            return
+        text = self.own().to_json()
+        if text == self._published:
+            return
+        path = self.shared / f"{os.getpid()}.json"
+        temp = path.with_suffix(".tmp")
+        temp.write_text(text)
+        # Atomic: a reader sees the old counters or the new ones, never half a file.
+        temp.replace(path)
+        self._published = text
+
+    async def run_publisher(self) -> None:
+        """Publish every PUBLISH_SECONDS until cancelled, then once more."""
+        try:
+            while True:
+                await asyncio.sleep(PUBLISH_SECONDS)
+                self.publish()
+        finally:
+            self.publish()
 
     def render(self) -> web.Response:
         """The Prometheus text format (0.0.4: what every Prometheus version parses)."""
@@ -148,7 +309,7 @@ class _Collector:
         self.metrics = metrics
 
     def collect(self) -> Iterable[Metric]:
-        m = self.metrics
+        m = self.metrics.totals()
         requests = CounterMetricFamily(
             f"{PREFIX}_requests",
             "HTTP requests answered, by route template",
@@ -206,19 +367,34 @@ class _Collector:
             "Core metadata read by Range that differed from the verified wheel's, so replaced",
             value=m.metadata_replaced,
         )
-        size, files = m.cache_size()
+        latency = HistogramMetricFamily(
+            f"{PREFIX}_upstream_latency_seconds",
+            "Seconds until GitLab (or object storage) answered with headers",
+            labels=["kind"],
+        )
+        for kind, counts in m.latency_counts.items():
+            bounds = [*map(floatToGoString, LATENCY_BUCKETS), "+Inf"]
+            cumulative = [sum(counts[: i + 1]) for i in range(len(counts))]
+            latency.add_metric(
+                [kind], list(zip(bounds, cumulative, strict=True)), m.latency_sums[kind]
+            )
+        yield latency
+        # Gauges are this worker's view: the cache index every worker shares, its own fills.
+        size, files = self.metrics.cache_size()
         yield GaugeMetricFamily(f"{PREFIX}_cache_size_bytes", "Bytes of verified files", value=size)
         yield GaugeMetricFamily(f"{PREFIX}_cache_files", "Verified files in the cache", value=files)
         yield GaugeMetricFamily(
-            f"{PREFIX}_cache_max_size_bytes", "cache.max_size", value=m.cache_limit
+            f"{PREFIX}_cache_max_size_bytes", "cache.max_size", value=self.metrics.cache_limit
         )
         yield GaugeMetricFamily(
             f"{PREFIX}_upstream_token_refused",
             "1 while GitLab refuses the proxy's own credentials (upstream.token), else 0",
-            value=0 if m.token_refused is None else 1,
+            value=0 if self.metrics.token_refused is None else 1,
         )
         yield GaugeMetricFamily(
-            f"{PREFIX}_fills_in_flight", "Upstream downloads running now", value=m.fills_in_flight()
+            f"{PREFIX}_fills_in_flight",
+            "Upstream downloads running now",
+            value=self.metrics.fills_in_flight(),
         )
 
 

@@ -9,7 +9,7 @@ from html import escape
 
 from .config import Settings
 from .log import redact
-from .metrics import TOP_PACKAGES, Metrics
+from .metrics import TOP_PACKAGES, Metrics, Totals
 
 _STYLE = """
 body { font: 15px/1.4 system-ui, sans-serif; margin: 2em auto; max-width: 48em; color: #222; }
@@ -50,7 +50,7 @@ def _row(key: str, label: str, value: str, css: str = "") -> str:
     return f'<tr><th>{escape(label)}</th><td id="{key}"{attr}>{value}</td></tr>'
 
 
-def _upstream_health(settings: Settings, m: Metrics, now: float) -> tuple[str, str]:
+def _upstream_health(settings: Settings, m: Totals, now: float) -> tuple[str, str]:
     if settings.cache.offline:
         return "offline mode: GitLab is never contacted", "muted"
     ok, failed = m.upstream_last_ok, m.upstream_last_error
@@ -63,12 +63,13 @@ def _upstream_health(settings: Settings, m: Metrics, now: float) -> tuple[str, s
 
 
 def render_status(
-    settings: Settings, m: Metrics, *, alerts: Sequence[str] = (), full: bool = True
+    settings: Settings, metrics: Metrics, *, alerts: Sequence[str] = (), full: bool = True
 ) -> str:
-    """The page; without `full`, counts and health only: no package, file or project name."""
+    """The page, with every worker's counters; without `full`, counts and health only."""
     now = time.time()
-    size, files = m.cache_size()
-    limit = max(1, m.cache_limit)
+    m = metrics.totals()
+    size, files = metrics.cache_size()
+    limit = max(1, metrics.cache_limit)
     ratio = m.hit_ratio()
     health, health_css = _upstream_health(settings, m, now)
     latency = m.median_latency()
@@ -76,7 +77,7 @@ def render_status(
         _row(
             "cache-size",
             "Cache size",
-            f"{size_text(size)} of {size_text(m.cache_limit)} ({_percent(size, limit)}) "
+            f"{size_text(size)} of {size_text(metrics.cache_limit)} ({_percent(size, limit)}) "
             f'<meter min="0" max="{limit}" value="{size}"></meter>',
         ),
         _row("cache-files", "Files cached", str(files)),
@@ -91,7 +92,7 @@ def render_status(
             f"{m.page_hits} hits, {m.page_misses} misses, {m.page_stale} stale",
         ),
         _row("file-hits", "Files", f"{m.file_hits} hits, {m.file_misses} misses"),
-        _row("fills", "Downloads in flight", str(m.fills_in_flight())),
+        _row("fills", "Downloads in flight", str(metrics.fills_in_flight())),
         _row("evictions", "Evictions", f"{m.evictions} ({size_text(m.evicted_bytes)})"),
     ]
     upstream_rows = [
@@ -181,7 +182,7 @@ def _packages(top: list[tuple[str, int]]) -> str:
     )
 
 
-def _errors(m: Metrics, now: float, full: bool) -> str:
+def _errors(m: Totals, now: float, full: bool) -> str:
     if not m.recent_errors:
         return '<p class="muted">none</p>'
     # A message names the project path and file it failed for: operators only.

@@ -15,30 +15,22 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote, urlsplit
 
 import aiohttp
 from aiohttp import web
 from packaging.requirements import InvalidRequirement, Requirement
-from rich.console import Console
 from rich.filesize import decimal
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
-from rich.table import Table
-from rich.text import Text
 
 from . import keys
 from .app import create_app
 from .cachehealth import CacheMode
 from .config import ConfigError, Settings
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, ProgressColumn, TaskID
+    from rich.table import Table
 from .errors import ProxyError
 from .files import Fill, FillState
 from .metadata import SUFFIX as METADATA_SUFFIX
@@ -423,14 +415,19 @@ def _message(status: int, body: bytes) -> str:
     return f"HTTP {status}"
 
 
-class _BytesColumn(ProgressColumn):
+def _bytes_column() -> ProgressColumn:
     """Bytes fetched from upstream so far, and the rate since the start."""
+    from rich.progress import ProgressColumn, Task
+    from rich.text import Text
 
-    def render(self, task: Task) -> Text:
-        fetched = int(task.fields.get("fetched", 0))
-        elapsed = task.elapsed or 0.0
-        rate = fetched / elapsed if elapsed > 0 else 0.0
-        return Text(f"{decimal(fetched)} at {decimal(int(rate))}/s", style="progress.download")
+    class BytesColumn(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            fetched = int(task.fields.get("fetched", 0))
+            elapsed = task.elapsed or 0.0
+            rate = fetched / elapsed if elapsed > 0 else 0.0
+            return Text(f"{decimal(fetched)} at {decimal(int(rate))}/s", style="progress.download")
+
+    return BytesColumn()
 
 
 @contextlib.asynccontextmanager
@@ -470,13 +467,17 @@ async def warm(settings: Settings, args: argparse.Namespace) -> Tally:
         upstream=dataclasses.replace(settings.upstream, credentials="inject"),
         access=dataclasses.replace(settings.access, tokens_file=""),
     )
+    # Here, not at the top: `serve` never needs rich's console, and it costs start-up time.
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     console = Console(stderr=True)
     progress = Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("files"),
-        _BytesColumn(),
+        _bytes_column(),
         TimeElapsedColumn(),
         console=console,
     )
@@ -522,6 +523,8 @@ async def warm(settings: Settings, args: argparse.Namespace) -> Tally:
 
 
 def summary(tally: Tally, scope: Scope) -> Table:
+    from rich.table import Table
+
     fetched = tally.fetched
     table = Table(title=f"warm-up of {scope.key}")
     table.add_column("")
@@ -543,6 +546,8 @@ def main(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     started = time.monotonic()
     tally = asyncio.run(warm(settings, args))
+    from rich.console import Console
+
     Console().print(summary(tally, args.scope))
     elapsed = time.monotonic() - started
     print(f"took {elapsed:.1f}s")

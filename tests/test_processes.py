@@ -39,7 +39,8 @@ async def spawn(tmp_path: Path, gitlab: FakeGitLab) -> AsyncIterator[Spawn]:
         async def factory(port: int | None = None, **sections: dict[str, Any]) -> ServeProcess:
             port = port or free_port()
             config: dict[str, dict[str, Any]] = {
-                "server": {"port": port},
+                # One process unless a test asks for more: "auto" would be one per CPU.
+                "server": {"port": port, "workers": 1},
                 "upstream": {"url": gitlab.url, "username": "proxy", "token": TOKEN, "timeout": 10},
                 "cache": {"dir": str(tmp_path / "cache")},
             }
@@ -168,14 +169,14 @@ async def test_two_processes_on_one_cache_fetch_each_file_once(
 
 
 def workers_of(supervisor: int) -> list[int]:
-    """The serving processes: spawned children (not multiprocessing's resource tracker)."""
+    """The serving processes: the supervisor's `python -m proxy.worker` children."""
     found = []
     for pid in children_of(supervisor):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"spawn_main" in cmdline:
+        if b"proxy.worker\0" in cmdline:
             found.append(pid)
     return found
 

@@ -101,6 +101,42 @@ async def test_access_log_has_one_line_per_request_and_no_secret(
         assert '"GET /nowhere?job_token=[REDACTED] HTTP/1.1" 404 ' in access[2]
 
 
+@pytest.mark.parametrize("log_format", ["plain", "json"])
+async def test_sigterm_loses_no_access_line(
+    gitlab: FakeGitLab, serve: Serve, log_format: str
+) -> None:
+    """Lines are written in batches behind the answers; the ones still queued at SIGTERM too."""
+    wheel = gitlab.add_wheel(42, "corp-util", "1.0.0")
+    # The default configuration: a worker per CPU, each with its own queue of lines.
+    proxy = await serve(server_log_format=log_format)
+    url = f"{proxy.url}/api/v4/projects/42/packages/pypi/files/{wheel.sha256}/{wheel.filename}"
+    agent = 'curl/8 "quoted"\u00e9' + "x" * 5000
+    connector = aiohttp.TCPConnector(limit=8)
+    async with aiohttp.ClientSession(connector=connector, headers={"User-Agent": agent}) as session:
+
+        async def one() -> int:
+            async with session.get(url) as resp:
+                await resp.read()
+                return resp.status
+
+        statuses = await asyncio.gather(*(one() for _ in range(300)))
+    # At once: the last answers' lines are still in the queue.
+    proxy.send_signal(signal.SIGTERM)
+    assert await proxy.wait() == 0
+    assert statuses == [200] * 300
+    lines = [line for line in proxy.log().splitlines() if wheel.filename in line]
+    assert len(lines) == 300
+    if log_format == "json":
+        agents = {json.loads(line)["user_agent"] for line in lines}
+    else:
+        agents = {line.rsplit(' "', 1)[1] for line in lines}
+    # Cut to a sane length, and in the plain format escaped so it cannot end its field.
+    [logged] = agents
+    assert 100 < len(logged) < 300
+    if log_format == "plain":
+        assert logged.startswith('curl/8 \\"quoted\\"\\xe9xxx')
+
+
 def _blob_rows(db: Path) -> list[tuple[str, int]]:
     """The distributions recorded; a wheel's extracted METADATA blob (PEP 658) is left out."""
     with contextlib.closing(sqlite3.connect(db)) as conn:
