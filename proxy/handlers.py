@@ -278,7 +278,7 @@ async def ready(request: web.Request) -> web.StreamResponse:
 
 def token_refusal(app: web.Application) -> str | None:
     """What to tell an operator while GitLab refuses the proxy's own credentials."""
-    refused = app[keys.METRICS].token_refused
+    refused = app[keys.METRICS].totals().token_refused
     if refused is None:
         return None
     setting = app[keys.UPSTREAM].token_setting

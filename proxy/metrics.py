@@ -79,6 +79,10 @@ class Totals:
     latency_sums: dict[str, float] = field(default_factory=dict)
     upstream_last_ok: float | None = None
     upstream_last_error: float | None = None
+    # GitLab's status when it last refused the proxy's own credentials (None: accepted), and
+    # when that was learnt: across workers the latest word wins.
+    token_refused: int | None = None
+    token_checked_at: float = 0.0
     started: float = 0.0
 
     def hit_ratio(self) -> float | None:
@@ -142,6 +146,9 @@ class Totals:
         self.upstream_last_ok = _latest(self.upstream_last_ok, other.upstream_last_ok)
         self.upstream_last_error = _latest(self.upstream_last_error, other.upstream_last_error)
         self.started = min(self.started, other.started) if self.started else other.started
+        if other.token_checked_at > self.token_checked_at:
+            self.token_refused = other.token_refused
+            self.token_checked_at = other.token_checked_at
 
 
 def _latest(a: float | None, b: float | None) -> float | None:
@@ -177,8 +184,8 @@ class Metrics:
         self.recent_latencies: deque[float] = deque(maxlen=RECENT_LATENCIES)
         self.upstream_last_ok: float | None = None
         self.upstream_last_error: float | None = None
-        # GitLab's status when it last refused the proxy's own credentials; None once accepted.
-        self.token_refused: int | None = None
+        self._token_refused: int | None = None
+        self._token_checked_at = 0.0
         self.started = time.time()
         # Set by the composition root once the file cache exists: (bytes, files) and fills.
         self.cache_size: Callable[[], tuple[int, int]] = lambda: (0, 0)
@@ -237,6 +244,19 @@ class Metrics:
         self.upstream_last_error = now
         self.recent_errors.appendleft(UpstreamFailure(now, kind, redact(message)))
 
+    @property
+    def token_refused(self) -> int | None:
+        """GitLab's status when it last refused the proxy's own credentials; None once accepted.
+
+        This worker's word; `totals().token_refused` is the process group's latest.
+        """
+        return self._token_refused
+
+    @token_refused.setter
+    def token_refused(self, status: int | None) -> None:
+        self._token_refused = status
+        self._token_checked_at = time.time()
+
     def own(self) -> Totals:
         """This process's counters (copies: the event loop goes on counting)."""
         return Totals(
@@ -259,6 +279,8 @@ class Metrics:
             latency_sums=dict(self.latency_sums),
             upstream_last_ok=self.upstream_last_ok,
             upstream_last_error=self.upstream_last_error,
+            token_refused=self._token_refused,
+            token_checked_at=self._token_checked_at,
             started=self.started,
         )
 
@@ -389,7 +411,7 @@ class _Collector:
         yield GaugeMetricFamily(
             f"{PREFIX}_upstream_token_refused",
             "1 while GitLab refuses the proxy's own credentials (upstream.token), else 0",
-            value=0 if self.metrics.token_refused is None else 1,
+            value=0 if m.token_refused is None else 1,
         )
         yield GaugeMetricFamily(
             f"{PREFIX}_fills_in_flight",

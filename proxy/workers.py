@@ -47,7 +47,10 @@ def python(module: str, *args: str) -> list[str]:
 
 
 def exec_supervisor(settings: Settings) -> NoReturn:
-    """Replace this process (same pid) with `python -m proxy.workers`, handing it `settings`."""
+    """Replace this process (same pid) with `python -m proxy.workers`, handing it `settings`.
+
+    OSError when the interpreter cannot be run again (e.g. one only root may reach).
+    """
     data = pickle.dumps(settings)
     if len(data) > PIPE_CAPACITY:
         raise RuntimeError(f"settings too large to hand to the supervisor ({len(data)} bytes)")
@@ -59,7 +62,11 @@ def exec_supervisor(settings: Settings) -> NoReturn:
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, python("proxy.workers", str(read_end)))  # noqa: S606 - no shell
+    try:
+        os.execv(sys.executable, python("proxy.workers", str(read_end)))  # noqa: S606 - no shell
+    except OSError:
+        os.close(read_end)
+        raise
 
 
 def claim_port(host: str, port: int) -> list[socket.socket]:
