@@ -60,7 +60,8 @@ async def start(
 ) -> ServeProcess:
     port = free_port()
     # Probed often, so a test sees caching resume without waiting 10 s.
-    settings = {"cache_recheck_interval": "0.1", **settings}
+    # One process: each worker learns the cache's state for itself, and these tests ask one.
+    settings = {"cache_recheck_interval": "0.1", "server_workers": "1", **settings}
     env = clean_env(
         GITLAB_PYPI_PROXY_UPSTREAM_URL=gitlab.url,
         GITLAB_PYPI_PROXY_UPSTREAM_TOKEN=TOKEN,
