@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 import yarl
-from cachetools import TTLCache
+from cachetools import TLRUCache, TTLCache
 
 from .auth import Caller, Gatekeeper
 from .cachehealth import Throttled
@@ -104,12 +104,19 @@ class PageCache:
         self.upstream = upstream
         self.store = store
         self.gate = gate
-        self.fresh: TTLCache[str, CachedPage] = TTLCache(
-            maxsize=20_000, ttl=settings.cache.index_ttl, timer=time.time
+        # A page is fresh for index_ttl from when GitLab gave it, whichever worker fetched it
+        # (a copy another worker stored comes in part-way through). Offline, whatever its age.
+        ttl = settings.cache.index_ttl
+
+        def fresh_until(_key: str, page: CachedPage, now: float) -> float:
+            return (now if upstream.offline else page.fetched_at) + ttl
+
+        self.fresh: TLRUCache[str, CachedPage] = TLRUCache(
+            maxsize=20_000, ttu=fresh_until, timer=time.time
         )
         # Group pages as one client's credentials see them: many per-job tokens in CI, so fewer.
-        self.private: TTLCache[str, CachedPage] = TTLCache(
-            maxsize=MAX_PRIVATE_PAGES, ttl=settings.cache.index_ttl, timer=time.time
+        self.private: TLRUCache[str, CachedPage] = TLRUCache(
+            maxsize=MAX_PRIVATE_PAGES, ttu=fresh_until, timer=time.time
         )
         self._inflight: dict[str, asyncio.Future[CachedPage]] = {}
         # Whose credential (keyed hash; None: the proxy's) each in-flight fetch uses.
@@ -286,6 +293,16 @@ class PageCache:
         absent = self.negative.get(negative_key)
         if absent is not None:
             raise absent
+        if trusted and shared:
+            # Another worker process may have fetched it within index_ttl: its stored copy is
+            # as fresh as this worker's own would be, and GitLab need not be asked again.
+            stored = await self._stored(key)
+            if (
+                stored is not None
+                and stored.fetched_at + self.settings.cache.index_ttl > time.time()
+            ):
+                memory[key] = stored
+                return PageResult(stored, "HIT", key)
         # An untrusted client asks GitLab itself; it must not ride on another client's answer.
         flight = key if trusted else f"{key}|{caller.key}"
         # Only a view this caller may see from the cache can fall back to a stored copy.

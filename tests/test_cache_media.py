@@ -211,7 +211,8 @@ async def test_an_index_copied_with_its_wal_is_read_whole_from_read_only_media(
         # Copied while it runs: what it stored is still in the -wal, not in the main file.
         with read_only_copy(filled, workdir / "media", skip=skip) as media:
             assert (media / "index.sqlite3-wal").stat().st_size > 0
-            async with await start(workdir, gitlab, media) as copy:
+            # index_ttl 0: the stored page is served as the stale copy it is once GitLab fails.
+            async with await start(workdir, gitlab, media, cache_index_ttl="0") as copy:
                 assert (await ready(copy))["cache"] == "read-only"
                 gitlab.down = True
                 status, headers, _ = await get(copy.url + page)
@@ -363,7 +364,8 @@ async def test_an_index_from_before_core_metadata_is_read_from_read_only_media(
         db.execute("DROP TABLE forwarded_files")
         db.commit()
     with read_only_copy(filled, workdir / "media") as media:
-        async with await start(workdir, gitlab, media) as copy:
+        # index_ttl 0: the stored page is served as the stale copy it is once GitLab fails.
+        async with await start(workdir, gitlab, media, cache_index_ttl="0") as copy:
             assert (await ready(copy))["cache"] == "read-only"
             gitlab.down = True
             status, headers, _ = await get(copy.url + page)

@@ -115,7 +115,7 @@ async def test_redirect_sends_pip_where_gitlab_would_and_caches_nothing(
     assert not any("tiny" in f.filename for f in known), "redirect mode cached a forwarded file"
     blocked = firewall.add_wheel("tiny-json", "1.2.0")
     gitlab.firewall_blocked.add(blocked.filename)
-    proxy.app[keys.PAGES].fresh.clear()
+    await proxy.app[keys.PAGES].invalidate("tiny-json")
     assert (await get(f"{proxy.url}{PROJECT_PAGE}tiny-json/"))[0] == 200
     status, _, body = await get(f"{proxy.url}{FILES}/{blocked.sha256}/{blocked.filename}")
     assert (status, body) == (403, b'{"message": "Dependency Firewall policy violation"}')

@@ -426,7 +426,7 @@ async def test_metadata_is_served_from_memory_when_the_cache_cannot_store_it(
         assert (got.status, got.body) == (200, wheel_metadata(second.content))
         # A wheel of unknown size might not fit in memory: not offered while this lasts.
         third = gitlab.add_wheel(42, NAME, "3.0.0")
-        proxy.app[keys.PAGES].fresh.clear()  # the page as GitLab lists it now
+        await proxy.app[keys.PAGES].invalidate(NAME)  # the page as GitLab lists it now
         json_page, html_page = await _both(proxy)
         assert advertised(json_page, html_page, third.filename) == (None, None)
         assert advertised(json_page, html_page, second.filename)[1] == (
