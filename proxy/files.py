@@ -621,6 +621,16 @@ class FileCache:
         self.metrics.upstream_failed("file", message)
         return UpstreamError(message)
 
+    async def learn(self, sha256: str) -> bool:
+        """Whether the cache holds this blob, learning one another worker process recorded."""
+        if sha256 in self.known:
+            return True
+        row = await self.store.blob(sha256)
+        if row is None or self.blobs.size_of(sha256) != row.size:
+            return False
+        self.known[sha256] = KnownBlob(row.size, row.filename)
+        return True
+
     async def _adopt(self, fill: Fill) -> bool:
         """Take a blob another process finished while this one waited for its lock."""
         size = self.blobs.size_of(fill.sha256)

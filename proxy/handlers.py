@@ -204,7 +204,7 @@ async def file_download(request: web.Request) -> web.StreamResponse:
     checked = scoped and (
         files.hit(sha256, filename) is not None
         or (fill is not None and fill.source != source)
-        or (wants_metadata and sha256 in metadata.by_wheel)
+        or (wants_metadata and await metadata.knows(sha256))
     )
     if checked:
         await pages.check_listed(scope, sha256, filename, source, auth)

@@ -183,6 +183,13 @@ class CoreMetadata:
         metadata_sha256 = self.by_wheel[dist.sha256]
         return False if metadata_sha256 is None else f"sha256={metadata_sha256}"
 
+    async def knows(self, sha256: str) -> bool:
+        """Whether this wheel's metadata is known, here or to another worker process."""
+        if sha256 not in self.by_wheel:
+            for row in await self.store.core_metadata(sha256):
+                self._remember(row)
+        return sha256 in self.by_wheel
+
     async def respond(
         self,
         request: web.Request,
@@ -267,18 +274,16 @@ class CoreMetadata:
     async def _obtain(
         self, sha256: str, filename: str, source: yarl.URL, authorization: str | None
     ) -> str:
-        if sha256 not in self.by_wheel:
-            # Another worker process may have extracted it already.
-            for row in await self.store.core_metadata(sha256):
-                self._remember(row)
-        if sha256 in self.by_wheel:
+        if await self.knows(sha256):
             known = self.by_wheel[sha256]
             if known is None:
                 problem = self.problems.get(sha256, f"{filename} has none usable")
                 raise NotFound(f"no core metadata: {problem}")
-            if known in self.files.known or known in self.unstored:
+            # Its blob may be another worker's: learnt from the index, not fetched again.
+            if known in self.unstored or await self.files.learn(known):
                 return known
         upstream = self.files.upstream
+        await self.files.learn(sha256)  # the wheel itself, if another worker cached it
         if self.files.hit(sha256, filename) is None and not upstream.offline:
             if not upstream.is_upstream_host(source):
                 # A public index serves the metadata file itself (PEP 658/714).
