@@ -207,6 +207,9 @@ class CoreMetadata:
         private = admission is not None
         if admission is not None:
             await admission.admit()
+            # GitLab let this client have this wheel: what another worker learnt of it may serve.
+            # With the proxy's own credentials the handler asked, before judging the scope.
+            await self.knows(sha256)
         metadata_filename = filename + SUFFIX
         metadata_sha256 = self.by_wheel.get(sha256)
         if metadata_sha256 is not None:
@@ -274,7 +277,7 @@ class CoreMetadata:
     async def _obtain(
         self, sha256: str, filename: str, source: yarl.URL, authorization: str | None
     ) -> str:
-        if await self.knows(sha256):
+        if sha256 in self.by_wheel:
             known = self.by_wheel[sha256]
             if known is None:
                 problem = self.problems.get(sha256, f"{filename} has none usable")
