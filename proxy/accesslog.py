@@ -28,11 +28,14 @@ Entry = tuple[str, str, str, int, int, int, int, float, str, str, float]
 
 
 def redacted_target(path: str, query: str) -> str:
-    """The request target with every query value blanked: a query is where tokens travel."""
+    """The request target with every query value blanked: a query is where tokens travel.
+
+    A bare item (no `=`) is blanked whole: `?glpat-...` is a token pasted without a key.
+    """
     if not query:
         return path
     params = (p.partition("=") for p in query.split("&"))
-    return path + "?" + "&".join(k + (f"={REDACTED}" if eq else "") for k, eq, _ in params)
+    return path + "?" + "&".join(f"{k}={REDACTED}" if eq else REDACTED for k, eq, _ in params)
 
 
 class AccessLog:

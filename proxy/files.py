@@ -631,6 +631,19 @@ class FileCache:
         self.known[sha256] = KnownBlob(row.size, row.filename)
         return True
 
+    def filling_elsewhere(self, sha256: str) -> bool:
+        """Whether another process is downloading this blob now (it holds its lock)."""
+        if sha256 in self.fills or self.health.mode is not CacheMode.READ_WRITE:
+            return False
+        try:
+            lock = FileLock.try_acquire(self.blobs.lock_path(sha256))
+        except OSError:
+            return False  # a directory that takes no lock files takes no downloads either
+        if lock is None:
+            return True
+        lock.release()
+        return False
+
     async def _adopt(self, fill: Fill) -> bool:
         """Take a blob another process finished while this one waited for its lock."""
         size = self.blobs.size_of(fill.sha256)

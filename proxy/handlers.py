@@ -201,9 +201,11 @@ async def file_download(request: web.Request) -> web.StreamResponse:
     scoped = admission is None and forwarded is None
     metadata = request.app[keys.METADATA]
     fill = files.fills.get(sha256)
+    # Bytes another worker process cached, or is downloading, would be taken over unasked.
     checked = scoped and (
-        files.hit(sha256, filename) is not None
+        (await files.learn(sha256) and files.hit(sha256, filename) is not None)
         or (fill is not None and fill.source != source)
+        or (fill is None and files.filling_elsewhere(sha256))
         or (wants_metadata and await metadata.knows(sha256))
     )
     if checked:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 from pathlib import Path
+from unittest.mock import ANY
 
 import aiohttp
 import pytest
 import yarl
 
+from proxy import keys
 from proxy.access import hash_token
 from proxy.bundle import export_bundle, import_bundle
 from proxy.scope import Scope
@@ -242,3 +245,52 @@ async def test_dot_segments_in_an_id_are_refused_before_the_allow_list_or_gitlab
     assert status == 400
     assert b"path segment" in body
     assert gitlab.requests == []
+
+
+async def test_a_file_another_worker_cached_is_checked_against_this_scope(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """Two workers share the cache; project 43 does not list the wheel project 42 has."""
+    gitlab.add_project(43, "platform/other", group_id=7)
+    first = await make_proxy(cache_dir=tmp_path / "shared")
+    second = await make_proxy(cache_dir=tmp_path / "shared")
+    url, _ = await _cached_wheel(gitlab, first)
+    elsewhere = url.replace(first.url, second.url).replace("/projects/42/", "/projects/43/")
+    before = len(gitlab.requests)
+    for _ in range(2):
+        status, _, body = await fetch(elsewhere)
+        assert status == 404, body
+    # GitLab was asked about project 43 (a HEAD), and nothing was taken for its file.
+    asked = gitlab.requests[before:]
+    assert asked and all("/projects/43/" in r.path for r in asked)
+
+
+async def test_a_page_another_worker_fetched_is_fresh_here_too(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """Two workers share the cache: within index_ttl GitLab is asked once per page."""
+    gitlab.add_wheel(42, "corp-util", "1.0.0")
+    workers = [
+        await make_proxy(cache_dir=tmp_path / "shared", cache={"index_ttl": 600}) for _ in "ab"
+    ]
+    for proxy in workers * 2:
+        assert (await fetch(f"{proxy.url}{PROJECT}/simple/corp-util/"))[0] == 200
+    assert gitlab.counts["page"] == 1
+
+
+async def test_metadata_another_worker_read_is_not_fetched_again(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """Pip reads the page, then metadata, then the wheel: one download from GitLab in all."""
+    wheel = gitlab.add_wheel(42, "corp-util", "1.0.0")
+    first, second = [await make_proxy(cache_dir=tmp_path / "shared") for _ in "ab"]
+    url = f"{PROJECT}/files/{wheel.sha256}/{wheel.filename}"
+    for proxy in (first, second):
+        assert (await fetch(f"{proxy.url}{PROJECT}/simple/corp-util/"))[0] == 200
+    status, _, metadata = await fetch(first.url + url + ".metadata")
+    assert status == 200
+    await first.app[keys.METADATA].close()  # its record of the metadata is written
+    assert await fetch(second.url + url + ".metadata") == (200, ANY, metadata)
+    status, _, body = await fetch(second.url + url)
+    assert hashlib.sha256(body).hexdigest() == wheel.sha256
+    assert gitlab.counts["file"] == 1

@@ -60,7 +60,9 @@ async def test_access_log_has_one_line_per_request_and_no_secret(
         async with session.get(f"{base}/files/{wheel.sha256}/{wheel.filename}") as resp:
             assert resp.status == 200
             await resp.read()
-        async with session.get(f"{proxy.url}/nowhere?job_token={CLIENT_TOKEN}") as resp:
+        async with session.get(
+            f"{proxy.url}/nowhere?job_token={CLIENT_TOKEN}&{CLIENT_TOKEN}"
+        ) as resp:
             assert resp.status == 404
     assert await proxy.stop() == 0
 
@@ -85,7 +87,7 @@ async def test_access_log_has_one_line_per_request_and_no_secret(
                 200,
                 "MISS",
             ),
-            ("GET", "/nowhere?job_token=[REDACTED]", 404, "-"),
+            ("GET", "/nowhere?job_token=[REDACTED]&[REDACTED]", 404, "-"),
         ]
         assert len(wheel.content) < access[1]["bytes_sent"] < len(wheel.content) + 1000
         assert access[0]["remote"] == "127.0.0.1"
@@ -98,7 +100,7 @@ async def test_access_log_has_one_line_per_request_and_no_secret(
             '?private_token=[REDACTED]&x=[REDACTED] HTTP/1.1" 200 ' in access[0]
         )
         assert f'{wheel.filename} HTTP/1.1" 200 ' in access[1]
-        assert '"GET /nowhere?job_token=[REDACTED] HTTP/1.1" 404 ' in access[2]
+        assert '"GET /nowhere?job_token=[REDACTED]&[REDACTED] HTTP/1.1" 404 ' in access[2]
 
 
 @pytest.mark.parametrize("log_format", ["plain", "json"])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import re
 import signal
@@ -254,48 +253,3 @@ async def test_workers_exit_when_their_supervisor_is_killed(spawn: Spawn) -> Non
     # The port is free again for the next start, which serves alone.
     restarted = await spawn(port=proxy.port, server={"workers": 2})
     assert len(workers_of(restarted.pid)) == 2
-
-
-async def test_a_page_one_worker_fetched_is_fresh_for_every_worker(
-    gitlab: FakeGitLab, spawn: Spawn
-) -> None:
-    gitlab.add_wheel(42, "corp-util", "1.0.0")
-    proxy = await spawn(server={"workers": 2}, cache={"index_ttl": 600})
-    deadline = time.monotonic() + 10
-    while len(workers_of(proxy.pid)) < 2 and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    page = f"{proxy.url}/api/v4/projects/42/packages/pypi/simple/corp-util/"
-    # A connection each: the kernel spreads them over both workers.
-    connector = aiohttp.TCPConnector(force_close=True, limit=0)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        for _ in range(30):
-            async with session.get(page) as resp:
-                assert resp.status == 200
-                await resp.read()
-    # Within index_ttl GitLab is asked once per page, however many workers answer.
-    assert [r.kind for r in gitlab.requests].count("page") == 1
-    assert len(workers_of(proxy.pid)) == 2
-
-
-async def test_metadata_one_worker_read_is_not_fetched_again_by_another(
-    gitlab: FakeGitLab, spawn: Spawn
-) -> None:
-    wheel = gitlab.add_wheel(42, "corp-util", "1.0.0")
-    proxy = await spawn(server={"workers": 2})
-    deadline = time.monotonic() + 10
-    while len(workers_of(proxy.pid)) < 2 and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    metadata = url_of(proxy.url, wheel) + ".metadata"
-    connector = aiohttp.TCPConnector(force_close=True, limit=0)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        async with session.get(f"{proxy.url}/api/v4/projects/42/packages/pypi/simple/corp-util/"):
-            pass
-        for _ in range(30):
-            async with session.get(metadata) as resp:
-                assert resp.status == 200
-                await resp.read()
-        async with session.get(url_of(proxy.url, wheel)) as resp:
-            assert hashlib.sha256(await resp.read()).hexdigest() == wheel.sha256
-    # Pip reads the page, asks for metadata, then the wheel: one download from GitLab, whichever
-    # worker answers, since each learns what another stored.
-    assert [r.kind for r in gitlab.requests].count("file") == 1
