@@ -27,7 +27,7 @@ from .files import Admission, CacheUnwritable, FileCache
 from .remotezip import RemoteFile, RemoteZipError, read_by_range
 from .simple import Distribution
 from .store import CoreMetadataRow, Store
-from .upstream import RangeIgnored
+from .upstream import RangeIgnored, read_limited
 
 log = logging.getLogger(__name__)
 
@@ -352,22 +352,12 @@ class CoreMetadata:
         upstream = self.files.upstream
         async with self._memory_reads, upstream.open_file(source, authorization) as resp:
             too_big = CacheUnwritable(f"no room in the cache to read the metadata of {filename}")
-            if (resp.content_length or 0) > MAX_IN_MEMORY_WHEEL:
-                raise too_big
-            digest = hashlib.sha256()
-            chunks: list[bytes] = []
-            received = 0
-            async for chunk in resp.content.iter_chunked(256 * 1024):
-                received += len(chunk)
-                if received > MAX_IN_MEMORY_WHEEL:
-                    raise too_big
-                digest.update(chunk)
-                chunks.append(chunk)
-        self.files.metrics.fetched("file", received)
-        if digest.hexdigest() != sha256:
+            wheel = await read_limited(resp, MAX_IN_MEMORY_WHEEL, too_big)
+        self.files.metrics.fetched("file", len(wheel))
+        if hashlib.sha256(wheel).hexdigest() != sha256:
             raise UpstreamError(f"sha256 mismatch for {filename}: its metadata is not served")
-        remote = RemoteFile(received)
-        remote.add(0, b"".join(chunks))
+        remote = RemoteFile(len(wheel))
+        remote.add(0, wheel)
         try:
             data = await asyncio.to_thread(read_wheel_metadata, remote, filename)
         except WheelMetadataError as e:

@@ -236,7 +236,11 @@ class Upstream:
                             url = location
                             continue
                         return PageAnswer(resp.status, b"", url, location=location)
-                    body = await _read_limited(resp, self.settings.max_page_size)
+                    limit = self.settings.max_page_size
+                    too_big = UpstreamError(
+                        f"GitLab sent a page larger than upstream.max_page_size ({limit} bytes)"
+                    )
+                    body = await read_limited(resp, limit, too_big)
                     self.metrics.fetched("page", len(body))
                     return PageAnswer(
                         resp.status,
@@ -316,7 +320,7 @@ class Upstream:
         async with self._follow(url, authorization, headers) as resp:
             if resp.status == 200 and (resp.content_length or wanted + 1) <= wanted:
                 # The whole file, no bigger than the range: a fair answer (RFC 9110 14.2).
-                body = await _read_limited(resp, wanted, "file")
+                body = await read_limited(resp, wanted, _file_too_big(wanted))
                 self.metrics.fetched("file", len(body))
                 return 0, body, len(body)
             if resp.status == 200:
@@ -330,7 +334,7 @@ class Upstream:
                 resp.close()
                 self._range_ignored(url, "answered a Range request with another range")
             start, end, size = span
-            body = await _read_limited(resp, end - start + 1, "file")
+            body = await read_limited(resp, end - start + 1, _file_too_big(end - start + 1))
             self.metrics.fetched("file", len(body))
             if len(body) != end - start + 1 or (first is not None and start != first):
                 self._range_ignored(url, "answered a Range request with a short or shifted range")
@@ -619,10 +623,13 @@ def _content_range(raw: str) -> tuple[int, int, int] | None:
     return int(first), int(last), int(size)
 
 
-async def _read_limited(resp: aiohttp.ClientResponse, limit: int, what: str = "page") -> bytes:
-    """The body, refused as soon as it is known to pass `limit`: no more is ever kept."""
-    bound = f"upstream.max_page_size ({limit} bytes)" if what == "page" else f"{limit} bytes"
-    too_big = UpstreamError(f"GitLab sent a {what} larger than {bound}")
+def _file_too_big(limit: int) -> UpstreamError:
+    return UpstreamError(f"GitLab sent a file larger than {limit} bytes")
+
+
+async def read_limited(resp: aiohttp.ClientResponse, limit: int, too_big: ProxyError) -> bytes:
+    """The body, refused with `too_big` as soon as it is known to pass `limit`: no more is
+    ever kept."""
     # Content-Length of a compressed body is not the page's size, but bigger still says no.
     if resp.content_length is not None and resp.content_length > limit:
         raise too_big
