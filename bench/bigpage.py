@@ -13,9 +13,9 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from tests.cli_process import PROXY, ServeProcess, free_port
-from tests.fake_gitlab import FakeGitLab
-from tests.proxy_harness import clean_env
+from tests.support.cli_process import PROXY, ServeProcess, free_port
+from tests.support.fake_gitlab import FakeGitLab
+from tests.support.harness import clean_env
 from tests.test_big_pages import hits_while_parsing
 
 TOKEN = "glpat-bench-token"

@@ -9,7 +9,7 @@ import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tests.wheels import make_sdist, make_wheel
+from tests.support.wheels import make_sdist, make_wheel
 
 # Bump when the set changes, so an old bench/.data is rebuilt instead of half-reused.
 VERSION = 4

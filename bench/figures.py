@@ -19,7 +19,7 @@ import aiohttp
 from bench import data, procs
 from bench.load import Load, LoadGenerator, Timed, bulk_load, timed_get
 from bench.upstream import PRIVATE_PROJECT, PUBLIC_PROJECT
-from tests.proxy_harness import BIN, pip_install, run, uv_pip_install
+from tests.support.harness import BIN, pip_install, run, uv_pip_install
 
 JSON_TYPE = "application/vnd.pypi.simple.v1+json"
 SERVERS = ("nginx", "nginx, 1 worker", "proxpi", "proxy", "proxy, access log off")

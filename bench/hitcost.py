@@ -21,9 +21,9 @@ if __package__ in (None, ""):
 
 import aiohttp
 
-from tests.cli_process import ServeProcess, children_of, free_port
-from tests.fake_gitlab import FakeGitLab
-from tests.proxy_harness import clean_env
+from tests.support.cli_process import ServeProcess, children_of, free_port
+from tests.support.fake_gitlab import FakeGitLab
+from tests.support.harness import clean_env
 
 TOKEN = "glpat-bench-hitcost-token"
 CONNECTIONS = 16

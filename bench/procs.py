@@ -19,7 +19,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.proxy_harness import clean_env
+from tests.support.harness import clean_env
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH_VENV = REPO / "bench" / ".venv"

@@ -25,8 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.fake_gitlab import FakeGitLab  # noqa: E402
-from tests.proxy_harness import BIN, make_settings, run, start_proxy  # noqa: E402
+from tests.support.fake_gitlab import FakeGitLab  # noqa: E402
+from tests.support.harness import BIN, make_settings, run, start_proxy  # noqa: E402
 
 TOKEN = "glpat-bench-token-0123456789"
 REQUIREMENT = "corp-app"

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.cli_process import ServeProcess, children_of, free_port, write_config
-from tests.fake_gitlab import FakeFile, FakeGitLab
+from tests.support.cli_process import ServeProcess, children_of, free_port, write_config
+from tests.support.fake_gitlab import FakeFile, FakeGitLab
 
 TOKEN = "glpat-soak-token"
 PROJECT = "/api/v4/projects/42/packages/pypi"

@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/startup.py [--source DIR] [--runs 5] [--requests 10000]
 
-Spawns `python -m proxy serve` in front of the fake GitLab (tests/fake_gitlab.py) and reports:
+Spawns `python -m proxy serve` in front of the fake GitLab (tests/support/fake_gitlab.py)
+and reports:
 time from spawn to the first 200 from /-/ready, RSS once ready, then RSS and hit throughput after
 `--requests` requests, half simple pages and half small files, all cache hits. `--source` runs
 another checkout of the proxy (e.g. `git worktree add /tmp/base main`) with this venv, to compare.
@@ -26,9 +27,9 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.cli_process import free_port  # noqa: E402
-from tests.fake_gitlab import FakeFile, FakeGitLab  # noqa: E402
-from tests.proxy_harness import clean_env  # noqa: E402
+from tests.support.cli_process import free_port  # noqa: E402
+from tests.support.fake_gitlab import FakeFile, FakeGitLab  # noqa: E402
+from tests.support.harness import clean_env  # noqa: E402
 
 TOKEN = "glpat-bench-token"
 PACKAGES = 20

@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from proxy.access import hash_token  # noqa: E402
-from tests.fake_gitlab import FakeGitLab  # noqa: E402
-from tests.proxy_harness import make_settings, start_proxy  # noqa: E402
+from tests.support.fake_gitlab import FakeGitLab  # noqa: E402
+from tests.support.harness import make_settings, start_proxy  # noqa: E402
 
 TOKEN = "glpat-bench-token"
 PAGE = "/api/v4/projects/42/packages/pypi/simple/corp-util/"

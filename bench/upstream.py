@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from bench import data
-from tests.fake_gitlab import FakeGitLab, _byte_range, _Reply
+from tests.support.fake_gitlab import FakeGitLab, Reply, byte_range
 
 PRIVATE_PROJECT = 42
 PUBLIC_PROJECT = 43
@@ -73,7 +73,7 @@ class BenchGitLab(FakeGitLab):
         sha256, filename = request.match_info["sha256"], request.match_info["filename"]
         file = self.find_file(sha256, filename, project_ids)
         if file is None:
-            raise _Reply(404, "404 Not Found")
+            raise Reply(404, "404 Not Found")
         path = self.paths[(file.sha256, file.filename)]
         headers = {
             "Content-Type": "application/octet-stream",
@@ -81,7 +81,7 @@ class BenchGitLab(FakeGitLab):
             "Accept-Ranges": "bytes",
         }
         size = path.stat().st_size
-        ranged = _byte_range(request.headers.get("Range"), size)
+        ranged = byte_range(request.headers.get("Range"), size)
         wanted = ranged or range(size)
         if request.method != "HEAD":
             self.file_bytes_sent += len(wanted)

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.fake_gitlab import FakeGitLab, FakePublicIndex
-from tests.proxy_harness import RunningProxy, make_settings, start_proxy
+from tests.support.fake_gitlab import FakeGitLab, FakePublicIndex
+from tests.support.harness import RunningProxy, make_settings, start_proxy
 
 TOKEN = "glpat-proxy-secret-token-1234567890"
 
@@ -59,3 +59,11 @@ async def make_proxy(tmp_path: Path, gitlab: FakeGitLab) -> AsyncIterator[ProxyF
 @pytest.fixture
 async def proxy(make_proxy: ProxyFactory) -> RunningProxy:
     return await make_proxy()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test under tests/e2e is marked `e2e`, so `-m "not e2e"` is the fast inner loop."""
+    for item in items:
+        if "e2e" in item.path.parent.parts:
+            item.add_marker(pytest.mark.e2e)
+

@@ -19,7 +19,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from tests.cli_process import serve
+from tests.support.cli_process import serve
 
 CHUNK = 1024 * 1024
 BOUNDARY = "measure-boundary-1234"

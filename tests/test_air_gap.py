@@ -11,8 +11,8 @@ import pytest
 
 from proxy.cli import main as cli_main
 from tests.conftest import TOKEN
-from tests.fake_gitlab import FakeGitLab, FakePublicIndex
-from tests.proxy_harness import Completed, clean_env, make_settings, pip_install, run, start_proxy
+from tests.support.fake_gitlab import FakeGitLab, FakePublicIndex
+from tests.support.harness import Completed, clean_env, make_settings, pip_install, run, start_proxy
 from tests.test_pull_through import get, installed
 
 

@@ -15,11 +15,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests import fake_gitlab
-from tests.cli_process import PROXY, ServeProcess, free_port
 from tests.conftest import TOKEN
-from tests.fake_gitlab import FakeGitLab
-from tests.proxy_harness import clean_env
+from tests.support import fake_gitlab
+from tests.support.cli_process import PROXY, ServeProcess, free_port
+from tests.support.fake_gitlab import FakeGitLab
+from tests.support.harness import clean_env
 
 SIMPLE = "/api/v4/projects/42/packages/pypi/simple"
 BIG_FILES = 20_000

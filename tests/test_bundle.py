@@ -15,8 +15,8 @@ from proxy.bundle import MANIFEST, BundleError, export_bundle, import_bundle
 from proxy.config import Settings
 from proxy.scope import Scope
 from tests.conftest import TOKEN, ProxyFactory
-from tests.fake_gitlab import FakeGitLab
-from tests.proxy_harness import clean_env, make_settings, run
+from tests.support.fake_gitlab import FakeGitLab
+from tests.support.harness import clean_env, make_settings, run
 from tests.test_pull_through import PROJECT_PAGE, get
 
 FILES = "/api/v4/projects/42/packages/pypi/files"

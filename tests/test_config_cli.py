@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from proxy.config import ConfigError, load_settings, parse_size
-from tests.cli_process import serve
-from tests.proxy_harness import clean_env, run
+from tests.support.cli_process import serve
+from tests.support.harness import clean_env, run
 
 
 def test_defaults_need_no_config() -> None:

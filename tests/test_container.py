@@ -10,9 +10,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.cli_process import ServeProcess, free_port
-from tests.fake_gitlab import FakeGitLab
-from tests.proxy_harness import clean_env, pip_install, run
+from tests.support.cli_process import ServeProcess, free_port
+from tests.support.fake_gitlab import FakeGitLab
+from tests.support.harness import clean_env, pip_install, run
 
 DOCKERFILE = Path(__file__).parent.parent / "Dockerfile"
 README = Path(__file__).parent.parent / "README.md"

@@ -15,8 +15,8 @@ import pytest
 from proxy import keys
 from proxy.access import MAX_PENDING_CHECKS, MAX_PENDING_PER_ADDRESS, hash_token
 from tests.conftest import ProxyFactory
-from tests.fake_gitlab import FakeFile, FakeGitLab
-from tests.proxy_harness import RunningProxy
+from tests.support.fake_gitlab import FakeFile, FakeGitLab
+from tests.support.harness import RunningProxy
 from tests.test_passthrough import basic, file_url, get
 
 ALICE = "glpat-alice-reads-42"

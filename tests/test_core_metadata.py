@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from proxy.metadata import MAX_METADATA_BYTES, WheelMetadataError, read_wheel_metadata
-from tests.wheels import make_wheel, wheel_metadata
+from tests.support.wheels import make_wheel, wheel_metadata
 
 FILENAME = "corp_util-1.0.0-py3-none-any.whl"
 

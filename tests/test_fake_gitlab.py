@@ -20,9 +20,9 @@ import aiohttp
 import pytest
 from multidict import CIMultiDictProxy
 
-from tests.fake_gitlab import CHALLENGE, FakeGitLab, FakePublicIndex
-from tests.proxy_harness import clean_env, run
-from tests.wheels import make_sdist, make_wheel, wheel_metadata
+from tests.support.fake_gitlab import CHALLENGE, FakeGitLab, FakePublicIndex
+from tests.support.harness import clean_env, run
+from tests.support.wheels import make_sdist, make_wheel, wheel_metadata
 
 TOKEN = "glpat-fake-test-token"
 API = "/api/v4/projects/42/packages/pypi"

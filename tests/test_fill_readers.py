@@ -9,8 +9,8 @@ import logging
 import aiohttp
 import pytest
 
-from tests.fake_gitlab import FakeGitLab
-from tests.proxy_harness import RunningProxy
+from tests.support.fake_gitlab import FakeGitLab
+from tests.support.harness import RunningProxy
 
 
 def file_url(proxy: RunningProxy, sha256: str, filename: str) -> str:

@@ -10,8 +10,8 @@ import pytest
 
 from proxy import keys
 from tests.conftest import TOKEN, ProxyFactory
-from tests.fake_gitlab import FakeGitLab, FakePublicIndex
-from tests.proxy_harness import make_settings, pip_install, start_proxy
+from tests.support.fake_gitlab import FakeGitLab, FakePublicIndex
+from tests.support.harness import make_settings, pip_install, start_proxy
 from tests.test_forward_cache import host_of
 from tests.test_pull_through import PROJECT_PAGE, get, installed
 

@@ -9,8 +9,8 @@ import aiohttp
 
 from proxy import keys
 from tests.conftest import ProxyFactory
-from tests.fake_gitlab import FakeGitLab, FakePublicIndex
-from tests.proxy_harness import pip_install
+from tests.support.fake_gitlab import FakeGitLab, FakePublicIndex
+from tests.support.harness import pip_install
 from tests.test_pull_through import PROJECT_PAGE, get, installed
 
 

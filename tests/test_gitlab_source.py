@@ -20,9 +20,9 @@ import yarl
 from proxy import keys
 from proxy.log import redact
 from tests.conftest import TOKEN, ProxyFactory
-from tests.fake_gitlab import FakeGitLab
-from tests.proxy_harness import RunningProxy, clean_env, make_settings, run, start_proxy
-from tests.wheels import make_sdist, make_wheel
+from tests.support.fake_gitlab import FakeGitLab
+from tests.support.harness import RunningProxy, clean_env, make_settings, run, start_proxy
+from tests.support.wheels import make_sdist, make_wheel
 
 PAGE = "/api/v4/projects/42/packages/pypi/simple/corp-util/"
 FILES = "/api/v4/projects/42/packages/pypi/files"

@@ -10,8 +10,8 @@ import pytest
 
 from proxy.upstream import MAX_RETRY_AFTER, parse_retry_after
 from tests.conftest import ProxyFactory
-from tests.fake_gitlab import FakeFile, FakeGitLab
-from tests.proxy_harness import RunningProxy
+from tests.support.fake_gitlab import FakeFile, FakeGitLab
+from tests.support.harness import RunningProxy
 from tests.test_pull_through import PROJECT_PAGE, get
 from tests.test_resilience import file_url
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.conftest import ProxyFactory
-from tests.fake_gitlab import FakeGitLab
-from tests.proxy_harness import pip_install
+from tests.support.fake_gitlab import FakeGitLab
+from tests.support.harness import pip_install
 from tests.test_pull_through import PROJECT_PAGE, get, installed, publish_app_with_dependency
 
 

@@ -14,11 +14,11 @@ import aiohttp
 import pytest
 
 from proxy.access import hash_token
-from tests import cli_process
-from tests.cli_process import ServeProcess
 from tests.conftest import TOKEN, ProxyFactory
-from tests.fake_gitlab import FakeGitLab
-from tests.proxy_harness import Completed, RunningProxy, clean_env, run
+from tests.support import cli_process
+from tests.support.cli_process import ServeProcess
+from tests.support.fake_gitlab import FakeGitLab
+from tests.support.harness import Completed, RunningProxy, clean_env, run
 
 Serve = Callable[..., Awaitable[ServeProcess]]
 PROJECT = "/api/v4/projects/42/packages/pypi"

@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 
 from tests.conftest import TOKEN, ProxyFactory
-from tests.fake_gitlab import FakeGitLab
-from tests.proxy_harness import RunningProxy, pip_install
+from tests.support.fake_gitlab import FakeGitLab
+from tests.support.harness import RunningProxy, pip_install
 
 ALICE = "glpat-alice-reads-42-and-43"
 BOB = "glpat-bob-reads-nothing"

@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 
 from tests.conftest import TOKEN, ProxyFactory
-from tests.fake_gitlab import FakeGitLab
-from tests.proxy_harness import RunningProxy, pip_install
+from tests.support.fake_gitlab import FakeGitLab
+from tests.support.harness import RunningProxy, pip_install
 
 PROJECT_PAGE = "/api/v4/projects/42/packages/pypi/simple/"
 GROUP_PAGE = "/api/v4/groups/7/-/packages/pypi/simple/"

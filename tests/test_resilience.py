@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 
 from tests.conftest import ProxyFactory
-from tests.fake_gitlab import FakeFile, FakeGitLab
-from tests.proxy_harness import RunningProxy
+from tests.support.fake_gitlab import FakeFile, FakeGitLab
+from tests.support.harness import RunningProxy
 from tests.test_pull_through import PROJECT_PAGE, get
 
 FILES = "/api/v4/projects/42/packages/pypi/files"

@@ -12,9 +12,9 @@ import pytest
 
 from proxy.status import size_text
 from tests.conftest import TOKEN
-from tests.fake_gitlab import FakeGitLab
-from tests.proxy_harness import RunningProxy, clean_env, pip_install, run
-from tests.wheels import wheel_metadata
+from tests.support.fake_gitlab import FakeGitLab
+from tests.support.harness import RunningProxy, clean_env, pip_install, run
+from tests.support.wheels import wheel_metadata
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(

@@ -18,10 +18,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.config import usable_cpus
-from tests.cli_process import PROXY, ServeProcess, children_of, free_port, write_config
 from tests.conftest import TOKEN
-from tests.fake_gitlab import FakeGitLab
-from tests.proxy_harness import clean_env
+from tests.support.cli_process import PROXY, ServeProcess, children_of, free_port, write_config
+from tests.support.fake_gitlab import FakeGitLab
+from tests.support.harness import clean_env
 from tests.test_metrics import FILES_ROUTE, value
 from tests.test_processes import url_of, workers_of
 

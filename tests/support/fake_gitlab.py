@@ -29,7 +29,7 @@ from multidict import CIMultiDict
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from tests.wheels import SdistOptions, WheelOptions, make_sdist, make_wheel, wheel_metadata
+from tests.support.wheels import SdistOptions, WheelOptions, make_sdist, make_wheel, wheel_metadata
 
 CHALLENGE = 'Basic realm="GitLab Packages Registry"'
 # PEP 508 names; GitLab refuses an upload whose name is not one.
@@ -109,7 +109,7 @@ class _Caller:
     can_write: bool
 
 
-class _Reply(Exception):
+class Reply(Exception):
     """Ends a request with GitLab's JSON error shape; the middleware renders it."""
 
     def __init__(
@@ -136,8 +136,8 @@ def _json(
     return web.Response(status=status, text=body, content_type="application/json", headers=headers)
 
 
-def _unauthorized() -> _Reply:
-    return _Reply(401, "401 Unauthorized", {"WWW-Authenticate": CHALLENGE})
+def _unauthorized() -> Reply:
+    return Reply(401, "401 Unauthorized", {"WWW-Authenticate": CHALLENGE})
 
 
 class _Raw(Exception):
@@ -323,7 +323,7 @@ class _Server:
         self.counts[kind] += 1
         try:
             response = await self._answer(request, handler)
-        except _Reply as reply:
+        except Reply as reply:
             response = _json(reply.status, reply.message, reply.headers, key=reply.key)
         except _Raw as raw:
             response = raw.response
@@ -345,7 +345,7 @@ class _Server:
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
 
-def _byte_range(header: str | None, size: int) -> range | None:
+def byte_range(header: str | None, size: int) -> range | None:
     """The bytes one `Range: bytes=a-b | a- | -n` asks for, empty if none exist (416).
 
     None means send the whole file: no Range, or one this fake (like S3) does not honour,
@@ -386,7 +386,7 @@ async def _send_file(
     }
     response = web.StreamResponse(headers=headers)
     # ignore_range: a server (or a proxy before it) that answers every Range with the whole file.
-    wanted = None if gitlab.ignore_range else _byte_range(request.headers.get("Range"), len(body))
+    wanted = None if gitlab.ignore_range else byte_range(request.headers.get("Range"), len(body))
     if wanted is not None and not wanted:
         return web.Response(
             status=416,
@@ -664,7 +664,7 @@ class FakeGitLab(_Server):
             package = _Package(project_id, name, version, requires_python)
             self._packages.append(package)
         if any(f.filename == filename for f in package.files):
-            raise _Reply(
+            raise Reply(
                 400, "400 Bad request - Validation failed: File name has already been taken"
             )
         if requires_python:
@@ -712,9 +712,9 @@ class FakeGitLab(_Server):
         caller = self._caller(request)
         project = _by_id_or_path(self._projects, request.match_info["id"])
         if project is None:
-            raise _Reply(404, "404 Project Not Found")
+            raise Reply(404, "404 Project Not Found")
         if not self._can_read(caller, project):
-            raise _unauthorized() if caller is None else _Reply(404, "404 Not Found")
+            raise _unauthorized() if caller is None else Reply(404, "404 Not Found")
         return project, caller
 
     def _group(self, request: web.Request) -> tuple[_Group, list[_Project]]:
@@ -730,9 +730,9 @@ class FakeGitLab(_Server):
         ]
         sees_group = caller is not None and caller.projects is None
         if group is None:
-            raise _Reply(404, "404 Group Not Found")
+            raise Reply(404, "404 Group Not Found")
         if not (projects or sees_group):
-            raise _unauthorized() if caller is None else _Reply(404, "404 Not Found")
+            raise _unauthorized() if caller is None else Reply(404, "404 Not Found")
         return group, projects
 
     # Faults, then routes.
@@ -753,13 +753,13 @@ class FakeGitLab(_Server):
             return rate_limited(int(self.retry_after))
         if status is not None:
             headers = {"Retry-After": str(self.retry_after)} if status == 503 else {}
-            raise _Reply(status, f"{status} {HTTPStatus(status).phrase}", headers)
+            raise Reply(status, f"{status} {HTTPStatus(status).phrase}", headers)
         under_root = request.path.startswith(MOVED_ROOT + "/")
         if self.moved and not under_root:
             # The front proxy of a GitLab moved under a relative root sends old paths there.
             return web.Response(status=301, headers={"Location": MOVED_ROOT + request.path_qs})
         if under_root and not self.moved:
-            raise _Reply(404, "404 Not Found")
+            raise Reply(404, "404 Not Found")
         return await handler(request)
 
     def _routes(self) -> list[web.RouteDef]:
@@ -809,7 +809,7 @@ class FakeGitLab(_Server):
             if self.forwarding:
                 location = f"{self.public_index_url.rstrip('/')}/simple/{requested}/"
                 return web.Response(status=302, headers={"Location": location})
-            raise _Reply(404, "404 Package Not Found")
+            raise Reply(404, "404 Package Not Found")
         return _gitlab_page(
             packages[0].name,
             (
@@ -832,7 +832,7 @@ class FakeGitLab(_Server):
         url = f"{self.public_index_url.rstrip('/')}/simple/{requested}/"
         async with aiohttp.ClientSession() as session, session.get(url) as resp:
             if resp.status != 200:
-                raise _Reply(404, "404 Package Not Found")
+                raise Reply(404, "404 Package Not Found")
             public = await resp.text()
         rewritten = _PUBLIC_LINK.sub(
             lambda m: f'href="{base}/forward/{requested}/{m["host"]}/{m["path"]}"', public
@@ -849,7 +849,7 @@ class FakeGitLab(_Server):
         path = request.match_info["path"]
         filename = path.rpartition("/")[2].removesuffix(".metadata")
         if filename in self.firewall_blocked:
-            raise _Reply(403, "Dependency Firewall policy violation", key="error")
+            raise Reply(403, "Dependency Firewall policy violation", key="error")
         scheme = self.public_index_url.partition("://")[0]
         location = f"{scheme}://{request.match_info['host']}/{path}"
         return web.Response(status=302, headers={"Location": location})
@@ -859,7 +859,7 @@ class FakeGitLab(_Server):
             request.match_info["sha256"], request.match_info["filename"], project_ids
         )
         if file is None:
-            raise _Reply(404, "404 Not Found")
+            raise Reply(404, "404 Not Found")
         if self.object_storage:
             location = self.object_store.signed_url(file, request.method)
             return web.Response(status=302, headers={"Location": location})
@@ -908,7 +908,7 @@ class FakeGitLab(_Server):
         if not caller.can_write:
             raise _insufficient_scope()
         if not self._is_member(caller, project):
-            raise _Reply(403, "403 Forbidden")
+            raise Reply(403, "403 Forbidden")
         fields, filename, content, size = await _read_upload(request, self.max_upload_size)
         missing = [
             key
@@ -921,18 +921,18 @@ class FakeGitLab(_Server):
         ]
         if missing:
             # Grape's own parameter check, which answers under `error`.
-            raise _Reply(400, ", ".join(f"{m} is missing" for m in missing), key="error")
+            raise Reply(400, ", ".join(f"{m} is missing" for m in missing), key="error")
         if self.max_upload_size is not None and size > self.max_upload_size:
-            raise _Reply(400, "File is too large")
+            raise Reply(400, "File is too large")
         name, version = fields["name"], fields["version"]
         if not _VALID_NAME.match(name):
-            raise _Reply(400, "Validation failed: Name is invalid")
+            raise Reply(400, "Validation failed: Name is invalid")
         if canonicalize_name(name) in self.protected:
-            raise _Reply(403, "403 Forbidden - Package protected.")
+            raise Reply(403, "403 Forbidden - Package protected.")
         try:
             Version(version)
         except InvalidVersion:
-            raise _Reply(400, "Validation failed: Version is invalid") from None
+            raise Reply(400, "Validation failed: Version is invalid") from None
         # GitLab stores the digest the uploader claims and never hashes the file itself:
         # without one the digest is NULL (""), and no download by hash ever finds the file.
         sha256 = fields.get("sha256_digest", "")
@@ -1033,7 +1033,7 @@ class FakePublicIndex(_Server):
             return web.Response(status=301, headers={"Location": f"/simple/{normalized}/"})
         files = [f for f in self._files if canonicalize_name(f.name) == normalized]
         if not files:
-            raise _Reply(404, "404 Not Found")
+            raise Reply(404, "404 Not Found")
         anchors = "".join(
             f'    <a href="{self.file_url(f)}"'
             + (f' data-requires-python="{escape(f.requires_python)}"' if f.requires_python else "")
@@ -1070,4 +1070,4 @@ class FakePublicIndex(_Server):
                 break
             self.file_bytes_sent += len(body)
             return web.Response(body=body, content_type="application/octet-stream")
-        raise _Reply(404, "404 Not Found")
+        raise Reply(404, "404 Not Found")

@@ -79,7 +79,7 @@ def make_wheel(
     pure = all(t.endswith("-none-any") for t in tags)
     wheel_file = [
         "Wheel-Version: 1.0",
-        "Generator: tests.wheels",
+        "Generator: tests.support.wheels",
         f"Root-Is-Purelib: {'true' if pure else 'false'}",
         *(f"Tag: {t}" for t in tags),
     ]

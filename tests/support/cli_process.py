@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.proxy_harness import clean_env
+from tests.support.harness import clean_env
 
 PROXY = [sys.executable, "-m", "proxy"]
 

@@ -1,0 +1,1 @@
+"""Test support: the fake GitLab, wheels, the proxy harness and process helpers (bench uses it)."""
