@@ -66,4 +66,3 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "e2e" in item.path.parent.parts:
             item.add_marker(pytest.mark.e2e)
-
