@@ -121,6 +121,10 @@ class Fill:
     async def ended(self) -> None:
         await self.wait_until(lambda fill: not fill.running)
 
+    async def readable_past(self, offset: int) -> None:
+        """Wait until a reader at `offset` may send more, or the fill is over."""
+        await self.wait_until(lambda fill: fill.readable_limit() > offset or not fill.running)
+
     async def headers_known(self) -> None:
         """Wait until upstream's headers are in (the size is known) or the fill is over."""
         await self.wait_until(lambda fill: fill.started or not fill.running)
@@ -220,8 +224,7 @@ async def stream_fill(
             offset += len(chunk)
             await response.write(chunk)
         elif fill.outcome is Outcome.RUNNING:
-            seen = offset
-            await fill.wait_until(lambda f: f.readable_limit() > seen or not f.running)
+            await fill.readable_past(offset)
         elif fill.state is FillState.DONE:
             await response.write_eof()
             return None
