@@ -21,7 +21,7 @@ import yarl
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.web_fileresponse import NOSENDFILE
-from cachetools import LRUCache, TTLCache
+from cachetools import TTLCache
 
 from .accesslog import SENDFILE_BYTES
 from .blobs import BlobStore
@@ -46,6 +46,7 @@ from .fill import (
     write_all,
 )
 from .locks import FileLock, ReadHold
+from .memorytier import MemoryTier
 from .metrics import Metrics
 from .store import Store
 from .upstream import Upstream, fingerprint
@@ -104,11 +105,7 @@ class FileCache:
         # nginx's internal location for blobs/: hits are then answered by nginx from disk.
         self.accel_redirect = accel_redirect
         self.known: dict[str, KnownBlob] = {}
-        self.memory: LRUCache[str, bytes] = LRUCache(
-            maxsize=max(1, settings.memory_size), getsizeof=len
-        )
-        # The LRU refuses a body larger than itself (memory_size 0 turns it off).
-        self.memory_file_max = min(settings.memory_file_max, settings.memory_size)
+        self.memory = MemoryTier(settings.memory_size, settings.memory_file_max)
         self.fills: dict[str, Fill] = {}
         self.accessed: dict[str, float] = {}
         # Counts additions to `known`: rendered pages that show sizes are current while it stands.
@@ -205,7 +202,7 @@ class FileCache:
     def forget(self, sha256: str) -> None:
         """This process stops serving a blob another process (or `verify`) removed."""
         self.known.pop(sha256, None)
-        self.memory.pop(sha256, None)
+        self.memory.forget(sha256)
 
     async def respond(
         self,
@@ -465,14 +462,14 @@ class FileCache:
             or hdrs.IF_MODIFIED_SINCE in request.headers
             or hdrs.IF_RANGE in request.headers
         )
-        if blob.size <= self.memory_file_max and not conditional:
+        if self.memory.takes(blob.size) and not conditional:
             body = self.memory.get(sha256)
             if body is None:
                 body = await asyncio.to_thread(_read_verified, self.blobs.path(sha256), sha256)
                 if body is None:
                     await self._discard(sha256)
                     return None
-                self.memory[sha256] = body
+                self.memory.put(sha256, body)
             return web.Response(body=body, headers=headers)
         # Only built here: memory hits, the common case, need no path (pathlib shows in profiles).
         path = self.blobs.path(sha256)
