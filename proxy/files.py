@@ -11,7 +11,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Protocol
@@ -104,9 +104,9 @@ class FileCache:
         self.metrics = metrics
         # nginx's internal location for blobs/: hits are then answered by nginx from disk.
         self.accel_redirect = accel_redirect
-        self.known: dict[str, KnownBlob] = {}
+        self._known: dict[str, KnownBlob] = {}
         self.memory = MemoryTier(settings.memory_size, settings.memory_file_max)
-        self.fills: dict[str, Fill] = {}
+        self._fills: dict[str, Fill] = {}
         self.accessed: dict[str, float] = {}
         # Counts additions to `known`: rendered pages that show sizes are current while it stands.
         self.generation = 0
@@ -126,6 +126,20 @@ class FileCache:
         self._tasks: set[asyncio.Task[None]] = set()
         self._db_warn = Throttled(log)
 
+    @property
+    def known(self) -> Mapping[str, KnownBlob]:
+        """The verified blobs this process serves, by sha256; only the cache itself changes it."""
+        return self._known
+
+    @property
+    def fills(self) -> Mapping[str, Fill]:
+        """The downloads running in this process, by sha256."""
+        return self._fills
+
+    def totals(self) -> tuple[int, int]:
+        """Bytes and number of the verified blobs this process serves."""
+        return sum(b.size for b in self._known.values()), len(self._known)
+
     async def load(self) -> None:
         """Start-up reconciliation: drop temp files, rows without blobs, blobs without rows.
 
@@ -137,13 +151,13 @@ class FileCache:
         removed_temp = await asyncio.to_thread(self.blobs.clean_temp) if read_write else 0
         on_disk = dict(await asyncio.to_thread(lambda: list(self.blobs.scan())))
         rows = await self.store.blobs()
-        self.known = {
+        self._known = {
             r.sha256: KnownBlob(r.size, r.filename) for r in rows if on_disk.get(r.sha256) == r.size
         }
         if not read_write:
             return
-        suspects = {r.sha256 for r in rows if r.sha256 not in self.known}
-        suspects |= {sha for sha in on_disk if sha not in self.known}
+        suspects = {r.sha256 for r in rows if r.sha256 not in self._known}
+        suspects |= {sha for sha in on_disk if sha not in self._known}
         orphan_rows = stray = 0
         for sha in sorted(suspects):
             lock = FileLock.try_acquire(self.blobs.lock_path(sha))
@@ -153,7 +167,7 @@ class FileCache:
                 row = await self.store.blob(sha)
                 size = self.blobs.size_of(sha)
                 if row is not None and size == row.size:
-                    self.known[sha] = KnownBlob(row.size, row.filename)
+                    self._known[sha] = KnownBlob(row.size, row.filename)
                     continue
                 if row is not None:
                     await self.store.remove_blobs([sha])
@@ -194,14 +208,14 @@ class FileCache:
                 log.exception("could not record access times")
 
     def hit(self, sha256: str, filename: str) -> KnownBlob | None:
-        blob = self.known.get(sha256)
+        blob = self._known.get(sha256)
         if blob is None or blob.filename != filename:
             return None
         return blob
 
     def forget(self, sha256: str) -> None:
         """This process stops serving a blob another process (or `verify`) removed."""
-        self.known.pop(sha256, None)
+        self._known.pop(sha256, None)
         self.memory.forget(sha256)
 
     async def respond(
@@ -269,7 +283,7 @@ class FileCache:
     ) -> web.StreamResponse | None:
         """Admit the client to what the cache holds or fetches; the hit, if the cache holds it."""
         if admission is not None and (
-            self.hit(sha256, filename) is not None or sha256 in self.fills
+            self.hit(sha256, filename) is not None or sha256 in self._fills
         ):
             await admission.admit()
         blob = self.hit(sha256, filename)
@@ -282,7 +296,7 @@ class FileCache:
 
     async def _join(self, sha256: str, filename: str) -> Fill | None:
         """The fill running for this file, or None when there is none to join."""
-        while (fill := self.fills.get(sha256)) is not None and fill.filename != filename:
+        while (fill := self._fills.get(sha256)) is not None and fill.filename != filename:
             # The same bytes are coming under another name; only GitLab can say this name has
             # them, so wait for that fill to end, then ask under this name.
             await fill.ended()
@@ -350,7 +364,7 @@ class FileCache:
             return Next.REJOIN
         if fill.error is not None:
             raise fill.error
-        blob = self.known.get(fill.sha256)
+        blob = self._known.get(fill.sha256)
         if blob is not None:
             hit = await self._respond_hit(request, fill.sha256, blob, private=private)
             if hit is not None:
@@ -361,17 +375,17 @@ class FileCache:
         self, sha256: str, filename: str, source: yarl.URL, authorization: str | None
     ) -> Path:
         """The verified blob's path, downloading it first (through the shared fill) if needed."""
-        blob = self.known.get(sha256)
+        blob = self._known.get(sha256)
         if blob is not None and self.blobs.size_of(sha256) != blob.size:
             # Evicted by another worker, or by `gc` / `verify`, since this process learnt of it.
             self.forget(sha256)
-        if sha256 not in self.known:
-            fill = self.fills.get(sha256)
+        if sha256 not in self._known:
+            fill = self._fills.get(sha256)
             if fill is None:
                 fill = self._start_fill(sha256, filename, source, authorization)
             await fill.ended()
             if fill.refused_only_its_starter(authorization):
-                fill = self.fills.get(sha256) or self._start_fill(
+                fill = self._fills.get(sha256) or self._start_fill(
                     sha256, filename, source, authorization
                 )
             await self._finished(fill)
@@ -380,7 +394,7 @@ class FileCache:
     async def store_bytes(self, data: bytes, filename: str) -> str:
         """Keep a small verified body the proxy made itself (not downloaded); its sha256."""
         sha256 = hashlib.sha256(data).hexdigest()
-        if sha256 in self.known:
+        if sha256 in self._known:
             return sha256
         self.blobs.ensure_dirs()
         temp = self.blobs.new_temp(sha256)
@@ -391,14 +405,14 @@ class FileCache:
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
         await self.store.add_blob(sha256, len(data), filename)
-        self.known[sha256] = KnownBlob(len(data), filename)
+        self._known[sha256] = KnownBlob(len(data), filename)
         self.generation += 1
         return sha256
 
     async def store_download(self, sha256: str, filename: str, body: bytes) -> None:
         """Keep a whole file that came with another request (a Range read that covered it),
         once it verifies; observers count it as a download, which it was."""
-        if hashlib.sha256(body).hexdigest() != sha256 or sha256 in self.known:
+        if hashlib.sha256(body).hexdigest() != sha256 or sha256 in self._known:
             return
         await self.store_bytes(body, filename)
         fill = Fill(sha256, filename, self.blobs.path(sha256))
@@ -413,7 +427,7 @@ class FileCache:
         self, request: web.Request, sha256: str, filename: str, *, private: bool
     ) -> web.StreamResponse | None:
         """Serve a cached blob under `filename`, whatever name it was stored by; None if absent."""
-        blob = self.known.get(sha256)
+        blob = self._known.get(sha256)
         if blob is None:
             return None
         return await self._respond_hit(request, sha256, blob, filename, private=private)
@@ -502,7 +516,7 @@ class FileCache:
         # Created now, so a reader joining in this same step can open it.
         temp, fd = self.blobs.open_temp(sha256)
         fill = Fill(sha256, filename, temp, source, fingerprint(authorization))
-        self.fills[sha256] = fill
+        self._fills[sha256] = fill
         for observe in self.fill_observers:
             observe(fill)
         # Its own task: a client that disconnects does not cancel what others rely on.
@@ -550,7 +564,7 @@ class FileCache:
             # Readers arriving from now on open the blob; the temp path is gone.
             fill.path = final
             await self._record(fill.sha256, fill.written, fill.filename)
-            self.known[fill.sha256] = KnownBlob(fill.written, fill.filename)
+            self._known[fill.sha256] = KnownBlob(fill.written, fill.filename)
             self.generation += 1
             fill.finish(final)
             self.grown.set()
@@ -583,7 +597,7 @@ class FileCache:
                     temp.unlink()
             if fill.state is FillState.RUNNING:
                 fill.fail(UpstreamError(f"fill of {fill.filename} was interrupted"))
-            self.fills.pop(fill.sha256, None)
+            self._fills.pop(fill.sha256, None)
             if lock is not None:
                 lock.release()
 
@@ -593,17 +607,17 @@ class FileCache:
 
     async def learn(self, sha256: str) -> bool:
         """Whether the cache holds this blob, learning one another worker process recorded."""
-        if sha256 in self.known:
+        if sha256 in self._known:
             return True
         row = await self.store.blob(sha256)
         if row is None or self.blobs.size_of(sha256) != row.size:
             return False
-        self.known[sha256] = KnownBlob(row.size, row.filename)
+        self._known[sha256] = KnownBlob(row.size, row.filename)
         return True
 
     def filling_elsewhere(self, sha256: str) -> bool:
         """Whether another process is downloading this blob now (it holds its lock)."""
-        if sha256 in self.fills or self.health.mode is not CacheMode.READ_WRITE:
+        if sha256 in self._fills or self.health.mode is not CacheMode.READ_WRITE:
             return False
         try:
             lock = FileLock.try_acquire(self.blobs.lock_path(sha256))
@@ -624,7 +638,7 @@ class FileCache:
             # The same bytes under another name: only GitLab can say this name has them.
             return False
         await self._record(fill.sha256, size, fill.filename)
-        self.known[fill.sha256] = KnownBlob(size, fill.filename)
+        self._known[fill.sha256] = KnownBlob(size, fill.filename)
         self.generation += 1
         fill.finish(self.blobs.path(fill.sha256))
         return True
@@ -655,7 +669,7 @@ class FileCache:
                 return Next.PASS_THROUGH
             if fill.outcome is Outcome.ADOPTED:
                 # Adopted from another worker: the blob is on disk, verified there.
-                blob = self.known.get(fill.sha256)
+                blob = self._known.get(fill.sha256)
                 hit = (
                     None
                     if blob is None
