@@ -71,7 +71,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     files.health.opened(mode, reason)
     await files.load()
     metrics.cache_limit = settings.cache.max_size
-    metrics.cache_size = lambda: (sum(b.size for b in files.known.values()), len(files.known))
+    metrics.cache_size = files.totals
     metrics.fills_in_flight = lambda: len(files.fills)
     metadata = CoreMetadata(files, store)
     await metadata.load()

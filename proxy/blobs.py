@@ -26,10 +26,6 @@ class BlobStore:
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
 
-    def writable(self) -> bool:
-        """Whether a temp file can be created now (disk full or read-only says no)."""
-        return self.write_problem() is None
-
     def write_problem(self) -> OSError | None:
         """Why a temp file cannot be created now, or None when it can."""
         try:

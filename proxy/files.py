@@ -1,4 +1,4 @@
-"""The file cache: hits from disk or memory, tee-on-miss with sha256 verification, single flight."""
+"""The file cache: the hit/miss decision, hits from disk or memory, misses through one fill."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Protocol
@@ -21,28 +21,38 @@ import yarl
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.web_fileresponse import NOSENDFILE
-from cachetools import LRUCache, TTLCache
+from cachetools import TTLCache
 
 from .accesslog import SENDFILE_BYTES
 from .blobs import BlobStore
 from .cachehealth import CacheHealth, CacheMode, Throttled
 from .config import CacheSettings
 from .errors import (
-    CredentialsRefused,
     Offline,
     ProxyError,
     UpstreamError,
     UpstreamStatus,
     UpstreamUnavailable,
 )
+from .fill import (
+    CHUNK,
+    CacheUnwritable,
+    Fill,
+    FillState,
+    Outcome,
+    cut,
+    relay_verified,
+    stream_fill,
+    write_all,
+)
 from .locks import FileLock, ReadHold
+from .memorytier import MemoryTier
 from .metrics import Metrics
 from .store import Store
 from .upstream import Upstream, fingerprint
 
 log = logging.getLogger(__name__)
 
-CHUNK = 256 * 1024
 IMMUTABLE = "public, max-age=31536000, immutable"
 # A file GitLab gave to one client's credentials: no shared HTTP cache may hand it to others.
 PRIVATE_IMMUTABLE = "private, max-age=31536000, immutable"
@@ -55,89 +65,13 @@ class KnownBlob:
     filename: str
 
 
-class CacheUnwritable(ProxyError):
-    """A fill could not use the disk; clients that got nothing yet are served a pass-through."""
+class Next(enum.Enum):
+    """What `respond` does after a pass that did not answer the client itself."""
 
-    status = 503
-
-
-class FillState(enum.Enum):
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-
-
-class Fill:
-    """One upstream download into a temp file that any number of clients read as it grows."""
-
-    def __init__(
-        self,
-        sha256: str,
-        filename: str,
-        path: Path,
-        source: yarl.URL | None = None,
-        credential: str = "",
-    ) -> None:
-        self.sha256 = sha256
-        self.filename = filename
-        # Where it is fetched from (None: bytes that came whole with another request, never
-        # joined): a joiner asking through another scope's URL is not its own.
-        self.source = source
-        # The starter's credential fingerprint: GitLab's no to it is not a no to a joiner's.
-        self.credential = credential
-        # The temp file while running; the blob's own path once verified and renamed.
-        self.path = path
-        self.size: int | None = None
-        self.written = 0
-        self.state = FillState.RUNNING
-        self.error: ProxyError | None = None
-        self.started = False
-        self._changed = asyncio.Event()
-
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    def mark_started(self, size: int | None) -> None:
-        self.size = size
-        self.started = True
-        self._notify()
-
-    def advance(self, nbytes: int) -> None:
-        self.written += nbytes
-        self._notify()
-
-    def finish(self, final_path: Path) -> None:
-        self.path = final_path
-        self.state = FillState.DONE
-        self._notify()
-
-    def fail(self, error: ProxyError) -> None:
-        self.error = error
-        self.state = FillState.FAILED
-        self._notify()
-
-    async def changed(self) -> None:
-        """Wait for the next step: bytes written, headers known, done or failed."""
-        await self._changed.wait()
-
-    def refused_only_its_starter(self, authorization: str | None) -> bool:
-        """Whether this fill ended, before a byte, on GitLab's answer to its starter's credential
-        (a refusal, a per-user throttle, a 5xx), which says nothing to a joiner with other ones.
-        A timeout is not asked again: the joiner would only wait as long once more."""
-        return (
-            self.state is FillState.FAILED
-            and not self.started
-            and self.credential != fingerprint(authorization)
-            and isinstance(self.error, UpstreamStatus | CredentialsRefused | UpstreamUnavailable)
-        )
-
-    def readable_limit(self) -> int:
-        """How many bytes a reader may send: all once verified, else all but the last."""
-        if self.state is FillState.DONE:
-            return self.written
-        # Holding one byte back means no client ever completes a file that then fails to verify.
-        return max(0, self.written - 1)
+    # The disk is out of the picture: stream upstream straight to this client.
+    PASS_THROUGH = "pass-through"
+    # The joined fill failed on its starter's credentials only: ask again with this client's.
+    REJOIN = "rejoin"
 
 
 class Admission(Protocol):
@@ -170,13 +104,9 @@ class FileCache:
         self.metrics = metrics
         # nginx's internal location for blobs/: hits are then answered by nginx from disk.
         self.accel_redirect = accel_redirect
-        self.known: dict[str, KnownBlob] = {}
-        self.memory: LRUCache[str, bytes] = LRUCache(
-            maxsize=max(1, settings.memory_size), getsizeof=len
-        )
-        # The LRU refuses a body larger than itself (memory_size 0 turns it off).
-        self.memory_file_max = min(settings.memory_file_max, settings.memory_size)
-        self.fills: dict[str, Fill] = {}
+        self._known: dict[str, KnownBlob] = {}
+        self.memory = MemoryTier(settings.memory_size, settings.memory_file_max)
+        self._fills: dict[str, Fill] = {}
         self.accessed: dict[str, float] = {}
         # Counts additions to `known`: rendered pages that show sizes are current while it stands.
         self.generation = 0
@@ -196,6 +126,20 @@ class FileCache:
         self._tasks: set[asyncio.Task[None]] = set()
         self._db_warn = Throttled(log)
 
+    @property
+    def known(self) -> Mapping[str, KnownBlob]:
+        """The verified blobs this process serves, by sha256; only the cache itself changes it."""
+        return self._known
+
+    @property
+    def fills(self) -> Mapping[str, Fill]:
+        """The downloads running in this process, by sha256."""
+        return self._fills
+
+    def totals(self) -> tuple[int, int]:
+        """Bytes and number of the verified blobs this process serves."""
+        return sum(b.size for b in self._known.values()), len(self._known)
+
     async def load(self) -> None:
         """Start-up reconciliation: drop temp files, rows without blobs, blobs without rows.
 
@@ -207,13 +151,13 @@ class FileCache:
         removed_temp = await asyncio.to_thread(self.blobs.clean_temp) if read_write else 0
         on_disk = dict(await asyncio.to_thread(lambda: list(self.blobs.scan())))
         rows = await self.store.blobs()
-        self.known = {
+        self._known = {
             r.sha256: KnownBlob(r.size, r.filename) for r in rows if on_disk.get(r.sha256) == r.size
         }
         if not read_write:
             return
-        suspects = {r.sha256 for r in rows if r.sha256 not in self.known}
-        suspects |= {sha for sha in on_disk if sha not in self.known}
+        suspects = {r.sha256 for r in rows if r.sha256 not in self._known}
+        suspects |= {sha for sha in on_disk if sha not in self._known}
         orphan_rows = stray = 0
         for sha in sorted(suspects):
             lock = FileLock.try_acquire(self.blobs.lock_path(sha))
@@ -223,7 +167,7 @@ class FileCache:
                 row = await self.store.blob(sha)
                 size = self.blobs.size_of(sha)
                 if row is not None and size == row.size:
-                    self.known[sha] = KnownBlob(row.size, row.filename)
+                    self._known[sha] = KnownBlob(row.size, row.filename)
                     continue
                 if row is not None:
                     await self.store.remove_blobs([sha])
@@ -264,15 +208,15 @@ class FileCache:
                 log.exception("could not record access times")
 
     def hit(self, sha256: str, filename: str) -> KnownBlob | None:
-        blob = self.known.get(sha256)
+        blob = self._known.get(sha256)
         if blob is None or blob.filename != filename:
             return None
         return blob
 
     def forget(self, sha256: str) -> None:
         """This process stops serving a blob another process (or `verify`) removed."""
-        self.known.pop(sha256, None)
-        self.memory.pop(sha256, None)
+        self._known.pop(sha256, None)
+        self.memory.forget(sha256)
 
     async def respond(
         self,
@@ -289,13 +233,18 @@ class FileCache:
         admitted; a fill it starts itself is GitLab's answer to its own credentials. A joiner
         whose fill was refused to its starter's other credentials asks GitLab with its own.
         """
-        response = await self._respond(request, sha256, filename, source, authorization, admission)
-        if response is None:
-            response = await self._respond(
+        private = admission is not None
+        answer = await self._respond(request, sha256, filename, source, authorization, admission)
+        if answer is Next.REJOIN:
+            answer = await self._respond(
                 request, sha256, filename, source, authorization, admission, rejoin=False
             )
-        assert response is not None
-        return response
+        if answer is Next.PASS_THROUGH:
+            return await self._pass_through(
+                request, sha256, filename, source, authorization, private=private
+            )
+        assert isinstance(answer, web.StreamResponse)
+        return answer
 
     async def _respond(
         self,
@@ -307,101 +256,136 @@ class FileCache:
         admission: Admission | None,
         *,
         rejoin: bool = True,
-    ) -> web.StreamResponse | None:
-        """`respond`, or None (while `rejoin`) when the fill joined failed for its starter only."""
-        private = admission is not None
-        if admission is not None and (
-            self.hit(sha256, filename) is not None or sha256 in self.fills
-        ):
-            await admission.admit()
-        blob = self.hit(sha256, filename)
-        if blob is not None:
-            hit = await self._respond_hit(request, sha256, blob, private=private)
-            if hit is not None:
-                self.metrics.file_hit(blob.size)
-                return hit
+    ) -> web.StreamResponse | Next:
+        """One pass of `respond`: admit and answer a hit, else join or start the fill and
+        answer from it; or what `respond` does next (REJOIN only while `rejoin`)."""
+        hit = await self._admit_and_hit(request, sha256, filename, admission)
+        if hit is not None:
+            return hit
         self.metrics.file_miss()
         if self.upstream.offline:
             raise Offline()
         absent = self.negative.get((str(source), fingerprint(authorization)))
         if absent is not None:
             raise absent
-        while (fill := self.fills.get(sha256)) is not None and fill.filename != filename:
+        fill = await self._join(sha256, filename)
+        if fill is None:
+            started = await self._start(request, sha256, filename, source, authorization, admission)
+            if not isinstance(started, Fill):
+                return started
+            fill = started
+        return await self._answer_from_fill(
+            request, fill, source, authorization, private=admission is not None, rejoin=rejoin
+        )
+
+    async def _admit_and_hit(
+        self, request: web.Request, sha256: str, filename: str, admission: Admission | None
+    ) -> web.StreamResponse | None:
+        """Admit the client to what the cache holds or fetches; the hit, if the cache holds it."""
+        if admission is not None and (
+            self.hit(sha256, filename) is not None or sha256 in self._fills
+        ):
+            await admission.admit()
+        blob = self.hit(sha256, filename)
+        if blob is None:
+            return None
+        hit = await self._respond_hit(request, sha256, blob, private=admission is not None)
+        if hit is not None:
+            self.metrics.file_hit(blob.size)
+        return hit
+
+    async def _join(self, sha256: str, filename: str) -> Fill | None:
+        """The fill running for this file, or None when there is none to join."""
+        while (fill := self._fills.get(sha256)) is not None and fill.filename != filename:
             # The same bytes are coming under another name; only GitLab can say this name has
             # them, so wait for that fill to end, then ask under this name.
-            await fill.changed()
-        if fill is None:
-            if not self.health.writable():
-                return await self._pass_through(
-                    request, sha256, filename, source, authorization, private=private
-                )
-            try:
-                fill = self._start_fill(sha256, filename, source, authorization)
-            except OSError as e:
-                self.health.failed(e)
-                return await self._pass_through(
-                    request, sha256, filename, source, authorization, private=private
-                )
-            if admission is not None:
-                while not fill.started and fill.state is FillState.RUNNING:
-                    await fill.changed()
-                if fill.started:
-                    admission.answered(None)
-                elif fill.state is FillState.DONE:
-                    # Adopted from another worker's download: GitLab never answered this client.
-                    await admission.admit()
-                else:
-                    admission.answered(fill.error)
-                # The fill ran on while this waited: it may be over, its temp file gone.
-                if isinstance(fill.error, CacheUnwritable) and not fill.started:
-                    return await self._pass_through(
-                        request, sha256, filename, source, authorization, private=private
-                    )
-                if fill.state is FillState.FAILED:
-                    raise fill.error or UpstreamError(f"fill of {filename} failed")
-                blob = self.hit(sha256, filename)
-                if fill.state is FillState.DONE and blob is not None:
-                    hit = await self._respond_hit(request, sha256, blob, private=private)
-                    if hit is not None:
-                        return hit
-        if request.http_range.start is not None or request.http_range.stop is not None:
-            # A range read needs the whole verified file; wait, then answer it like a hit.
-            while fill.state is FillState.RUNNING:
-                await fill.changed()
-            if isinstance(fill.error, CacheUnwritable):
-                return await self._pass_through(
-                    request, sha256, filename, source, authorization, private=private
-                )
-            if rejoin and fill.refused_only_its_starter(authorization):
-                return None
-            if fill.error is not None:
-                raise fill.error
-            blob = self.known.get(sha256)
-            if blob is not None:
-                hit = await self._respond_hit(request, sha256, blob, private=private)
-                if hit is not None:
-                    return hit
-            raise UpstreamUnavailable(f"{filename} vanished from the cache; try again")
-        return await self._respond_fill(
-            request, fill, source, authorization, private=private, rejoin=rejoin
-        )
+            await fill.ended()
+        return fill
+
+    async def _start(
+        self,
+        request: web.Request,
+        sha256: str,
+        filename: str,
+        source: yarl.URL,
+        authorization: str | None,
+        admission: Admission | None,
+    ) -> Fill | web.StreamResponse | Next:
+        """Start a fill; with an `admission`, GitLab's answer to it is this client's answer."""
+        if not self.health.writable():
+            return Next.PASS_THROUGH
+        try:
+            fill = self._start_fill(sha256, filename, source, authorization)
+        except OSError as e:
+            self.health.failed(e)
+            return Next.PASS_THROUGH
+        if admission is None:
+            return fill
+        await fill.headers_known()
+        if fill.started:
+            admission.answered(None)
+        elif fill.outcome is Outcome.ADOPTED:
+            # Adopted from another worker's download: GitLab never answered this client.
+            await admission.admit()
+        else:
+            admission.answered(fill.error)
+        # The fill ran on while this waited: it may be over, its temp file gone.
+        if fill.outcome is Outcome.UNWRITABLE and not fill.started:
+            return Next.PASS_THROUGH
+        if fill.state is FillState.FAILED:
+            raise fill.error or UpstreamError(f"fill of {filename} failed")
+        blob = self.hit(sha256, filename)
+        if fill.state is FillState.DONE and blob is not None:
+            hit = await self._respond_hit(request, sha256, blob, private=True)
+            if hit is not None:
+                return hit
+        return fill
+
+    async def _answer_from_fill(
+        self,
+        request: web.Request,
+        fill: Fill,
+        source: yarl.URL,
+        authorization: str | None,
+        *,
+        private: bool,
+        rejoin: bool,
+    ) -> web.StreamResponse | Next:
+        """Stream the fill to the client, or answer a range request once it verified."""
+        if request.http_range.start is None and request.http_range.stop is None:
+            return await self._respond_fill(
+                request, fill, source, authorization, private=private, rejoin=rejoin
+            )
+        # A range read needs the whole verified file; wait, then answer it like a hit.
+        await fill.ended()
+        if fill.outcome is Outcome.UNWRITABLE:
+            return Next.PASS_THROUGH
+        if rejoin and fill.refused_only_its_starter(authorization):
+            return Next.REJOIN
+        if fill.error is not None:
+            raise fill.error
+        blob = self._known.get(fill.sha256)
+        if blob is not None:
+            hit = await self._respond_hit(request, fill.sha256, blob, private=private)
+            if hit is not None:
+                return hit
+        raise UpstreamUnavailable(f"{fill.filename} vanished from the cache; try again")
 
     async def ensure(
         self, sha256: str, filename: str, source: yarl.URL, authorization: str | None
     ) -> Path:
         """The verified blob's path, downloading it first (through the shared fill) if needed."""
-        blob = self.known.get(sha256)
+        blob = self._known.get(sha256)
         if blob is not None and self.blobs.size_of(sha256) != blob.size:
             # Evicted by another worker, or by `gc` / `verify`, since this process learnt of it.
             self.forget(sha256)
-        if sha256 not in self.known:
-            fill = self.fills.get(sha256)
+        if sha256 not in self._known:
+            fill = self._fills.get(sha256)
             if fill is None:
                 fill = self._start_fill(sha256, filename, source, authorization)
-            while fill.state is FillState.RUNNING:
-                await fill.changed()
+            await fill.ended()
             if fill.refused_only_its_starter(authorization):
-                fill = self.fills.get(sha256) or self._start_fill(
+                fill = self._fills.get(sha256) or self._start_fill(
                     sha256, filename, source, authorization
                 )
             await self._finished(fill)
@@ -410,7 +394,7 @@ class FileCache:
     async def store_bytes(self, data: bytes, filename: str) -> str:
         """Keep a small verified body the proxy made itself (not downloaded); its sha256."""
         sha256 = hashlib.sha256(data).hexdigest()
-        if sha256 in self.known:
+        if sha256 in self._known:
             return sha256
         self.blobs.ensure_dirs()
         temp = self.blobs.new_temp(sha256)
@@ -421,14 +405,14 @@ class FileCache:
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
         await self.store.add_blob(sha256, len(data), filename)
-        self.known[sha256] = KnownBlob(len(data), filename)
+        self._known[sha256] = KnownBlob(len(data), filename)
         self.generation += 1
         return sha256
 
     async def store_download(self, sha256: str, filename: str, body: bytes) -> None:
         """Keep a whole file that came with another request (a Range read that covered it),
         once it verifies; observers count it as a download, which it was."""
-        if hashlib.sha256(body).hexdigest() != sha256 or sha256 in self.known:
+        if hashlib.sha256(body).hexdigest() != sha256 or sha256 in self._known:
             return
         await self.store_bytes(body, filename)
         fill = Fill(sha256, filename, self.blobs.path(sha256))
@@ -443,14 +427,13 @@ class FileCache:
         self, request: web.Request, sha256: str, filename: str, *, private: bool
     ) -> web.StreamResponse | None:
         """Serve a cached blob under `filename`, whatever name it was stored by; None if absent."""
-        blob = self.known.get(sha256)
+        blob = self._known.get(sha256)
         if blob is None:
             return None
         return await self._respond_hit(request, sha256, blob, filename, private=private)
 
     async def _finished(self, fill: Fill) -> None:
-        while fill.state is FillState.RUNNING:
-            await fill.changed()
+        await fill.ended()
         if fill.error is not None:
             raise fill.error
 
@@ -493,14 +476,14 @@ class FileCache:
             or hdrs.IF_MODIFIED_SINCE in request.headers
             or hdrs.IF_RANGE in request.headers
         )
-        if blob.size <= self.memory_file_max and not conditional:
+        if self.memory.takes(blob.size) and not conditional:
             body = self.memory.get(sha256)
             if body is None:
                 body = await asyncio.to_thread(_read_verified, self.blobs.path(sha256), sha256)
                 if body is None:
                     await self._discard(sha256)
                     return None
-                self.memory[sha256] = body
+                self.memory.put(sha256, body)
             return web.Response(body=body, headers=headers)
         # Only built here: memory hits, the common case, need no path (pathlib shows in profiles).
         path = self.blobs.path(sha256)
@@ -533,7 +516,7 @@ class FileCache:
         # Created now, so a reader joining in this same step can open it.
         temp, fd = self.blobs.open_temp(sha256)
         fill = Fill(sha256, filename, temp, source, fingerprint(authorization))
-        self.fills[sha256] = fill
+        self._fills[sha256] = fill
         for observe in self.fill_observers:
             observe(fill)
         # Its own task: a client that disconnects does not cancel what others rely on.
@@ -565,7 +548,8 @@ class FileCache:
                 async for chunk in resp.content.iter_chunked(CHUNK):
                     if size is None and not self.health.room_for(len(chunk)):
                         raise CacheUnwritable(f"no room left in the cache for {fill.filename}")
-                    _write_all(fd, chunk)
+                    # A slow disk must not stall every other client on the event loop.
+                    await asyncio.to_thread(write_all, fd, chunk)
                     digest.update(chunk)
                     fill.advance(len(chunk))
             if fill.size is not None and fill.written != fill.size:
@@ -580,7 +564,7 @@ class FileCache:
             # Readers arriving from now on open the blob; the temp path is gone.
             fill.path = final
             await self._record(fill.sha256, fill.written, fill.filename)
-            self.known[fill.sha256] = KnownBlob(fill.written, fill.filename)
+            self._known[fill.sha256] = KnownBlob(fill.written, fill.filename)
             self.generation += 1
             fill.finish(final)
             self.grown.set()
@@ -613,7 +597,7 @@ class FileCache:
                     temp.unlink()
             if fill.state is FillState.RUNNING:
                 fill.fail(UpstreamError(f"fill of {fill.filename} was interrupted"))
-            self.fills.pop(fill.sha256, None)
+            self._fills.pop(fill.sha256, None)
             if lock is not None:
                 lock.release()
 
@@ -623,17 +607,17 @@ class FileCache:
 
     async def learn(self, sha256: str) -> bool:
         """Whether the cache holds this blob, learning one another worker process recorded."""
-        if sha256 in self.known:
+        if sha256 in self._known:
             return True
         row = await self.store.blob(sha256)
         if row is None or self.blobs.size_of(sha256) != row.size:
             return False
-        self.known[sha256] = KnownBlob(row.size, row.filename)
+        self._known[sha256] = KnownBlob(row.size, row.filename)
         return True
 
     def filling_elsewhere(self, sha256: str) -> bool:
         """Whether another process is downloading this blob now (it holds its lock)."""
-        if sha256 in self.fills or self.health.mode is not CacheMode.READ_WRITE:
+        if sha256 in self._fills or self.health.mode is not CacheMode.READ_WRITE:
             return False
         try:
             lock = FileLock.try_acquire(self.blobs.lock_path(sha256))
@@ -654,7 +638,7 @@ class FileCache:
             # The same bytes under another name: only GitLab can say this name has them.
             return False
         await self._record(fill.sha256, size, fill.filename)
-        self.known[fill.sha256] = KnownBlob(size, fill.filename)
+        self._known[fill.sha256] = KnownBlob(size, fill.filename)
         self.generation += 1
         fill.finish(self.blobs.path(fill.sha256))
         return True
@@ -675,20 +659,17 @@ class FileCache:
         *,
         private: bool,
         rejoin: bool,
-    ) -> web.StreamResponse | None:
-        """Stream a fill to the client; None (while `rejoin`) if it failed for its starter only."""
+    ) -> web.StreamResponse | Next:
+        """Stream a fill to the client, or what `respond` does next (REJOIN only while `rejoin`)."""
         # Opened before any await, so a rename or a failed fill's unlink cannot race it.
         reader = fill.path.open("rb")
         try:
-            while not fill.started and fill.state is FillState.RUNNING:
-                await fill.changed()
-            if isinstance(fill.error, CacheUnwritable) and fill.written == 0:
-                return await self._pass_through(
-                    request, fill.sha256, fill.filename, source, authorization, private=private
-                )
-            if fill.state is FillState.DONE and not fill.started:
+            await fill.headers_known()
+            if fill.outcome is Outcome.UNWRITABLE and fill.written == 0:
+                return Next.PASS_THROUGH
+            if fill.outcome is Outcome.ADOPTED:
                 # Adopted from another worker: the blob is on disk, verified there.
-                blob = self.known.get(fill.sha256)
+                blob = self._known.get(fill.sha256)
                 hit = (
                     None
                     if blob is None
@@ -698,7 +679,7 @@ class FileCache:
                     raise UpstreamUnavailable(f"{fill.filename} vanished from the cache; try again")
                 return hit
             if rejoin and fill.refused_only_its_starter(authorization):
-                return None
+                return Next.REJOIN
             if fill.error is not None and fill.written == 0:
                 raise fill.error
             size = fill.size
@@ -717,7 +698,7 @@ class FileCache:
                 return response
             # A client that goes away only stops its own copy; the fill goes on for the others.
             with contextlib.suppress(ConnectionError):
-                sent = await _stream_fill(request, response, fill, reader)
+                sent = await stream_fill(request, response, fill, reader)
                 if sent is not None:
                     await self._go_on(request, response, fill, reader, sent, source, authorization)
             return response
@@ -738,12 +719,12 @@ class FileCache:
         on from a new upstream download, checked against the bytes it already has."""
         try:
             async with self.upstream.open_file(source, authorization) as resp:
-                await _relay_verified(
+                await relay_verified(
                     request, response, resp, fill.sha256, fill.filename, reader, sent
                 )
         except ProxyError as e:
             log.warning("pass-through of %s failed: %s", fill.filename, e.message)
-            _cut(request)
+            cut(request)
 
     async def _pass_through(
         self,
@@ -767,95 +748,8 @@ class FileCache:
             with contextlib.suppress(ConnectionError):
                 await response.prepare(request)
                 if request.method != hdrs.METH_HEAD:
-                    await _relay_verified(request, response, resp, sha256, filename)
+                    await relay_verified(request, response, resp, sha256, filename)
             return response
-
-
-async def _relay_verified(
-    request: web.Request,
-    response: web.StreamResponse,
-    upstream: aiohttp.ClientResponse,
-    sha256: str,
-    filename: str,
-    sent: BinaryIO | None = None,
-    skip: int = 0,
-) -> None:
-    """Copy a body, holding the last byte back until it verifies; cut the client if not.
-
-    The client may have the first `skip` bytes already (they are in the file `sent`): those
-    are compared with the body instead of sent again.
-    """
-    digest = hashlib.sha256()
-    held = b""
-    received = 0
-    try:
-        async for chunk in upstream.content.iter_chunked(CHUNK):
-            if not chunk:
-                continue
-            digest.update(chunk)
-            start = received
-            received += len(chunk)
-            if start < skip and sent is not None:
-                had = chunk[: skip - start]
-                if os.pread(sent.fileno(), len(had), start) != had:
-                    log.warning("pass-through of %s failed: upstream sent other bytes", filename)
-                    _cut(request)
-                    return
-                chunk = chunk[len(had) :]
-                if not chunk:
-                    continue
-            await response.write(held + chunk[:-1])
-            held = chunk[-1:]
-    except ConnectionError:
-        raise
-    except (aiohttp.ClientError, TimeoutError):
-        log.warning("pass-through of %s failed: upstream body incomplete", filename)
-        _cut(request)
-        return
-    if upstream.content_length not in (None, received) or digest.hexdigest() != sha256:
-        log.warning("pass-through of %s failed: sha256 mismatch or short body", filename)
-        _cut(request)
-        return
-    await response.write(held)
-    await response.write_eof()
-
-
-async def _stream_fill(
-    request: web.Request, response: web.StreamResponse, fill: Fill, reader: BinaryIO
-) -> int | None:
-    """Send a fill's bytes as they land in its file; complete only once verified.
-
-    When the fill lost the disk (CacheUnwritable), how many bytes the client has, for the
-    caller to go on from; None once the response is complete, cut or its client gone.
-    """
-    # With a known length the body goes by sendfile, never copied through Python: that is what
-    # lets one fill feed dozens of clients. Chunked framing needs write() instead. (A
-    # StreamResponse has sent its headers on prepare(), so the body follows them.)
-    transport = request.transport if fill.size is not None else None
-    loop = asyncio.get_running_loop()
-    offset = 0
-    while True:
-        limit = fill.readable_limit()
-        if offset < limit and transport is not None:
-            if transport.is_closing():
-                return None  # the client left; the fill goes on for the others
-            offset += await loop.sendfile(transport, reader, offset, limit - offset)
-            response[SENDFILE_BYTES] = offset
-        elif offset < limit:
-            # Just written by the fill, so read from the page cache: no disk wait.
-            chunk = reader.read(min(CHUNK, limit - offset))
-            offset += len(chunk)
-            await response.write(chunk)
-        elif fill.state is FillState.DONE:
-            await response.write_eof()
-            return None
-        elif isinstance(fill.error, CacheUnwritable):
-            return offset
-        elif fill.state is FillState.FAILED:
-            _cut(request)
-            return None
-        else:
-            await fill.changed()
 
 
 class _HeldFileResponse(web.FileResponse):
@@ -893,20 +787,7 @@ def _read_verified(path: Path, sha256: str) -> bytes | None:
 def _write_synced(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        _write_all(fd, data)
+        write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-def _cut(request: web.Request) -> None:
-    """Close the client's connection mid-body, so its download fails loudly."""
-    if request.transport is not None:
-        request.transport.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from urllib.parse import quote, unquote
 
@@ -255,7 +256,10 @@ async def ready(request: web.Request) -> web.StreamResponse:
         problems.append("upstream is unreachable")
     # An unwritable or full cache still serves, as a pass-through: degraded, not unready.
     health = request.app[keys.FILES].health
-    if health.writable() and (error := request.app[keys.BLOBS].write_problem()) is not None:
+    if (
+        health.writable()
+        and (error := await asyncio.to_thread(request.app[keys.BLOBS].write_problem)) is not None
+    ):
         health.failed(error)
     degraded = [health.problem] if health.problem else []
     if (refusal := token_refusal(request.app)) is not None:

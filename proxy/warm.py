@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from rich.progress import Progress, ProgressColumn, TaskID
     from rich.table import Table
 from .errors import ProxyError
-from .files import Fill, FillState
+from .fill import Fill, FillState
 from .metadata import SUFFIX as METADATA_SUFFIX
 from .scope import Scope
 from .simple import Distribution, is_sha256, normalize, version_of
