@@ -28,6 +28,7 @@ from .blobs import BlobStore
 from .cachehealth import CacheHealth, CacheMode, Throttled
 from .config import CacheSettings
 from .errors import (
+    CacheUnwritable,
     CredentialsRefused,
     Offline,
     ProxyError,
@@ -53,12 +54,6 @@ ACCESS_FLUSH_SECONDS = 30.0
 class KnownBlob:
     size: int
     filename: str
-
-
-class CacheUnwritable(ProxyError):
-    """A fill could not use the disk; clients that got nothing yet are served a pass-through."""
-
-    status = 503
 
 
 class FillState(enum.Enum):

@@ -22,8 +22,8 @@ from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel
 from packaging.version import InvalidVersion, Version
 
 from .cachehealth import Throttled
-from .errors import NotFound, UpstreamError, UpstreamStatus
-from .files import Admission, CacheUnwritable, FileCache
+from .errors import CacheUnwritable, NotFound, UpstreamError, UpstreamStatus
+from .files import Admission, FileCache
 from .remotezip import RemoteFile, RemoteZipError, read_by_range
 from .simple import Distribution
 from .store import CoreMetadataRow, Store
