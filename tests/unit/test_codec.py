@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+import tarfile
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -43,6 +46,20 @@ PROJECT = Project(
 def test_version_1_pages_decode() -> None:
     assert decode_page(json.loads(V1_PROJECT)) == PROJECT
     assert decode_page(json.loads(V1_INDEX)) == Index(("corp-util", "Corp.Lib"))
+
+
+def test_every_page_the_release_a40a93d_stored_decodes(tmp_path: Path) -> None:
+    data = Path(__file__).parent.parent / "data" / "a40a93d"
+    with tarfile.open(data / "cache.tar.gz") as tar:
+        tar.extract("cache/index.sqlite3", tmp_path, filter="data")
+    with sqlite3.connect(tmp_path / "cache" / "index.sqlite3") as db:
+        rows = list(db.execute("SELECT key, model FROM pages"))
+    assert len(rows) == 8
+    for key, model in rows:
+        page = decode_page(json.loads(model))
+        assert isinstance(page, Index) == key.endswith(":")
+        # Written back as it was: a release that old reads what today's writes.
+        assert encode_page(page) == json.loads(model)
 
 
 def test_todays_pages_are_written_as_version_1_readers_read_them() -> None:
