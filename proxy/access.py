@@ -16,12 +16,12 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from aiohttp import hdrs, web
-from aiohttp.typedefs import Middleware
+from aiohttp.typedefs import Handler, Middleware
 from cachetools import TTLCache
 
 from .auth import parse_basic
 from .config import AccessSettings, ConfigError
-from .errors import Handler, NotFound, ProxyError, TooManyRequests, Unauthorized
+from .errors import NotFound, ProxyChallenge, ProxyError, TooManyRequests
 from .scope import Scope
 
 SCHEME = "scrypt"
@@ -206,13 +206,13 @@ class AccessGuard:
 
     async def _check_token(self, header: str | None, address: str) -> None:
         if not header:
-            raise Unauthorized("401 Unauthorized", headers={hdrs.WWW_AUTHENTICATE: CHALLENGE})
+            raise ProxyChallenge("401 Unauthorized", headers={hdrs.WWW_AUTHENTICATE: CHALLENGE})
         token = parse_basic(header).password
         key = hmac.new(self._secret, header.encode(), hashlib.sha256).hexdigest()
         if key in self._good:
             return
         if key in self._bad:
-            raise Unauthorized("401 Unauthorized", headers={hdrs.WWW_AUTHENTICATE: CHALLENGE})
+            raise ProxyChallenge("401 Unauthorized", headers={hdrs.WWW_AUTHENTICATE: CHALLENGE})
         check = self._checks.get(key)
         if check is None:
             if self.pending_by_address[address] >= MAX_PENDING_PER_ADDRESS or (
@@ -222,7 +222,7 @@ class AccessGuard:
             check = self._submit(key, token, address)
         # Shielded: a client that leaves does not cancel what others carrying its token wait on.
         if not await asyncio.shield(check.verdict):
-            raise Unauthorized("401 Unauthorized", headers={hdrs.WWW_AUTHENTICATE: CHALLENGE})
+            raise ProxyChallenge("401 Unauthorized", headers={hdrs.WWW_AUTHENTICATE: CHALLENGE})
 
     def _make_room_for(self, address: str) -> bool:
         """With the queue full, drop the newest waiting check of the address holding the most,

@@ -17,7 +17,7 @@ from aiohttp import hdrs
 from cachetools import LRUCache, TTLCache
 
 from .config import UpstreamSettings
-from .errors import GITLAB_CHALLENGE, BadRequest, ProxyError, UpstreamStatus
+from .errors import BadRequest, GitLabChallenge, ProxyError, UpstreamStatus
 from .scope import Scope
 from .upstream import TOKEN_HEADERS, Upstream, refuses_credentials
 
@@ -32,13 +32,6 @@ MAX_MEMBERS = 200_000
 # Statuses of a file request that settle whether this client may have this file.
 _FILE_ALLOWED = (200, 301, 302, 303, 307, 308)
 _FILE_REFUSED = (401, 403, 404, 410)
-
-
-class Unauthenticated(UpstreamStatus):
-    """No credentials where some are needed: GitLab's own challenge, so pip asks netrc/keyring."""
-
-    def __init__(self, message: str = "401 Unauthorized") -> None:
-        super().__init__(401, message, headers={hdrs.WWW_AUTHENTICATE: GITLAB_CHALLENGE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +82,7 @@ def client_credential(headers: Mapping[str, str]) -> str | None:
             raise BadRequest(f"{name} header is malformed")
         return f"{name} {token}"
     if headers.get(JOB_TOKEN_HEADER, "").strip():
-        raise Unauthenticated(
+        raise GitLabChallenge(
             "401 Unauthorized - GitLab ignores the Job-Token header on its PyPI routes; "
             "send the job token as Basic credentials gitlab-ci-token:<token>"
         )
@@ -156,7 +149,7 @@ class Decision:
 
     def error(self) -> ProxyError:
         if self.status == 401:
-            return Unauthenticated(self.message)
+            return GitLabChallenge(self.message)
         return UpstreamStatus(self.status, self.message)
 
 
@@ -186,7 +179,7 @@ class Gatekeeper:
         client = client_credential(headers)
         if client is None:
             if mode == "passthrough":
-                raise Unauthenticated()
+                raise GitLabChallenge()
             # prefer-client: the cache also holds what clients' own credentials fetched, so the
             # proxy's token is judged by GitLab like theirs before any of it is served.
             injected = self.upstream.injected_authorization
@@ -199,7 +192,7 @@ class Gatekeeper:
             return Caller(self.upstream.injected_authorization)
         client = client_credential(headers)
         if client is None:
-            raise Unauthenticated()
+            raise GitLabChallenge()
         return Caller(client, self._key(client))
 
     def _decision_key(self, caller: Caller, *parts: str) -> str:

@@ -35,9 +35,10 @@ from rich.progress import (
 )
 
 from .blobs import BlobStore, fsync_file
+from .codec import decode_page, encode_page
 from .config import Settings
 from .errors import ProxyError
-from .pages import stored_data, stored_model
+from .page_key import PageKey
 from .scope import Scope
 from .simple import (
     Index,
@@ -52,12 +53,16 @@ from .store import DB_NAME, BlobRow, ForwardedRow, PageRow, Store
 from .upstream import is_listed_host
 
 FORMAT = "gitlab-pypi-proxy-bundle"
+# Version 1 is the only manifest ever written (96ca97b through a40a93d to today). As with pages
+# (codec.py), a new key needs no new version: readers ignore keys they do not know, and a missing
+# `created`, `scopes` or `forwarded` reads as empty. Only a change that version 1 readers would
+# misread bumps it; the reader then turns each earlier version into the next, so all still read.
 VERSION = 1
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 256 * 1024 * 1024
 CHUNK = 1024 * 1024
 _BLOB_MEMBER = re.compile(r"^blobs/([0-9a-f]{64})$")
-_MANIFEST_KEYS = {"format", "version", "created", "scopes", "blobs", "pages", "forwarded"}
+_MANIFEST_KEYS = ("format", "version", "blobs", "pages")
 
 
 class BundleError(Exception):
@@ -132,7 +137,7 @@ async def export_bundle(
         raise BundleError(f"no cache in {settings.cache.dir} (cache.dir)")
     store = await Store.open(db)
     try:
-        pages = await store.pages([f"{s.key}:" for s in scopes] if scopes else [""])
+        pages = await store.pages([s.key for s in scopes] if scopes else None)
         forwarded = await store.forwarded([s.key for s in scopes] if scopes else None)
         cached = {row.sha256: row for row in await store.blobs()}
     finally:
@@ -141,7 +146,7 @@ async def export_bundle(
     listed: set[str] = set()
     for row in pages:
         data = json.loads(row.model)
-        model = stored_model(data)
+        model = decode_page(data)
         if isinstance(model, Project):
             listed |= {d.sha256 for d in model.files if d.sha256 is not None}
         entries.append({"key": row.key, "fetched_at": row.fetched_at, "model": data})
@@ -372,9 +377,10 @@ def _read_manifest(tar: tarfile.TarFile, member: tarfile.TarInfo) -> dict[str, o
         data = json.loads(file.read())
     except (ValueError, UnicodeDecodeError):
         raise BundleError(f"{MANIFEST} is not valid JSON") from None
-    if not isinstance(data, dict) or set(data) != _MANIFEST_KEYS:
+    if not isinstance(data, dict) or not _has(data, _MANIFEST_KEYS):
         raise BundleError(f"{MANIFEST} does not have the keys of a bundle manifest")
-    if data["format"] != FORMAT or data["version"] != VERSION:
+    version = data["version"]
+    if data["format"] != FORMAT or type(version) is not int or not 1 <= version <= VERSION:
         raise BundleError(f"not a version {VERSION} {FORMAT}")
     return data
 
@@ -385,8 +391,8 @@ def _expected_blobs(manifest: Mapping[str, object]) -> dict[str, tuple[int, str]
         raise BundleError("manifest: blobs must be a list")
     expected: dict[str, tuple[int, str]] = {}
     for entry in entries:
-        if not isinstance(entry, dict) or set(entry) != {"sha256", "size", "filename"}:
-            raise BundleError("manifest: a blob entry needs exactly sha256, size and filename")
+        if not isinstance(entry, dict) or not _has(entry, ("sha256", "size", "filename")):
+            raise BundleError("manifest: a blob entry needs sha256, size and filename")
         sha256, size, filename = entry["sha256"], entry["size"], entry["filename"]
         if not isinstance(sha256, str) or not is_sha256(sha256):
             raise BundleError(f"manifest: {sha256!r} is not a sha256")
@@ -435,21 +441,27 @@ def _plan(manifest: Mapping[str, object], staged: dict[str, Path], settings: Set
     return _Plan(blobs, pages, forwarded, dropped, staged)
 
 
+def _has(entry: Mapping[str, object], keys: tuple[str, ...]) -> bool:
+    """Whether `entry` has every one of `keys`; others, from a later release, are ignored."""
+    return all(key in entry for key in keys)
+
+
 def _list(manifest: Mapping[str, object], key: str) -> list[object]:
-    value = manifest[key]
+    value = manifest.get(key, [])
     if not isinstance(value, list):
         raise BundleError(f"manifest: {key} must be a list")
     return value
 
 
 def _page_row(entry: object) -> PageRow:
-    if not isinstance(entry, dict) or set(entry) != {"key", "fetched_at", "model"}:
-        raise BundleError("manifest: a page entry needs exactly key, fetched_at and model")
+    if not isinstance(entry, dict) or not _has(entry, ("key", "fetched_at", "model")):
+        raise BundleError("manifest: a page entry needs key, fetched_at and model")
     key, fetched_at = entry["key"], entry["fetched_at"]
     if not isinstance(key, str):
         raise BundleError("manifest: a page key must be a string")
-    scope_key, _, name = key.partition(":")
-    _scope(scope_key, f"page {key!r}")
+    page_key = PageKey.decode(key)
+    _scope(page_key.view, f"page {key!r}")
+    name = page_key.name
     if name and not (is_valid_name(name) and normalize(name) == name):
         raise BundleError(f"manifest: page {key!r} does not name a normalized project")
     if not isinstance(fetched_at, int | float) or isinstance(fetched_at, bool):
@@ -457,22 +469,22 @@ def _page_row(entry: object) -> PageRow:
     if not math.isfinite(fetched_at):
         raise BundleError(f"manifest: page {key!r} has no fetch time")
     try:
-        model = stored_model(entry["model"])
+        model = decode_page(entry["model"])
     except ValueError as e:
         raise BundleError(f"manifest: page {key!r} is not a valid page model ({e})") from None
-    if isinstance(model, Index) != (name == ""):
+    if isinstance(model, Index) != page_key.is_index:
         raise BundleError(f"manifest: page {key!r} holds the wrong kind of page")
     # A time from the future would win every later merge; the bundle cannot know better than now.
     fetched = min(float(fetched_at), time.time())
     # File URLs in models are never fetched: files come from GitLab by scope, or from a
     # forwarded source on forward_hosts. Stored re-serialized from the validated model.
-    return PageRow(key, json.dumps(stored_data(model)), fetched)
+    return PageRow(page_key.encode(), json.dumps(encode_page(model)), fetched)
 
 
 def _forwarded_row(entry: object) -> ForwardedRow:
-    keys = {"scope", "sha256", "filename", "url"}
-    if not isinstance(entry, dict) or set(entry) != keys:
-        raise BundleError("manifest: a forwarded entry needs exactly " + ", ".join(sorted(keys)))
+    keys = ("scope", "sha256", "filename", "url")
+    if not isinstance(entry, dict) or not _has(entry, keys):
+        raise BundleError("manifest: a forwarded entry needs " + ", ".join(keys))
     scope, sha256, filename, url = (entry[k] for k in ("scope", "sha256", "filename", "url"))
     if not isinstance(scope, str):
         raise BundleError("manifest: a forwarded entry's scope must be a string")

@@ -1,11 +1,40 @@
-"""The exception tree of the proxy; `error_middleware` maps it to HTTP in one place."""
+"""Every exception a client is answered with, and `error_middleware`, which maps them to HTTP.
+
+    ProxyError                  500  message safe to show a client, optional headers
+    ├── BadRequest              400
+    │   └── Malformed           400  an upload's multipart body does not parse
+    ├── ClientGone              400  the uploading client went away; nobody reads the answer
+    ├── ProxyChallenge          401  this proxy's own challenge: its access.tokens are asked for
+    ├── Forbidden               403
+    ├── NotFound                404
+    │   └── Offline             404  a miss while cache.offline is on
+    ├── NotAcceptable           406
+    ├── PayloadTooLarge         413
+    ├── RangeNotSatisfiable     416
+    ├── TooManyRequests         429
+    ├── UpstreamError           502  GitLab said something that cannot be passed on
+    │   └── CredentialsRefused  502  GitLab refused the proxy's own token
+    ├── UpstreamUnavailable     503
+    ├── CacheUnwritable         503  a fill lost the disk; its clients get a pass-through
+    ├── UpstreamTimeout         504
+    ├── UpstreamStatus          GitLab's own status and message, passed on
+    │   └── GitLabChallenge     401  GitLab's challenge: credentials for GitLab are asked for
+    └── Redirect                302  GitLab's package forwarding, passed on
+
+Two 401s, because there are two places a client's credentials are for: ProxyChallenge asks
+for a token of this proxy (access control, realm "gitlab-pypi-proxy"); GitLabChallenge asks
+for GitLab credentials, in GitLab's own realm, so pip's netrc or keyring entry for GitLab
+answers it. One class would have to be told which realm each time, and a mix-up would send
+GitLab tokens to the wrong prompt.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +58,20 @@ class BadRequest(ProxyError):
     status = 400
 
 
-class Unauthorized(ProxyError):
+class Malformed(BadRequest):
+    def __init__(self, why: str) -> None:
+        super().__init__(f"400 Bad request - malformed multipart body: {why}")
+
+
+class ClientGone(ProxyError):
+    """The uploading client went away mid-body; nobody is left to answer."""
+
+    status = 400
+
+
+class ProxyChallenge(ProxyError):
+    """This proxy's own 401: the request needs one of its access tokens."""
+
     status = 401
 
 
@@ -80,6 +122,12 @@ class UpstreamUnavailable(ProxyError):
     status = 503
 
 
+class CacheUnwritable(ProxyError):
+    """A fill could not use the disk; clients that got nothing yet are served a pass-through."""
+
+    status = 503
+
+
 class UpstreamTimeout(ProxyError):
     status = 504
 
@@ -94,14 +142,18 @@ class UpstreamStatus(ProxyError):
         self.status = status
 
 
+class GitLabChallenge(UpstreamStatus):
+    """No credentials where some are needed: GitLab's own challenge, so pip asks netrc/keyring."""
+
+    def __init__(self, message: str = "401 Unauthorized") -> None:
+        super().__init__(401, message, headers={hdrs.WWW_AUTHENTICATE: GITLAB_CHALLENGE})
+
+
 def error_response(
     status: int, message: str, headers: Mapping[str, str] | None = None
 ) -> web.Response:
     """The JSON error body GitLab itself uses: {"message": ...}."""
     return web.json_response({"message": message}, status=status, headers=headers)
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @web.middleware

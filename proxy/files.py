@@ -28,6 +28,7 @@ from .blobs import BlobStore
 from .cachehealth import CacheHealth, CacheMode, Throttled
 from .config import CacheSettings
 from .errors import (
+    CacheUnwritable,
     Offline,
     ProxyError,
     UpstreamError,
@@ -36,7 +37,6 @@ from .errors import (
 )
 from .fill import (
     CHUNK,
-    CacheUnwritable,
     Fill,
     FillState,
     Outcome,

@@ -16,18 +16,18 @@ import yarl
 from aiohttp import web
 
 from .accesslog import SENDFILE_BYTES
-from .errors import CredentialsRefused, ProxyError, UpstreamStatus, UpstreamUnavailable
+from .errors import (
+    CacheUnwritable,
+    CredentialsRefused,
+    ProxyError,
+    UpstreamStatus,
+    UpstreamUnavailable,
+)
 from .upstream import fingerprint
 
 log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
-
-
-class CacheUnwritable(ProxyError):
-    """A fill could not use the disk; clients that got nothing yet are served a pass-through."""
-
-    status = 503
 
 
 class FillState(enum.Enum):

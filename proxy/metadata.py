@@ -22,9 +22,8 @@ from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel
 from packaging.version import InvalidVersion, Version
 
 from .cachehealth import Throttled
-from .errors import NotFound, UpstreamError, UpstreamStatus
+from .errors import CacheUnwritable, NotFound, UpstreamError, UpstreamStatus
 from .files import Admission, FileCache
-from .fill import CacheUnwritable
 from .remotezip import RemoteFile, RemoteZipError, read_by_range
 from .simple import Distribution
 from .store import CoreMetadataRow, Store

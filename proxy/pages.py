@@ -17,6 +17,7 @@ from cachetools import TLRUCache, TTLCache
 
 from .auth import Caller, Gatekeeper
 from .cachehealth import Throttled
+from .codec import Model, decode_page, encode_page
 from .config import Settings
 from .errors import (
     CredentialsRefused,
@@ -29,10 +30,11 @@ from .errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from .page_key import PageKey
 from .scope import Scope
 from .simple import Index, Project, is_sha256, project_of
 from .simple_html import PageParseError, parse_index_page, parse_project_page
-from .simple_json import dumps, index_from_dict, index_to_dict, project_from_dict, project_to_dict
+from .simple_json import dumps
 from .store import ForwardedRow, Store
 from .upstream import (
     FORWARD_ROUTE,
@@ -48,7 +50,6 @@ log = logging.getLogger(__name__)
 
 CacheState = Literal["HIT", "MISS", "STALE"]
 MAX_PRIVATE_PAGES = 2_000
-Model = Project | Index
 _FAILURES = (UpstreamUnavailable, UpstreamTimeout, UpstreamError)
 # Pages from this size on are parsed and (de)serialized in a thread (about 1,000 files).
 THREAD_FROM_BYTES = 256 * 1024
@@ -74,7 +75,7 @@ class CachedPage:
 class PageResult:
     page: CachedPage
     state: CacheState
-    # The page's cache key: its scope, or one credential's own view of a group.
+    # The page's cache key, PageKey.encode(): its view (scope or credential) and name.
     key: str
 
     @property
@@ -86,12 +87,6 @@ class PageResult:
     def index(self) -> Index:
         assert isinstance(self.page.model, Index)
         return self.page.model
-
-
-def _view_key(view: str, name: str | None) -> str:
-    """Memory and SQLite key of a page: the scope (or per-credential view) and the normalized
-    name ('' for the index)."""
-    return f"{view}:{name or ''}"
 
 
 class PageCache:
@@ -249,7 +244,7 @@ class PageCache:
         self.gate.listed(scope.key, (sha256,))
 
     async def _page_lists(self, scope: Scope, name: str, sha256: str, filename: str) -> bool:
-        key = _view_key(scope.key, name)
+        key = PageKey(scope.key, name).encode()
         page = self.fresh.get(key) or await self._stored(key)
         return (
             page is not None
@@ -276,7 +271,7 @@ class PageCache:
         forwarding: bool,
     ) -> PageResult:
         view = caller.view(scope)
-        key = _view_key(view, name)
+        key = PageKey(view, name or "").encode()
         # With a client's own credentials, a cached copy needs GitLab's recent yes to that client.
         trusted = True
         if caller.is_client:
@@ -459,7 +454,7 @@ class PageCache:
             return page
         self.fresh[key] = page
         entries = len(model.files) if isinstance(model, Project) else len(model.projects)
-        stored = await _off_the_loop(lambda: dumps(stored_data(model), entries), len(answer.body))
+        stored = await _off_the_loop(lambda: dumps(encode_page(model), entries), len(answer.body))
         try:
             await self.store.put_page(key, stored, page.fetched_at)
         except sqlite3.Error as e:
@@ -492,10 +487,10 @@ class PageCache:
         asking GitLab; dropping the name everywhere is cheap, since uploads are rare.
         """
         for memory in (self.fresh, self.private):
-            for key in [k for k in list(memory.keys()) if k.partition(":")[2] in ("", name)]:
+            for key in [k for k in list(memory.keys()) if PageKey.decode(k).name in ("", name)]:
                 memory.pop(key, None)
         # A remembered 404 or forwarding redirect for the name would send installs elsewhere.
-        for negative in [k for k in list(self.negative.keys()) if k[0].partition(":")[2] == name]:
+        for negative in [k for k in list(self.negative) if PageKey.decode(k[0]).name == name]:
             self.negative.pop(negative, None)
         await self.store.delete_pages_named(name)
 
@@ -517,7 +512,7 @@ class PageCache:
         if row is None:
             return None
         try:
-            model = await _off_the_loop(lambda: stored_model(json.loads(row.model)), len(row.model))
+            model = await _off_the_loop(lambda: decode_page(json.loads(row.model)), len(row.model))
         except ValueError:
             log.error("stored page %s is unreadable; ignoring it", key)
             return None
@@ -542,19 +537,3 @@ def _is_absence(error: ProxyError) -> bool:
     if isinstance(error, UpstreamStatus):
         return error.status in (404, 410)
     return isinstance(error, Redirect | NotFound)
-
-
-def stored_data(model: Model) -> dict[str, object]:
-    """The JSON-ready form of a page model, as SQLite and bundles hold it."""
-    if isinstance(model, Project):
-        return {"kind": "project", "model": project_to_dict(model)}
-    return {"kind": "index", "model": index_to_dict(model)}
-
-
-def stored_model(data: object) -> Model:
-    """A stored page model from untrusted data (SQLite, a bundle); ValueError if not one."""
-    if not isinstance(data, dict) or data.get("kind") not in ("project", "index"):
-        raise ValueError("not a stored page model")
-    if data["kind"] == "project":
-        return project_from_dict(data["model"])
-    return index_from_dict(data["model"])

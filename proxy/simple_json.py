@@ -1,4 +1,4 @@
-"""Render the model as PEP 691/700 JSON, and (de)serialize it losslessly for storage and bundles."""
+"""Render the model as PEP 691/700 JSON (the stored form is codec.py's)."""
 
 from __future__ import annotations
 
@@ -9,27 +9,8 @@ from .simple import (
     Distribution,
     Index,
     Project,
-    is_distribution_filename,
-    is_file_url,
     is_hash,
-    is_sha256,
-    is_valid_name,
     normalize,
-)
-
-# Version of the stored model below; bump it when the shape changes.
-MODEL_VERSION = 1
-_DIST_KEYS = frozenset(
-    {
-        "filename",
-        "url",
-        "hashes",
-        "requires_python",
-        "yanked",
-        "core_metadata",
-        "size",
-        "upload_time",
-    }
 )
 
 Json = dict[str, object]
@@ -59,40 +40,6 @@ def render_index_json(index: Index) -> bytes:
         "projects": [{"name": name} for name in index.projects],
     }
     return _dumps(page, len(index.projects))
-
-
-def project_to_dict(project: Project) -> Json:
-    """The project model, upstream URLs included, as JSON-ready data."""
-    return {
-        "v": MODEL_VERSION,
-        "name": project.name,
-        "files": [_dist_to_dict(dist) for dist in project.files],
-    }
-
-
-def project_from_dict(data: object) -> Project:
-    """The project `project_to_dict` made; ValueError on anything else, as bundles are untrusted."""
-    fields = _model_fields(data, {"v", "name", "files"})
-    files = fields["files"]
-    if not isinstance(files, list):
-        raise ValueError("files must be a list")
-    return Project(_name(fields["name"]), tuple(_dist_from_dict(item) for item in files))
-
-
-def index_to_dict(index: Index) -> Json:
-    """The index model as JSON-ready data."""
-    return {"v": MODEL_VERSION, "projects": list(index.projects)}
-
-
-def index_from_dict(data: object) -> Index:
-    """The index `index_to_dict` made; ValueError on anything else."""
-    projects = _model_fields(data, {"v", "projects"})["projects"]
-    if not isinstance(projects, list):
-        raise ValueError("projects must be a list")
-    names = tuple(_name(name) for name in projects)
-    if len({normalize(name) for name in names}) != len(names):
-        raise ValueError("a project is listed twice")
-    return Index(names)
 
 
 def dumps(data: object, entries: int, encoder: json.JSONEncoder | None = None) -> str:
@@ -135,96 +82,3 @@ def _metadata_json(value: bool | str) -> bool | dict[str, str]:
         if is_hash(algo, digest):
             return {algo: digest}
     return True
-
-
-def _dist_to_dict(dist: Distribution) -> Json:
-    return {
-        "filename": dist.filename,
-        "url": dist.url,
-        "hashes": dict(dist.hashes),
-        "requires_python": dist.requires_python,
-        "yanked": dist.yanked,
-        "core_metadata": dist.core_metadata,
-        "size": dist.size,
-        "upload_time": dist.upload_time,
-    }
-
-
-def _dist_from_dict(data: object) -> Distribution:
-    if not isinstance(data, dict) or set(data) != _DIST_KEYS:
-        raise ValueError("a file entry must have exactly the keys " + ", ".join(sorted(_DIST_KEYS)))
-    return Distribution(
-        filename=_filename(data["filename"]),
-        url=_url(data["url"]),
-        hashes=_hashes(data["hashes"]),
-        requires_python=_optional_str(data["requires_python"], "requires_python"),
-        yanked=_flag_or_str(data["yanked"], "yanked"),
-        core_metadata=_core_metadata(data["core_metadata"]),
-        size=_size(data["size"]),
-        upload_time=_optional_str(data["upload_time"], "upload_time"),
-    )
-
-
-def _model_fields(data: object, keys: set[str]) -> Mapping[str, object]:
-    if not isinstance(data, dict) or set(data) != keys:
-        raise ValueError("a stored model must have exactly the keys " + ", ".join(sorted(keys)))
-    version = data["v"]
-    if type(version) is not int or version != MODEL_VERSION:
-        raise ValueError(f"unsupported model version {version!r}")
-    return data
-
-
-def _name(value: object) -> str:
-    if not isinstance(value, str) or not is_valid_name(value):
-        raise ValueError(f"invalid project name {value!r}")
-    return value
-
-
-def _filename(value: object) -> str:
-    # The same rule the HTML parser applies, so a bundle cannot smuggle in a path.
-    if not isinstance(value, str) or not is_distribution_filename(value):
-        raise ValueError(f"invalid distribution filename {value!r}")
-    return value
-
-
-def _url(value: object) -> str:
-    if not isinstance(value, str) or not is_file_url(value):
-        raise ValueError(f"url must be absolute http(s) without a fragment: {value!r}")
-    return value
-
-
-def _hashes(value: object) -> dict[str, str]:
-    if not isinstance(value, dict):
-        raise ValueError("hashes must be an object")
-    for algo, digest in value.items():
-        if not isinstance(algo, str) or not isinstance(digest, str) or not is_hash(algo, digest):
-            raise ValueError(f"invalid hash {algo!r}")
-    return dict(value)
-
-
-def _optional_str(value: object, key: str) -> str | None:
-    if value is not None and not isinstance(value, str):
-        raise ValueError(f"{key} must be a string or null")
-    return value
-
-
-def _flag_or_str(value: object, key: str) -> bool | str:
-    if not isinstance(value, bool | str):
-        raise ValueError(f"{key} must be a boolean or a string")
-    return value
-
-
-def _core_metadata(value: object) -> bool | str:
-    value = _flag_or_str(value, "core_metadata")
-    if isinstance(value, str) and not (
-        value.startswith("sha256=") and is_sha256(value.removeprefix("sha256="))
-    ):
-        raise ValueError(f"core_metadata must be a boolean or 'sha256=<hex>': {value!r}")
-    return value
-
-
-def _size(value: object) -> int | None:
-    # bool is an int to Python, but not a size.
-    if value is not None and (type(value) is not int or value < 0):
-        raise ValueError("size must be a non-negative integer or null")
-    return value

@@ -15,6 +15,8 @@ from typing import Any
 
 import aiosqlite
 
+from .page_key import NAME_SQL, PageKey
+
 log = logging.getLogger(__name__)
 
 # 2: core_metadata.provisional (metadata read by Range, not yet checked against its wheel).
@@ -280,16 +282,13 @@ class Store:
         )
 
     async def delete_pages_named(self, name: str) -> None:
-        """Delete every scope's page for `name` and every scope's index (keys `scope:name`)."""
-        await self._write(
-            "DELETE FROM pages WHERE substr(key, instr(key, ':') + 1) IN (?, '')", [(name,)]
-        )
+        """Delete every view's page for `name` and every view's index."""
+        # NAME_SQL is a constant of this program, not input.
+        await self._write(f"DELETE FROM pages WHERE {NAME_SQL} IN (?, '')", [(name,)])  # noqa: S608
 
-    async def delete_pages(self, keys: Iterable[str]) -> None:
-        await self._write("DELETE FROM pages WHERE key=?", [(k,) for k in keys])
-
-    async def pages(self, prefixes: Iterable[str] = ("",)) -> list[PageRow]:
-        """Stored pages whose key starts with one of `prefixes` ('' matches all)."""
+    async def pages(self, views: Iterable[str] | None = None) -> list[PageRow]:
+        """Stored pages of `views` (scope keys), or all of them."""
+        prefixes = [""] if views is None else [PageKey.view_prefix(view) for view in views]
         found: dict[str, PageRow] = {}
         for prefix in prefixes:
             rows = await self._read(

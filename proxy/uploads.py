@@ -18,7 +18,9 @@ from . import keys
 from .auth import Caller
 from .errors import (
     BadRequest,
+    ClientGone,
     Forbidden,
+    Malformed,
     NotFound,
     PayloadTooLarge,
     ProxyError,
@@ -44,11 +46,6 @@ DIGEST_FIELDS = ("sha256_digest", "md5_digest")
 KEPT_FIELDS = REQUIRED_FIELDS + DIGEST_FIELDS
 MAX_ANSWER = 64 * 1024
 DUPLICATE = "File name has already been taken"
-
-
-class Malformed(BadRequest):
-    def __init__(self, why: str) -> None:
-        super().__init__(f"400 Bad request - malformed multipart body: {why}")
 
 
 @dataclass
@@ -214,12 +211,6 @@ class MultipartScanner:
                     f"400 Bad request - {name} {claimed} does not match the uploaded file "
                     f"({digest.hexdigest()})"
                 )
-
-
-class ClientGone(ProxyError):
-    """The uploading client went away mid-body; nobody is left to answer."""
-
-    status = 400
 
 
 @dataclass

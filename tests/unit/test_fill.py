@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from proxy.errors import CredentialsRefused, UpstreamError
-from proxy.fill import CacheUnwritable, Fill, Outcome
+from proxy.errors import CacheUnwritable, CredentialsRefused, UpstreamError
+from proxy.fill import Fill, Outcome
 from proxy.upstream import fingerprint
 
 
