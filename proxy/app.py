@@ -20,11 +20,11 @@ from .config import Settings
 from .errors import error_middleware
 from .eviction import run_evictor
 from .files import FileCache
+from .gitlab import GitLab
 from .metadata import CoreMetadata
 from .metrics import Metrics, metrics_middleware
 from .pages import PageCache
 from .rendering import PageRenderer
-from .upstream import Upstream
 
 
 def create_app(settings: Settings, metrics_dir: Path | None = None) -> web.Application:
@@ -59,7 +59,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         trust_env=False,
     )
     metrics = app[keys.METRICS]
-    upstream = Upstream(settings.upstream, session, metrics, offline=settings.cache.offline)
+    upstream = GitLab(settings.upstream, session, metrics, offline=settings.cache.offline)
     files = FileCache(
         settings.cache,
         blobs,

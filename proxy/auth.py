@@ -1,4 +1,4 @@
-"""Whose credentials go upstream, and GitLab's remembered yes or no to each client per scope."""
+"""Clients' credentials as they arrive, and GitLab's remembered yes or no to each client."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import hmac
 import re
 import secrets
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import yarl
@@ -17,9 +17,18 @@ from aiohttp import hdrs
 from cachetools import LRUCache, TTLCache
 
 from .config import UpstreamSettings
+from .credentials import (
+    TOKEN_HEADERS,
+    Acting,
+    CredentialPolicy,
+    Trust,
+    page_trust,
+    page_verdict,
+    refuses_credentials,
+)
 from .errors import BadRequest, GitLabChallenge, ProxyError, UpstreamStatus
 from .scope import Scope
-from .upstream import TOKEN_HEADERS, Upstream, refuses_credentials
+from .upstream import Upstream
 
 # GitLab's tokens are short, but JWT CI job tokens run to a few hundred bytes; this is generous.
 MAX_AUTHORIZATION = 4096
@@ -154,15 +163,23 @@ class Decision:
 
 
 class Gatekeeper:
-    """Owns credential modes and the decision cache; holds hashes, never a credential."""
+    """Applies the credential policy per request, and remembers GitLab's answers to clients;
+    holds hashes, never a credential."""
 
-    def __init__(self, settings: UpstreamSettings, upstream: Upstream) -> None:
+    def __init__(
+        self,
+        settings: UpstreamSettings,
+        upstream: Upstream,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.settings = settings
         self.upstream = upstream
+        self.policy = CredentialPolicy(settings)
         # Per process: a key in memory makes the hashes useless to anyone reading them elsewhere.
         self._secret = secrets.token_bytes(32)
         self.decisions: TTLCache[str, Decision] = TTLCache(
-            maxsize=MAX_DECISIONS, ttl=settings.auth_ttl, timer=time.monotonic
+            maxsize=MAX_DECISIONS, ttl=settings.auth_ttl, timer=clock
         )
         # (view, sha256) pairs GitLab has listed or served: the file is in that view.
         self.members: LRUCache[tuple[str, str], bool] = LRUCache(maxsize=MAX_MEMBERS)
@@ -171,29 +188,19 @@ class Gatekeeper:
         return hmac.new(self._secret, authorization.encode(), hashlib.sha256).hexdigest()
 
     def caller(self, headers: Mapping[str, str]) -> Caller:
-        """Who a read acts as, by `upstream.credentials`; 401 in passthrough without credentials."""
-        mode = self.settings.credentials
-        if mode == "inject":
-            # The client's header is not used at all, so it is not judged either.
-            return Caller(self.upstream.injected_authorization)
-        client = client_credential(headers)
-        if client is None:
-            if mode == "passthrough":
-                raise GitLabChallenge()
-            # prefer-client: the cache also holds what clients' own credentials fetched, so the
-            # proxy's token is judged by GitLab like theirs before any of it is served.
-            injected = self.upstream.injected_authorization
-            return Caller(injected, self._key(injected or ""))
-        return Caller(client, self._key(client))
+        """Who a read acts as (see CredentialPolicy.reads_as); 401 when it needs credentials."""
+        return self._caller(self.policy.reads_as(lambda: client_credential(headers)))
 
     def uploader(self, headers: Mapping[str, str]) -> Caller:
-        """Who an upload acts as: the client, unless `upload_credentials = "inject"`."""
-        if self.settings.upload_credentials == "inject":
-            return Caller(self.upstream.injected_authorization)
-        client = client_credential(headers)
-        if client is None:
+        """Who an upload acts as (see CredentialPolicy.uploads_as); 401 when it needs some."""
+        return self._caller(self.policy.uploads_as(lambda: client_credential(headers)))
+
+    def _caller(self, acting: Acting | None) -> Caller:
+        if acting is None:
             raise GitLabChallenge()
-        return Caller(client, self._key(client))
+        if not acting.as_client:
+            return Caller(acting.authorization)
+        return Caller(acting.authorization, self._key(acting.authorization or ""))
 
     def _decision_key(self, caller: Caller, *parts: str) -> str:
         assert caller.key is not None
@@ -221,6 +228,33 @@ class Gatekeeper:
         """Remember what GitLab said to this client's own request in this scope."""
         if caller.is_client and self.settings.auth_ttl > 0:
             self.decisions[self._decision_key(caller, scope.key)] = Decision(status, message)
+
+    def page_trust(self, caller: Caller, scope: Scope) -> Trust:
+        """What this caller may take from the page cache for this scope; GitLab's remembered no
+        to this client is raised. A client's own credentials need GitLab's recent yes."""
+        decided = False
+        if caller.is_client:
+            decision = self.decision(caller, scope)
+            if decision is not None and not decision.allowed:
+                raise decision.error()
+            decided = decision is not None
+        shared = caller.view(scope) == scope.key
+        return page_trust(is_client=caller.is_client, decided=decided, shared=shared)
+
+    def page_answer(
+        self,
+        caller: Caller,
+        scope: Scope,
+        status: int,
+        message: str,
+        redirected: bool,
+        *,
+        index: bool,
+    ) -> None:
+        """Remember what GitLab's answer to a page says of this client's credentials there."""
+        verdict = page_verdict(status, message, redirected=redirected, index=index)
+        if verdict is not None:
+            self.remember(caller, scope, *verdict)
 
     def listed(self, view: str, sha256s: Iterable[str]) -> None:
         """GitLab listed these files in this view: a client allowed there may have them."""

@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 import yarl
 
+from . import credentials
+
 log = logging.getLogger(__name__)
 
 ENV_PREFIX = "GITLAB_PYPI_PROXY_"
@@ -327,11 +329,8 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(
             "upstream.forward_hosts: must name the public index's hosts when forwarding = 'cache'"
         )
-    if settings.access.tokens_file and up.credentials != "inject":
-        raise ConfigError(
-            "access.tokens_file: needs upstream.credentials = 'inject'; clients' Authorization "
-            "then carries the proxy's access token, which must never go to GitLab"
-        )
+    if (conflict := credentials.tokens_file_conflict(settings)) is not None:
+        raise ConfigError(conflict)
     for scope in settings.access.allow:
         if not re.match(r"^(projects|groups)/[^/]+$", scope):
             raise ConfigError(f"access.allow: {scope!r} is not 'projects/ID' or 'groups/ID'")

@@ -41,7 +41,7 @@ def caller(request: web.Request) -> Caller:
 def _base(request: web.Request, scope: Scope) -> str | None:
     """The absolute API prefix from server.public_url, or None for relative links."""
     public_url = request.app[keys.SETTINGS].server.public_url.rstrip("/")
-    return f"{public_url}/api/v4/{scope.api_prefix}" if public_url else None
+    return f"{public_url}{scope.api_path}" if public_url else None
 
 
 # Pages differ by these request headers; shared caches must key on them too.
@@ -196,7 +196,8 @@ async def file_download(request: web.Request) -> web.StreamResponse:
         elif forwarded is not None:
             # A public index's file: fetched from there, never with GitLab's credentials, and
             # public, so there is no GitLab decision to wait for.
-            source, auth, admission = forwarded, None, None
+            auth = gate.policy.forwarded_file_authorization(auth, on_origin=False)
+            source, admission = forwarded, None
     # The proxy's own credentials: bytes cached (or coming) through one scope go out through
     # another only if that one lists them too. Clients' admissions ask the same of GitLab.
     scoped = admission is None and forwarded is None
@@ -265,8 +266,8 @@ async def ready(request: web.Request) -> web.StreamResponse:
     if (refusal := token_refusal(request.app)) is not None:
         # Cached content still serves; with nothing cached an inject-mode proxy serves nothing.
         nothing_cached = request.app[keys.METRICS].cache_size()[1] == 0
-        inject = request.app[keys.SETTINGS].upstream.credentials == "inject"
-        (problems if inject and nothing_cached else degraded).append(refusal)
+        unready = request.app[keys.GATE].policy.unready_when_refused(nothing_cached=nothing_cached)
+        (problems if unready else degraded).append(refusal)
     status = 503 if problems else 200
     offline = request.app[keys.UPSTREAM].offline
     return web.json_response(
@@ -287,7 +288,7 @@ def token_refusal(app: web.Application) -> str | None:
     refused = app[keys.METRICS].totals().token_refused
     if refused is None:
         return None
-    setting = app[keys.UPSTREAM].token_setting
+    setting = app[keys.GATE].policy.token_setting
     return f"GitLab refuses the proxy's credentials (HTTP {refused}): check {setting}"
 
 

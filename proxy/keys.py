@@ -19,7 +19,7 @@ from .upstream import Upstream
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
 BLOBS = web.AppKey("blobs", BlobStore)
-UPSTREAM = web.AppKey("upstream", Upstream)
+UPSTREAM = web.AppKey[Upstream]("upstream")
 FILES = web.AppKey("files", FileCache)
 PAGES = web.AppKey("pages", PageCache)
 GATE = web.AppKey("gate", Gatekeeper)

@@ -36,15 +36,7 @@ from .simple import Index, Project, is_sha256, project_of
 from .simple_html import PageParseError, parse_index_page, parse_project_page
 from .simple_json import dumps
 from .store import ForwardedRow, Store
-from .upstream import (
-    FORWARD_ROUTE,
-    PageAnswer,
-    Upstream,
-    fingerprint,
-    is_listed_host,
-    message_of,
-    refuses_credentials,
-)
+from .upstream import PageAnswer, Upstream, fingerprint, is_listed_host, message_of
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +126,7 @@ class PageCache:
             project = parse_project_page(answer.body, str(answer.url), name)
             if not self.upstream.is_upstream_host(answer.url):
                 return self._forwarded_project(project, self._public_host)
-            if any(FORWARD_ROUTE in dist.url for dist in project.files):
+            if any(self.upstream.may_be_forward_route(dist.url) for dist in project.files):
                 return self._firewall_project(project)
             return project
 
@@ -214,7 +206,7 @@ class PageCache:
             if dist.sha256 is not None
             # A string test first: a GitLab page's files need no URL parsing in redirect mode.
             and (
-                FORWARD_ROUTE in dist.url
+                self.upstream.may_be_forward_route(dist.url)
                 or (public and not self.upstream.is_upstream_host(yarl.URL(dist.url)))
             )
         ]
@@ -272,14 +264,8 @@ class PageCache:
     ) -> PageResult:
         view = caller.view(scope)
         key = PageKey(view, name or "").encode()
-        # With a client's own credentials, a cached copy needs GitLab's recent yes to that client.
-        trusted = True
-        if caller.is_client:
-            decision = self.gate.decision(caller, scope)
-            if decision is not None and not decision.allowed:
-                raise decision.error()
-            trusted = decision is not None
-        shared = view == scope.key
+        trust = self.gate.page_trust(caller, scope)
+        trusted, shared = trust.cached, trust.shared
         memory = self.fresh if shared else self.private
         page = memory.get(key) if trusted else None
         if page is not None:
@@ -298,15 +284,10 @@ class PageCache:
             ):
                 memory[key] = stored
                 return PageResult(stored, "HIT", key)
-        # An untrusted client asks GitLab itself; it must not ride on another client's answer.
-        flight = key if trusted else f"{key}|{caller.key}"
-        # Only a view this caller may see from the cache can fall back to a stored copy.
-        may_use_stored = trusted and shared
-
-        # GitLab's failure for one credential (a per-user 429, a 500 to one token) is that
-        # credential's: another's request still goes to GitLab, and is served stale only after
-        # its own failure.
-        failing_key = f"{key}|{caller.key}" if caller.is_client else key
+        flight = trust.flight(key, caller.key)
+        may_use_stored = trust.may_use_stored
+        # A failure for one credential is served stale to it only after its own failure.
+        failing_key = trust.failing(key, caller.key)
 
         def fetch() -> Awaitable[CachedPage]:
             return self._tracked(
@@ -474,11 +455,8 @@ class PageCache:
         self, scope: Scope, caller: Caller, answer: PageAnswer, message: str, *, index: bool
     ) -> None:
         """Remember GitLab's yes or no to this client's credentials for this scope."""
-        if answer.status == 200 or (answer.location is not None and not index):
-            self.gate.remember(caller, scope, 200, "200 OK")
-        # A 404 for a package page may just mean no such package; for the index it is a no.
-        elif refuses_credentials(answer.status, message) or (answer.status == 404 and index):
-            self.gate.remember(caller, scope, answer.status, message)
+        redirected = answer.location is not None
+        self.gate.page_answer(caller, scope, answer.status, message, redirected, index=index)
 
     async def invalidate(self, name: str) -> None:
         """Drop every cached page that may list `name`: its page in any scope, and every index.

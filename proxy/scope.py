@@ -22,11 +22,11 @@ class Scope:
     raw_id: str
 
     @property
-    def api_prefix(self) -> str:
-        """The path below /api/v4 where GitLab serves this scope's PyPI API."""
+    def api_path(self) -> str:
+        """The absolute path of this scope's PyPI API: GitLab's, which the proxy serves too."""
         if self.kind == "projects":
-            return f"projects/{self.raw_id}/packages/pypi"
-        return f"groups/{self.raw_id}/-/packages/pypi"
+            return f"/api/v4/projects/{self.raw_id}/packages/pypi"
+        return f"/api/v4/groups/{self.raw_id}/-/packages/pypi"
 
     @property
     def key(self) -> str:

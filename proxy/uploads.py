@@ -9,33 +9,28 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import yarl
 from aiohttp import hdrs, web
 from aiohttp.helpers import parse_mimetype
 from aiohttp.multipart import parse_content_disposition
 
 from . import keys
 from .auth import Caller
+from .credentials import own_upload_refused
 from .errors import (
     BadRequest,
     ClientGone,
-    Forbidden,
     Malformed,
     NotFound,
     PayloadTooLarge,
     ProxyError,
-    UpstreamError,
-    UpstreamTimeout,
-    UpstreamUnavailable,
     error_response,
 )
 from .scope import Scope
 from .simple import normalize
-from .upstream import credential_headers, message_of, refuses_credentials
+from .upstream import UploadAnswer, message_of
 
 log = logging.getLogger(__name__)
 
-CHUNK = 256 * 1024
 MAX_PART_HEADERS = 16 * 1024
 MAX_PREAMBLE = 16 * 1024
 # Only these short fields are kept: `name` and `version` name the pages to drop, and the
@@ -44,7 +39,6 @@ MAX_KEPT_FIELD = 1024
 REQUIRED_FIELDS = ("name", "version")
 DIGEST_FIELDS = ("sha256_digest", "md5_digest")
 KEPT_FIELDS = REQUIRED_FIELDS + DIGEST_FIELDS
-MAX_ANSWER = 64 * 1024
 DUPLICATE = "File name has already been taken"
 
 
@@ -291,15 +285,13 @@ def _preflight(request: web.Request) -> tuple[Caller, bytes]:
     limit = request.app[keys.SETTINGS].upstream.max_upload_size
     if limit and request.content_length is not None and request.content_length > limit:
         raise _too_large(limit)
-    uploader = request.app[keys.GATE].uploader(request.headers)
-    if uploader.authorization is None:
-        raise UpstreamError("uploads need a token: set upstream.token or upload_credentials")
-    if request.app[keys.SETTINGS].access.tokens_file and uploader.is_client:
-        # The client's Authorization carries the proxy's access token, not a GitLab credential.
-        raise Forbidden(
-            "uploads through a proxy with access.tokens_file need "
-            "upstream.upload_credentials = 'inject'"
-        )
+    gate = request.app[keys.GATE]
+    uploader = gate.uploader(request.headers)
+    refusal = gate.policy.upload_refusal(
+        uploader.authorization, uploader.is_client, request.app[keys.SETTINGS].access
+    )
+    if refusal is not None:
+        raise refusal
     mime = parse_mimetype(request.headers.get(hdrs.CONTENT_TYPE, ""))
     boundary = mime.parameters.get("boundary", "")
     if (mime.type, mime.subtype) != ("multipart", "form-data"):
@@ -318,6 +310,8 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
         return error_response(e.status, e.message, e.headers)
     if request.headers.get(hdrs.EXPECT, "").lower() != "100-continue":
         return error_response(417, "417 Expectation Failed - only 100-continue is understood")
+    # As aiohttp's own default expect handler does (pinned: see pyproject.toml and
+    # tests/unit/test_uploads.py): the interim answer is not part of the response's size.
     await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     request.writer.output_size = 0
     return None
@@ -328,47 +322,33 @@ async def upload(request: web.Request) -> web.StreamResponse:
     if scope.kind != "projects":
         raise NotFound("404 Not Found")
     uploader, boundary = _preflight(request)
-    settings = request.app[keys.SETTINGS].upstream
-    upstream = request.app[keys.UPSTREAM]
-    url = yarl.URL(f"{upstream.base}/api/v4/{scope.api_prefix}", encoded=True)
-    if upstream.offline:
-        raise UpstreamUnavailable("this proxy is offline (cache.offline): no upload reaches GitLab")
-    # While GitLab's Retry-After holds, no byte of the body is read or sent.
-    upstream.may_send(url, uploader.authorization)
-    state = Upload(request, MultipartScanner(boundary), settings.max_upload_size)
-    headers: dict[str, str] = {
-        hdrs.USER_AGENT: settings.user_agent,
-        hdrs.CONTENT_TYPE: request.headers[hdrs.CONTENT_TYPE],
-    }
-    if uploader.authorization is not None:
-        headers.update(credential_headers(uploader.authorization))
-    if request.content_length is not None:
-        extra = SHA256_PART_BYTES + len(boundary)
-        headers[hdrs.CONTENT_LENGTH] = str(request.content_length + extra)
-    timeout = aiohttp.ClientTimeout(
-        total=None, connect=settings.timeout, sock_read=max(settings.timeout, 120)
+    state = Upload(
+        request,
+        MultipartScanner(boundary),
+        request.app[keys.SETTINGS].upstream.max_upload_size,
     )
+    length = request.content_length
     try:
-        async with upstream.session.post(
-            url, data=state.body(), headers=headers, timeout=timeout, allow_redirects=False
-        ) as resp:
-            status = resp.status
-            content_type = resp.headers.get(hdrs.CONTENT_TYPE, "application/json")
-            challenge = resp.headers.get(hdrs.WWW_AUTHENTICATE)
-            answer = await _read_answer(resp)
-    except (aiohttp.ClientError, TimeoutError) as e:
+        # Offline, or while GitLab's Retry-After holds, no byte of the body is read or sent.
+        answer = await request.app[keys.UPSTREAM].post_upload(
+            scope,
+            state.body(),
+            content_type=request.headers[hdrs.CONTENT_TYPE],
+            content_length=None if length is None else length + SHA256_PART_BYTES + len(boundary),
+            authorization=uploader.authorization,
+        )
+    except ProxyError as e:
         if state.failure is not None:
             _log(scope, state, f"stopped: {state.failure.message}; GitLab's request was cut")
             raise state.failure from None
-        _log(scope, state, f"failed: {type(e).__name__}")
-        if isinstance(e, TimeoutError):
-            raise UpstreamTimeout("GitLab did not answer the upload in time") from e
-        raise UpstreamUnavailable("GitLab is unreachable; the upload did not complete") from e
+        if isinstance(e.__cause__, aiohttp.ClientError | TimeoutError):
+            _log(scope, state, f"failed: {type(e.__cause__).__name__}")
+        raise
     if state.failure is not None:
         # GitLab answered before the body was complete: it cannot have accepted it.
-        _log(scope, state, f"stopped: {state.failure.message}; GitLab answered {status}")
+        _log(scope, state, f"stopped: {state.failure.message}; GitLab answered {answer.status}")
         raise state.failure
-    return await _answer(request, scope, uploader, state, status, content_type, challenge, answer)
+    return await _answer(request, scope, uploader, state, answer)
 
 
 async def _answer(
@@ -376,13 +356,11 @@ async def _answer(
     scope: Scope,
     uploader: Caller,
     state: Upload,
-    status: int,
-    content_type: str,
-    challenge: str | None,
-    answer: bytes,
+    answer: UploadAnswer,
 ) -> web.StreamResponse:
     """GitLab's answer as the client gets it, after dropping pages the upload made stale."""
-    message = message_of(answer, status, challenge)
+    status, challenge = answer.status, answer.challenge
+    message = message_of(answer.body, status, challenge)
     name = state.scanner.fields.get("name", "")
     duplicate = status == 400 and DUPLICATE in message
     if status == 201 or duplicate:
@@ -392,23 +370,12 @@ async def _answer(
     if duplicate:
         # 409 is what twine, poetry, pdm and uv read as "already there" (--skip-existing).
         return error_response(409, f"409 Conflict - file already exists: {message}")
-    if refuses_credentials(status, message) and not uploader.is_client:
-        raise UpstreamError(
-            f"GitLab refused the proxy's credentials for the upload ({status}: {message}); "
-            "check upstream.token"
-        )
-    headers = {hdrs.CONTENT_TYPE: content_type}
+    if (refusal := own_upload_refused(status, message, is_client=uploader.is_client)) is not None:
+        raise refusal
+    headers = {hdrs.CONTENT_TYPE: answer.content_type}
     if status == 401 and challenge:
         headers[hdrs.WWW_AUTHENTICATE] = challenge
-    return web.Response(status=status, body=answer, headers=headers)
-
-
-async def _read_answer(resp: aiohttp.ClientResponse) -> bytes:
-    """GitLab's answer body, of which no more than MAX_ANSWER bytes are kept."""
-    answer = bytearray()
-    async for chunk in resp.content.iter_chunked(CHUNK):
-        answer += chunk[: MAX_ANSWER - len(answer)]
-    return bytes(answer)
+    return web.Response(status=status, body=answer.body, headers=headers)
 
 
 def _log(scope: Scope, state: Upload, outcome: str) -> None:

@@ -1,60 +1,27 @@
-"""The GitLab client: URLs, credentials, redirects (never auth off-host), timeouts, errors."""
+"""The upstream seam: what the proxy asks of the index it fronts, and shared HTTP helpers."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime
 import email.utils
 import hashlib
-import hmac
 import json
-import logging
-import re
-import secrets
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from http import HTTPStatus
-from typing import NoReturn
+from typing import Protocol
 
 import aiohttp
 import yarl
 from aiohttp import hdrs
 
-from .config import UpstreamSettings
-from .errors import (
-    GITLAB_CHALLENGE,
-    CredentialsRefused,
-    Offline,
-    ProxyError,
-    UpstreamError,
-    UpstreamStatus,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-)
-from .metrics import Metrics, UpstreamKind
+from .errors import ProxyError, UpstreamError
 from .scope import Scope
 
-log = logging.getLogger(__name__)
-
 MAX_REDIRECTS = 5
-_REDIRECTS = (301, 302, 303, 307, 308)
-# How long a 429 without Retry-After keeps the proxy from asking that host again.
-DEFAULT_RETRY_AFTER = 5.0
-# A refused proxy token is logged at most this often: loud enough to notice, not a flood.
-REFUSAL_LOG_SECONDS = 60.0
-# GitLab's own token headers. A credential that travels in one is held as "<header> <token>",
-# as an Authorization value is held as "<scheme> <value>".
-TOKEN_HEADERS = ("Private-Token", "Deploy-Token")
-# The EE Dependency Firewall's route for a public file: it checks it, then redirects there.
-FORWARD_ROUTE = "/packages/pypi/forward/"
-_FORWARD_PATH = re.compile(
-    r"/api/v4/projects/[^/]+/packages/pypi/forward/[^/]+/(?P<host>[^/]+)/(?P<path>.+)$"
-)
-# What GitLab's bare refusals say; any other message is a reason worth passing on.
-_BARE_REFUSALS = frozenset({"401", "403", "401 Unauthorized", "403 Forbidden"})
+REDIRECTS = (301, 302, 303, 307, 308)
 # The longest a Retry-After may hold a host: past that, asking again costs less than waiting.
 MAX_RETRY_AFTER = 3600.0
 
@@ -65,417 +32,96 @@ class RangeIgnored(Exception):
 
 @dataclass(frozen=True, slots=True)
 class PageAnswer:
-    """What GitLab said to a simple-page request."""
+    """What the upstream said to a simple-page request."""
 
     status: int
     body: bytes
     url: yarl.URL
-    # Set on a redirect: where GitLab pointed (package forwarding).
+    # Set on a redirect: where the upstream pointed (package forwarding).
     location: yarl.URL | None = None
     retry_after: float | None = None
     # WWW-Authenticate: a revoked token's Bearer challenge says why GitLab refused it.
     challenge: str | None = None
 
 
-class Upstream:
-    """One per process: a ClientSession with explicit timeouts, and the auth rules."""
+@dataclass(frozen=True, slots=True)
+class UploadAnswer:
+    """What the upstream said to an upload: its status, and at most a short body."""
 
-    def __init__(
-        self,
-        settings: UpstreamSettings,
-        session: aiohttp.ClientSession,
-        metrics: Metrics,
-        *,
-        offline: bool = False,
-    ) -> None:
-        self.settings = settings
-        # Checked before every request, so no code path can reach the network when offline.
-        self.offline = offline
-        self.session = session
-        self.metrics = metrics
-        self.base = yarl.URL(settings.url.rstrip("/"))
-        self._page_timeout = aiohttp.ClientTimeout(total=settings.timeout)
-        # Big files may take longer than `timeout` in all; what must not stall is each read.
-        self._file_timeout = aiohttp.ClientTimeout(
-            total=None, connect=settings.timeout, sock_read=settings.timeout
-        )
-        # A readiness probe must answer well within a probe's own timeout.
-        self._probe_timeout = aiohttp.ClientTimeout(total=min(settings.timeout, 3.0))
-        # Until when a 429 (or 503 with Retry-After) asked us not to come back, per (host,
-        # credential): GitLab throttles authenticated requests per user, so one token's 429 holds
-        # that token only. The credential is held as a keyed hash; "" is the whole host.
-        self._held_until: dict[tuple[str | None, str], float] = {}
-        self._hold_secret = secrets.token_bytes(32)
-        self._refusal_logged_at = -REFUSAL_LOG_SECONDS
-        # host:port of upstreams that answer a Range request with the whole file.
-        self._ignores_range: set[str] = set()
+    status: int
+    content_type: str
+    challenge: str | None
+    body: bytes
 
-    def _holder(self, url: yarl.URL, authorization: str | None) -> str:
-        """Whom an answer to this request holds: its credential's keyed hash, or "" (the host).
 
-        A request that carries no credential to this host is counted by GitLab per address,
-        which is the proxy's for every client; so is a 503, GitLab's own health.
-        """
-        if not authorization or not self.is_upstream_host(url):
-            return ""
-        return hmac.new(self._hold_secret, authorization.encode(), hashlib.sha256).hexdigest()
-
-    def _held_for(self, url: yarl.URL, authorization: str | None = None) -> tuple[float, str]:
-        """Seconds left before a Retry-After lets this request go (0 when free), and whom it
-        holds: "" for the whole host, else this request's credential."""
-        now = time.monotonic()
-        host_left = self._held_until.get((url.host, ""), 0.0) - now
-        holder = self._holder(url, authorization)
-        own_left = self._held_until.get((url.host, holder), 0.0) - now if holder else 0.0
-        if own_left > host_left:
-            return own_left, holder
-        return max(0.0, host_left), ""
-
-    def may_send(self, url: yarl.URL, authorization: str | None = None) -> None:
-        """Raise instead of sending anything: offline, or while a Retry-After holds this request."""
-        if self.offline:
-            raise Offline()
-        self._check_gate(url, authorization)
-
-    def _check_gate(self, url: yarl.URL, authorization: str | None) -> None:
-        """Refuse, without a request, while the Retry-After that holds it has not passed."""
-        left, holder = self._held_for(url, authorization)
-        if left > 0:
-            whom = "these credentials" if holder else "the proxy"
-            raise UpstreamUnavailable(
-                f"GitLab is rate limiting {whom}; not asking again for {left:.0f}s",
-                headers={hdrs.RETRY_AFTER: str(max(1, round(left)))},
-            )
-
-    def _note_status(
-        self, url: yarl.URL, authorization: str | None, status: int, retry_after: float | None
-    ) -> None:
-        if status == 429 or (status == 503 and retry_after is not None):
-            wait = DEFAULT_RETRY_AFTER if retry_after is None else retry_after
-            holder = self._holder(url, authorization) if status == 429 else ""
-            whom = "one credential" if holder else "the proxy"
-            log.warning("%s asked %s to wait %gs (HTTP %d)", url.host, whom, wait, status)
-            now = time.monotonic()
-            # One entry per throttled credential: the ones that have run out go.
-            for key in [k for k, until in self._held_until.items() if until <= now]:
-                del self._held_until[key]
-            self._held_until[(url.host, holder)] = now + wait
+class Upstream(Protocol):
+    """An index the proxy sits in front of. GitLab (gitlab.py) is the one there is today."""
 
     @property
-    def injected_authorization(self) -> str | None:
-        """The proxy's own Basic credentials, when it has a token."""
-        if not self.settings.token:
-            return None
-        pair = f"{self.settings.username}:{self.settings.token}".encode()
-        return "Basic " + base64.b64encode(pair).decode("ascii")
+    def offline(self) -> bool:
+        """Checked before every request, so no code path can reach the network when offline."""
+        ...
+
+    @property
+    def ignores_range_somewhere(self) -> bool: ...
 
     def url_for(self, scope: Scope, tail: str) -> yarl.URL:
-        """GitLab URL for `tail` below the scope's PyPI API; the raw id is kept encoded."""
-        return yarl.URL(f"{self.base}/api/v4/{scope.api_prefix}/{tail}", encoded=True)
+        """The upstream URL for `tail` below the scope's PyPI API."""
+        ...
 
     def is_upstream_host(self, url: yarl.URL) -> bool:
-        """Credentials go only to the configured GitLab origin (scheme, host and port), or to
-        the same host upgraded from http to https on the default ports."""
-        origin = (url.scheme, url.host, url.port)
-        base = (self.base.scheme, self.base.host, self.base.port)
-        return origin == base or (
-            base == ("http", url.host, 80) and origin == ("https", url.host, 443)
-        )
+        """Whether `url` is on the upstream's own origin, the only one credentials go to."""
+        ...
+
+    def may_be_forward_route(self, link: str) -> bool:
+        """A cheap test, run on every link of a page: whether `link` may name a forward route."""
+        ...
 
     def forward_route(self, link: str) -> yarl.URL | None:
-        """GitLab's Dependency Firewall route that a link on one of its pages names, at the
-        configured origin (links use GitLab's external URL, which may be another one)."""
-        if FORWARD_ROUTE not in link:
-            return None  # the common case, and no URL parsing for it
-        try:
-            path = yarl.URL(link, encoded=True).raw_path
-        except ValueError:
-            return None
-        match = _FORWARD_PATH.search(path)
-        if match is None:
-            return None
-        return yarl.URL(f"{self.base}{match[0]}", encoded=True)
+        """The upstream's own route for a public file that a link on its page names, if any."""
+        ...
 
     def forward_target(self, url: yarl.URL) -> yarl.URL | None:
-        """The public file GitLab's forward route `url` redirects to, if it is one on GitLab:
-        `.../api/v4/projects/:id/packages/pypi/forward/<name>/<host>/<path>`."""
-        if not self.is_upstream_host(url):
-            return None
-        match = _FORWARD_PATH.search(url.raw_path)
-        if match is None:
-            return None
-        try:
-            return yarl.URL(f"https://{match['host']}/{match['path']}", encoded=True)
-        except ValueError:
-            return None
+        """The public file the upstream's forward route `url` redirects to, if it is one."""
+        ...
 
-    def _headers(self, url: yarl.URL, authorization: str | None) -> dict[str, str]:
-        headers: dict[str, str] = {hdrs.USER_AGENT: self.settings.user_agent}
-        if authorization and self.is_upstream_host(url):
-            headers.update(credential_headers(authorization))
-        return headers
+    def ranges_work(self, url: yarl.URL) -> bool: ...
 
     async def get_page(
         self, url: yarl.URL, authorization: str | None, *, follow_to: tuple[str, ...] = ()
-    ) -> PageAnswer:
-        """GET a simple page. Redirects are returned, or followed to `follow_to` hosts only."""
-        self.may_send(url, authorization)
-        hops = 0
-        try:
-            while True:
-                async with await self._send("page", url, authorization, self._page_timeout) as resp:
-                    location = _location(resp)
-                    if resp.status in _REDIRECTS and location is not None:
-                        # GitLab sending us to itself (http to https, a new relative root) is
-                        # not forwarding: followed, with the credentials its origin may have.
-                        follow = self.is_upstream_host(location) or is_listed_host(
-                            location, follow_to
-                        )
-                        if follow and hops < MAX_REDIRECTS:
-                            hops += 1
-                            url = location
-                            continue
-                        return PageAnswer(resp.status, b"", url, location=location)
-                    limit = self.settings.max_page_size
-                    too_big = UpstreamError(
-                        f"GitLab sent a page larger than upstream.max_page_size ({limit} bytes)"
-                    )
-                    body = await read_limited(resp, limit, too_big)
-                    self.metrics.fetched("page", len(body))
-                    return PageAnswer(
-                        resp.status,
-                        body,
-                        url,
-                        retry_after=_retry_after(resp),
-                        challenge=resp.headers.get(hdrs.WWW_AUTHENTICATE),
-                    )
-        except TimeoutError as e:
-            raise self._failed("page", UpstreamTimeout(self._timeout_message)) from e
-        except aiohttp.ClientError as e:
-            raise self._failed("page", UpstreamUnavailable(_unreachable(e))) from e
+    ) -> PageAnswer: ...
 
-    @asynccontextmanager
-    async def open_file(
+    def open_file(
         self, url: yarl.URL, authorization: str | None
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """A 200 response for a file, following object-storage redirects without credentials."""
-        async with self._follow(url, authorization, {}) as resp:
-            if resp.status != 200:
-                raise await self.status_error(resp, authorization)
-            yield resp
-
-    @asynccontextmanager
-    async def _follow(
-        self, url: yarl.URL, authorization: str | None, extra: dict[str, str]
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """A file request's last answer after redirects, which get no credentials off-host."""
-        self.may_send(url, authorization)
-        hops = 0
-        try:
-            while True:
-                # A file body is hashed as sent: it must arrive as stored, not re-encoded.
-                resp = await self._send(
-                    "file",
-                    url,
-                    authorization,
-                    self._file_timeout,
-                    auto_decompress=False,
-                    extra=extra,
-                )
-                location = _location(resp)
-                if resp.status in _REDIRECTS and location is not None and hops < MAX_REDIRECTS:
-                    resp.release()
-                    hops += 1
-                    url = location
-                    continue
-                break
-            try:
-                yield resp
-            finally:
-                resp.release()
-        except TimeoutError as e:
-            raise self._failed("file", UpstreamTimeout(self._timeout_message)) from e
-        except aiohttp.ClientError as e:
-            raise self._failed("file", UpstreamUnavailable(_unreachable(e))) from e
-
-    @property
-    def ignores_range_somewhere(self) -> bool:
-        return bool(self._ignores_range)
-
-    def ranges_work(self, url: yarl.URL) -> bool:
-        """False once this URL's host answered a Range request with the whole file."""
-        return _host_key(url) not in self._ignores_range
+    ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
+        """A 200 response for a file, following redirects without credentials off the origin."""
+        ...
 
     async def read_range(
         self, url: yarl.URL, authorization: str | None, first: int | None, last: int
-    ) -> tuple[int, bytes, int]:
-        """Bytes first..last of a file (first None: the last `last` bytes), as for files.
-
-        (offset, body, file size). Raises RangeIgnored, remembering the host, when the answer
-        is not the one range asked for; a whole file sent instead is not read.
-        """
-        spec = f"bytes=-{last}" if first is None else f"bytes={first}-{last}"
-        wanted = last if first is None else last - first + 1
-        headers = {str(hdrs.RANGE): spec, str(hdrs.ACCEPT_ENCODING): "identity"}
-        async with self._follow(url, authorization, headers) as resp:
-            if resp.status == 200 and (resp.content_length or wanted + 1) <= wanted:
-                # The whole file, no bigger than the range: a fair answer (RFC 9110 14.2).
-                body = await read_limited(resp, wanted, _file_too_big(wanted))
-                self.metrics.fetched("file", len(body))
-                return 0, body, len(body)
-            if resp.status == 200:
-                # Closed, not drained: the whole file is what this was meant to avoid.
-                resp.close()
-                self._range_ignored(url, "answered a Range request with the whole file")
-            if resp.status != 206:
-                raise await self.status_error(resp, authorization)
-            span = _content_range(resp.headers.get(hdrs.CONTENT_RANGE, ""))
-            if span is None or span[1] - span[0] + 1 > wanted:
-                resp.close()
-                self._range_ignored(url, "answered a Range request with another range")
-            start, end, size = span
-            body = await read_limited(resp, end - start + 1, _file_too_big(end - start + 1))
-            self.metrics.fetched("file", len(body))
-            if len(body) != end - start + 1 or (first is not None and start != first):
-                self._range_ignored(url, "answered a Range request with a short or shifted range")
-            return start, body, size
-
-    def _range_ignored(self, url: yarl.URL, how: str) -> NoReturn:
-        if self.ranges_work(url):
-            log.warning(
-                "%s %s: .metadata of uncached wheels from it now downloads the whole wheel",
-                url.host,
-                how,
-            )
-            self._ignores_range.add(_host_key(url))
-        raise RangeIgnored(how)
-
-    async def _send(
-        self,
-        kind: UpstreamKind,
-        url: yarl.URL,
-        authorization: str | None,
-        limits: aiohttp.ClientTimeout,
-        *,
-        auto_decompress: bool = True,
-        extra: dict[str, str] | None = None,
-    ) -> aiohttp.ClientResponse:
-        """One GET without redirects, timed to its headers; failing answers are remembered."""
-        self._check_gate(url, authorization)
-        started = time.monotonic()
-        resp = await self.session.get(
-            url,
-            headers={**self._headers(url, authorization), **(extra or {})},
-            allow_redirects=False,
-            timeout=limits,
-            auto_decompress=auto_decompress,
-        )
-        self.metrics.upstream_answered(kind, time.monotonic() - started, resp.status)
-        self._note_status(url, authorization, resp.status, _retry_after(resp))
-        # The firewall's 403 on its forward route judges a file, not the proxy's token.
-        judges_token = FORWARD_ROUTE not in url.path
-        if kind != "probe" and judges_token and self._is_own(url, authorization):
-            self._note_own_answer(resp.status)
-        if resp.status >= 500 or resp.status == 429:
-            self.metrics.upstream_failed(kind, f"{url.host} answered {resp.status} for {url.path}")
-        elif (
-            resp.status in (401, 403)
-            and judges_token
-            and self.settings.credentials == "inject"
-            and self.is_upstream_host(url)
-        ):
-            self.metrics.upstream_failed(
-                kind, f"GitLab refused the proxy's credentials ({resp.status}) for {url.path}"
-            )
-        return resp
-
-    def _is_own(self, url: yarl.URL, authorization: str | None) -> bool:
-        """Whether this request to GitLab carried the proxy's own credentials (or, in inject
-        mode without a token, none where the proxy's would have gone)."""
-        if not self.is_upstream_host(url) or authorization != self.injected_authorization:
-            return False
-        return bool(self.settings.token) or self.settings.credentials == "inject"
-
-    @property
-    def token_setting(self) -> str:
-        """The setting an operator fixes when GitLab refuses the proxy's credentials."""
-        if not self.settings.token:
-            return "upstream.token (not set)"
-        return "upstream.token_file" if self.settings.token_file else "upstream.token"
-
-    def _note_own_answer(self, status: int) -> None:
-        if status not in (401, 403):
-            if status < 400:
-                self.metrics.token_refused = None
-            return
-        self.metrics.token_refused = status
-        now = time.monotonic()
-        if now - self._refusal_logged_at >= REFUSAL_LOG_SECONDS:
-            self._refusal_logged_at = now
-            log.error(
-                "GitLab refused the proxy's own credentials (HTTP %d): check %s; until it "
-                "accepts them, clients get only what is cached (logged at most once a minute)",
-                status,
-                self.token_setting,
-            )
-
-    @property
-    def _timeout_message(self) -> str:
-        return f"GitLab did not answer within {self.settings.timeout:g}s"
-
-    def _failed(self, kind: UpstreamKind, error: ProxyError) -> ProxyError:
-        self.metrics.upstream_failed(kind, error.message)
-        return error
-
-    async def reachable(self) -> bool:
-        """Whether GitLab answers HTTP at all (any status): for /-/ready, without credentials."""
-        if self._held_for(self.base)[0] > 0:
-            return True  # it answered, asking us to wait: reachable, not to be asked again now
-        try:
-            resp = await self._send("probe", self.base, None, self._probe_timeout)
-        except (aiohttp.ClientError, TimeoutError) as e:
-            message = self._timeout_message if isinstance(e, TimeoutError) else _unreachable(e)
-            self.metrics.upstream_failed("probe", message)
-            return False
-        resp.release()
-        return True
+    ) -> tuple[int, bytes, int]: ...
 
     async def probe(
         self, url: yarl.URL, authorization: str | None
     ) -> tuple[int, str, float | None]:
-        """HEAD a file with these credentials: GitLab's status, message and Retry-After only."""
-        self.may_send(url, authorization)
-        try:
-            async with self.session.head(
-                url,
-                headers=self._headers(url, authorization),
-                allow_redirects=False,
-                timeout=self._page_timeout,
-            ) as resp:
-                self._note_status(url, authorization, resp.status, _retry_after(resp))
-                message = await _message(resp)
-                if message == str(resp.status) and resp.status in (401, 403, 404, 410):
-                    # A HEAD has no body: say what GitLab says to a GET, so a refusal of a cached
-                    # file reads like one of a file fetched for the asking.
-                    message = f"{resp.status} {HTTPStatus(resp.status).phrase}"
-                return resp.status, message, _retry_after(resp)
-        except TimeoutError as e:
-            raise UpstreamTimeout(self._timeout_message) from e
-        except aiohttp.ClientError as e:
-            raise UpstreamUnavailable(f"GitLab is unreachable: {_describe(e)}") from e
+        """HEAD a file with these credentials: the status, message and Retry-After only."""
+        ...
 
-    async def status_error(
-        self, resp: aiohttp.ClientResponse, authorization: str | None
-    ) -> ProxyError:
-        """The client-facing error for a non-200 answer to a file request."""
-        message = await _message(resp)
-        return self.error_for(
-            resp.status,
-            message,
-            _retry_after(resp),
-            on_upstream=self.is_upstream_host(resp.url),
-            authorization=authorization,
-        )
+    async def post_upload(
+        self,
+        scope: Scope,
+        body: AsyncIterator[bytes],
+        *,
+        content_type: str,
+        content_length: int | None,
+        authorization: str | None,
+    ) -> UploadAnswer:
+        """Stream an upload to the scope; transport failures raise ProxyErrors."""
+        ...
+
+    async def reachable(self) -> bool:
+        """Whether the upstream answers HTTP at all (any status), without credentials."""
+        ...
 
     def error_for(
         self,
@@ -486,34 +132,8 @@ class Upstream:
         authorization: str | None,
         on_upstream: bool = True,
     ) -> ProxyError:
-        """GitLab's non-200 answer as the client should see it, keeping its meaning."""
-        # A refusal of the proxy's own token is the operator's problem; of a client's, the client's.
-        injected = self.settings.credentials == "inject" or authorization in (
-            None,
-            self.injected_authorization,
-        )
-        # A 403 with a reason (the Dependency Firewall, an IP restriction, the job token
-        # policy, a protected package) is about this request, not the token: it goes on as is.
-        if on_upstream and injected and refuses_credentials(status, message):
-            why = "" if message in _BARE_REFUSALS else f": {message}"
-            return CredentialsRefused(
-                f"GitLab refused the proxy's credentials ({status}{why}); check upstream.token"
-            )
-        if status in (401, 403, 404, 410) and on_upstream:
-            headers: dict[str, str] = {}
-            if status == 401:
-                headers[hdrs.WWW_AUTHENTICATE] = GITLAB_CHALLENGE
-            return UpstreamStatus(status, message, headers=headers)
-        # GitLab's Retry-After goes on to the client, and tells the page cache when to retry.
-        retry: dict[str, str] = {}
-        if retry_after is not None:
-            retry[hdrs.RETRY_AFTER] = str(int(retry_after))
-        if status == 429:
-            return UpstreamUnavailable("GitLab is rate limiting the proxy", headers=retry)
-        if status >= 500:
-            return UpstreamUnavailable(f"GitLab answered {status}", headers=retry)
-        # Object storage answers for itself: its status is not GitLab's.
-        return UpstreamError(f"upstream answered {status}")
+        """A non-200 answer as the client should see it, keeping its meaning."""
+        ...
 
 
 def is_listed_host(url: yarl.URL, hosts: tuple[str, ...]) -> bool:
@@ -528,22 +148,6 @@ def fingerprint(authorization: str | None) -> str:
     if not authorization:
         return ""
     return hashlib.sha256(authorization.encode()).hexdigest()[:32]
-
-
-def credential_headers(credential: str) -> dict[str, str]:
-    """The header a credential travels in: GitLab's own token header, or Authorization."""
-    name, _, token = credential.partition(" ")
-    if name in TOKEN_HEADERS:
-        return {name: token}
-    return {hdrs.AUTHORIZATION: credential}
-
-
-def refuses_credentials(status: int, message: str) -> bool:
-    """Whether GitLab's answer refuses the credential itself: a 401, or a 403 with no reason
-    or for a token without the scope it needs."""
-    return status == 401 or (
-        status == 403 and (message in _BARE_REFUSALS or message.startswith("insufficient_scope"))
-    )
 
 
 def message_of(body: bytes, status: int, challenge: str | None = None) -> str:
@@ -565,7 +169,8 @@ def message_of(body: bytes, status: int, challenge: str | None = None) -> str:
     return message[:500]
 
 
-def _location(resp: aiohttp.ClientResponse) -> yarl.URL | None:
+def location_of(resp: aiohttp.ClientResponse) -> yarl.URL | None:
+    """Where a redirect points, resolved against the request; refused if it names a user."""
     raw = resp.headers.get(hdrs.LOCATION)
     if not raw:
         return None
@@ -603,15 +208,11 @@ def parse_retry_after(raw: str | None, now: float | None = None) -> float | None
     return min(max(0.0, wait), MAX_RETRY_AFTER)
 
 
-def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
+def retry_after_of(resp: aiohttp.ClientResponse) -> float | None:
     return parse_retry_after(resp.headers.get(hdrs.RETRY_AFTER))
 
 
-def _host_key(url: yarl.URL) -> str:
-    return f"{url.host}:{url.port}"
-
-
-def _content_range(raw: str) -> tuple[int, int, int] | None:
+def content_range(raw: str) -> tuple[int, int, int] | None:
     """(first, last, size) of `bytes first-last/size`, or None if it is not that."""
     unit, _, rest = raw.strip().partition(" ")
     span, _, size = rest.partition("/")
@@ -621,10 +222,6 @@ def _content_range(raw: str) -> tuple[int, int, int] | None:
     if int(first) > int(last) or int(last) >= int(size):
         return None
     return int(first), int(last), int(size)
-
-
-def _file_too_big(limit: int) -> UpstreamError:
-    return UpstreamError(f"GitLab sent a file larger than {limit} bytes")
 
 
 async def read_limited(resp: aiohttp.ClientResponse, limit: int, too_big: ProxyError) -> bytes:
@@ -643,7 +240,16 @@ async def read_limited(resp: aiohttp.ClientResponse, limit: int, too_big: ProxyE
     return b"".join(chunks)
 
 
-async def _message(resp: aiohttp.ClientResponse) -> str:
+async def read_kept(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body, of which no more than `limit` bytes are kept; the rest is read and dropped."""
+    kept = bytearray()
+    async for chunk in resp.content.iter_chunked(256 * 1024):
+        kept += chunk[: limit - len(kept)]
+    return bytes(kept)
+
+
+async def message_in(resp: aiohttp.ClientResponse) -> str:
+    """What an error answer says (see message_of), reading at most 64 KiB for at most 5 s."""
     try:
         body = await asyncio.wait_for(resp.content.read(64 * 1024), timeout=5)
     except (aiohttp.ClientError, TimeoutError):
@@ -651,11 +257,7 @@ async def _message(resp: aiohttp.ClientResponse) -> str:
     return message_of(body, resp.status, resp.headers.get(hdrs.WWW_AUTHENTICATE))
 
 
-def _unreachable(e: aiohttp.ClientError) -> str:
-    return f"GitLab is unreachable: {_describe(e)}"
-
-
-def _describe(e: aiohttp.ClientError) -> str:
+def describe(e: aiohttp.ClientError) -> str:
     """A short reason that names no URL, so no signed query or credential leaks."""
     if isinstance(e, aiohttp.ClientConnectorError):
         return "connection refused or host unknown"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import itertools
 import json
 import os
@@ -27,6 +26,7 @@ from . import keys
 from .app import create_app
 from .cachehealth import CacheMode
 from .config import ConfigError, Settings
+from .credentials import for_warming
 
 if TYPE_CHECKING:
     from rich.progress import Progress, ProgressColumn, TaskID
@@ -215,8 +215,8 @@ class Warmer:
 
     def connect(self, base_url: str, session: aiohttp.ClientSession) -> None:
         """Where the proxy listens, once it does."""
-        self.index_url = f"{base_url}/api/v4/{self.scope.api_prefix}/simple/"
-        self.files_url = f"{base_url}/api/v4/{self.scope.api_prefix}/files/"
+        self.index_url = f"{base_url}{self.scope.api_path}/simple/"
+        self.files_url = f"{base_url}{self.scope.api_path}/files/"
         self._session = session
         self.app[keys.FILES].fill_observers.append(self.tally.add_fill)
 
@@ -460,13 +460,7 @@ async def _tick(progress: Progress, task: TaskID, warmer: Warmer) -> None:
 
 async def warm(settings: Settings, args: argparse.Namespace) -> Tally:
     """Run the warm-up `args` asks for through an in-process proxy; return what it did."""
-    # The warm-up authenticates as the proxy: there is no client to pass credentials on. Its
-    # listener is on loopback for pip alone, so the access tokens that guard `serve` do not apply.
-    settings = dataclasses.replace(
-        settings,
-        upstream=dataclasses.replace(settings.upstream, credentials="inject"),
-        access=dataclasses.replace(settings.access, tokens_file=""),
-    )
+    settings = for_warming(settings)
     # Here, not at the top: `serve` never needs rich's console, and it costs start-up time.
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
