@@ -212,8 +212,9 @@ async def _serve(
                 stop.set()
 
         loop.add_reader(lifeline, supervisor_gone)
-    await runner.setup()
     try:
+        # Inside the try: when one resource fails to start, cleanup closes those before it.
+        await runner.setup()
         try:
             site = guard.site(
                 runner, server.host, server.port, reuse_port=reuse_port, **handler_args
