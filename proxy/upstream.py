@@ -40,7 +40,7 @@ from .scope import Scope
 log = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 5
-_REDIRECTS = (301, 302, 303, 307, 308)
+REDIRECTS = (301, 302, 303, 307, 308)
 # How long a 429 without Retry-After keeps the proxy from asking that host again.
 DEFAULT_RETRY_AFTER = 5.0
 # A refused proxy token is logged at most this often: loud enough to notice, not a flood.
@@ -225,7 +225,7 @@ class Upstream:
             while True:
                 async with await self._send("page", url, authorization, self._page_timeout) as resp:
                     location = _location(resp)
-                    if resp.status in _REDIRECTS and location is not None:
+                    if resp.status in REDIRECTS and location is not None:
                         # GitLab sending us to itself (http to https, a new relative root) is
                         # not forwarding: followed, with the credentials its origin may have.
                         follow = self.is_upstream_host(location) or is_listed_host(
@@ -283,7 +283,7 @@ class Upstream:
                     extra=extra,
                 )
                 location = _location(resp)
-                if resp.status in _REDIRECTS and location is not None and hops < MAX_REDIRECTS:
+                if resp.status in REDIRECTS and location is not None and hops < MAX_REDIRECTS:
                     resp.release()
                     hops += 1
                     url = location
