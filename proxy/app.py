@@ -26,6 +26,9 @@ from .metrics import Metrics, metrics_middleware
 from .pages import PageCache
 from .rendering import PageRenderer
 
+# How the index opened, and why not read-write: the file cache and the background tasks need it.
+_OPENED: web.AppKey[tuple[CacheMode, str]] = web.AppKey("opened")
+
 
 def create_app(settings: Settings, metrics_dir: Path | None = None) -> web.Application:
     """The application; raises ConfigError when the access tokens file is unusable.
@@ -41,34 +44,59 @@ def create_app(settings: Settings, metrics_dir: Path | None = None) -> web.Appli
     app[keys.SETTINGS] = settings
     app[keys.ACCESS] = guard
     app[keys.METRICS] = metrics
-    app.cleanup_ctx.append(_resources)
+    # One context per resource, in the order they depend on each other: when one fails to
+    # start, aiohttp's cleanup closes those before it, in reverse.
+    app.cleanup_ctx.extend([_index, _session, _files, _pages, _background])
     handlers.add_routes(app)
     return app
 
 
-async def _resources(app: web.Application) -> AsyncIterator[None]:
-    settings = app[keys.SETTINGS]
-    blobs = BlobStore(settings.cache.dir)
+async def _index(app: web.Application) -> AsyncIterator[None]:
+    """The SQLite index and the blob directory it describes."""
+    blobs = BlobStore(app[keys.SETTINGS].cache.dir)
     # An unwritable or read-only directory still serves: see cachehealth.CacheMode.
     store, mode, reason = await open_index(blobs)
-    session = aiohttp.ClientSession(
+    app[keys.STORE] = store
+    app[keys.BLOBS] = blobs
+    app[_OPENED] = (mode, reason)
+    try:
+        yield
+    finally:
+        await store.close()
+
+
+async def _session(app: web.Application) -> AsyncIterator[None]:
+    """The HTTP client session to GitLab, and the upstream client using it."""
+    settings = app[keys.SETTINGS]
+    metrics = app[keys.METRICS]
+    async with aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=100, limit_per_host=50, ttl_dns_cache=300),
         # Cookies from GitLab must never travel from one client's request to another's.
         cookie_jar=aiohttp.DummyCookieJar(),
         # Proxies come only from our config, never from the environment of the process.
         trust_env=False,
-    )
+    ) as session:
+        upstream = GitLab(settings.upstream, session, metrics, offline=settings.cache.offline)
+        app[keys.UPSTREAM] = upstream
+        yield
+
+
+async def _files(app: web.Application) -> AsyncIterator[None]:
+    """The file cache, reconciled with the disk, and the core metadata derived from it."""
+    settings = app[keys.SETTINGS]
+    store = app[keys.STORE]
+    mode, reason = app[_OPENED]
     metrics = app[keys.METRICS]
-    upstream = GitLab(settings.upstream, session, metrics, offline=settings.cache.offline)
     files = FileCache(
         settings.cache,
-        blobs,
+        app[keys.BLOBS],
         store,
-        upstream,
+        app[keys.UPSTREAM],
         metrics,
         accel_redirect=settings.server.accel_redirect,
     )
     files.health.opened(mode, reason)
+    # Until the yield nothing of theirs runs that close() would have to wait for or write.
     await files.load()
     metrics.cache_limit = settings.cache.max_size
     metrics.cache_size = files.totals
@@ -76,21 +104,37 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     metadata = CoreMetadata(files, store)
     await metadata.load()
     files.on_verified = metadata.wheel_verified
-    app[keys.STORE] = store
-    app[keys.BLOBS] = blobs
-    app[keys.UPSTREAM] = upstream
     app[keys.FILES] = files
+    app[keys.METADATA] = metadata
+    try:
+        yield
+    finally:
+        await files.close(settings.server.shutdown_grace)
+        await metadata.close()
+
+
+async def _pages(app: web.Application) -> AsyncIterator[None]:
+    """The page cache, the credential gate before it and the renderer after it; nothing to close."""
+    settings = app[keys.SETTINGS]
+    upstream = app[keys.UPSTREAM]
     gate = Gatekeeper(settings.upstream, upstream)
     app[keys.GATE] = gate
-    app[keys.PAGES] = PageCache(settings, upstream, store, gate)
-    app[keys.METADATA] = metadata
-    app[keys.RENDERER] = PageRenderer(files, metadata)
+    app[keys.PAGES] = PageCache(settings, upstream, app[keys.STORE], gate)
+    app[keys.RENDERER] = PageRenderer(app[keys.FILES], app[keys.METADATA])
+    yield
+
+
+async def _background(app: web.Application) -> AsyncIterator[None]:
+    """The tasks that run beside requests, cancelled first on the way down."""
+    files = app[keys.FILES]
+    metrics = app[keys.METRICS]
+    mode, _ = app[_OPENED]
     background = [
         asyncio.create_task(files.run_access_flusher()),
         asyncio.create_task(run_evictor(files)),
     ]
     if mode is not CacheMode.READ_WRITE:
-        background.append(asyncio.create_task(reopen_when_writable(files, metadata)))
+        background.append(asyncio.create_task(reopen_when_writable(files, app[keys.METADATA])))
     if metrics.shared is not None:
         background.append(asyncio.create_task(metrics.run_publisher()))
     try:
@@ -100,7 +144,3 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await files.close(settings.server.shutdown_grace)
-        await metadata.close()
-        await session.close()
-        await store.close()

@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.web_log import AccessLogger
 from rich.filesize import decimal
 
-from . import bundle, maintenance, warm
+from . import bundle, maintenance, warm_cli
 from .access import hash_token
 from .accesslog import AccessLog, access_logger_class, root_stream
 from .app import create_app
@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     warm_parser = _command(
         commands, "warm", "fill the cache from requirements or a whole scope, while online"
     )
-    warm.add_arguments(warm_parser)
+    warm_cli.add_arguments(warm_parser)
     export = _command(commands, "export", "write cached pages and files to a bundle")
     bundle.add_export_arguments(export)
     import_ = _command(commands, "import", "merge a bundle into the cache, verified")
@@ -212,8 +212,9 @@ async def _serve(
                 stop.set()
 
         loop.add_reader(lifeline, supervisor_gone)
-    await runner.setup()
     try:
+        # Inside the try: when one resource fails to start, cleanup closes those before it.
+        await runner.setup()
         try:
             site = guard.site(
                 runner, server.host, server.port, reuse_port=reuse_port, **handler_args
@@ -334,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "hash-token":
         return hash_token_command(args.generate)
     if args.command == "warm":
-        warm.check_arguments(parser, args)
+        warm_cli.check_arguments(parser, args)
     try:
         return _run(args, _settings(args))
     except ConfigError as e:
@@ -347,7 +348,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         return serve(settings)
     setup_logging(settings.server.log_format, [settings.upstream.token], level=logging.WARNING)
     if args.command == "warm":
-        return warm.main(settings, args)
+        return warm_cli.main(settings, args)
     if args.command == "export":
         return bundle.export_main(settings, args)
     if args.command == "import":

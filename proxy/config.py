@@ -12,7 +12,7 @@ import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yarl
 
@@ -27,6 +27,8 @@ CredentialsMode = Literal["inject", "passthrough", "prefer-client"]
 UploadCredentials = Literal["client", "inject"]
 Forwarding = Literal["redirect", "deny", "cache"]
 LogFormat = Literal["plain", "json"]
+# A number of bytes, which the file and the environment may also write as '512MiB' or '20GB'.
+ByteSize = Annotated[int, "bytes"]
 
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -116,10 +118,10 @@ class UpstreamSettings:
     forwarding: Forwarding = "redirect"
     forward_hosts: tuple[str, ...] = ()
     auth_ttl: float = 60.0
-    max_upload_size: int = 0
+    max_upload_size: ByteSize = 0
     user_agent: str = "gitlab-pypi-proxy"
     # A bigger simple page is refused (502) as it arrives, before it is all in memory.
-    max_page_size: int = 64 * 1024**2
+    max_page_size: ByteSize = 64 * 1024**2
     # While a page keeps failing upstream, its last good copy is served and GitLab is asked
     # again at most once per this many seconds (or per Retry-After, when GitLab gives one).
     retry_interval: float = 10.0
@@ -128,13 +130,13 @@ class UpstreamSettings:
 @dataclass(frozen=True, slots=True)
 class CacheSettings:
     dir: Path = Path("./cache")
-    max_size: int = 20 * 1024**3
+    max_size: ByteSize = 20 * 1024**3
     index_ttl: float = 300.0
     negative_ttl: float = 60.0
     offline: bool = False
     # Small files are also kept in memory, up to this many bytes in all.
-    memory_size: int = 64 * 1024**2
-    memory_file_max: int = 256 * 1024
+    memory_size: ByteSize = 64 * 1024**2
+    memory_file_max: ByteSize = 256 * 1024
     # How often an unwritable, full or read-only cache directory is probed again; caching
     # resumes at the first probe that finds it writable.
     recheck_interval: float = 10.0
@@ -169,8 +171,6 @@ _SERVICE_LINK_RE = re.compile(
 )
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4}
-_SIZE_KEYS = {"cache.max_size", "cache.memory_size", "cache.memory_file_max"}
-_SIZE_KEYS_UPSTREAM = {"upstream.max_upload_size", "upstream.max_page_size"}
 
 
 def parse_size(text: str) -> int:
@@ -192,7 +192,7 @@ def _convert(key: str, hint: Any, raw: Any, *, from_env: bool) -> Any:
     origin = typing.get_origin(hint)
     if key == "server.workers" and raw == "auto":
         return usable_cpus()
-    if key in _SIZE_KEYS or key in _SIZE_KEYS_UPSTREAM:
+    if hint == ByteSize:
         if isinstance(raw, int) and not isinstance(raw, bool):
             value = raw
         elif isinstance(raw, str):
@@ -251,7 +251,7 @@ def _convert(key: str, hint: Any, raw: Any, *, from_env: bool) -> Any:
 def _section_values(
     name: str, cls: type[Any], table: Mapping[str, Any], env: Mapping[str, str]
 ) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = {f.name for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
     for key, raw in table.items():

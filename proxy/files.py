@@ -57,6 +57,9 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 # A file GitLab gave to one client's credentials: no shared HTTP cache may hand it to others.
 PRIVATE_IMMUTABLE = "private, max-age=31536000, immutable"
 ACCESS_FLUSH_SECONDS = 30.0
+# Response headers the warm-up reads too: whether a file came from the cache, and its digest.
+X_CACHE = "X-Cache"
+X_CHECKSUM_SHA256 = "X-Checksum-Sha256"
 
 
 @dataclass(slots=True)
@@ -448,7 +451,7 @@ class FileCache:
             hdrs.CONTENT_DISPOSITION: f'attachment; filename="{filename}"',
             # Misses too: a range request then waits for the verified file and gets its 206.
             hdrs.ACCEPT_RANGES: "bytes",
-            "X-Checksum-Sha256": sha256,
+            X_CHECKSUM_SHA256: sha256,
         }
 
     async def _respond_hit(
@@ -463,7 +466,7 @@ class FileCache:
         """The cached file, or None when it is no longer on disk (evicted, or found bad)."""
         self.accessed[sha256] = time.time()
         headers = self._headers(sha256, filename or blob.filename, private=private)
-        headers["X-Cache"] = "HIT"
+        headers[X_CACHE] = "HIT"
         if self.accel_redirect:
             headers["X-Accel-Redirect"] = (
                 f"{self.accel_redirect}{sha256[:2]}/{sha256[2:4]}/{sha256}"
@@ -689,7 +692,7 @@ class FileCache:
                 await self._finished(fill)
                 size = fill.written
             headers = self._headers(fill.sha256, fill.filename, private=private)
-            headers["X-Cache"] = "MISS"
+            headers[X_CACHE] = "MISS"
             response = web.StreamResponse(headers=headers)
             if size is not None:
                 response.content_length = size
@@ -739,7 +742,7 @@ class FileCache:
         """Stream upstream to this client without the disk; the last byte waits for the sha256."""
         async with self.upstream.open_file(source, authorization) as resp:
             headers = self._headers(sha256, filename, private=private)
-            headers["X-Cache"] = "BYPASS"
+            headers[X_CACHE] = "BYPASS"
             response = web.StreamResponse(headers=headers)
             # Unverified, a HEAD has no size to stand behind: a GET's body is checked as sent.
             if resp.content_length is not None and request.method != hdrs.METH_HEAD:

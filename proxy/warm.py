@@ -1,8 +1,7 @@
-"""`warm`: fill the cache while online, from requirements resolved by pip or from a whole scope."""
+"""`warm`'s engine: fill the cache while online, from requirements pip resolves or a whole scope."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import itertools
@@ -10,33 +9,28 @@ import json
 import os
 import sys
 import tempfile
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 import aiohttp
 from aiohttp import web
-from packaging.requirements import InvalidRequirement, Requirement
-from rich.filesize import decimal
+from packaging.requirements import Requirement
 
 from . import keys
 from .app import create_app
 from .cachehealth import CacheMode
 from .config import ConfigError, Settings
 from .credentials import for_warming
-
-if TYPE_CHECKING:
-    from rich.progress import Progress, ProgressColumn, TaskID
-    from rich.table import Table
-from .errors import ProxyError
+from .files import X_CACHE, X_CHECKSUM_SHA256
 from .fill import Fill, FillState
 from .metadata import SUFFIX as METADATA_SUFFIX
 from .scope import Scope
 from .simple import Distribution, is_sha256, normalize, version_of
 from .simple_html import PageParseError, parse_index_page, parse_project_page
+from .upstream import REDIRECTS, message_of
 
 # Enough to keep pip's ERROR lines without flooding the summary.
 _REASON_LINES = 6
@@ -77,92 +71,23 @@ class Target:
         return ", ".join(p for p in parts if p) or "this interpreter"
 
 
-def targets_of(args: argparse.Namespace) -> list[Target]:
-    """Every combination of the target flags; ABIs go together, pip picks among them."""
-    return [
-        Target(python, platform, implementation, tuple(args.abi or ()))
-        for python, platform, implementation in itertools.product(
-            args.python_version or [None], args.platform or [None], args.implementation or [None]
-        )
-    ]
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one warm-up fetches: the files pip resolves from requirements, or every file of
+    the scope (or of `packages`) with `mirror_all`, or both."""
 
+    scope: Scope
+    requirements: tuple[str, ...] = ()
+    requirement_files: tuple[Path, ...] = ()
+    targets: tuple[Target, ...] = (Target(),)
+    mirror_all: bool = False
+    packages: tuple[Requirement, ...] = ()
+    only_binary: bool = False
+    jobs: int = 4
 
-def parse_scope(text: str) -> Scope:
-    """A scope argument, or ValueError saying what is wrong with it."""
-    try:
-        return Scope.from_text(text)
-    except ProxyError as e:
-        raise ValueError(f"{text!r}: {e.message}") from None
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("scope", help="projects/ID or groups/ID (a path or a numeric id)")
-    parser.add_argument("requirements", nargs="*", help="requirement strings, e.g. 'foo>=1.2'")
-    parser.add_argument(
-        "-r",
-        "--requirement",
-        action="append",
-        type=Path,
-        default=[],
-        metavar="FILE",
-        help="requirements file; repeatable",
-    )
-    for flag, metavar, what in [
-        ("--python-version", "VERSION", "e.g. 3.11"),
-        ("--platform", "PLATFORM", "e.g. manylinux2014_x86_64, win_amd64"),
-        ("--implementation", "NAME", "e.g. cp, pp"),
-        ("--abi", "ABI", "e.g. cp311, abi3"),
-    ]:
-        parser.add_argument(
-            flag,
-            action="append",
-            metavar=metavar,
-            help=f"target environment ({what}); repeatable",
-        )
-    parser.add_argument("--all", action="store_true", help="every file of every package in scope")
-    parser.add_argument(
-        "--package",
-        action="append",
-        type=_requirement,
-        default=[],
-        help="with --all: only this package, optionally with a version specifier ('foo>=1.2')",
-    )
-    parser.add_argument("--only-binary", action="store_true", help="wheels only, no sdists")
-    parser.add_argument(
-        "--jobs", type=_positive, default=4, metavar="N", help="concurrent downloads (default: 4)"
-    )
-
-
-def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Refuse combinations that could only do nothing or something else than asked."""
-    try:
-        args.scope = parse_scope(args.scope)
-    except ValueError as e:
-        parser.error(str(e))
-    wants_resolve = bool(args.requirements or args.requirement)
-    if not (wants_resolve or args.all):
-        parser.error("warm needs requirements (-r FILE or 'name>=1.0') or --all")
-    if args.package and not args.all:
-        parser.error("--package filters --all; for requirements, name them directly")
-    if not wants_resolve and any(t.restricted for t in targets_of(args)):
-        parser.error("--python-version/--platform/--implementation/--abi shape requirements")
-    for path in args.requirement:
-        if not path.is_file():
-            parser.error(f"-r {path}: no such file")
-
-
-def _requirement(text: str) -> Requirement:
-    try:
-        return Requirement(text)
-    except InvalidRequirement as e:
-        raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
+    @property
+    def resolving(self) -> bool:
+        return bool(self.requirements or self.requirement_files)
 
 
 @dataclass
@@ -227,13 +152,13 @@ class Warmer:
 
     async def record(self, request: web.Request, response: web.StreamResponse) -> None:
         """on_response_prepare: every file the proxy answers from the cache."""
-        sha256 = response.headers.get("X-Checksum-Sha256")
+        sha256 = response.headers.get(X_CHECKSUM_SHA256)
         # A wheel's METADATA (PEP 658) is derived from the wheel, not a file of the mirror.
         if sha256 is None or request.path.endswith(METADATA_SUFFIX):
             return
         # Fills are counted as they start (see connect); here only hits.
         blob = self.app[keys.FILES].known.get(sha256)
-        if response.headers.get("X-Cache") == "HIT" and blob is not None:
+        if response.headers.get(X_CACHE) == "HIT" and blob is not None:
             self.tally.present[sha256] = blob.size
 
     async def index(self) -> None:
@@ -243,7 +168,11 @@ class Warmer:
             self.tally.failed["index page"] = _message(status, body)
 
     async def resolve(
-        self, target: Target, requirements: list[str], files: list[Path], only_binary: bool
+        self,
+        target: Target,
+        requirements: Sequence[str],
+        files: Sequence[Path],
+        only_binary: bool,
     ) -> None:
         """pip resolves for `target` through the proxy, then every file it chose is made sure of."""
         async with self.jobs:
@@ -261,7 +190,7 @@ class Warmer:
                 )
         await asyncio.gather(*through_proxy)
 
-    async def mirror(self, packages: list[Requirement], only_binary: bool) -> None:
+    async def mirror(self, packages: Sequence[Requirement], only_binary: bool) -> None:
         """Every file of every package (or of `packages`) the scope's pages list."""
         if packages:
             wanted = {normalize(p.name): p for p in packages}
@@ -327,7 +256,11 @@ class Warmer:
             return resp.status, await resp.read()
 
     async def _pip(
-        self, target: Target, requirements: list[str], files: list[Path], only_binary: bool
+        self,
+        target: Target,
+        requirements: Sequence[str],
+        files: Sequence[Path],
+        only_binary: bool,
     ) -> list[tuple[str, str, str]] | None:
         """(url, sha256, filename) of every file pip resolved, or None when it failed."""
         with tempfile.TemporaryDirectory(prefix="gitlab-pypi-proxy-warm-") as tmp:
@@ -401,150 +334,67 @@ def _pip_reason(stderr: bytes) -> str:
 
 
 def _message(status: int, body: bytes) -> str:
-    if status in (301, 302, 303, 307, 308):
+    if status in REDIRECTS:
         return (
             "GitLab forwards this name to the public index; set upstream.forwarding = 'cache'"
             " and forward_hosts to mirror it"
         )
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        data = None
-    if isinstance(data, dict) and isinstance(data.get("message"), str):
-        return f"{status}: {data['message'][:300]}"
-    return f"HTTP {status}"
-
-
-def _bytes_column() -> ProgressColumn:
-    """Bytes fetched from upstream so far, and the rate since the start."""
-    from rich.progress import ProgressColumn, Task
-    from rich.text import Text
-
-    class BytesColumn(ProgressColumn):
-        def render(self, task: Task) -> Text:
-            fetched = int(task.fields.get("fetched", 0))
-            elapsed = task.elapsed or 0.0
-            rate = fetched / elapsed if elapsed > 0 else 0.0
-            return Text(f"{decimal(fetched)} at {decimal(int(rate))}/s", style="progress.download")
-
-    return BytesColumn()
+    message = message_of(body, status)
+    return f"HTTP {status}" if message == str(status) else f"{status}: {message}"
 
 
 @contextlib.asynccontextmanager
 async def _served(app: web.Application) -> AsyncIterator[str]:
     """The proxy itself on a free loopback port, for pip and for the direct downloads."""
     runner = web.AppRunner(app, access_log=None, handler_cancellation=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
     try:
-        server = site._server
-        assert server is not None
-        port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        # Inside the try: when one resource fails to start, cleanup closes those before it.
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
         yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
 
 
-async def _tick(progress: Progress, task: TaskID, warmer: Warmer) -> None:
-    while True:
-        tally = warmer.tally
-        progress.update(
-            task,
-            completed=tally.files_done(),
-            total=warmer.total,
-            fetched=tally.bytes_fetched(),
-        )
-        await asyncio.sleep(0.2)
-
-
-async def warm(settings: Settings, args: argparse.Namespace) -> Tally:
-    """Run the warm-up `args` asks for through an in-process proxy; return what it did."""
+async def warm(
+    settings: Settings, plan: Plan, watch: Callable[[Warmer], Coroutine[Any, Any, None]]
+) -> Tally:
+    """Run `plan` through an in-process proxy and return what it did; `watch(warmer)` runs
+    beside it (a progress display), cancelled when the downloads are over."""
     settings = for_warming(settings)
-    # Here, not at the top: `serve` never needs rich's console, and it costs start-up time.
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    console = Console(stderr=True)
-    progress = Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("files"),
-        _bytes_column(),
-        TimeElapsedColumn(),
-        console=console,
-    )
-    resolving = bool(args.requirements or args.requirement)
     app = create_app(settings)
-    warmer = Warmer(app, args.scope, args.jobs, resolving=resolving)
+    warmer = Warmer(app, plan.scope, plan.jobs, resolving=plan.resolving)
     app.on_response_prepare.append(warmer.record)
-    with progress:
-        task = progress.add_task(args.scope.key, total=None, fetched=0)
-        async with (
-            _served(app) as url,
-            aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None, sock_read=settings.upstream.timeout * 4),
-                trust_env=False,
-            ) as session,
-        ):
-            health = app[keys.FILES].health
-            if health.mode is not CacheMode.READ_WRITE:
-                # It would pass every file through and keep none: say so instead.
-                raise ConfigError(f"cache.dir: {health.problem}; warm needs a cache it can write")
-            warmer.connect(url, session)
-            ticker = asyncio.create_task(_tick(progress, task, warmer))
-            try:
-                await warmer.index()
-                jobs = []
-                if resolving:
-                    jobs += [
-                        warmer.resolve(t, args.requirements, args.requirement, args.only_binary)
-                        for t in targets_of(args)
-                    ]
-                if args.all:
-                    jobs.append(warmer.mirror(args.package, args.only_binary))
-                await asyncio.gather(*jobs)
-            finally:
-                ticker.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await ticker
-        # The proxy has stopped, so every fill it ran has ended one way or the other.
-        warmer.tally.settle()
-        done = warmer.tally.files_done()
-        progress.update(task, completed=done, total=done, fetched=warmer.tally.bytes_fetched())
+    async with (
+        _served(app) as url,
+        aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, sock_read=settings.upstream.timeout * 4),
+            trust_env=False,
+        ) as session,
+    ):
+        health = app[keys.FILES].health
+        if health.mode is not CacheMode.READ_WRITE:
+            # It would pass every file through and keep none: say so instead.
+            raise ConfigError(f"cache.dir: {health.problem}; warm needs a cache it can write")
+        warmer.connect(url, session)
+        watcher = asyncio.create_task(watch(warmer))
+        try:
+            await warmer.index()
+            jobs = []
+            if plan.resolving:
+                jobs += [
+                    warmer.resolve(t, plan.requirements, plan.requirement_files, plan.only_binary)
+                    for t in plan.targets
+                ]
+            if plan.mirror_all:
+                jobs.append(warmer.mirror(plan.packages, plan.only_binary))
+            await asyncio.gather(*jobs)
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+    # The proxy has stopped, so every fill it ran has ended one way or the other.
+    warmer.tally.settle()
     return warmer.tally
-
-
-def summary(tally: Tally, scope: Scope) -> Table:
-    from rich.table import Table
-
-    fetched = tally.fetched
-    table = Table(title=f"warm-up of {scope.key}")
-    table.add_column("")
-    table.add_column("files", justify="right")
-    table.add_column("size", justify="right")
-    table.add_row("fetched", str(len(fetched)), decimal(sum(fetched.values())))
-    table.add_row("already there", str(len(tally.present)), decimal(sum(tally.present.values())))
-    table.add_row("failed", str(len(tally.failed)), "")
-    total = sum(fetched.values()) + sum(tally.present.values())
-    table.add_row("total", str(len(fetched) + len(tally.present)), decimal(total))
-    return table
-
-
-def main(settings: Settings, args: argparse.Namespace) -> int:
-    if settings.cache.offline:
-        print(
-            "gitlab-pypi-proxy: warm needs the network, and cache.offline is set", file=sys.stderr
-        )
-        return 2
-    started = time.monotonic()
-    tally = asyncio.run(warm(settings, args))
-    from rich.console import Console
-
-    Console().print(summary(tally, args.scope))
-    elapsed = time.monotonic() - started
-    print(f"took {elapsed:.1f}s")
-    for what, why in sorted(tally.failed.items()):
-        print(f"failed: {what}: {why}", file=sys.stderr)
-    return 1 if tally.failed else 0

@@ -1,0 +1,81 @@
+"""Settings conversions: sizes by field type, durations, env overrides, one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from proxy.config import ConfigError, Settings, load_settings
+
+
+def _load(tmp_path: Path, toml: str, **env: str) -> Settings:
+    path = tmp_path / "config.toml"
+    path.write_text(toml, encoding="utf-8")
+    return load_settings(path, env)
+
+
+def test_every_size_setting_takes_units_and_plain_bytes(tmp_path: Path) -> None:
+    # Each is a size by its field's type (config.ByteSize); a plain int field refuses "20GiB".
+    settings = _load(
+        tmp_path,
+        """
+        [cache]
+        max_size = "20GiB"
+        memory_size = "1.5MB"
+        memory_file_max = 4096
+        [upstream]
+        max_upload_size = "2 GB"
+        max_page_size = "64MiB"
+        """,
+    )
+    assert settings.cache.max_size == 20 * 1024**3
+    assert settings.cache.memory_size == 1_500_000
+    assert settings.cache.memory_file_max == 4096
+    assert settings.upstream.max_upload_size == 2 * 1000**3
+    assert settings.upstream.max_page_size == 64 * 1024**2
+
+
+def test_durations_are_seconds_as_numbers(tmp_path: Path) -> None:
+    settings = _load(tmp_path, "[cache]\nindex_ttl = 2.5\nnegative_ttl = 7\n")
+    assert settings.cache.index_ttl == 2.5
+    assert settings.cache.negative_ttl == 7.0
+    with pytest.raises(ConfigError, match=r"^cache\.index_ttl: expected a number, got '5m'$"):
+        _load(tmp_path, '[cache]\nindex_ttl = "5m"\n')
+
+
+def test_the_environment_overrides_the_file_and_is_converted_alike(tmp_path: Path) -> None:
+    settings = _load(
+        tmp_path,
+        '[cache]\nmax_size = "1GiB"\nindex_ttl = 10\noffline = false\n',
+        GITLAB_PYPI_PROXY_CACHE_MAX_SIZE="512MiB",
+        GITLAB_PYPI_PROXY_CACHE_INDEX_TTL="0.5",
+        GITLAB_PYPI_PROXY_CACHE_OFFLINE="yes",
+        GITLAB_PYPI_PROXY_UPSTREAM_FORWARD_HOSTS="pypi.org, files.pythonhosted.org",
+        GITLAB_PYPI_PROXY_UPSTREAM_FORWARDING="cache",
+    )
+    assert settings.cache.max_size == 512 * 1024**2
+    assert settings.cache.index_ttl == 0.5
+    assert settings.cache.offline is True
+    assert settings.upstream.forward_hosts == ("pypi.org", "files.pythonhosted.org")
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "error"),
+    [
+        ('[cache]\nmax_size = "12 parsecs"', {}, "cache.max_size: not a size: '12 parsecs'"),
+        ("[cache]\nmax_size = -1", {}, "cache.max_size: must not be negative"),
+        ("[upstream]\nmax_page_size = true", {}, "upstream.max_page_size: expected a size"),
+        ("", {"GITLAB_PYPI_PROXY_CACHE_MEMORY_SIZE": "lots"}, "cache.memory_size: not a size"),
+        ("[server]\nshutdown_grace = -3", {}, "server.shutdown_grace: must not be negative"),
+        ("", {"GITLAB_PYPI_PROXY_SERVER_PORT": "http"}, "server.port: expected an integer"),
+    ],
+)
+def test_a_bad_value_is_one_line_naming_its_key(
+    tmp_path: Path, toml: str, env: dict[str, str], error: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        _load(tmp_path, toml, **env)
+    message = str(raised.value)
+    assert message.startswith(error)
+    assert "\n" not in message
