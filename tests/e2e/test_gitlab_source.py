@@ -19,9 +19,16 @@ import yarl
 
 from proxy import keys
 from proxy.log import redact
-from tests.conftest import TOKEN, ProxyFactory
 from tests.support.fake_gitlab import FakeGitLab
-from tests.support.harness import RunningProxy, clean_env, make_settings, run, start_proxy
+from tests.support.harness import (
+    TOKEN,
+    ProxyFactory,
+    RunningProxy,
+    clean_env,
+    make_settings,
+    run,
+    start_proxy,
+)
 from tests.support.wheels import make_sdist, make_wheel
 
 PAGE = "/api/v4/projects/42/packages/pypi/simple/corp-util/"

@@ -9,11 +9,10 @@ import aiohttp
 import pytest
 
 from proxy.upstream import MAX_RETRY_AFTER, parse_retry_after
-from tests.conftest import ProxyFactory
+from tests.e2e.test_pull_through import PROJECT_PAGE, get
+from tests.e2e.test_resilience import file_url
 from tests.support.fake_gitlab import FakeFile, FakeGitLab
-from tests.support.harness import RunningProxy
-from tests.test_pull_through import PROJECT_PAGE, get
-from tests.test_resilience import file_url
+from tests.support.harness import ProxyFactory, RunningProxy
 
 NOW = 1_000_000_000.0
 

@@ -10,9 +10,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import TOKEN, ProxyFactory
 from tests.support.fake_gitlab import FakeGitLab
-from tests.support.harness import RunningProxy, pip_install
+from tests.support.harness import TOKEN, ProxyFactory, RunningProxy, pip_install
 
 PROJECT_PAGE = "/api/v4/projects/42/packages/pypi/simple/"
 GROUP_PAGE = "/api/v4/groups/7/-/packages/pypi/simple/"

@@ -15,9 +15,8 @@ from proxy import keys
 from proxy.access import hash_token
 from proxy.bundle import export_bundle, import_bundle
 from proxy.scope import Scope
-from tests.conftest import ProxyFactory
 from tests.support.fake_gitlab import FakeGitLab
-from tests.support.harness import RunningProxy, make_settings
+from tests.support.harness import ProxyFactory, RunningProxy, make_settings
 
 PROJECT = "/api/v4/projects/42/packages/pypi"
 

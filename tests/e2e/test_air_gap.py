@@ -10,10 +10,17 @@ from pathlib import Path
 import pytest
 
 from proxy.cli import main as cli_main
-from tests.conftest import TOKEN
+from tests.e2e.test_pull_through import get, installed
 from tests.support.fake_gitlab import FakeGitLab, FakePublicIndex
-from tests.support.harness import Completed, clean_env, make_settings, pip_install, run, start_proxy
-from tests.test_pull_through import get, installed
+from tests.support.harness import (
+    TOKEN,
+    Completed,
+    clean_env,
+    make_settings,
+    pip_install,
+    run,
+    start_proxy,
+)
 
 
 def online_env(gitlab: FakeGitLab, public: FakePublicIndex | None, cache: Path) -> dict[str, str]:

@@ -8,10 +8,9 @@ from pathlib import Path
 import aiohttp
 
 from proxy import keys
-from tests.conftest import ProxyFactory
+from tests.e2e.test_pull_through import PROJECT_PAGE, get, installed
 from tests.support.fake_gitlab import FakeGitLab, FakePublicIndex
-from tests.support.harness import pip_install
-from tests.test_pull_through import PROJECT_PAGE, get, installed
+from tests.support.harness import ProxyFactory, pip_install
 
 
 def host_of(server: FakePublicIndex) -> str:

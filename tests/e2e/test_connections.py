@@ -12,10 +12,9 @@ import aiohttp
 import pytest
 
 from proxy.connections import capacity_for
-from tests.conftest import TOKEN
 from tests.support.cli_process import PROXY, ServeProcess, free_port
 from tests.support.fake_gitlab import FakeGitLab
-from tests.support.harness import clean_env
+from tests.support.harness import TOKEN, clean_env
 
 PAGE = "/api/v4/projects/42/packages/pypi/simple/corp-util/"
 PARTIAL = b"GET /api/v4/projects/42/packages/pypi/simple/corp-u"

@@ -12,10 +12,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import ProxyFactory
 from tests.support.cli_process import free_port
 from tests.support.fake_gitlab import FakeGitLab
-from tests.support.harness import pip_install
+from tests.support.harness import ProxyFactory, pip_install
 
 README = Path(__file__).parent.parent / "README.md"
 NGINX = shutil.which("nginx") or next(

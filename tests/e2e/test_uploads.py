@@ -15,10 +15,18 @@ import pytest
 import requests
 from twine.commands.upload import skip_upload
 
-from tests.conftest import TOKEN, ProxyFactory
 from tests.support.cli_process import serve
 from tests.support.fake_gitlab import FakeGitLab
-from tests.support.harness import BIN, Completed, RunningProxy, clean_env, pip_install, run
+from tests.support.harness import (
+    BIN,
+    TOKEN,
+    Completed,
+    ProxyFactory,
+    RunningProxy,
+    clean_env,
+    pip_install,
+    run,
+)
 from tests.support.wheels import make_sdist, make_wheel
 
 UPLOAD = "/api/v4/projects/42/packages/pypi"

@@ -18,12 +18,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import TOKEN, ProxyFactory
+from tests.e2e.test_pull_through import get
 from tests.support.cli_process import ServeProcess, children_of, free_port, write_config
 from tests.support.fake_gitlab import FakeFile, FakeGitLab
-from tests.support.harness import run
+from tests.support.harness import TOKEN, ProxyFactory, run
 from tests.support.wheels import wheel_metadata
-from tests.test_pull_through import get
 
 FILES = "/api/v4/projects/42/packages/pypi/files"
 

@@ -19,7 +19,7 @@ from proxy.simple_html import (
     render_project_html,
 )
 
-SAMPLES = Path(__file__).parent / "samples"
+SAMPLES = Path(__file__).parents[1] / "samples"
 GITLAB = "https://gitlab.example.com/api/v4"
 PROJECT_PAGE_URL = f"{GITLAB}/projects/42/packages/pypi/simple/my-pkg"
 SHA_A = "a" * 64

@@ -15,10 +15,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import TOKEN
 from tests.support import cli_process
 from tests.support.cli_process import ServeProcess
 from tests.support.fake_gitlab import FakeGitLab
+from tests.support.harness import TOKEN
 
 CLIENT_TOKEN = "glpat-client-query-secret-0987654321"
 CLIENT_PASSWORD = "client-basic-password-secret"

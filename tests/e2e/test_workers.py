@@ -18,12 +18,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.config import usable_cpus
-from tests.conftest import TOKEN
+from tests.e2e.test_metrics import FILES_ROUTE, value
+from tests.e2e.test_processes import url_of, workers_of
 from tests.support.cli_process import PROXY, ServeProcess, children_of, free_port, write_config
 from tests.support.fake_gitlab import FakeGitLab
-from tests.support.harness import clean_env
-from tests.test_metrics import FILES_ROUTE, value
-from tests.test_processes import url_of, workers_of
+from tests.support.harness import TOKEN, clean_env
 
 Configure = Callable[..., Path]
 Spawn = Callable[..., Awaitable[ServeProcess]]

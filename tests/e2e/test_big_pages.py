@@ -15,11 +15,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.conftest import TOKEN
 from tests.support import fake_gitlab
 from tests.support.cli_process import PROXY, ServeProcess, free_port
 from tests.support.fake_gitlab import FakeGitLab
-from tests.support.harness import clean_env
+from tests.support.harness import TOKEN, clean_env
 
 SIMPLE = "/api/v4/projects/42/packages/pypi/simple"
 BIG_FILES = 20_000

@@ -14,10 +14,9 @@ import pytest
 
 from proxy import keys
 from proxy.access import MAX_PENDING_CHECKS, MAX_PENDING_PER_ADDRESS, hash_token
-from tests.conftest import ProxyFactory
+from tests.e2e.test_passthrough import basic, file_url, get
 from tests.support.fake_gitlab import FakeFile, FakeGitLab
-from tests.support.harness import RunningProxy
-from tests.test_passthrough import basic, file_url, get
+from tests.support.harness import ProxyFactory, RunningProxy
 
 ALICE = "glpat-alice-reads-42"
 BOB = "glpat-bob-reads-42-too"

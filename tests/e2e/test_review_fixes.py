@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 
 from proxy.access import hash_token
-from tests.conftest import TOKEN, ProxyFactory
+from tests.e2e.test_forward_cache import host_of
+from tests.e2e.test_security_review import PROJECT, basic, fetch
+from tests.e2e.test_uploads import GOOD, GOOD_TYPE, post_as_is
 from tests.support.cli_process import write_config
 from tests.support.fake_gitlab import FakeGitLab, FakePublicIndex
-from tests.support.harness import RunningProxy, clean_env, run
-from tests.test_forward_cache import host_of
-from tests.test_security_review import PROJECT, basic, fetch
-from tests.test_uploads import GOOD, GOOD_TYPE, post_as_is
+from tests.support.harness import TOKEN, ProxyFactory, RunningProxy, clean_env, run
 
 UPLOAD = "/api/v4/projects/42/packages/pypi"
 

@@ -10,10 +10,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import ProxyFactory
+from tests.e2e.test_pull_through import PROJECT_PAGE, get
 from tests.support.fake_gitlab import FakeFile, FakeGitLab
-from tests.support.harness import RunningProxy
-from tests.test_pull_through import PROJECT_PAGE, get
+from tests.support.harness import ProxyFactory, RunningProxy
 
 FILES = "/api/v4/projects/42/packages/pypi/files"
 

@@ -13,11 +13,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy import keys
 from proxy.metrics import TRACKED_PACKAGES, Metrics
-from tests.conftest import TOKEN, ProxyFactory
+from tests.e2e.test_pull_through import get
 from tests.support.fake_gitlab import FakeGitLab
-from tests.support.harness import RunningProxy, pip_install
+from tests.support.harness import TOKEN, ProxyFactory, RunningProxy, pip_install
 from tests.support.wheels import wheel_metadata
-from tests.test_pull_through import get
 
 FILES_ROUTE = "/api/v4/projects/{id}/packages/pypi/files/{sha256}/{filename}"
 PAGE_ROUTE = "/api/v4/projects/{id}/packages/pypi/simple/{name}/"

@@ -23,11 +23,10 @@ import pytest
 from proxy import keys
 from proxy.remotezip import TAIL_BYTES
 from proxy.store import SCHEMA_VERSION, Store
-from tests.conftest import ProxyFactory
+from tests.e2e.test_modern_clients import advertised, fetch, file_url, page
 from tests.support.fake_gitlab import FakeFile, FakeGitLab, FakePublicIndex
-from tests.support.harness import BIN, RunningProxy, clean_env, run
+from tests.support.harness import BIN, ProxyFactory, RunningProxy, clean_env, run
 from tests.support.wheels import make_wheel, wheel_metadata
-from tests.test_modern_clients import advertised, fetch, file_url, page
 
 NAME = "corp-big"
 METADATA = b"Metadata-Version: 2.1\nName: corp-big\nVersion: 1.0.0\nRequires-Dist: six>=1\n"

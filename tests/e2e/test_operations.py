@@ -14,11 +14,10 @@ import aiohttp
 import pytest
 
 from proxy.access import hash_token
-from tests.conftest import TOKEN, ProxyFactory
 from tests.support import cli_process
 from tests.support.cli_process import ServeProcess
 from tests.support.fake_gitlab import FakeGitLab
-from tests.support.harness import Completed, RunningProxy, clean_env, run
+from tests.support.harness import TOKEN, Completed, ProxyFactory, RunningProxy, clean_env, run
 
 Serve = Callable[..., Awaitable[ServeProcess]]
 PROJECT = "/api/v4/projects/42/packages/pypi"

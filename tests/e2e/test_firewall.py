@@ -9,11 +9,10 @@ import aiohttp
 import pytest
 
 from proxy import keys
-from tests.conftest import TOKEN, ProxyFactory
+from tests.e2e.test_forward_cache import host_of
+from tests.e2e.test_pull_through import PROJECT_PAGE, get, installed
 from tests.support.fake_gitlab import FakeGitLab, FakePublicIndex
-from tests.support.harness import make_settings, pip_install, start_proxy
-from tests.test_forward_cache import host_of
-from tests.test_pull_through import PROJECT_PAGE, get, installed
+from tests.support.harness import TOKEN, ProxyFactory, make_settings, pip_install, start_proxy
 
 FILES = "/api/v4/projects/42/packages/pypi/files"
 

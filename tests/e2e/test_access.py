@@ -11,9 +11,8 @@ import pytest
 
 from proxy.access import hash_token, parse_token_line
 from proxy.config import ConfigError, load_settings
-from tests.conftest import TOKEN, ProxyFactory
 from tests.support.fake_gitlab import FakeGitLab
-from tests.support.harness import RunningProxy, clean_env, pip_install, run
+from tests.support.harness import TOKEN, ProxyFactory, RunningProxy, clean_env, pip_install, run
 
 OFFICE = "office-token-7f3a9c1e"
 PAGE = "/api/v4/projects/42/packages/pypi/simple/corp-util/"

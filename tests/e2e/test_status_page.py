@@ -11,9 +11,8 @@ import lxml.html
 import pytest
 
 from proxy.status import size_text
-from tests.conftest import TOKEN
 from tests.support.fake_gitlab import FakeGitLab
-from tests.support.harness import RunningProxy, clean_env, pip_install, run
+from tests.support.harness import TOKEN, RunningProxy, clean_env, pip_install, run
 from tests.support.wheels import wheel_metadata
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -11,9 +11,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import TOKEN, ProxyFactory
 from tests.support.fake_gitlab import FakeGitLab
-from tests.support.harness import RunningProxy, pip_install
+from tests.support.harness import TOKEN, ProxyFactory, RunningProxy, pip_install
 
 ALICE = "glpat-alice-reads-42-and-43"
 BOB = "glpat-bob-reads-nothing"

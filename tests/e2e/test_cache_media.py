@@ -19,10 +19,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import TOKEN
 from tests.support.cli_process import PROXY, ServeProcess, free_port
 from tests.support.fake_gitlab import FakeFile, FakeGitLab
-from tests.support.harness import clean_env, pip_install, run
+from tests.support.harness import TOKEN, clean_env, pip_install, run
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root: setpriv to another user, tmpfs and remounts"

@@ -25,13 +25,19 @@ from proxy.pages import CachedPage
 from proxy.rendering import THREAD_FROM_FILES
 from proxy.scope import Scope
 from proxy.simple import Distribution, Project
-from tests.conftest import TOKEN, ProxyFactory
 from tests.support.fake_gitlab import FakeGitLab
-from tests.support.harness import RunningProxy, make_settings, pip_install, uv_pip_install
+from tests.support.harness import (
+    TOKEN,
+    ProxyFactory,
+    RunningProxy,
+    make_settings,
+    pip_install,
+    uv_pip_install,
+)
 from tests.support.wheels import wheel_metadata
-from tests.test_core_metadata import zipped
-from tests.test_negotiate import PIP_ACCEPT, UV_ACCEPT
-from tests.test_simple_json import check_index_page, check_project_page
+from tests.unit.test_core_metadata import zipped
+from tests.unit.test_negotiate import PIP_ACCEPT, UV_ACCEPT
+from tests.unit.test_simple_json import check_index_page, check_project_page
 
 API = "/api/v4/projects/42/packages/pypi"
 JSON_V1 = "application/vnd.pypi.simple.v1+json"

@@ -22,7 +22,7 @@ from proxy.simple_json import (
     render_project_json,
 )
 
-SAMPLES = Path(__file__).parent / "samples"
+SAMPLES = Path(__file__).parents[1] / "samples"
 SHA_A = "a" * 64
 SHA_B = "b" * 64
 UPLOADED = "2024-05-01T12:30:00.123456Z"
