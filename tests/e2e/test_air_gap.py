@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from proxy.cli import main as cli_main
-from tests.e2e.test_pull_through import get, installed
+from tests.support.clients import installed
 from tests.support.fake_gitlab import FakeGitLab, FakePublicIndex
 from tests.support.harness import (
     TOKEN,
@@ -21,6 +21,7 @@ from tests.support.harness import (
     run,
     start_proxy,
 )
+from tests.support.http import get
 
 
 def online_env(gitlab: FakeGitLab, public: FakePublicIndex | None, cache: Path) -> dict[str, str]:

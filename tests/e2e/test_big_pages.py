@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import gzip
 import re
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import pytest
 from aiohttp import web
 
 from tests.support import fake_gitlab
+from tests.support.big_pages import hits_while_parsing
 from tests.support.cli_process import PROXY, ServeProcess, free_port
 from tests.support.fake_gitlab import FakeGitLab
 from tests.support.harness import TOKEN, clean_env
@@ -51,42 +50,6 @@ async def serve(gitlab: FakeGitLab, tmp_path: Path) -> AsyncIterator[Serve]:
 def slow_callbacks(log: str) -> list[float]:
     """Seconds of each callback asyncio's debug mode reported as holding the loop."""
     return [float(m) for m in re.findall(r"Executing <.*> took ([0-9.]+) seconds$", log, re.M)]
-
-
-async def hits_while_parsing(
-    proxy_url: str, gitlab: FakeGitLab, big: str, small: str
-) -> tuple[int, float, list[float]]:
-    """GET the page `big` once while GETting the cached page `small` over and over.
-
-    Returns the big page's status, how long it took, and the latency of each hit on `small`
-    answered after GitLab sent the big page and before the proxy answered it: while the proxy
-    read and parsed it.
-    """
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{proxy_url}{SIMPLE}/{small}/") as resp:
-            assert resp.status == 200
-        before = len(gitlab.requests)
-
-        async def fetch_big() -> int:
-            async with session.get(f"{proxy_url}{SIMPLE}/{big}/") as resp:
-                await resp.read()
-                return resp.status
-
-        begun = time.monotonic()
-        big_page = asyncio.create_task(fetch_big())
-        latencies: list[float] = []
-        while not big_page.done():
-            # The fake sets a record's status once its answer is built, just before sending it
-            # (building it holds this process's loop: a hit begun before then would count it).
-            sent = any(r.kind == "page" and r.status for r in gitlab.requests[before:])
-            started = time.monotonic()
-            async with session.get(f"{proxy_url}{SIMPLE}/{small}/") as resp:
-                await resp.read()
-                assert (resp.status, resp.headers["X-Cache"]) == (200, "HIT")
-            if sent and not big_page.done():
-                latencies.append(time.monotonic() - started)
-        status = await big_page
-        return status, time.monotonic() - begun, latencies
 
 
 async def test_cached_hits_are_answered_while_a_big_page_is_parsed(

@@ -14,9 +14,9 @@ import pytest
 from proxy.bundle import MANIFEST, BundleError, export_bundle, import_bundle
 from proxy.config import Settings
 from proxy.scope import Scope
-from tests.e2e.test_pull_through import PROJECT_PAGE, get
 from tests.support.fake_gitlab import FakeGitLab
 from tests.support.harness import TOKEN, ProxyFactory, clean_env, make_settings, run
+from tests.support.http import PROJECT_PAGE, get
 
 FILES = "/api/v4/projects/42/packages/pypi/files"
 

@@ -14,9 +14,9 @@ import pytest
 
 from proxy import keys
 from proxy.access import MAX_PENDING_CHECKS, MAX_PENDING_PER_ADDRESS, hash_token
-from tests.e2e.test_passthrough import basic, file_url, get
 from tests.support.fake_gitlab import FakeFile, FakeGitLab
 from tests.support.harness import ProxyFactory, RunningProxy
+from tests.support.http import basic, get_authorized, scope_file_url
 
 ALICE = "glpat-alice-reads-42"
 BOB = "glpat-bob-reads-42-too"
@@ -41,15 +41,15 @@ async def test_one_tokens_429_holds_that_token_only(
     gitlab.add_wheel(42, "corp-util", "1.0.0")
     gitlab.token_faults[BOB] = 429
     gitlab.retry_after = 60
-    status, headers, body = await get(passthrough.url + PAGE, BOB)
+    status, headers, body = await get_authorized(passthrough.url + PAGE, BOB)
     assert (status, headers["Retry-After"]) == (503, "60")
     assert b"rate limiting" in body
     # Alice is not throttled by GitLab: her request goes there, and is answered.
-    status, _, body = await get(passthrough.url + PAGE, ALICE)
+    status, _, body = await get_authorized(passthrough.url + PAGE, ALICE)
     assert status == 200 and b"corp_util-1.0.0" in body
     assert asked_by(gitlab, ALICE) == 1
     # Bob waits out his own Retry-After without another request.
-    status, headers, _ = await get(passthrough.url + PAGE, BOB)
+    status, headers, _ = await get_authorized(passthrough.url + PAGE, BOB)
     assert status == 503 and int(headers["Retry-After"]) > 50
     assert asked_by(gitlab, BOB) == 1
 
@@ -64,9 +64,9 @@ async def test_an_unauthenticated_429_holds_the_whole_host(
     proxy = await make_proxy(upstream={"credentials": "prefer-client", "token": ""})
     gitlab.fail_status, gitlab.retry_after = 429, 60
     page = "/api/v4/projects/50/packages/pypi/simple/open-util/"
-    assert (await get(proxy.url + page))[0] == 503
+    assert (await get_authorized(proxy.url + page))[0] == 503
     gitlab.fail_status = None
-    status, headers, _ = await get(proxy.url + page, ALICE)
+    status, headers, _ = await get_authorized(proxy.url + page, ALICE)
     assert status == 503 and int(headers["Retry-After"]) > 50
     assert len(gitlab.requests) == 1
 
@@ -76,12 +76,12 @@ async def test_a_failure_to_one_token_is_not_replayed_to_another(
 ) -> None:
     gitlab.add_wheel(42, "corp-util", "1.0.0")
     gitlab.token_faults[BOB] = 500
-    assert (await get(passthrough.url + PAGE, BOB))[0] == 503
-    status, _, body = await get(passthrough.url + PAGE, ALICE)
+    assert (await get_authorized(passthrough.url + PAGE, BOB))[0] == 503
+    status, _, body = await get_authorized(passthrough.url + PAGE, ALICE)
     assert status == 200 and b"corp_util-1.0.0" in body
     assert asked_by(gitlab, ALICE) == 1
     # Bob's own failure is his for retry_interval: answered without asking GitLab again.
-    assert (await get(passthrough.url + PAGE, BOB))[0] == 503
+    assert (await get_authorized(passthrough.url + PAGE, BOB))[0] == 503
     assert asked_by(gitlab, BOB) == 1
 
 
@@ -94,14 +94,14 @@ async def test_a_client_joining_a_fetch_that_gitlab_throttled_asks_itself(
         upstream={"credentials": "passthrough", "token": ""}, cache={"index_ttl": 0}
     )
     for secret in (ALICE, BOB):  # both allowed: they share one fetch of the page
-        assert (await get(proxy.url + PAGE, secret))[0] == 200
+        assert (await get_authorized(proxy.url + PAGE, secret))[0] == 200
     gitlab.token_faults[BOB] = 429
     gitlab.delay = 1.0
-    bob = asyncio.create_task(get(proxy.url + PAGE, BOB))
+    bob = asyncio.create_task(get_authorized(proxy.url + PAGE, BOB))
     while asked_by(gitlab, BOB) < 2:
         await asyncio.sleep(0.01)
     gitlab.delay = 0.0  # Bob's answer is already held back; Alice's own ones are not
-    status, headers, _ = await get(proxy.url + PAGE, ALICE)
+    status, headers, _ = await get_authorized(proxy.url + PAGE, ALICE)
     # Not Bob's 429, nor a stale copy because of it: GitLab's answer to Alice herself.
     assert (status, headers["X-Cache"]) == (200, "MISS")
     assert asked_by(gitlab, ALICE) == 2
@@ -114,14 +114,16 @@ async def _alice_joins_eves_download(
 ) -> tuple[int, bytes]:
     """Eve (refused) starts the download of an uncached file; Alice asks while it runs."""
     # Alice's page lists the file: GitLab's yes to her, so joining needs no question.
-    assert (await get(proxy.url + PAGE, ALICE))[0] == 200
+    assert (await get_authorized(proxy.url + PAGE, ALICE))[0] == 200
     gitlab.delay = 1.0
-    eve = asyncio.create_task(get(file_url(proxy, FILES, wheel.sha256, wheel.filename), EVE))
+    eve = asyncio.create_task(
+        get_authorized(scope_file_url(proxy, FILES, wheel.sha256, wheel.filename), EVE)
+    )
     while not any(r.kind == "file" for r in gitlab.requests):
         await asyncio.sleep(0.01)
     gitlab.delay = 0.0  # Eve's answer is already held back; Alice's own ones are not
     assert proxy.app[keys.FILES].fills, "Eve's download should be running"
-    status, _, body = await get(proxy.url + path, ALICE, headers)
+    status, _, body = await get_authorized(proxy.url + path, ALICE, headers)
     assert (await eve)[0] == (503 if EVE in gitlab.token_faults else 404)
     return status, body
 
@@ -163,17 +165,19 @@ async def test_a_refused_client_learns_nothing_from_what_is_cached(
 ) -> None:
     cached = gitlab.add_wheel(42, "corp-util", "1.0.0")
     uncached = gitlab.add_wheel(42, "corp-util", "2.0.0")
-    cached_url = file_url(passthrough, FILES, cached.sha256, cached.filename)
-    assert (await get(cached_url, ALICE))[0] == 200
+    cached_url = scope_file_url(passthrough, FILES, cached.sha256, cached.filename)
+    assert (await get_authorized(cached_url, ALICE))[0] == 200
     index = passthrough.url + PAGE.removesuffix("corp-util/")
     answers = []
     for number, wheel in enumerate((cached, uncached)):
         secret = EVE if known == "refused" else f"glpat-unknown-to-gitlab-{number}"
         if known == "refused" and number == 0:
-            assert (await get(index, EVE))[0] == 404  # GitLab's no, remembered for auth_ttl
+            assert (await get_authorized(index, EVE))[
+                0
+            ] == 404  # GitLab's no, remembered for auth_ttl
         before = len(gitlab.requests)
-        url = file_url(passthrough, FILES, wheel.sha256, wheel.filename)
-        status, _, body = await get(url, secret)
+        url = scope_file_url(passthrough, FILES, wheel.sha256, wheel.filename)
+        status, _, body = await get_authorized(url, secret)
         answers.append((status, len(gitlab.requests) - before, body))
     # The same status and body, and the same number of questions to GitLab: none once refused,
     # one for a credential GitLab has not judged yet, whether the file is cached or not.
@@ -192,22 +196,24 @@ async def test_allow_binds_cached_files_to_the_scopes_that_list_them(
     gitlab.add_file(43, "corp-common", "1.0.0", shared.filename, shared.content)
     first = await make_proxy(access={"allow": ("projects/42",)})
     for wheel in (secret, shared):
-        url = file_url(first, FILES, wheel.sha256, wheel.filename)
-        assert (await get(url))[0] == 200
+        url = scope_file_url(first, FILES, wheel.sha256, wheel.filename)
+        assert (await get_authorized(url))[0] == 200
     await first.stop()
 
     # The operator narrows `allow` to project 43: 42's files are not served through it.
     proxy = await make_proxy(access={"allow": ("projects/43",)})
     before = len(gitlab.requests)
     in_43 = "projects/43/packages/pypi"
-    status, _, body = await get(file_url(proxy, in_43, secret.sha256, secret.filename))
+    status, _, body = await get_authorized(
+        scope_file_url(proxy, in_43, secret.sha256, secret.filename)
+    )
     assert status == 404 and secret.content[:64] not in body
     # GitLab was asked whether 43 has it (a HEAD), and said no.
     assert [(r.method, r.status) for r in gitlab.requests[before:]] == [("HEAD", 404)]
     # A file 43 has too is served from the cache once GitLab says so, then without asking.
-    shared_43 = file_url(proxy, in_43, shared.sha256, shared.filename)
+    shared_43 = scope_file_url(proxy, in_43, shared.sha256, shared.filename)
     for _ in range(2):
-        status, headers, body = await get(shared_43)
+        status, headers, body = await get_authorized(shared_43)
         assert (status, headers["X-Cache"], body) == (200, "HIT", shared.content)
     asked = [(r.method, r.status) for r in gitlab.requests[before:]]
     assert asked == [("HEAD", 404), ("HEAD", 200)]
@@ -219,14 +225,18 @@ async def test_a_scopes_stored_page_lets_its_cached_files_out_offline(
     wheel = gitlab.add_wheel(42, "corp-util", "1.0.0")
     gitlab.add_project(43, "platform/other", group_id=7)
     online = await make_proxy()
-    assert (await get(online.url + PAGE))[0] == 200
-    assert (await get(file_url(online, FILES, wheel.sha256, wheel.filename)))[0] == 200
+    assert (await get_authorized(online.url + PAGE))[0] == 200
+    assert (await get_authorized(scope_file_url(online, FILES, wheel.sha256, wheel.filename)))[
+        0
+    ] == 200
     await online.stop()
     offline = await make_proxy(cache={"dir": tmp_path / "cache", "offline": True})
-    status, _, body = await get(file_url(offline, FILES, wheel.sha256, wheel.filename))
+    status, _, body = await get_authorized(
+        scope_file_url(offline, FILES, wheel.sha256, wheel.filename)
+    )
     assert (status, body) == (200, wheel.content)
-    other = file_url(offline, "projects/43/packages/pypi", wheel.sha256, wheel.filename)
-    status, _, body = await get(other)
+    other = scope_file_url(offline, "projects/43/packages/pypi", wheel.sha256, wheel.filename)
+    status, _, body = await get_authorized(other)
     assert status == 404 and wheel.content[:64] not in body
 
 

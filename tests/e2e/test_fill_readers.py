@@ -11,10 +11,7 @@ import pytest
 
 from tests.support.fake_gitlab import FakeGitLab
 from tests.support.harness import RunningProxy
-
-
-def file_url(proxy: RunningProxy, sha256: str, filename: str) -> str:
-    return f"{proxy.url}/api/v4/projects/42/packages/pypi/files/{sha256}/{filename}"
+from tests.support.http import project_file_url
 
 
 async def test_concurrent_cold_readers_share_one_fill_and_get_every_byte(
@@ -24,7 +21,7 @@ async def test_concurrent_cold_readers_share_one_fill_and_get_every_byte(
     # Slow enough that every reader joins while the temp file is still growing.
     gitlab.file_chunk_size = 65536
     gitlab.file_chunk_delay = 0.005
-    url = file_url(proxy, wheel.sha256, wheel.filename)
+    url = project_file_url(proxy, wheel.sha256, wheel.filename)
 
     async def fetch(session: aiohttp.ClientSession) -> tuple[int, str, bytes]:
         async with session.get(url) as resp:
@@ -44,7 +41,7 @@ async def test_a_reader_leaving_mid_fill_costs_the_others_nothing(
     wheel = gitlab.add_wheel(42, "corp-big", "1.0.0", payload_size=1_000_000)
     gitlab.file_chunk_size = 65536
     gitlab.file_chunk_delay = 0.01
-    url = file_url(proxy, wheel.sha256, wheel.filename)
+    url = project_file_url(proxy, wheel.sha256, wheel.filename)
     with caplog.at_level(logging.ERROR):
         async with aiohttp.ClientSession() as session:
             stays = asyncio.create_task(_read_all(session, url))
@@ -63,7 +60,7 @@ async def test_requests_while_a_fill_is_being_recorded_get_the_file(
     """uv sends HEAD, then GET at once: the GET can land after the rename, before the record."""
     for version in range(5):
         wheel = gitlab.add_wheel(42, "corp-small", f"1.{version}")
-        url = file_url(proxy, wheel.sha256, wheel.filename)
+        url = project_file_url(proxy, wheel.sha256, wheel.filename)
         async with aiohttp.ClientSession() as session:
             async with session.head(url) as head:
                 assert head.status == 200

@@ -9,10 +9,10 @@ import aiohttp
 import pytest
 
 from proxy import keys
-from tests.e2e.test_forward_cache import host_of
-from tests.e2e.test_pull_through import PROJECT_PAGE, get, installed
+from tests.support.clients import installed
 from tests.support.fake_gitlab import FakeGitLab, FakePublicIndex
 from tests.support.harness import TOKEN, ProxyFactory, make_settings, pip_install, start_proxy
+from tests.support.http import PROJECT_PAGE, get, host_of
 
 FILES = "/api/v4/projects/42/packages/pypi/files"
 

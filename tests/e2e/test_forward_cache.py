@@ -8,13 +8,10 @@ from pathlib import Path
 import aiohttp
 
 from proxy import keys
-from tests.e2e.test_pull_through import PROJECT_PAGE, get, installed
+from tests.support.clients import installed
 from tests.support.fake_gitlab import FakeGitLab, FakePublicIndex
 from tests.support.harness import ProxyFactory, pip_install
-
-
-def host_of(server: FakePublicIndex) -> str:
-    return server.url.removeprefix("http://")
+from tests.support.http import PROJECT_PAGE, get, host_of
 
 
 async def test_pip_installs_private_and_forwarded_public_packages(

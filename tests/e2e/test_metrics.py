@@ -9,38 +9,16 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from proxy import keys
 from proxy.metrics import TRACKED_PACKAGES, Metrics
-from tests.e2e.test_pull_through import get
 from tests.support.fake_gitlab import FakeGitLab
 from tests.support.harness import TOKEN, ProxyFactory, RunningProxy, pip_install
+from tests.support.http import get
+from tests.support.metrics import FILES_ROUTE, scrape, value
 from tests.support.wheels import wheel_metadata
 
-FILES_ROUTE = "/api/v4/projects/{id}/packages/pypi/files/{sha256}/{filename}"
 PAGE_ROUTE = "/api/v4/projects/{id}/packages/pypi/simple/{name}/"
-
-
-async def scrape(
-    proxy: RunningProxy,
-) -> tuple[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]:
-    status, headers, body = await get(f"{proxy.url}/-/metrics")
-    assert status == 200
-    assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
-    text = body.decode()
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-    return text, samples
-
-
-def value(
-    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
-) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 async def test_metrics_count_routes_hits_misses_bytes_and_latency(

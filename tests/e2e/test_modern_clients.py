@@ -14,10 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
-from multidict import CIMultiDictProxy
 
 from proxy import keys
 from proxy.app import create_app
@@ -25,6 +23,7 @@ from proxy.pages import CachedPage
 from proxy.rendering import THREAD_FROM_FILES
 from proxy.scope import Scope
 from proxy.simple import Distribution, Project
+from tests.support.clients import PIP_ACCEPT, UV_ACCEPT
 from tests.support.fake_gitlab import FakeGitLab
 from tests.support.harness import (
     TOKEN,
@@ -34,49 +33,14 @@ from tests.support.harness import (
     pip_install,
     uv_pip_install,
 )
-from tests.support.wheels import wheel_metadata
-from tests.unit.test_core_metadata import zipped
-from tests.unit.test_negotiate import PIP_ACCEPT, UV_ACCEPT
-from tests.unit.test_simple_json import check_index_page, check_project_page
+from tests.support.http import fetch, page, project_file_url
+from tests.support.pep691 import advertised, check_index_page, check_project_page
+from tests.support.wheels import wheel_metadata, zipped
 
 API = "/api/v4/projects/42/packages/pypi"
 JSON_V1 = "application/vnd.pypi.simple.v1+json"
 HTML_V1 = "application/vnd.pypi.simple.v1+html"
 IDENTITY = {"Accept-Encoding": "identity"}
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: CIMultiDictProxy[str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-async def fetch(url: str, method: str = "GET", **headers: str) -> Answer:
-    """One request with exactly these headers; the body as it came over the wire."""
-    async with (
-        aiohttp.ClientSession(auto_decompress=False) as session,
-        session.request(
-            method,
-            url,
-            headers={k.replace("_", "-"): v for k, v in headers.items()},
-            allow_redirects=False,
-        ) as resp,
-    ):
-        return Answer(resp.status, resp.headers, await resp.read())
-
-
-async def page(proxy: RunningProxy, name: str, accept: str = JSON_V1, **headers: str) -> Answer:
-    return await fetch(
-        f"{proxy.url}{API}/simple/{name}/", Accept=accept, Accept_Encoding="identity", **headers
-    )
-
-
-def file_url(proxy: RunningProxy, sha256: str, filename: str) -> str:
-    return f"{proxy.url}{API}/files/{sha256}/{filename}"
 
 
 # --- negotiation ---
@@ -193,7 +157,7 @@ async def test_json_pages_meet_pep_691_and_700(gitlab: FakeGitLab, proxy: Runnin
     assert not any("size" in f or "upload-time" in f for f in got["files"])
 
     for file in (wheel, sdist):
-        assert (await fetch(file_url(proxy, file.sha256, file.filename))).status == 200
+        assert (await fetch(project_file_url(proxy, file.sha256, file.filename))).status == 200
     got = (await page(proxy, "corp-util")).json()
     check_project_page(got)
     sizes = {f["filename"]: f.get("size") for f in got["files"]}
@@ -289,11 +253,11 @@ async def test_hits_are_not_rendered_again(gitlab: FakeGitLab, proxy: RunningPro
     assert renderer.renders == rendered
 
     # Another project's file entering the cache leaves this page's bytes as they are...
-    assert (await fetch(file_url(proxy, other.sha256, other.filename))).status == 200
+    assert (await fetch(project_file_url(proxy, other.sha256, other.filename))).status == 200
     assert (await page(proxy, "corp-util")).body == first.body
     assert renderer.renders == rendered
     # ...its own file changes what it says (a size), so it is rendered again.
-    assert (await fetch(file_url(proxy, wheel.sha256, wheel.filename))).status == 200
+    assert (await fetch(project_file_url(proxy, wheel.sha256, wheel.filename))).status == 200
     assert (await page(proxy, "corp-util")).json()["files"][0]["size"] == len(wheel.content)
     assert renderer.renders == rendered + 1
 
@@ -333,17 +297,6 @@ async def test_group_pages_negotiate_too(gitlab: FakeGitLab, proxy: RunningProxy
 # --- PEP 658 / 714 core metadata ---
 
 
-def advertised(json_page: Any, html_page: bytes, filename: str) -> tuple[Any, str | None]:
-    """(the JSON `core-metadata` value, the HTML `data-core-metadata` value) of a file."""
-    entry = next(f for f in json_page["files"] if f["filename"] == filename)
-    assert entry.get("core-metadata") == entry.get("dist-info-metadata")
-    anchor = next(line for line in html_page.decode().splitlines() if f">{filename}<" in line)
-    html_value = re.search(r'data-core-metadata="([^"]*)"', anchor)
-    old_value = re.search(r'data-dist-info-metadata="([^"]*)"', anchor)
-    assert (html_value and html_value[1]) == (old_value and old_value[1])
-    return entry.get("core-metadata"), html_value[1] if html_value else None
-
-
 async def both(proxy: RunningProxy, name: str) -> tuple[Any, bytes]:
     return (await page(proxy, name)).json(), (await page(proxy, name, "text/html")).body
 
@@ -361,7 +314,7 @@ async def test_core_metadata_is_served_from_the_cached_wheel(
     assert advertised(json_page, html_page, wheel.filename) == (True, "true")
     assert advertised(json_page, html_page, sdist.filename) == (None, None)
 
-    url = file_url(proxy, wheel.sha256, wheel.filename) + ".metadata"
+    url = project_file_url(proxy, wheel.sha256, wheel.filename) + ".metadata"
     got = await fetch(url, Accept_Encoding="gzip")
     assert got.status == 200
     assert got.body == metadata
@@ -376,7 +329,9 @@ async def test_core_metadata_is_served_from_the_cached_wheel(
     assert advertised(json_page, html_page, sdist.filename) == (None, None)
 
     # The wheel itself is now a hit; metadata again needs no upstream either.
-    assert (await fetch(file_url(proxy, wheel.sha256, wheel.filename))).headers["X-Cache"] == "HIT"
+    assert (await fetch(project_file_url(proxy, wheel.sha256, wheel.filename))).headers[
+        "X-Cache"
+    ] == "HIT"
     head = await fetch(url, "HEAD")
     assert (head.status, head.headers["Content-Length"]) == (200, str(len(metadata)))
     ranged = await fetch(url, Range="bytes=0-9")
@@ -388,7 +343,7 @@ async def test_core_metadata_is_served_from_the_cached_wheel(
     proxy = await make_proxy(cache_dir=tmp_path / "cache")
     json_page, html_page = await both(proxy, "corp-util")
     assert advertised(json_page, html_page, wheel.filename) == expected
-    url = file_url(proxy, wheel.sha256, wheel.filename) + ".metadata"
+    url = project_file_url(proxy, wheel.sha256, wheel.filename) + ".metadata"
     assert (await fetch(url)).body == metadata
     assert gitlab.counts["file"] == 1
 
@@ -398,7 +353,7 @@ async def test_a_downloaded_wheel_advertises_its_metadata_hash(
 ) -> None:
     wheel = gitlab.add_wheel(42, "corp-util", "1.0.0")
     metadata_sha256 = hashlib.sha256(wheel_metadata(wheel.content)).hexdigest()
-    assert (await fetch(file_url(proxy, wheel.sha256, wheel.filename))).status == 200
+    assert (await fetch(project_file_url(proxy, wheel.sha256, wheel.filename))).status == 200
     # Read in the background right after the download verified; a few milliseconds here.
     for _ in range(250):
         json_page = (await page(proxy, "corp-util")).json()
@@ -430,7 +385,7 @@ async def test_upstream_metadata_claims_are_replaced_by_the_proxys_own(
     json_page, html_page = await both(proxy, "corp-util")
     assert advertised(json_page, html_page, wheel.filename) == (True, "true")
     assert advertised(json_page, html_page, sdist.filename) == (None, None)
-    got = await fetch(file_url(proxy, wheel.sha256, wheel.filename) + ".metadata")
+    got = await fetch(project_file_url(proxy, wheel.sha256, wheel.filename) + ".metadata")
     json_page, html_page = await both(proxy, "corp-util")
     own = hashlib.sha256(got.body).hexdigest()
     assert advertised(json_page, html_page, wheel.filename) == ({"sha256": own}, f"sha256={own}")
@@ -450,20 +405,22 @@ async def test_metadata_errors_are_clear_404s(
     sdist = gitlab.add_sdist(42, "corp-bad", "1.0")
     assert (await page(proxy, "corp-bad")).json()["files"][0]["core-metadata"] is True
 
-    got = await fetch(file_url(proxy, bad.sha256, bad_name) + ".metadata")
+    got = await fetch(project_file_url(proxy, bad.sha256, bad_name) + ".metadata")
     assert got.status == 404
     assert b"has no corp_bad-1.0.dist-info/METADATA" in got.body
     # Known for good now: the page stops offering it, and asking again costs no download.
     assert "core-metadata" not in (await page(proxy, "corp-bad")).json()["files"][0]
-    assert (await fetch(file_url(proxy, bad.sha256, bad_name) + ".metadata")).status == 404
+    assert (await fetch(project_file_url(proxy, bad.sha256, bad_name) + ".metadata")).status == 404
     assert gitlab.counts["file"] == 1
 
-    got = await fetch(file_url(proxy, sdist.sha256, sdist.filename) + ".metadata")
+    got = await fetch(project_file_url(proxy, sdist.sha256, sdist.filename) + ".metadata")
     assert got.status == 404
     assert b"wheels only" in got.body
-    missing = await fetch(file_url(proxy, "0" * 64, "corp_bad-1.0-py3-none-any.whl.metadata"))
+    missing = await fetch(
+        project_file_url(proxy, "0" * 64, "corp_bad-1.0-py3-none-any.whl.metadata")
+    )
     assert missing.status == 404
-    nonsense = await fetch(file_url(proxy, "0" * 64, "notes.txt.metadata"))
+    nonsense = await fetch(project_file_url(proxy, "0" * 64, "notes.txt.metadata"))
     assert nonsense.status == 400
 
 
@@ -476,7 +433,7 @@ async def test_head_and_range_on_misses_and_hits(
 ) -> None:
     wheel = gitlab.add_wheel(42, "corp-util", "1.0.0", payload_size=payload_size)
     size = len(wheel.content)
-    url = file_url(proxy, wheel.sha256, wheel.filename)
+    url = project_file_url(proxy, wheel.sha256, wheel.filename)
 
     head = await fetch(url, "HEAD")
     assert (head.status, head.headers["X-Cache"]) == (200, "MISS")
@@ -504,7 +461,7 @@ async def test_head_and_range_on_misses_and_hits(
 
 async def test_file_bodies_are_never_gzip_encoded(gitlab: FakeGitLab, proxy: RunningProxy) -> None:
     wheel = gitlab.add_wheel(42, "corp-util", "1.0.0")
-    url = file_url(proxy, wheel.sha256, wheel.filename)
+    url = project_file_url(proxy, wheel.sha256, wheel.filename)
     for state in ("MISS", "HIT"):
         got = await fetch(url, Accept_Encoding="gzip, deflate, br, zstd")
         assert got.headers["X-Cache"] == state

@@ -9,10 +9,9 @@ import aiohttp
 import pytest
 
 from proxy.upstream import MAX_RETRY_AFTER, parse_retry_after
-from tests.e2e.test_pull_through import PROJECT_PAGE, get
-from tests.e2e.test_resilience import file_url
 from tests.support.fake_gitlab import FakeFile, FakeGitLab
 from tests.support.harness import ProxyFactory, RunningProxy
+from tests.support.http import PROJECT_PAGE, get, wheel_url
 
 NOW = 1_000_000_000.0
 
@@ -97,7 +96,7 @@ async def test_a_redirect_with_credentials_in_its_location_is_a_clean_error(
     monkeypatch.setattr(gitlab.object_store, "signed_url", with_userinfo)
     with caplog.at_level(logging.WARNING):
         for _ in range(2):
-            status, _, body = await get(file_url(proxy, wheel))
+            status, _, body = await get(wheel_url(proxy, wheel))
             assert status == 502
             assert b"user name or password" in body
             assert b"hunter2" not in body and b"interrupted" not in body
@@ -113,12 +112,12 @@ async def test_head_of_an_uncached_file_reports_only_a_verified_size(
     wheel = gitlab.add_wheel(42, "corp-util", "1.0.0")
     gitlab.corrupt_files = True
     async with aiohttp.ClientSession() as session:
-        async with session.head(file_url(proxy, wheel)) as resp:
+        async with session.head(wheel_url(proxy, wheel)) as resp:
             # GitLab said a length; the bytes behind it did not verify, so no 200 with a size.
             assert resp.status == 502
         gitlab.corrupt_files = False
-        async with session.head(file_url(proxy, wheel)) as resp:
+        async with session.head(wheel_url(proxy, wheel)) as resp:
             assert resp.status == 200
             assert resp.headers["Content-Length"] == str(len(wheel.content))
-        async with session.get(file_url(proxy, wheel)) as resp:
+        async with session.get(wheel_url(proxy, wheel)) as resp:
             assert (resp.status, resp.headers["X-Cache"]) == (200, "HIT")

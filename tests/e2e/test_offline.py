@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.e2e.test_pull_through import PROJECT_PAGE, get, installed, publish_app_with_dependency
+from tests.support.clients import installed, publish_app_with_dependency
 from tests.support.fake_gitlab import FakeGitLab
 from tests.support.harness import ProxyFactory, pip_install
+from tests.support.http import PROJECT_PAGE, get
 
 
 async def test_offline_serves_the_warm_cache_and_never_calls_upstream(

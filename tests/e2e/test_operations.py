@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import re
 import socket
 import sys
@@ -18,15 +17,12 @@ from tests.support import cli_process
 from tests.support.cli_process import ServeProcess
 from tests.support.fake_gitlab import FakeGitLab
 from tests.support.harness import TOKEN, Completed, ProxyFactory, RunningProxy, clean_env, run
+from tests.support.http import basic
 
 Serve = Callable[..., Awaitable[ServeProcess]]
 PROJECT = "/api/v4/projects/42/packages/pypi"
 CLIENT = "glpat-client-alice-0123456789abcdef"
 OPS_TOKEN = "ops-token-for-the-status-page-0123"
-
-
-def basic(secret: str, user: str = "someone") -> str:
-    return "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode()
 
 
 async def fetch(

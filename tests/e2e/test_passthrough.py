@@ -8,34 +8,17 @@ import hashlib
 import logging
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from tests.support.fake_gitlab import FakeGitLab
 from tests.support.harness import TOKEN, ProxyFactory, RunningProxy, pip_install
+from tests.support.http import basic, get_authorized, scope_file_url
 
 ALICE = "glpat-alice-reads-42-and-43"
 BOB = "glpat-bob-reads-nothing"
 CAROL = "glpat-carol-reads-42-only"
 PAGE = "/api/v4/projects/42/packages/pypi/simple/corp-util/"
 GROUP = "/api/v4/groups/7/-/packages/pypi"
-
-
-def basic(secret: str, user: str = "someone") -> str:
-    return "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode()
-
-
-async def get(
-    url: str, secret: str | None = None, headers: dict[str, str] | None = None
-) -> tuple[int, dict[str, str], bytes]:
-    headers = dict(headers or {})
-    if secret is not None:
-        headers["Authorization"] = basic(secret)
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(url, headers=headers, allow_redirects=False) as resp,
-    ):
-        return resp.status, dict(resp.headers), await resp.read()
 
 
 @pytest.fixture
@@ -46,15 +29,11 @@ async def passthrough(gitlab: FakeGitLab, make_proxy: ProxyFactory) -> RunningPr
     return await make_proxy(upstream={"credentials": "passthrough", "token": ""})
 
 
-def file_url(proxy: RunningProxy, scope: str, sha256: str, filename: str) -> str:
-    return f"{proxy.url}/api/v4/{scope}/files/{sha256}/{filename}"
-
-
 async def test_no_credentials_get_gitlabs_challenge_without_asking_gitlab(
     gitlab: FakeGitLab, passthrough: RunningProxy
 ) -> None:
     gitlab.add_wheel(42, "corp-util", "1.0.0")
-    status, headers, _ = await get(passthrough.url + PAGE)
+    status, headers, _ = await get_authorized(passthrough.url + PAGE)
     assert status == 401
     assert headers["WWW-Authenticate"] == 'Basic realm="GitLab Packages Registry"'
     assert gitlab.requests == []
@@ -77,17 +56,17 @@ async def test_refused_client_never_gets_a_cached_byte_and_gets_gitlabs_status(
     gitlab: FakeGitLab, passthrough: RunningProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
     wheel = gitlab.add_wheel(42, "corp-util", "1.0.0", payload_size=5000)
-    url = file_url(passthrough, "projects/42/packages/pypi", wheel.sha256, wheel.filename)
-    status, headers, _ = await get(passthrough.url + PAGE, ALICE)
+    url = scope_file_url(passthrough, "projects/42/packages/pypi", wheel.sha256, wheel.filename)
+    status, headers, _ = await get_authorized(passthrough.url + PAGE, ALICE)
     assert (status, headers["X-Cache"]) == (200, "MISS")
     assert headers["Cache-Control"].startswith("private")
-    status, headers, body = await get(url, ALICE)
+    status, headers, body = await get_authorized(url, ALICE)
     assert (status, hashlib.sha256(body).hexdigest()) == (200, wheel.sha256)
     assert headers["Cache-Control"].startswith("private")
     # Alice again: both from the cache, with no new question to GitLab within auth_ttl.
     before = len(gitlab.requests)
-    assert (await get(passthrough.url + PAGE, ALICE))[1]["X-Cache"] == "HIT"
-    assert (await get(url, ALICE))[1]["X-Cache"] == "HIT"
+    assert (await get_authorized(passthrough.url + PAGE, ALICE))[1]["X-Cache"] == "HIT"
+    assert (await get_authorized(url, ALICE))[1]["X-Cache"] == "HIT"
     assert len(gitlab.requests) == before
 
     with caplog.at_level(logging.DEBUG):
@@ -97,7 +76,7 @@ async def test_refused_client_never_gets_a_cached_byte_and_gets_gitlabs_status(
                 url,
                 passthrough.url + PAGE[: -len("corp-util/")],
             ):
-                status, headers, body = await get(target, secret)
+                status, headers, body = await get_authorized(target, secret)
                 assert status == expected, (target, secret)
                 assert wheel.filename.encode() not in body
                 assert wheel.content[:64] not in body
@@ -118,28 +97,30 @@ async def test_group_pages_are_per_client_and_files_follow_what_gitlab_lets_each
     gitlab.add_wheel(42, "corp-util", "1.0.0")
     hidden = gitlab.add_wheel(43, "secret-sauce", "1.0.0")
     # Alice sees the secret project through the group, and its file lands in the cache.
-    _, _, index = await get(f"{passthrough.url}{GROUP}/simple/", ALICE)
+    _, _, index = await get_authorized(f"{passthrough.url}{GROUP}/simple/", ALICE)
     assert b"secret-sauce" in index
-    status, _, _ = await get(f"{passthrough.url}{GROUP}/simple/secret-sauce/", ALICE)
+    status, _, _ = await get_authorized(f"{passthrough.url}{GROUP}/simple/secret-sauce/", ALICE)
     assert status == 200
-    group_file = file_url(passthrough, "groups/7/-/packages/pypi", hidden.sha256, hidden.filename)
-    status, _, body = await get(group_file, ALICE)
+    group_file = scope_file_url(
+        passthrough, "groups/7/-/packages/pypi", hidden.sha256, hidden.filename
+    )
+    status, _, body = await get_authorized(group_file, ALICE)
     assert (status, body) == (200, hidden.content)
 
     # Carol shares the group but not that project: her own index, and no hidden file for her.
-    status, headers, index = await get(f"{passthrough.url}{GROUP}/simple/", CAROL)
+    status, headers, index = await get_authorized(f"{passthrough.url}{GROUP}/simple/", CAROL)
     assert (status, headers["X-Cache"]) == (200, "MISS")
     assert b"corp-util" in index
     assert b"secret-sauce" not in index
-    status, _, body = await get(f"{passthrough.url}{GROUP}/simple/secret-sauce/", CAROL)
+    status, _, body = await get_authorized(f"{passthrough.url}{GROUP}/simple/secret-sauce/", CAROL)
     assert status != 200
     assert hidden.filename.encode() not in body
-    status, _, body = await get(group_file, CAROL)
+    status, _, body = await get_authorized(group_file, CAROL)
     assert status == 404
     assert hidden.content[:64] not in body
     # Nor through the project she can read, where the file is not.
-    in_42 = file_url(passthrough, "projects/42/packages/pypi", hidden.sha256, hidden.filename)
-    status, _, body = await get(in_42, CAROL)
+    in_42 = scope_file_url(passthrough, "projects/42/packages/pypi", hidden.sha256, hidden.filename)
+    status, _, body = await get_authorized(in_42, CAROL)
     assert status == 404
     assert hidden.content[:64] not in body
 
@@ -150,13 +131,13 @@ async def test_revoked_token_stops_working_within_auth_ttl(
     gitlab.tokens[ALICE] = {42}
     wheel = gitlab.add_wheel(42, "corp-util", "1.0.0")
     proxy = await make_proxy(upstream={"credentials": "passthrough", "token": "", "auth_ttl": 0.5})
-    url = file_url(proxy, "projects/42/packages/pypi", wheel.sha256, wheel.filename)
-    assert (await get(proxy.url + PAGE, ALICE))[0] == 200
-    assert (await get(url, ALICE))[0] == 200
+    url = scope_file_url(proxy, "projects/42/packages/pypi", wheel.sha256, wheel.filename)
+    assert (await get_authorized(proxy.url + PAGE, ALICE))[0] == 200
+    assert (await get_authorized(url, ALICE))[0] == 200
     gitlab.revoke(ALICE)
     await asyncio.sleep(0.6)
     for target in (proxy.url + PAGE, url):
-        status, headers, body = await get(target, ALICE)
+        status, headers, body = await get_authorized(target, ALICE)
         assert status == 401
         assert "WWW-Authenticate" in headers
         assert wheel.content[:64] not in body
@@ -169,17 +150,17 @@ async def test_prefer_client_uses_the_clients_credentials_when_given(
     gitlab.tokens[BOB] = set()
     gitlab.add_wheel(42, "corp-util", "1.0.0")
     proxy = await make_proxy(upstream={"credentials": "prefer-client"})
-    status, headers, _ = await get(proxy.url + PAGE)
+    status, headers, _ = await get_authorized(proxy.url + PAGE)
     assert status == 200
     assert gitlab.requests[-1].headers["Authorization"] == basic(TOKEN, "proxy")
     # Judged per credential like any client's (the cache holds what clients' tokens fetched).
     assert headers["Cache-Control"].startswith("private")
-    status, headers, _ = await get(proxy.url + PAGE, CAROL)
+    status, headers, _ = await get_authorized(proxy.url + PAGE, CAROL)
     assert status == 200
     assert gitlab.requests[-1].headers["Authorization"] == basic(CAROL)
     assert headers["Cache-Control"].startswith("private")
     # A client GitLab refuses gets GitLab's answer, not the proxy's cached copy.
-    status, _, body = await get(proxy.url + PAGE, BOB)
+    status, _, body = await get_authorized(proxy.url + PAGE, BOB)
     assert status == 404
     assert b"corp-util" not in body
 
@@ -202,7 +183,9 @@ async def test_odd_credentials_are_a_clear_400_never_sent_nor_logged(
     why: str,
 ) -> None:
     with caplog.at_level(logging.DEBUG):
-        status, _, body = await get(passthrough.url + PAGE, headers={"Authorization": header})
+        status, _, body = await get_authorized(
+            passthrough.url + PAGE, headers={"Authorization": header}
+        )
     assert status == 400
     assert why in body.decode()
     assert gitlab.requests == []
@@ -216,20 +199,20 @@ async def test_cached_file_for_a_new_client_is_checked_with_gitlab_first(
 ) -> None:
     gitlab.object_storage = True
     wheel = gitlab.add_wheel(42, "corp-util", "1.0.0")
-    url = file_url(passthrough, "projects/42/packages/pypi", wheel.sha256, wheel.filename)
-    status, headers, body = await get(url, ALICE)
+    url = scope_file_url(passthrough, "projects/42/packages/pypi", wheel.sha256, wheel.filename)
+    status, headers, body = await get_authorized(url, ALICE)
     assert (status, headers["X-Cache"], body) == (200, "MISS", wheel.content)
     objects = gitlab.counts["object"]
     # Carol never asked for a page: GitLab is asked about her and this file (a HEAD, answered
     # with the object-storage redirect, which is not followed), then the cache serves her.
     before = len(gitlab.requests)
-    status, headers, body = await get(url, CAROL)
+    status, headers, body = await get_authorized(url, CAROL)
     assert (status, headers["X-Cache"], body) == (200, "HIT", wheel.content)
     asked = gitlab.requests[before:]
     assert [(r.method, r.status) for r in asked] == [("HEAD", 302)]
     assert asked[0].headers["Authorization"] == basic(CAROL)
     assert gitlab.counts["object"] == objects
     # Bob is asked about the same way, and refused.
-    status, _, body = await get(url, BOB)
+    status, _, body = await get_authorized(url, BOB)
     assert status == 404
     assert wheel.content[:64] not in body

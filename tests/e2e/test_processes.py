@@ -18,10 +18,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.e2e.test_pull_through import get
-from tests.support.cli_process import ServeProcess, children_of, free_port, write_config
+from tests.support.cli_process import ServeProcess, free_port, workers_of, write_config
 from tests.support.fake_gitlab import FakeFile, FakeGitLab
 from tests.support.harness import TOKEN, ProxyFactory, run
+from tests.support.http import get, url_of
 from tests.support.wheels import wheel_metadata
 
 FILES = "/api/v4/projects/42/packages/pypi/files"
@@ -49,10 +49,6 @@ async def spawn(tmp_path: Path, gitlab: FakeGitLab) -> AsyncIterator[Spawn]:
             return await started.enter_async_context(await ServeProcess.from_config(path, port))
 
         yield factory
-
-
-def url_of(base: str, wheel: FakeFile) -> str:
-    return f"{base}{FILES}/{wheel.sha256}/{wheel.filename}"
 
 
 def rows(cache: Path) -> set[str]:
@@ -167,19 +163,6 @@ async def test_two_processes_on_one_cache_fetch_each_file_once(
     assert all(hashlib.sha256(body).hexdigest() == wheel.sha256 for _, _, body in results)
     # One process filled it; the other waited on the lock and served the finished blob.
     assert {state for _, state, _ in results} == {"MISS", "HIT"}
-
-
-def workers_of(supervisor: int) -> list[int]:
-    """The serving processes: the supervisor's `python -m proxy.worker` children."""
-    found = []
-    for pid in children_of(supervisor):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"proxy.worker\0" in cmdline:
-            found.append(pid)
-    return found
 
 
 async def test_workers_share_one_port_one_cache_and_stop_on_sigterm(

@@ -10,29 +10,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.support.clients import installed, publish_app_with_dependency
 from tests.support.fake_gitlab import FakeGitLab
 from tests.support.harness import TOKEN, ProxyFactory, RunningProxy, pip_install
+from tests.support.http import PROJECT_PAGE, get
 
-PROJECT_PAGE = "/api/v4/projects/42/packages/pypi/simple/"
 GROUP_PAGE = "/api/v4/groups/7/-/packages/pypi/simple/"
-
-
-def publish_app_with_dependency(gitlab: FakeGitLab) -> None:
-    gitlab.add_wheel(42, "Corp.Util", "1.0.0")
-    gitlab.add_wheel(42, "Corp.Util", "1.1.0")
-    gitlab.add_wheel(42, "corp-app", "2.0.0", requires=["corp.util>=1.1"], requires_python=">=3.8")
-
-
-def installed(target: Path) -> set[str]:
-    return {p.name for p in target.iterdir() if p.name.endswith(".dist-info")}
-
-
-async def get(url: str, **kwargs: object) -> tuple[int, dict[str, str], bytes]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(url, allow_redirects=False, **kwargs) as resp,  # type: ignore[arg-type]
-    ):
-        return resp.status, dict(resp.headers), await resp.read()
 
 
 @pytest.mark.parametrize("scope", ["projects/42", "groups/7", "projects/platform%2Ftools"])

@@ -23,9 +23,10 @@ import pytest
 from proxy import keys
 from proxy.remotezip import TAIL_BYTES
 from proxy.store import SCHEMA_VERSION, Store
-from tests.e2e.test_modern_clients import advertised, fetch, file_url, page
 from tests.support.fake_gitlab import FakeFile, FakeGitLab, FakePublicIndex
 from tests.support.harness import BIN, ProxyFactory, RunningProxy, clean_env, run
+from tests.support.http import fetch, page, project_file_url
+from tests.support.pep691 import advertised
 from tests.support.wheels import make_wheel, wheel_metadata
 
 NAME = "corp-big"
@@ -104,7 +105,7 @@ def file_requests(gitlab: FakeGitLab) -> list[str | None]:
 
 
 async def metadata_of(proxy: RunningProxy, wheel: FakeFile) -> tuple[int, bytes]:
-    got = await fetch(file_url(proxy, wheel.sha256, wheel.filename) + ".metadata")
+    got = await fetch(project_file_url(proxy, wheel.sha256, wheel.filename) + ".metadata")
     return got.status, got.body
 
 
@@ -177,7 +178,7 @@ async def test_a_small_wheel_read_whole_by_the_tail_request_is_cached_verified(
     wheel = gitlab.add_wheel(42, NAME, "1.0.0")
     assert len(wheel.content) < TAIL_BYTES
     assert await metadata_of(proxy, wheel) == (200, wheel_metadata(wheel.content))
-    got = await fetch(file_url(proxy, wheel.sha256, wheel.filename))
+    got = await fetch(project_file_url(proxy, wheel.sha256, wheel.filename))
     assert (got.status, got.headers["X-Cache"], got.body) == (200, "HIT", wheel.content)
     # One request for both, and nothing provisional: those bytes verified.
     assert file_requests(gitlab) == [f"bytes=-{TAIL_BYTES}"]
@@ -266,7 +267,7 @@ async def test_a_broken_wheel_is_no_usable_metadata_not_a_500(
     filename, content = broken()  # type: ignore[operator]
     wheel = publish(gitlab, filename, content)
     if cached:
-        got = await fetch(file_url(proxy, wheel.sha256, wheel.filename))
+        got = await fetch(project_file_url(proxy, wheel.sha256, wheel.filename))
         assert (got.status, got.body) == (200, content)
         await _settled(proxy)
     for _ in range(2):
@@ -332,7 +333,7 @@ async def test_range_metadata_that_the_verified_wheel_contradicts_is_replaced(
 
     wheel.content = honest
     with caplog.at_level(logging.WARNING):
-        got = await fetch(file_url(proxy, wheel.sha256, wheel.filename))
+        got = await fetch(project_file_url(proxy, wheel.sha256, wheel.filename))
         assert (got.status, got.body) == (200, honest)
         await _settled(proxy)
     true_metadata = wheel_metadata(honest)
@@ -353,7 +354,7 @@ async def test_range_metadata_the_wheel_confirms_is_kept_and_no_longer_provision
     assert (await metadata_of(proxy, wheel))[0] == 200
     store = proxy.app[keys.STORE]
     assert [row.provisional for row in await store.core_metadata()] == [True]
-    assert (await fetch(file_url(proxy, wheel.sha256, wheel.filename))).status == 200
+    assert (await fetch(project_file_url(proxy, wheel.sha256, wheel.filename))).status == 200
     await _settled(proxy)
     assert [row.provisional for row in await store.core_metadata()] == [False]
     metrics = (await fetch(f"{proxy.url}/-/metrics")).body.decode()
@@ -415,13 +416,13 @@ async def test_metadata_is_served_from_memory_when_the_cache_cannot_store_it(
         pytest.skip("chattr +i is not available here")
     try:
         for _ in range(2):
-            got = await fetch(file_url(proxy, wheel.sha256, wheel.filename) + ".metadata")
+            got = await fetch(project_file_url(proxy, wheel.sha256, wheel.filename) + ".metadata")
             assert (got.status, got.body) == (200, wheel_metadata(wheel.content))
         assert gitlab.file_bytes_sent < 100_000
         # An upstream without Range: the wheel verified in memory, still nothing stored.
         gitlab.ignore_range = True
         second = gitlab.add_wheel(42, NAME, "2.0.0", payload_size=500_000)
-        got = await fetch(file_url(proxy, second.sha256, second.filename) + ".metadata")
+        got = await fetch(project_file_url(proxy, second.sha256, second.filename) + ".metadata")
         assert (got.status, got.body) == (200, wheel_metadata(second.content))
         # A wheel of unknown size might not fit in memory: not offered while this lasts.
         third = gitlab.add_wheel(42, NAME, "3.0.0")
@@ -446,7 +447,7 @@ async def test_a_forwarded_wheel_uses_the_public_indexs_metadata_file(
     host = public.url.removeprefix("http://")
     proxy = await make_proxy(upstream={"forwarding": "cache", "forward_hosts": (host,)})
     assert (await page(proxy, "tiny-json")).status == 200
-    got = await fetch(file_url(proxy, wheel.sha256, wheel.filename) + ".metadata")
+    got = await fetch(project_file_url(proxy, wheel.sha256, wheel.filename) + ".metadata")
     assert (got.status, got.body) == (200, wheel_metadata(wheel.content))
     assert [r.path.rsplit("/", 1)[1] for r in public.requests if r.kind == "file"] == [
         wheel.filename + ".metadata"

@@ -10,15 +10,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.e2e.test_pull_through import PROJECT_PAGE, get
-from tests.support.fake_gitlab import FakeFile, FakeGitLab
+from tests.support.fake_gitlab import FakeGitLab
 from tests.support.harness import ProxyFactory, RunningProxy
+from tests.support.http import PROJECT_PAGE, get, wheel_url
 
 FILES = "/api/v4/projects/42/packages/pypi/files"
-
-
-def file_url(proxy: RunningProxy, wheel: FakeFile) -> str:
-    return f"{proxy.url}{FILES}/{wheel.sha256}/{wheel.filename}"
 
 
 def stored_blobs(cache: Path) -> list[Path]:
@@ -37,7 +33,7 @@ async def test_fifty_cold_clients_share_one_upstream_fetch_and_all_stream_early(
     # About 1 MiB sent as 16 paced chunks: the download lasts long enough for late joiners.
     wheel = gitlab.add_wheel(42, "corp-big", "1.0.0", payload_size=1024 * 1024)
     gitlab.file_chunk_delay = 0.05
-    url = file_url(proxy, wheel)
+    url = wheel_url(proxy, wheel)
     early: list[bool] = []
 
     async def client(session: aiohttp.ClientSession, start_after: float) -> bytes:
@@ -64,7 +60,7 @@ async def test_a_client_that_disconnects_does_not_cancel_the_fill(
 ) -> None:
     wheel = gitlab.add_wheel(42, "corp-big", "1.0.0", payload_size=512 * 1024)
     gitlab.file_chunk_delay = 0.03
-    url = file_url(proxy, wheel)
+    url = wheel_url(proxy, wheel)
     async with aiohttp.ClientSession() as session, session.get(url) as resp:
         await resp.content.readany()
         resp.close()  # hang up mid-body
@@ -177,13 +173,13 @@ async def test_429_is_honoured_by_waiting_for_retry_after(
         status, headers, _ = await get(f"{proxy.url}{path}")
         assert status == 503
         assert int(headers["Retry-After"]) >= 1
-    status, _, _ = await get(file_url(proxy, wheel))
+    status, _, _ = await get(wheel_url(proxy, wheel))
     assert status == 503
     assert len(gitlab.requests) == 1
 
     gitlab.fail_status = None
     await asyncio.sleep(1.05)
-    status, _, _ = await get(file_url(proxy, wheel))
+    status, _, _ = await get(wheel_url(proxy, wheel))
     assert status == 200
     status, _, _ = await get(f"{proxy.url}{PROJECT_PAGE}other/")
     assert status == 302  # GitLab's forwarding: asked again, answered
@@ -220,11 +216,11 @@ async def test_dropped_connection_mid_body_stores_nothing_and_next_request_retri
     wheel = gitlab.add_wheel(42, "corp-util", "1.0.0", payload_size=600_000)
     gitlab.drop_files = True
     with pytest.raises(aiohttp.ClientPayloadError):
-        await get(file_url(proxy, wheel))
+        await get(wheel_url(proxy, wheel))
     assert stored_blobs(tmp_path / "cache") == []
     assert list((tmp_path / "cache" / "tmp").iterdir()) == []
     gitlab.drop_files = False
-    status, headers, body = await get(file_url(proxy, wheel))
+    status, headers, body = await get(wheel_url(proxy, wheel))
     assert (status, headers["X-Cache"]) == (200, "MISS")
     assert hashlib.sha256(body).hexdigest() == wheel.sha256
     assert gitlab.counts["file"] == 2
@@ -234,7 +230,7 @@ async def test_a_blob_damaged_on_disk_is_not_served_but_fetched_again(
     gitlab: FakeGitLab, proxy: RunningProxy, tmp_path: Path
 ) -> None:
     wheel = gitlab.add_wheel(42, "corp-util", "1.0.0")
-    url = file_url(proxy, wheel)
+    url = wheel_url(proxy, wheel)
     assert (await get(url))[1]["X-Cache"] == "MISS"
     [blob] = stored_blobs(tmp_path / "cache")
     damaged = bytearray(blob.read_bytes())
@@ -258,7 +254,7 @@ async def test_unwritable_cache_serves_a_verified_pass_through_and_says_so(
 ) -> None:
     cached = gitlab.add_wheel(42, "corp-util", "1.0.0")
     fresh = gitlab.add_wheel(42, "corp-new", "1.0.0", payload_size=400_000)
-    assert (await get(file_url(proxy, cached)))[0] == 200
+    assert (await get(wheel_url(proxy, cached)))[0] == 200
     tmp = tmp_path / "cache" / "tmp"
     # Immutable: even root cannot create a file in it (EPERM), the way a read-only mount acts.
     if not _chattr("+i", tmp):
@@ -266,10 +262,10 @@ async def test_unwritable_cache_serves_a_verified_pass_through_and_says_so(
     try:
         with caplog.at_level(logging.WARNING):
             for _ in range(4):
-                status, headers, body = await get(file_url(proxy, fresh))
+                status, headers, body = await get(wheel_url(proxy, fresh))
                 assert (status, headers["X-Cache"]) == (200, "BYPASS")
                 assert hashlib.sha256(body).hexdigest() == fresh.sha256
-            status, headers, _ = await get(file_url(proxy, cached))
+            status, headers, _ = await get(wheel_url(proxy, cached))
             assert (status, headers["X-Cache"]) == (200, "HIT")
             status, _, ready = await get(f"{proxy.url}/-/ready")
             assert status == 200
@@ -277,7 +273,7 @@ async def test_unwritable_cache_serves_a_verified_pass_through_and_says_so(
             # A lying upstream is still never completed, even without a disk to verify on.
             gitlab.corrupt_files = True
             with pytest.raises(aiohttp.ClientPayloadError):
-                await get(file_url(proxy, fresh))
+                await get(wheel_url(proxy, fresh))
     finally:
         _chattr("-i", tmp)
     assert len(stored_blobs(tmp_path / "cache")) == 1
@@ -304,7 +300,7 @@ async def test_full_disk_serves_a_pass_through(
         wheel = gitlab.add_wheel(42, "corp-big", "1.0.0", payload_size=2 * 1024 * 1024)
         proxy = await make_proxy(cache_dir=cache)
         for _ in range(2):
-            status, headers, body = await get(file_url(proxy, wheel))
+            status, headers, body = await get(wheel_url(proxy, wheel))
             assert (status, headers["X-Cache"]) == (200, "BYPASS")
             assert hashlib.sha256(body).hexdigest() == wheel.sha256
         status, _, ready = await get(f"{proxy.url}/-/ready")

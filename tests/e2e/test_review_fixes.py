@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 
 from proxy.access import hash_token
-from tests.e2e.test_forward_cache import host_of
-from tests.e2e.test_security_review import PROJECT, basic, fetch
-from tests.e2e.test_uploads import GOOD, GOOD_TYPE, post_as_is
 from tests.support.cli_process import write_config
 from tests.support.fake_gitlab import FakeGitLab, FakePublicIndex
 from tests.support.harness import TOKEN, ProxyFactory, RunningProxy, clean_env, run
+from tests.support.http import PROJECT, basic, fetch_as_written, host_of, post_as_is
+from tests.support.multipart import GOOD, GOOD_TYPE
 
 UPLOAD = "/api/v4/projects/42/packages/pypi"
 
@@ -29,10 +28,10 @@ async def test_an_anonymous_refusal_in_prefer_client_does_not_block_other_client
         upstream={"credentials": "prefer-client", "token": "glpat-unknown-to-gitlab"}
     )
     page = f"{proxy.url}{PROJECT}/simple/corp-util/"
-    status, _, body = await fetch(page)
+    status, _, body = await fetch_as_written(page)
     assert status == 502
     assert b"proxy's credentials" in body
-    status, _, body = await fetch(page, {"Authorization": basic("glpat-alice")})
+    status, _, body = await fetch_as_written(page, {"Authorization": basic("glpat-alice")})
     assert status == 200, body
 
 
@@ -42,10 +41,10 @@ async def test_an_upload_forgets_a_remembered_404_for_its_name(
     """Else installs right after `uv publish --check-url` see 404 (or PyPI) for negative_ttl."""
     gitlab.forwarding = False
     page = f"{proxy.url}{PROJECT}/simple/corp-util/"
-    assert (await fetch(page))[0] == 404
+    assert (await fetch_as_written(page))[0] == 404
     status, _, text = await post_as_is(proxy.url + UPLOAD, GOOD, GOOD_TYPE, basic(TOKEN))
     assert status == 201, text
-    status, _, body = await fetch(page)
+    status, _, body = await fetch_as_written(page)
     assert status == 200
     assert b"corp_util-1.0.0.tar.gz" in body
 
@@ -54,7 +53,7 @@ async def test_a_name_neither_gitlab_nor_the_public_index_has_is_a_404(
     gitlab: FakeGitLab, public: FakePublicIndex, make_proxy: ProxyFactory
 ) -> None:
     proxy = await make_proxy(upstream={"forwarding": "cache", "forward_hosts": (host_of(public),)})
-    status, _, body = await fetch(f"{proxy.url}{PROJECT}/simple/no-such-thing/")
+    status, _, body = await fetch_as_written(f"{proxy.url}{PROJECT}/simple/no-such-thing/")
     assert status == 404, body
     # The public index was asked, and said no: that is an answer, not an outage.
     assert [r.status for r in public.requests] == [404]
@@ -77,7 +76,7 @@ async def test_small_files_are_served_with_the_memory_cache_off(
     proxy = await make_proxy(cache={"memory_size": 0})
     url = f"{proxy.url}{PROJECT}/files/{wheel.sha256}/{wheel.filename}"
     for expected in ("MISS", "HIT"):
-        status, headers, body = await fetch(url)
+        status, headers, body = await fetch_as_written(url)
         assert (status, headers["X-Cache"]) == (200, expected)
         assert hashlib.sha256(body).hexdigest() == wheel.sha256
 
@@ -90,12 +89,12 @@ async def test_metadata_of_a_wheel_another_process_evicted_is_fetched_again(
     # No memory copy: what is served must come from disk, where it is now missing.
     proxy = await make_proxy(cache={"memory_size": 0})
     url = f"{proxy.url}{PROJECT}/files/{wheel.sha256}/{wheel.filename}.metadata"
-    status, _, first = await fetch(url)
+    status, _, first = await fetch_as_written(url)
     assert status == 200
     for blob in (tmp_path / "cache" / "blobs").rglob("*"):
         if blob.is_file():
             blob.unlink()
-    status, _, again = await fetch(url)
+    status, _, again = await fetch_as_written(url)
     assert (status, again) == (200, first)
     assert gitlab.counts["file"] == 2
 

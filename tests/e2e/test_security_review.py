@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from pathlib import Path
 from unittest.mock import ANY
 
-import aiohttp
 import pytest
-import yarl
 
 from proxy import keys
 from proxy.access import hash_token
@@ -17,25 +14,7 @@ from proxy.bundle import export_bundle, import_bundle
 from proxy.scope import Scope
 from tests.support.fake_gitlab import FakeGitLab
 from tests.support.harness import ProxyFactory, RunningProxy, make_settings
-
-PROJECT = "/api/v4/projects/42/packages/pypi"
-
-
-def basic(secret: str, user: str = "someone") -> str:
-    return "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode()
-
-
-async def fetch(
-    url: str, headers: dict[str, str] | None = None, method: str = "GET"
-) -> tuple[int, dict[str, str], bytes]:
-    """One request with the path sent exactly as written (no client-side normalization)."""
-    async with (
-        aiohttp.ClientSession() as session,
-        session.request(
-            method, yarl.URL(url, encoded=True), headers=headers or {}, allow_redirects=False
-        ) as resp,
-    ):
-        return resp.status, dict(resp.headers), await resp.read()
+from tests.support.http import PROJECT, basic, fetch_as_written
 
 
 @pytest.mark.parametrize(
@@ -52,7 +31,7 @@ async def test_allow_list_holds_however_the_route_prefix_is_spelled(
     gitlab.add_wheel(44, "secret-pkg", "1.0.0")
     proxy = await make_proxy(access={"allow": ["projects/42"]})
     middle = "/-/packages/pypi" if "groups" in prefix else "/packages/pypi"
-    status, _, body = await fetch(f"{proxy.url}{prefix}{middle}/simple/secret-pkg/")
+    status, _, body = await fetch_as_written(f"{proxy.url}{prefix}{middle}/simple/secret-pkg/")
     assert status == 404
     assert b"secret-pkg" not in body
     assert gitlab.requests == []
@@ -67,20 +46,20 @@ async def test_malformed_range_is_a_4xx_on_files_and_metadata(
     wheel = gitlab.add_wheel(42, "corp-util", "1.0.0")
     url = f"{proxy.url}{PROJECT}/files/{wheel.sha256}/{wheel.filename}"
     if cached:
-        assert (await fetch(url))[0] == 200
-    status, _, body = await fetch(url + suffix, {"Range": value})
+        assert (await fetch_as_written(url))[0] == 200
+    status, _, body = await fetch_as_written(url + suffix, {"Range": value})
     assert status == 416, body
     assert b"Range" in body
     # Nothing was lost: the file and its metadata are still whole for the next client.
-    status, _, body = await fetch(url)
+    status, _, body = await fetch_as_written(url)
     assert (status, body) == (200, wheel.content)
-    assert (await fetch(url + ".metadata"))[0] == 200
+    assert (await fetch_as_written(url + ".metadata"))[0] == 200
 
 
 async def _cached_wheel(gitlab: FakeGitLab, proxy: RunningProxy) -> tuple[str, str]:
     wheel = gitlab.add_wheel(42, "corp-util", "1.0.0")
     url = f"{proxy.url}{PROJECT}/files/{wheel.sha256}/{wheel.filename}"
-    status, _, body = await fetch(url)
+    status, _, body = await fetch_as_written(url)
     assert (status, body) == (200, wheel.content)
     return url, wheel.sha256
 
@@ -91,15 +70,15 @@ async def test_metadata_asked_under_another_name_does_not_poison_the_real_wheels
     """An imported (air-gapped) cache learns each wheel's metadata on its first request."""
     source = await make_proxy(cache_dir=tmp_path / "online")
     url, sha256 = await _cached_wheel(gitlab, source)
-    assert (await fetch(f"{source.url}{PROJECT}/simple/corp-util/"))[0] == 200
+    assert (await fetch_as_written(f"{source.url}{PROJECT}/simple/corp-util/"))[0] == 200
     await source.stop()
     bundle = tmp_path / "bundle.tar"
     await export_bundle(source.settings, [Scope("projects", "42")], bundle)
     await import_bundle(make_settings(gitlab.url, tmp_path / "mirror", ""), bundle)
     mirror = await make_proxy(cache_dir=tmp_path / "mirror", cache={"offline": True})
     files = f"{mirror.url}{PROJECT}/files/{sha256}"
-    assert (await fetch(f"{files}/other_pkg-9.9-py3-none-any.whl.metadata"))[0] == 404
-    status, _, body = await fetch(url.replace(source.url, mirror.url) + ".metadata")
+    assert (await fetch_as_written(f"{files}/other_pkg-9.9-py3-none-any.whl.metadata"))[0] == 404
+    status, _, body = await fetch_as_written(url.replace(source.url, mirror.url) + ".metadata")
     assert status == 200, body
     assert b"Name: corp-util" in body
 
@@ -113,14 +92,14 @@ async def test_a_blob_another_worker_stored_is_not_adopted_under_another_name(
     url, sha256 = await _cached_wheel(gitlab, first)
     other = "other_pkg-9.9-py3-none-any.whl"
     before = len(gitlab.requests)
-    status, _, body = await fetch(f"{second.url}{PROJECT}/files/{sha256}/{other}")
+    status, _, body = await fetch_as_written(f"{second.url}{PROJECT}/files/{sha256}/{other}")
     # GitLab has no such file: it is asked, and says so.
     assert status == 404
     assert [r.path.rsplit("/", 1)[-1] for r in gitlab.requests[before:]] == [other]
-    status, _, _ = await fetch(f"{second.url}{PROJECT}/files/{sha256}/{other}.metadata")
+    status, _, _ = await fetch_as_written(f"{second.url}{PROJECT}/files/{sha256}/{other}.metadata")
     assert status == 404
     for proxy in (first, second):
-        status, _, body = await fetch(url.replace(first.url, proxy.url) + ".metadata")
+        status, _, body = await fetch_as_written(url.replace(first.url, proxy.url) + ".metadata")
         assert (status, b"Name: corp-util" in body) == (200, True)
 
 
@@ -132,7 +111,7 @@ async def test_a_tokens_file_guards_every_route_but_the_probes(
     tokens.write_text(hash_token("office", n=2**4) + "\n")
     proxy = await make_proxy(access={"tokens_file": str(tokens)})
     files = f"{proxy.url}{PROJECT}/files/{wheel.sha256}/{wheel.filename}"
-    assert (await fetch(files, {"Authorization": basic("office")}))[0] == 200
+    assert (await fetch_as_written(files, {"Authorization": basic("office")}))[0] == 200
     guarded = [
         files,
         files + ".metadata",
@@ -145,14 +124,14 @@ async def test_a_tokens_file_guards_every_route_but_the_probes(
     before = len(gitlab.requests)
     for url in guarded:
         for headers in ({}, {"Authorization": basic("not-office")}):
-            status, _, body = await fetch(url, headers)
+            status, _, body = await fetch_as_written(url, headers)
             assert status == 401, url
             assert wheel.content[:32] not in body and b"corp" not in body
-    status, _, _ = await fetch(f"{proxy.url}{PROJECT}", method="POST")
+    status, _, _ = await fetch_as_written(f"{proxy.url}{PROJECT}", method="POST")
     assert status == 401
     assert len(gitlab.requests) == before
     for probe in ("/-/health", "/-/ready"):
-        assert (await fetch(proxy.url + probe))[0] == 200
+        assert (await fetch_as_written(proxy.url + probe))[0] == 200
 
 
 async def test_allow_covers_files_metadata_and_uploads_of_other_scopes(
@@ -165,11 +144,11 @@ async def test_allow_covers_files_metadata_and_uploads_of_other_scopes(
         api = f"{proxy.url}/api/v4/{scope}/{'-/' if 'groups' in scope else ''}packages/pypi"
         url = f"{api}/files/{hidden.sha256}/{hidden.filename}"
         for target in (url, url + ".metadata"):
-            status, _, body = await fetch(target)
+            status, _, body = await fetch_as_written(target)
             assert status == 404, target
             assert hidden.content[:32] not in body
         if scope.startswith("projects"):
-            status, _, _ = await fetch(api, {"Authorization": basic("x")}, method="POST")
+            status, _, _ = await fetch_as_written(api, {"Authorization": basic("x")}, method="POST")
             assert status == 404
     assert gitlab.requests == []
 
@@ -189,9 +168,9 @@ async def test_prefer_client_never_serves_anonymous_callers_what_only_a_client_c
     url = f"{api}/files/{hidden.sha256}/{hidden.filename}"
     alice = {"Authorization": basic("glpat-alice")}
     for target in (page, url, url + ".metadata"):
-        assert (await fetch(target, alice))[0] == 200
+        assert (await fetch_as_written(target, alice))[0] == 200
     for target in (page, url, url + ".metadata"):
-        status, _, body = await fetch(target)
+        status, _, body = await fetch_as_written(target)
         assert status == 404, target
         assert b"secret-pkg" not in body and hidden.content[:32] not in body
 
@@ -205,12 +184,12 @@ async def test_offline_passthrough_asks_gitlab_nothing_about_cached_files(
     online = await make_proxy(cache_dir=tmp_path / "c", upstream=upstream)
     url = f"{PROJECT}/files/{wheel.sha256}/{wheel.filename}"
     alice = {"Authorization": basic("glpat-alice")}
-    assert (await fetch(online.url + url, alice))[0] == 200
+    assert (await fetch_as_written(online.url + url, alice))[0] == 200
     await online.stop()
     offline = await make_proxy(cache_dir=tmp_path / "c", upstream=upstream, cache={"offline": True})
     before = len(gitlab.requests)
     for target in (url, url + ".metadata"):
-        status, _, body = await fetch(offline.url + target, alice)
+        status, _, body = await fetch_as_written(offline.url + target, alice)
         assert status == 404, (body, gitlab.requests[before:])
         assert wheel.content[:32] not in body
     assert gitlab.requests[before:] == []
@@ -224,10 +203,10 @@ async def test_a_new_passthrough_client_is_checked_with_a_head_gitlab_answers_20
     wheel = gitlab.add_wheel(42, "corp-util", "1.0.0")
     proxy = await make_proxy(upstream={"credentials": "passthrough", "token": ""})
     url = f"{proxy.url}{PROJECT}/files/{wheel.sha256}/{wheel.filename}"
-    assert (await fetch(url, {"Authorization": basic("glpat-alice")}))[0] == 200
-    status, headers, body = await fetch(url, {"Authorization": basic("glpat-carol")})
+    assert (await fetch_as_written(url, {"Authorization": basic("glpat-alice")}))[0] == 200
+    status, headers, body = await fetch_as_written(url, {"Authorization": basic("glpat-carol")})
     assert (status, headers.get("X-Cache"), body) == (200, "HIT", wheel.content)
-    status, _, body = await fetch(url, {"Authorization": basic("glpat-bob")})
+    status, _, body = await fetch_as_written(url, {"Authorization": basic("glpat-bob")})
     assert status == 404
     assert wheel.content[:32] not in body
 
@@ -240,7 +219,9 @@ async def test_dot_segments_in_an_id_are_refused_before_the_allow_list_or_gitlab
 ) -> None:
     """`groups/platform%2F..%2Fother` would pass `allow = ["groups/platform"]` by its prefix."""
     proxy = await make_proxy(access={"allow": ["groups/platform"]})
-    status, _, body = await fetch(f"{proxy.url}/api/v4/groups/{raw_id}/-/packages/pypi/simple/")
+    status, _, body = await fetch_as_written(
+        f"{proxy.url}/api/v4/groups/{raw_id}/-/packages/pypi/simple/"
+    )
     assert status == 400
     assert b"path segment" in body
     assert gitlab.requests == []
@@ -257,7 +238,7 @@ async def test_a_file_another_worker_cached_is_checked_against_this_scope(
     elsewhere = url.replace(first.url, second.url).replace("/projects/42/", "/projects/43/")
     before = len(gitlab.requests)
     for _ in range(2):
-        status, _, body = await fetch(elsewhere)
+        status, _, body = await fetch_as_written(elsewhere)
         assert status == 404, body
     # GitLab was asked about project 43 (a HEAD), and nothing was taken for its file.
     asked = gitlab.requests[before:]
@@ -273,7 +254,7 @@ async def test_a_page_another_worker_fetched_is_fresh_here_too(
         await make_proxy(cache_dir=tmp_path / "shared", cache={"index_ttl": 600}) for _ in "ab"
     ]
     for proxy in workers * 2:
-        assert (await fetch(f"{proxy.url}{PROJECT}/simple/corp-util/"))[0] == 200
+        assert (await fetch_as_written(f"{proxy.url}{PROJECT}/simple/corp-util/"))[0] == 200
     assert gitlab.counts["page"] == 1
 
 
@@ -285,11 +266,11 @@ async def test_metadata_another_worker_read_is_not_fetched_again(
     first, second = [await make_proxy(cache_dir=tmp_path / "shared") for _ in "ab"]
     url = f"{PROJECT}/files/{wheel.sha256}/{wheel.filename}"
     for proxy in (first, second):
-        assert (await fetch(f"{proxy.url}{PROJECT}/simple/corp-util/"))[0] == 200
-    status, _, metadata = await fetch(first.url + url + ".metadata")
+        assert (await fetch_as_written(f"{proxy.url}{PROJECT}/simple/corp-util/"))[0] == 200
+    status, _, metadata = await fetch_as_written(first.url + url + ".metadata")
     assert status == 200
     await first.app[keys.METADATA].close()  # its record of the metadata is written
-    assert await fetch(second.url + url + ".metadata") == (200, ANY, metadata)
-    status, _, body = await fetch(second.url + url)
+    assert await fetch_as_written(second.url + url + ".metadata") == (200, ANY, metadata)
+    status, _, body = await fetch_as_written(second.url + url)
     assert hashlib.sha256(body).hexdigest() == wheel.sha256
     assert gitlab.counts["file"] == 1

@@ -27,6 +27,8 @@ from tests.support.harness import (
     pip_install,
     run,
 )
+from tests.support.http import basic, post_as_is
+from tests.support.multipart import GOOD, GOOD_TYPE, multipart
 from tests.support.wheels import make_sdist, make_wheel
 
 UPLOAD = "/api/v4/projects/42/packages/pypi"
@@ -82,10 +84,6 @@ async def uv_publish(url: str, password: str, *args: str | Path) -> Completed:
 
 def uploads(gitlab: FakeGitLab) -> list[int]:
     return [r.status for r in gitlab.requests if r.method == "POST"]
-
-
-def basic(secret: str) -> str:
-    return "Basic " + base64.b64encode(f"someone:{secret}".encode()).decode()
 
 
 async def test_twine_and_uv_publish_then_pip_sees_each_new_version_at_once(
@@ -237,36 +235,6 @@ async def test_upload_over_the_limit_is_413_before_gitlab_hears_of_it(
         assert "4096 bytes" in (await resp.json())["message"]
     assert 201 not in uploads(gitlab)
     assert gitlab.find_file("", "c-1.0.tar.gz", None) is None
-
-
-def multipart(*parts: tuple[str, str | None, bytes], boundary: str = "xyz") -> bytes:
-    body = b""
-    for name, filename, value in parts:
-        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
-        body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode()
-        body += value + b"\r\n"
-    return body + f"--{boundary}--\r\n".encode()
-
-
-GOOD = multipart(
-    ("name", None, b"corp-util"),
-    ("version", None, b"1.0.0"),
-    ("content", "corp_util-1.0.0.tar.gz", b"\x1f\x8b" + b"z" * 500),
-)
-
-GOOD_TYPE = "multipart/form-data; boundary=xyz"
-
-
-async def post_as_is(
-    url: str, body: bytes, content_type: str, authorization: str
-) -> tuple[int, str, str]:
-    """POST a hand-made body exactly as given: the answer's status, content type and text."""
-    headers = {"Content-Type": content_type, "Authorization": authorization}
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(url, data=body, headers=headers) as resp,
-    ):
-        return resp.status, resp.content_type, await resp.text()
 
 
 @pytest.mark.parametrize(

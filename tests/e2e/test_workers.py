@@ -18,11 +18,18 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.config import usable_cpus
-from tests.e2e.test_metrics import FILES_ROUTE, value
-from tests.e2e.test_processes import url_of, workers_of
-from tests.support.cli_process import PROXY, ServeProcess, children_of, free_port, write_config
+from tests.support.cli_process import (
+    PROXY,
+    ServeProcess,
+    children_of,
+    free_port,
+    workers_of,
+    write_config,
+)
 from tests.support.fake_gitlab import FakeGitLab
 from tests.support.harness import TOKEN, clean_env
+from tests.support.http import url_of
+from tests.support.metrics import FILES_ROUTE, value
 
 Configure = Callable[..., Path]
 Spawn = Callable[..., Awaitable[ServeProcess]]

@@ -9,19 +9,9 @@ from pathlib import Path
 import pytest
 
 from proxy.metadata import MAX_METADATA_BYTES, WheelMetadataError, read_wheel_metadata
-from tests.support.wheels import make_wheel, wheel_metadata
+from tests.support.wheels import make_wheel, wheel_metadata, zipped
 
 FILENAME = "corp_util-1.0.0-py3-none-any.whl"
-
-
-def zipped(tmp_path: Path, members: dict[str, bytes]) -> Path:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    path = tmp_path / "wheel.whl"
-    path.write_bytes(buffer.getvalue())
-    return path
 
 
 def test_reads_the_metadata_of_a_real_wheel(tmp_path: Path) -> None:

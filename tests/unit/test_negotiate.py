@@ -14,16 +14,7 @@ from proxy.negotiate import (
     none_match,
     parse_accept,
 )
-
-# Captured from real clients (pip 26.3 and uv 0.13.9) asking a test server for a page.
-PIP_ACCEPT = (
-    "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1, "
-    "text/html; q=0.01"
-)
-UV_ACCEPT = (
-    "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, "
-    "text/html;q=0.01"
-)
+from tests.support.clients import PIP_ACCEPT, UV_ACCEPT
 
 
 def test_parse_pip_header() -> None:
