@@ -14,8 +14,8 @@ from tests.support.cli_process import ServeProcess, free_port
 from tests.support.fake_gitlab import FakeGitLab
 from tests.support.harness import clean_env, pip_install, run
 
-DOCKERFILE = Path(__file__).parent.parent / "Dockerfile"
-README = Path(__file__).parent.parent / "README.md"
+DOCKERFILE = Path(__file__).parents[2] / "Dockerfile"
+README = Path(__file__).parents[2] / "README.md"
 VENV_IN_IMAGE = "/opt/venv/bin"
 JOB_TOKEN = "glcbt-64_job-token-of-this-ci-job"
 # What the image must set; this test itself binds loopback only.

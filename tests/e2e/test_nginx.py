@@ -16,7 +16,7 @@ from tests.support.cli_process import free_port
 from tests.support.fake_gitlab import FakeGitLab
 from tests.support.harness import ProxyFactory, pip_install
 
-README = Path(__file__).parent.parent / "README.md"
+README = Path(__file__).parents[2] / "README.md"
 NGINX = shutil.which("nginx") or next(
     (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
 )
