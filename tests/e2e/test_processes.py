@@ -22,6 +22,7 @@ from tests.support.cli_process import ServeProcess, free_port, workers_of, write
 from tests.support.fake_gitlab import FakeFile, FakeGitLab
 from tests.support.harness import TOKEN, ProxyFactory, run
 from tests.support.http import get, url_of
+from tests.support.polling import eventually
 from tests.support.wheels import wheel_metadata
 
 FILES = "/api/v4/projects/42/packages/pypi/files"
@@ -138,10 +139,7 @@ async def test_kill_9_mid_download_then_restart_serves_only_verified_files(
         assert (status, state) == (200, "HIT")
         assert hashlib.sha256(body).hexdigest() == small.sha256
     # The last wheel's METADATA is still being extracted behind the answers: let it land.
-    for _ in range(100):
-        if rows(cache) == blobs_on_disk(cache):
-            break
-        await asyncio.sleep(0.05)
+    await eventually(lambda: rows(cache) == blobs_on_disk(cache), "every row's blob on disk")
     assert rows(cache) == blobs_on_disk(cache)
     assert rows(cache) - metadata_of(small, *big) == {small.sha256} | shas(big)
 

@@ -13,6 +13,7 @@ import pytest
 from tests.support.fake_gitlab import FakeGitLab
 from tests.support.harness import ProxyFactory, RunningProxy
 from tests.support.http import PROJECT_PAGE, get, wheel_url
+from tests.support.polling import eventually
 
 FILES = "/api/v4/projects/42/packages/pypi/files"
 
@@ -65,10 +66,7 @@ async def test_a_client_that_disconnects_does_not_cancel_the_fill(
         await resp.content.readany()
         resp.close()  # hang up mid-body
     record = next(r for r in gitlab.requests if r.kind == "file")
-    for _ in range(200):
-        if record.status:
-            break
-        await asyncio.sleep(0.02)
+    await eventually(lambda: record.status, "the upstream download finished", interval=0.02)
     assert record.status == 200, "the upstream download was abandoned with its client"
     # Served by the same fill (still verifying, or done): never a second upstream fetch.
     status, _, body = await get(url)
@@ -126,10 +124,7 @@ async def test_stale_if_error_then_one_background_refresh(
     # Due again: this client still gets the stored copy at once, and one refresh starts.
     status, headers, body = await get(page)
     assert (status, headers["X-Cache"]) == (200, "STALE")
-    for _ in range(50):
-        if gitlab.counts["page"] > asked:
-            break
-        await asyncio.sleep(0.02)
+    await eventually(lambda: gitlab.counts["page"] > asked, "one refresh started", interval=0.02)
     await asyncio.sleep(0.05)
     assert gitlab.counts["page"] == asked + 1
     status, headers, body = await get(page)

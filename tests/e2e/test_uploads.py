@@ -29,6 +29,7 @@ from tests.support.harness import (
 )
 from tests.support.http import basic, post_as_is
 from tests.support.multipart import GOOD, GOOD_TYPE, multipart
+from tests.support.polling import eventually
 from tests.support.wheels import make_sdist, make_wheel
 
 UPLOAD = "/api/v4/projects/42/packages/pypi"
@@ -314,10 +315,7 @@ async def test_client_gone_mid_upload_is_never_a_success(
                 break
         assert uploads(gitlab) == [0], "GitLab should have the upload open, unanswered"
         writer.transport.abort()
-        for _ in range(200):
-            if "went away" in caplog.text:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(lambda: "went away" in caplog.text, "the hang-up logged", interval=0.01)
     assert "went away" in caplog.text
     assert "201" not in caplog.text
     assert 201 not in uploads(gitlab)
