@@ -13,10 +13,10 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from tests.support.big_pages import hits_while_parsing
 from tests.support.cli_process import PROXY, ServeProcess, free_port
 from tests.support.fake_gitlab import FakeGitLab
 from tests.support.harness import clean_env
-from tests.test_big_pages import hits_while_parsing
 
 TOKEN = "glpat-bench-token"
 

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.fake_gitlab import FakeGitLab, FakePublicIndex
-from tests.support.harness import RunningProxy, make_settings, start_proxy
-
-TOKEN = "glpat-proxy-secret-token-1234567890"
+from tests.support.harness import TOKEN, ProxyFactory, RunningProxy, make_settings, start_proxy
 
 
 @pytest.fixture
@@ -33,9 +31,6 @@ async def public(gitlab: FakeGitLab) -> AsyncIterator[FakePublicIndex]:
     async with FakePublicIndex() as index:
         gitlab.public_index_url = index.url
         yield index
-
-
-ProxyFactory = Callable[..., Awaitable[RunningProxy]]
 
 
 @pytest.fixture

@@ -179,3 +179,16 @@ async def serve(workdir: Path, **settings: str) -> ServeProcess:
     return await ServeProcess.start(
         [*PROXY, "serve", "--port", str(port)], port=port, env=env, cwd=workdir
     )
+
+
+def workers_of(supervisor: int) -> list[int]:
+    """The serving processes: the supervisor's `python -m proxy.worker` children."""
+    found = []
+    for pid in children_of(supervisor):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"proxy.worker\0" in cmdline:
+            found.append(pid)
+    return found

@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,9 @@ from aiohttp import web
 
 from proxy.app import create_app
 from proxy.config import CacheSettings, ServerSettings, Settings, UpstreamSettings
+
+TOKEN = "glpat-proxy-secret-token-1234567890"
+
 
 BIN = Path(sys.executable).parent
 
@@ -38,6 +41,9 @@ class RunningProxy:
 
     async def stop(self) -> None:
         await self.runner.cleanup()
+
+
+ProxyFactory = Callable[..., Awaitable[RunningProxy]]
 
 
 def make_settings(

@@ -11,6 +11,7 @@ import re
 import tarfile
 import zipfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TypedDict
 
 from packaging.tags import parse_tag
@@ -161,3 +162,13 @@ def wheel_metadata(wheel_bytes: bytes) -> bytes:
             if top.endswith(".dist-info") and rest == "METADATA":
                 return archive.read(path)
     raise ValueError("wheel has no .dist-info/METADATA")
+
+
+def zipped(tmp_path: Path, members: dict[str, bytes]) -> Path:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    path = tmp_path / "wheel.whl"
+    path.write_bytes(buffer.getvalue())
+    return path

@@ -1,0 +1,279 @@
+"""PEP 691/700 JSON rendering, checked against the specs, and the stored model's round trip."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proxy.codec import index_from_dict, index_to_dict, project_from_dict, project_to_dict
+from proxy.simple import Distribution, Index, Project
+from proxy.simple_html import parse_index_page, parse_project_page
+from proxy.simple_json import render_index_json, render_project_json
+from tests.support.pep691 import check_index_page, check_project_page
+
+SAMPLES = Path(__file__).parents[1] / "samples"
+SHA_A = "a" * 64
+SHA_B = "b" * 64
+UPLOADED = "2024-05-01T12:30:00.123456Z"
+
+
+def upstream_url(dist: Distribution) -> str:
+    return dist.url
+
+
+def rendered(project: Project) -> Any:
+    body = render_project_json(project, lambda dist: f"../../files/{dist.filename}")
+    page = json.loads(body)
+    check_project_page(page)
+    return page
+
+
+def dist(filename: str, **fields: Any) -> Distribution:
+    return Distribution(filename, f"https://h.example/f/{filename}", **fields)
+
+
+RICH = Project(
+    "Zope.Interface",
+    (
+        dist("zope_interface-5.0.tar.gz", hashes={"sha256": SHA_A}),
+        dist(
+            "zope_interface-6.0-py3-none-any.whl",
+            hashes={"sha256": SHA_B, "md5": "0" * 32},
+            requires_python=">=3.8",
+            yanked="café & broken",
+            core_metadata=f"sha256={SHA_A}",
+            size=1234,
+            upload_time=UPLOADED,
+        ),
+        dist("zope_interface-6.1.zip", yanked=True, core_metadata=True, size=0),
+    ),
+)
+
+
+def sample_projects() -> list[Project]:
+    return [
+        parse_project_page(path.read_bytes(), "https://gitlab.example.com/x/simple/p/")
+        for path in sorted(SAMPLES.glob("*package-page.html"))
+    ]
+
+
+# --- rendering ---
+
+
+def test_gitlab_pages_render_as_1_0() -> None:
+    for project in sample_projects():
+        page = rendered(project)
+        assert page["meta"] == {"api-version": "1.0"}
+        assert page["versions"] == list(project.versions)
+        assert len(page["files"]) == len(project.files)
+
+
+def test_project_page_fields() -> None:
+    page = rendered(RICH)
+    assert page["name"] == "zope-interface"
+    assert page["versions"] == ["5.0", "6.0", "6.1"]
+    plain, full, bare = page["files"]
+    assert plain == {
+        "filename": "zope_interface-5.0.tar.gz",
+        "url": "../../files/zope_interface-5.0.tar.gz",
+        "hashes": {"sha256": SHA_A},
+        "yanked": False,
+    }
+    assert full == {
+        "filename": "zope_interface-6.0-py3-none-any.whl",
+        "url": "../../files/zope_interface-6.0-py3-none-any.whl",
+        "hashes": {"sha256": SHA_B, "md5": "0" * 32},
+        "requires-python": ">=3.8",
+        "yanked": "café & broken",
+        "core-metadata": {"sha256": SHA_A},
+        "dist-info-metadata": {"sha256": SHA_A},
+        "size": 1234,
+        "upload-time": UPLOADED,
+    }
+    assert bare["hashes"] == {}
+    assert bare["yanked"] is True
+    assert bare["core-metadata"] is True
+    assert bare["dist-info-metadata"] is True
+
+
+def test_api_version_1_1_only_when_every_size_is_known() -> None:
+    assert rendered(RICH)["meta"]["api-version"] == "1.0"
+    sized = Project(RICH.name, tuple(d for d in RICH.files if d.size is not None))
+    page = rendered(sized)
+    assert page["meta"]["api-version"] == "1.1"
+    assert [f["size"] for f in page["files"]] == [1234, 0]
+    assert rendered(Project("empty", ()))["versions"] == []
+
+
+def test_an_empty_yank_reason_still_means_yanked() -> None:
+    page = rendered(Project("six", (dist("six-1.0.tar.gz", yanked=""),)))
+    assert page["files"][0]["yanked"] is True
+
+
+def test_upstream_html_to_json_keeps_yanks_and_requires_python_and_normalizes_the_name() -> None:
+    anchors = (
+        f'<a href="/f/zope_interface-5.0.tar.gz#sha256={SHA_A}"'
+        ' data-requires-python="&gt;=3.8,&lt;4,!=3.9.*">x</a>'
+        f'<a href="/f/zope_interface-6.0-py3-none-any.whl#sha256={SHA_B}"'
+        ' data-requires-python="" data-yanked="broken &amp; &quot;bad&quot;">x</a>'
+        f'<a href="/f/zope_interface-6.1-py3-none-any.whl#sha256={SHA_B}" data-yanked>x</a>'
+    )
+    body = f"<title>Links for Zope.Interface</title>{anchors}".encode()
+    project = parse_project_page(body, "https://pypi.example/simple/zope-interface/")
+    assert project.name == "Zope.Interface"
+    page = rendered(project)
+    assert page["name"] == "zope-interface"
+    first, second, third = page["files"]
+    assert first["requires-python"] == ">=3.8,<4,!=3.9.*"
+    assert first["yanked"] is False
+    assert "requires-python" not in second
+    assert second["yanked"] == 'broken & "bad"'
+    assert third["yanked"] is True
+    assert page["versions"] == ["5.0", "6.0", "6.1"]
+
+
+def test_versions_are_parsed_once_and_kept_by_with_files() -> None:
+    project = Project(RICH.name, RICH.files)
+    assert project.versions is project.versions
+    sized = project.with_files(tuple(replace(d, size=1) for d in project.files))
+    assert sized.versions is project.versions
+    assert sized == Project(RICH.name, sized.files)
+    with pytest.raises(ValueError, match="never which files"):
+        project.with_files(project.files[:1])
+
+
+def test_json_is_compact_utf8() -> None:
+    body = render_project_json(RICH, upstream_url)
+    assert "café".encode() in body
+    assert body == json.dumps(json.loads(body), separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def test_index_page() -> None:
+    index = parse_index_page((SAMPLES / "gitlab-group-index-page.html").read_bytes())
+    page = json.loads(render_index_json(index))
+    check_index_page(page)
+    assert page == {
+        "meta": {"api-version": "1.0"},
+        "projects": [{"name": "My.Pkg"}, {"name": "other_tool"}, {"name": "Zope.Interface"}],
+    }
+
+
+# --- the stored model ---
+
+
+@pytest.mark.parametrize("project", [RICH, Project("empty", ()), *sample_projects()])
+def test_project_round_trip(project: Project) -> None:
+    stored = json.dumps(project_to_dict(project))
+    assert project_from_dict(json.loads(stored)) == project
+
+
+def test_whatever_the_parser_accepts_can_be_stored() -> None:
+    anchors = (
+        f'<a href="../../f/six-1.0%2Bcpu.tar.gz#SHA256={SHA_A.upper()}" data-yanked>x</a>'
+        '<a href="/f/six-1.1-py3-none-any.whl#md5=0123456789ABCDEF0123456789ABCDEF"'
+        ' data-requires-python="&gt;=3.9" data-yanked=" why " data-core-metadata="true">x</a>'
+        f'<a href="https://other.example/six-1.2.zip#sha256=short"'
+        f' data-dist-info-metadata="sha256={SHA_B}">x</a>'
+    )
+    body = f"<title>Links for Six</title>{anchors}".encode()
+    project = parse_project_page(body, "https://h.example/simple/six/")
+    assert len(project.files) == 3
+    assert project_from_dict(json.loads(json.dumps(project_to_dict(project)))) == project
+
+
+def test_index_round_trip() -> None:
+    index = Index(("My.Pkg", "other_tool", "Zope.Interface"))
+    assert index_from_dict(json.loads(json.dumps(index_to_dict(index)))) == index
+    assert index_from_dict(index_to_dict(Index(()))) == Index(())
+
+
+DELETE = object()
+
+
+def good_project() -> dict[str, Any]:
+    return json.loads(json.dumps(project_to_dict(RICH)))  # type: ignore[no-any-return]
+
+
+def with_change(path: tuple[str | int, ...], value: Any) -> dict[str, Any]:
+    """`good_project()` with the item at `path` set to `value` (or removed, for DELETE)."""
+    data = good_project()
+    target: Any = data
+    for step in path[:-1]:
+        target = target[step]
+    if value is DELETE:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return data
+
+
+FILE = ("files", 1)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        None,
+        [],
+        "project",
+        with_change(("v",), 2),
+        with_change(("v",), "1"),
+        with_change(("v",), True),
+        with_change(("v",), DELETE),
+        with_change(("name",), "not a name"),
+        with_change(("name",), 5),
+        with_change(("files",), {}),
+        with_change(("files", 0), "six-1.0.tar.gz"),
+        with_change((*FILE, "filename"), "../six-1.0.tar.gz"),
+        with_change((*FILE, "filename"), "six-1.0.tar.gz/x"),
+        with_change((*FILE, "filename"), "README.txt"),
+        with_change((*FILE, "filename"), None),
+        with_change((*FILE, "url"), "/relative/six-1.0.tar.gz"),
+        with_change((*FILE, "url"), "javascript:alert(1)"),
+        with_change((*FILE, "url"), "file:///etc/passwd"),
+        with_change((*FILE, "url"), "https://h.example/six-1.0.tar.gz#sha256=00"),
+        with_change((*FILE, "url"), "http://[::1/x"),
+        with_change((*FILE, "url"), 7),
+        with_change((*FILE, "hashes"), []),
+        with_change((*FILE, "hashes"), {"sha256": "ab"}),
+        with_change((*FILE, "hashes"), {"sha256": SHA_A.upper()}),
+        with_change((*FILE, "hashes"), {"whirlpool": SHA_A}),
+        with_change((*FILE, "hashes"), {"sha256": 1}),
+        with_change((*FILE, "requires_python"), 3),
+        with_change((*FILE, "yanked"), None),
+        with_change((*FILE, "yanked"), 1),
+        with_change((*FILE, "core_metadata"), "true"),
+        with_change((*FILE, "core_metadata"), "sha256=00"),
+        with_change((*FILE, "core_metadata"), f"md5={'0' * 32}"),
+        with_change((*FILE, "core_metadata"), None),
+        with_change((*FILE, "size"), -1),
+        with_change((*FILE, "size"), True),
+        with_change((*FILE, "size"), 1.5),
+        with_change((*FILE, "size"), "10"),
+        with_change((*FILE, "upload_time"), 1714566600),
+    ],
+)
+def test_malformed_project_is_rejected(data: Any) -> None:
+    with pytest.raises(ValueError):
+        project_from_dict(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        None,
+        {"v": 1},
+        {"v": 2, "projects": []},
+        {"v": 1, "projects": {}},
+        {"v": 1, "projects": ["six", 5]},
+        {"v": 1, "projects": ["six", "not a name"]},
+        {"v": 1, "projects": ["My.Pkg", "my-pkg"]},
+    ],
+)
+def test_malformed_index_is_rejected(data: Any) -> None:
+    with pytest.raises(ValueError):
+        index_from_dict(data)
