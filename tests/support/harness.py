@@ -66,9 +66,7 @@ async def start_proxy(settings: Settings) -> RunningProxy:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    server = site._server
-    assert server is not None
-    port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+    port = runner.addresses[0][1]
     return RunningProxy(runner, f"http://127.0.0.1:{port}", settings)
 
 
