@@ -13,13 +13,13 @@ from aiohttp import web
 from . import handlers, keys
 from .access import AccessGuard, access_middleware
 from .auth import Gatekeeper
-from .blobs import BlobStore
+from .blobs import LocalBlobStore
 from .cachehealth import CacheMode
 from .cacheopen import open_index, reopen_when_writable
 from .config import Settings
 from .errors import error_middleware
 from .eviction import run_evictor
-from .files import FileCache
+from .files import FileCache, FileEvents
 from .metadata import CoreMetadata
 from .metrics import Metrics, metrics_middleware
 from .pages import PageCache
@@ -48,7 +48,7 @@ def create_app(settings: Settings, metrics_dir: Path | None = None) -> web.Appli
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
-    blobs = BlobStore(settings.cache.dir)
+    blobs = LocalBlobStore(settings.cache.dir, accel_redirect=settings.server.accel_redirect)
     # An unwritable or read-only directory still serves: see cachehealth.CacheMode.
     store, mode, reason = await open_index(blobs)
     session = aiohttp.ClientSession(
@@ -60,22 +60,20 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     )
     metrics = app[keys.METRICS]
     upstream = Upstream(settings.upstream, session, metrics, offline=settings.cache.offline)
+    events = FileEvents()
     files = FileCache(
         settings.cache,
         blobs,
         store,
         upstream,
         metrics,
-        accel_redirect=settings.server.accel_redirect,
+        events=events,
     )
     files.health.opened(mode, reason)
     await files.load()
     metrics.cache_limit = settings.cache.max_size
-    metrics.cache_size = files.totals
-    metrics.fills_in_flight = lambda: len(files.fills)
-    metadata = CoreMetadata(files, store)
+    metadata = CoreMetadata(files, store, events)
     await metadata.load()
-    files.on_verified = metadata.wheel_verified
     app[keys.STORE] = store
     app[keys.BLOBS] = blobs
     app[keys.UPSTREAM] = upstream

@@ -16,12 +16,11 @@ import yarl
 from aiohttp import web
 
 from .accesslog import SENDFILE_BYTES
+from .blobs import CHUNK
 from .errors import CredentialsRefused, ProxyError, UpstreamStatus, UpstreamUnavailable
 from .upstream import fingerprint
 
 log = logging.getLogger(__name__)
-
-CHUNK = 256 * 1024
 
 
 class CacheUnwritable(ProxyError):
@@ -233,13 +232,6 @@ async def stream_fill(
         else:
             cut(request)
             return None
-
-
-def write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
 
 
 def cut(request: web.Request) -> None:

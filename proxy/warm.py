@@ -218,7 +218,7 @@ class Warmer:
         self.index_url = f"{base_url}/api/v4/{self.scope.api_prefix}/simple/"
         self.files_url = f"{base_url}/api/v4/{self.scope.api_prefix}/files/"
         self._session = session
-        self.app[keys.FILES].fill_observers.append(self.tally.add_fill)
+        self.app[keys.FILES].events.on_fill(self.tally.add_fill)
 
     @property
     def session(self) -> aiohttp.ClientSession:
