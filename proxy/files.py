@@ -507,7 +507,7 @@ class FileCache:
                     return None
                 self.memory.put(sha256, body)
             return web.Response(body=body, headers=headers)
-        # Memory hits, the common case, never get here (pathlib shows in profiles).
+        # Memory hits, the common case, end above: serve() builds a path (it shows in profiles).
         response = self.blobs.serve(sha256, headers)
         if response is None:
             self.forget(sha256)
