@@ -13,13 +13,13 @@ from aiohttp import web
 from . import handlers, keys
 from .access import AccessGuard, access_middleware
 from .auth import Gatekeeper
-from .blobs import BlobStore
+from .blobs import LocalBlobStore
 from .cachehealth import CacheMode
 from .cacheopen import open_index, reopen_when_writable
 from .config import Settings
 from .errors import error_middleware
 from .eviction import run_evictor
-from .files import FileCache
+from .files import FileCache, FileEvents
 from .gitlab import GitLab
 from .metadata import CoreMetadata
 from .metrics import Metrics, metrics_middleware
@@ -53,7 +53,8 @@ def create_app(settings: Settings, metrics_dir: Path | None = None) -> web.Appli
 
 async def _index(app: web.Application) -> AsyncIterator[None]:
     """The SQLite index and the blob directory it describes."""
-    blobs = BlobStore(app[keys.SETTINGS].cache.dir)
+    settings = app[keys.SETTINGS]
+    blobs = LocalBlobStore(settings.cache.dir, accel_redirect=settings.server.accel_redirect)
     # An unwritable or read-only directory still serves: see cachehealth.CacheMode.
     store, mode, reason = await open_index(blobs)
     app[keys.STORE] = store
@@ -87,23 +88,21 @@ async def _files(app: web.Application) -> AsyncIterator[None]:
     store = app[keys.STORE]
     mode, reason = app[_OPENED]
     metrics = app[keys.METRICS]
+    events = FileEvents()
     files = FileCache(
         settings.cache,
         app[keys.BLOBS],
         store,
         app[keys.UPSTREAM],
         metrics,
-        accel_redirect=settings.server.accel_redirect,
+        events=events,
     )
     files.health.opened(mode, reason)
     # Until the yield nothing of theirs runs that close() would have to wait for or write.
     await files.load()
     metrics.cache_limit = settings.cache.max_size
-    metrics.cache_size = files.totals
-    metrics.fills_in_flight = lambda: len(files.fills)
-    metadata = CoreMetadata(files, store)
+    metadata = CoreMetadata(files, store, events)
     await metadata.load()
-    files.on_verified = metadata.wheel_verified
     app[keys.FILES] = files
     app[keys.METADATA] = metadata
     try:

@@ -1,24 +1,122 @@
-"""Content-addressed files on disk: `blobs/ab/cd/<sha256>`, written via temp file, fsync, rename."""
+"""Where verified files are kept: the BlobStore seam, and the cache directory that implements it.
+
+The local store keeps `blobs/ab/cd/<sha256>`, written via temp file, fsync, rename.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
+import hashlib
 import os
 import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any, BinaryIO, Protocol
 
-from .locks import FileLock, try_exclusive
+from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.web_fileresponse import NOSENDFILE
+
+from .accesslog import SENDFILE_BYTES
+from .locks import FileLock, ReadHold, try_exclusive
 from .simple import is_sha256
 
+# The unit of reads and writes of file bodies, and of the responses that send them.
+CHUNK = 256 * 1024
 
-class BlobStore:
-    """Owns the cache directory's `blobs/` and `tmp/` trees."""
 
-    def __init__(self, root: Path) -> None:
+class BlobMismatch(Exception):
+    """A blob's bytes do not hash to the sha256 it was written under: it is not stored."""
+
+
+class BlobWriter(Protocol):
+    """One blob being written: chunks, then commit (only if they hash right) or abort."""
+
+    # Where the bytes written so far can be read while more arrive: a fill's readers stream
+    # the growing file from here (local disk: see fill.stream_fill).
+    path: Path
+
+    async def write(self, chunk: bytes) -> None:
+        """Append a chunk, off the event loop."""
+
+    def verified(self) -> bool:
+        """Whether the bytes written so far hash to the blob's sha256."""
+
+    async def commit(self) -> Path:
+        """Make the written bytes the blob, durably; BlobMismatch unless `verified()`.
+
+        Returns where the blob is read from now."""
+
+    def abort(self) -> None:
+        """Drop what was written; the writer is done (harmless after commit)."""
+
+
+class BlobStore(Protocol):
+    """Content-addressed verified files, by sha256, shared by every worker process."""
+
+    def ensure_dirs(self) -> None:
+        """Create what writers need; OSError when it cannot."""
+
+    def write_problem(self) -> OSError | None:
+        """Why nothing can be written now, or None when it can (blocking)."""
+
+    def free_space(self) -> int:
+        """Bytes free for the blobs."""
+
+    def writer(self, sha256: str) -> BlobWriter:
+        """A new writer for `sha256`; readers of its growing file may open it at once."""
+
+    def path(self, sha256: str) -> Path:
+        """Where a fill's readers open the verified blob (local disk: see BlobWriter.path)."""
+
+    def open(self, sha256: str) -> BinaryIO:
+        """The verified blob, to read (blocking); FileNotFoundError when it is gone."""
+
+    def read_verified(self, sha256: str) -> bytes | None:
+        """A small blob's bytes, or None when gone or not matching its sha256 (blocking)."""
+
+    def serve(self, sha256: str, headers: dict[str, str]) -> web.StreamResponse | None:
+        """The response that sends a blob (ranges, conditionals), or None when it is gone; no
+        process removes it until sent."""
+
+    @property
+    def serves_elsewhere(self) -> bool:
+        """Whether `serve` hands the body to someone else (nginx), reading nothing here."""
+
+    def size_of(self, sha256: str) -> int | None:
+        """The blob's size, or None when it is not stored."""
+
+    def remove(self, sha256: str) -> None:
+        """Delete a blob (blocking)."""
+
+    def remove_unless_read(self, sha256: str) -> bool:
+        """Delete a blob unless a client is being sent it; True once it is gone (blocking)."""
+
+    def try_lock(self, name: str) -> FileLock | None:
+        """The cross-process lock called `name` (a sha256: its fill), if free now."""
+
+    async def lock(self, name: str) -> FileLock:
+        """The cross-process lock called `name`, waiting for it."""
+
+    def clean_temp(self) -> int:
+        """Drop what crashed writers left; how many (blocking)."""
+
+    def scan(self) -> Iterator[tuple[str, int]]:
+        """Every stored blob as (sha256, size) (blocking)."""
+
+
+class LocalBlobStore:
+    """The cache directory's `blobs/` and `tmp/` trees: a BlobStore on a local file system.
+
+    `accel_redirect`: nginx's internal location for `blobs/`: hits are then sent by nginx.
+    """
+
+    def __init__(self, root: Path, *, accel_redirect: str = "") -> None:
         self.root = root
+        self.accel_redirect = accel_redirect
         self.blob_dir = root / "blobs"
         self.tmp_dir = root / "tmp"
 
@@ -43,7 +141,11 @@ class BlobStore:
         return shutil.disk_usage(self.root).free
 
     def path(self, sha256: str) -> Path:
-        return self.blob_dir / sha256[:2] / sha256[2:4] / sha256
+        return self.blob_dir / self._relative(sha256)
+
+    @staticmethod
+    def _relative(sha256: str) -> str:
+        return f"{sha256[:2]}/{sha256[2:4]}/{sha256}"
 
     def new_temp(self, sha256: str = "probe") -> Path:
         return self.tmp_dir / f"{sha256}.{uuid.uuid4().hex}.part"
@@ -55,9 +157,44 @@ class BlobStore:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return path, fd
 
-    def lock_path(self, sha256: str) -> Path:
+    def lock_path(self, name: str) -> Path:
         """The lock a process holds while it fills, adopts or removes this blob."""
-        return self.tmp_dir / f"{sha256}.lock"
+        return self.tmp_dir / f"{name}.lock"
+
+    def try_lock(self, name: str) -> FileLock | None:
+        return FileLock.try_acquire(self.lock_path(name))
+
+    async def lock(self, name: str) -> FileLock:
+        return await FileLock.acquire(self.lock_path(name))
+
+    def writer(self, sha256: str) -> LocalBlobWriter:
+        path, fd = self.open_temp(sha256)
+        return LocalBlobWriter(self, sha256, path, fd)
+
+    def open(self, sha256: str) -> BinaryIO:
+        return self.path(sha256).open("rb")
+
+    def read_verified(self, sha256: str) -> bytes | None:
+        try:
+            body = self.path(sha256).read_bytes()
+        except FileNotFoundError:
+            return None
+        return body if hashlib.sha256(body).hexdigest() == sha256 else None
+
+    @property
+    def serves_elsewhere(self) -> bool:
+        return bool(self.accel_redirect)
+
+    def serve(self, sha256: str, headers: dict[str, str]) -> web.StreamResponse | None:
+        if self.accel_redirect:
+            headers["X-Accel-Redirect"] = f"{self.accel_redirect}{self._relative(sha256)}"
+            return web.Response(headers=headers)
+        path = self.path(sha256)
+        # Held until sent, so eviction in any worker leaves this blob alone meanwhile.
+        hold = ReadHold.take(path)
+        if hold is None:
+            return None
+        return _HeldFileResponse(path, hold, chunk_size=CHUNK, headers=headers)
 
     def size_of(self, sha256: str) -> int | None:
         try:
@@ -135,3 +272,78 @@ def fsync_file(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class LocalBlobWriter:
+    """A temp file in `tmp/`, flocked by its writer, renamed to its content address once
+    verified and fsynced."""
+
+    def __init__(self, blobs: LocalBlobStore, sha256: str, path: Path, fd: int) -> None:
+        self.blobs = blobs
+        self.sha256 = sha256
+        self.path = path
+        self._fd: int | None = fd
+        self._digest = hashlib.sha256()
+        self._committed = False
+
+    async def write(self, chunk: bytes) -> None:
+        assert self._fd is not None, "written after commit or abort"
+        # A slow disk must not stall every other client on the event loop.
+        await asyncio.to_thread(write_all, self._fd, chunk)
+        self._digest.update(chunk)
+
+    def verified(self) -> bool:
+        return self._digest.hexdigest() == self.sha256
+
+    async def commit(self) -> Path:
+        if not self.verified():
+            raise BlobMismatch(f"{self.path.name} does not hash to {self.sha256}")
+        assert self._fd is not None, "committed after abort"
+        await asyncio.to_thread(os.fsync, self._fd)
+        # The rename stays on the event loop: readers there open either name, never neither.
+        final = self.blobs.commit(self.path, self.sha256)
+        self._committed = True
+        self.path = final
+        self._close()
+        return final
+
+    def abort(self) -> None:
+        self._close()
+        if not self._committed:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+    def _close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+class _HeldFileResponse(web.FileResponse):
+    """A FileResponse that keeps its blob's ReadHold until the file has been sent."""
+
+    def __init__(self, path: Path, hold: ReadHold, **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        self._hold = hold
+
+    async def prepare(self, request: web.BaseRequest) -> Any:
+        try:
+            return await super().prepare(request)
+        finally:
+            self._hold.release()
+
+    async def _sendfile(
+        self, request: web.BaseRequest, fobj: IO[Any], offset: int, count: int
+    ) -> AbstractStreamWriter:
+        writer = await super()._sendfile(request, fobj, offset, count)
+        if not NOSENDFILE:
+            # Sent by the kernel, past the writer's byte count: the access log adds it.
+            self[SENDFILE_BYTES] = count
+        return writer
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until all of `data` is written (it may write less than asked)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

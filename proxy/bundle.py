@@ -34,7 +34,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from .blobs import BlobStore, fsync_file
+from .blobs import LocalBlobStore, fsync_file
 from .codec import decode_page, encode_page
 from .config import Settings
 from .errors import ProxyError
@@ -164,7 +164,9 @@ async def export_bundle(
             for r in links
         ],
     }
-    await asyncio.to_thread(_write, out, manifest, blobs, BlobStore(settings.cache.dir), progress)
+    await asyncio.to_thread(
+        _write, out, manifest, blobs, LocalBlobStore(settings.cache.dir), progress
+    )
     return ExportResult(
         len(entries),
         len(blobs),
@@ -191,7 +193,7 @@ def _write(
     out: Path,
     manifest: Mapping[str, object],
     blobs: list[BlobRow],
-    store: BlobStore,
+    store: LocalBlobStore,
     progress: ByteProgress,
 ) -> None:
     partial = out.with_name(out.name + ".part")
@@ -253,7 +255,7 @@ async def import_bundle(
 
 
 async def _commit(cache_dir: Path, plan: _Plan) -> ImportResult:
-    blobs = BlobStore(cache_dir)
+    blobs = LocalBlobStore(cache_dir)
     blobs.ensure_dirs()
     store = await Store.open(cache_dir / DB_NAME)
     moved: list[str] = []

@@ -24,7 +24,7 @@ from . import bundle, maintenance, warm_cli
 from .access import hash_token
 from .accesslog import AccessLog, access_logger_class, root_stream
 from .app import create_app
-from .blobs import BlobStore
+from .blobs import BlobStore, LocalBlobStore
 from .config import ConfigError, Settings, load_settings
 from .connections import ConnectionGuard, capacity_for, raise_open_files_limit
 from .log import ACCESS_LOGGER, MIN_SECRET_LENGTH, announce_start, setup_logging
@@ -267,7 +267,7 @@ async def _open_cache(settings: Settings) -> tuple[Store, BlobStore]:
     database = settings.cache.dir / DB_NAME
     if not database.is_file():
         raise ConfigError(f"cache.dir: no cache in {settings.cache.dir} ({DB_NAME} is missing)")
-    return await Store.open(database), BlobStore(settings.cache.dir)
+    return await Store.open(database), LocalBlobStore(settings.cache.dir)
 
 
 async def _verify(settings: Settings, quiet: bool) -> int:

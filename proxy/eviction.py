@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from .blobs import BlobStore
 from .cachehealth import CacheMode
 from .files import FileCache
-from .locks import FileLock
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -53,7 +52,7 @@ async def evict(
     if not free_short and (max_size <= 0 or total <= max_size):
         return EvictionReport(total, total, 0, 0, 0)
     # One evictor at a time across workers; the others find the work done.
-    guard = FileLock.try_acquire(blobs.tmp_dir / "evict.lock")
+    guard = blobs.try_lock("evict")
     if guard is None:
         return EvictionReport(total, total, 0, 0, 0)
     with guard:
@@ -64,7 +63,7 @@ async def evict(
         for row in await store.blobs():
             if total <= target and (not free_short or blobs.free_space() >= free_target):
                 break
-            lock = FileLock.try_acquire(blobs.lock_path(row.sha256))
+            lock = blobs.try_lock(row.sha256)
             if lock is None:
                 busy += 1
                 continue

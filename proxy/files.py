@@ -8,23 +8,18 @@ import enum
 import errno
 import hashlib
 import logging
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, Any, BinaryIO, Protocol
+from typing import BinaryIO, Protocol
 
 import aiohttp
 import yarl
 from aiohttp import hdrs, web
-from aiohttp.abc import AbstractStreamWriter
-from aiohttp.web_fileresponse import NOSENDFILE
 from cachetools import TTLCache
 
-from .accesslog import SENDFILE_BYTES
-from .blobs import BlobStore
+from .blobs import CHUNK, BlobMismatch, BlobStore, BlobWriter
 from .cachehealth import CacheHealth, CacheMode, Throttled
 from .config import CacheSettings
 from .errors import (
@@ -36,16 +31,14 @@ from .errors import (
     UpstreamUnavailable,
 )
 from .fill import (
-    CHUNK,
     Fill,
     FillState,
     Outcome,
     cut,
     relay_verified,
     stream_fill,
-    write_all,
 )
-from .locks import FileLock, ReadHold
+from .locks import FileLock
 from .memorytier import MemoryTier
 from .metrics import Metrics
 from .store import Store
@@ -87,6 +80,30 @@ class Admission(Protocol):
         """GitLab's answer to this client's own download: None for a 200."""
 
 
+class FileEvents:
+    """Who hears of the cache's downloads: each fill as it starts, each blob once verified."""
+
+    def __init__(self) -> None:
+        self._fill_started: list[Callable[[Fill], None]] = []
+        self._verified: list[Callable[[str, str], None]] = []
+
+    def on_fill(self, observer: Callable[[Fill], None]) -> None:
+        """Tell `observer` of each fill as it starts, so a warm-up can count what it caused."""
+        self._fill_started.append(observer)
+
+    def on_verified(self, observer: Callable[[str, str], None]) -> None:
+        """Tell `observer` (sha256, filename) once a download has verified and is stored."""
+        self._verified.append(observer)
+
+    def fill_started(self, fill: Fill) -> None:
+        for observe in self._fill_started:
+            observe(fill)
+
+    def verified(self, sha256: str, filename: str) -> None:
+        for observe in self._verified:
+            observe(sha256, filename)
+
+
 class FileCache:
     """Owns `known` blobs, the small-file memory cache, in-flight fills and access times."""
 
@@ -98,25 +115,22 @@ class FileCache:
         upstream: Upstream,
         metrics: Metrics,
         *,
-        accel_redirect: str = "",
+        events: FileEvents | None = None,
     ) -> None:
         self.settings = settings
         self.blobs = blobs
         self.store = store
         self.upstream = upstream
         self.metrics = metrics
-        # nginx's internal location for blobs/: hits are then answered by nginx from disk.
-        self.accel_redirect = accel_redirect
         self._known: dict[str, KnownBlob] = {}
         self.memory = MemoryTier(settings.memory_size, settings.memory_file_max)
         self._fills: dict[str, Fill] = {}
         self.accessed: dict[str, float] = {}
         # Counts additions to `known`: rendered pages that show sizes are current while it stands.
         self.generation = 0
-        # Called with (sha256, filename, path) once a download has verified and is stored.
-        self.on_verified: Callable[[str, str, Path], None] | None = None
-        # Told of each fill as it starts, so a warm-up can count what it caused.
-        self.fill_observers: list[Callable[[Fill], None]] = []
+        self.events = events or FileEvents()
+        # The verified bytes in `known`, kept as it changes: the metrics are told each change.
+        self._known_bytes = 0
         self.health = CacheHealth(blobs, recheck=settings.recheck_interval)
         # Upstream 404s by (source URL, credential fingerprint), so absent files cost one request.
         self.negative: TTLCache[tuple[str, str], ProxyError] = TTLCache(
@@ -141,7 +155,19 @@ class FileCache:
 
     def totals(self) -> tuple[int, int]:
         """Bytes and number of the verified blobs this process serves."""
-        return sum(b.size for b in self._known.values()), len(self._known)
+        return self._known_bytes, len(self._known)
+
+    def _keep(self, sha256: str, blob: KnownBlob) -> None:
+        old = self._known.get(sha256)
+        self._known_bytes += blob.size - (0 if old is None else old.size)
+        self._known[sha256] = blob
+        self.metrics.cache_changed(*self.totals())
+
+    def _drop(self, sha256: str) -> None:
+        old = self._known.pop(sha256, None)
+        if old is not None:
+            self._known_bytes -= old.size
+            self.metrics.cache_changed(*self.totals())
 
     async def load(self) -> None:
         """Start-up reconciliation: drop temp files, rows without blobs, blobs without rows.
@@ -157,20 +183,22 @@ class FileCache:
         self._known = {
             r.sha256: KnownBlob(r.size, r.filename) for r in rows if on_disk.get(r.sha256) == r.size
         }
+        self._known_bytes = sum(b.size for b in self._known.values())
+        self.metrics.cache_changed(*self.totals())
         if not read_write:
             return
         suspects = {r.sha256 for r in rows if r.sha256 not in self._known}
         suspects |= {sha for sha in on_disk if sha not in self._known}
         orphan_rows = stray = 0
         for sha in sorted(suspects):
-            lock = FileLock.try_acquire(self.blobs.lock_path(sha))
+            lock = self.blobs.try_lock(sha)
             if lock is None:
                 continue  # another process is filling it right now
             with lock:
                 row = await self.store.blob(sha)
                 size = self.blobs.size_of(sha)
                 if row is not None and size == row.size:
-                    self._known[sha] = KnownBlob(row.size, row.filename)
+                    self._keep(sha, KnownBlob(row.size, row.filename))
                     continue
                 if row is not None:
                     await self.store.remove_blobs([sha])
@@ -218,7 +246,7 @@ class FileCache:
 
     def forget(self, sha256: str) -> None:
         """This process stops serving a blob another process (or `verify`) removed."""
-        self._known.pop(sha256, None)
+        self._drop(sha256)
         self.memory.forget(sha256)
 
     async def respond(
@@ -376,8 +404,8 @@ class FileCache:
 
     async def ensure(
         self, sha256: str, filename: str, source: yarl.URL, authorization: str | None
-    ) -> Path:
-        """The verified blob's path, downloading it first (through the shared fill) if needed."""
+    ) -> None:
+        """Have the verified blob stored, downloading it first (through the shared fill)."""
         blob = self._known.get(sha256)
         if blob is not None and self.blobs.size_of(sha256) != blob.size:
             # Evicted by another worker, or by `gc` / `verify`, since this process learnt of it.
@@ -392,7 +420,6 @@ class FileCache:
                     sha256, filename, source, authorization
                 )
             await self._finished(fill)
-        return self.blobs.path(sha256)
 
     async def store_bytes(self, data: bytes, filename: str) -> str:
         """Keep a small verified body the proxy made itself (not downloaded); its sha256."""
@@ -400,15 +427,14 @@ class FileCache:
         if sha256 in self._known:
             return sha256
         self.blobs.ensure_dirs()
-        temp = self.blobs.new_temp(sha256)
+        writer = self.blobs.writer(sha256)
         try:
-            await asyncio.to_thread(_write_synced, temp, data)
-            self.blobs.commit(temp, sha256)
+            await writer.write(data)
+            await writer.commit()
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                temp.unlink()
+            writer.abort()
         await self.store.add_blob(sha256, len(data), filename)
-        self._known[sha256] = KnownBlob(len(data), filename)
+        self._keep(sha256, KnownBlob(len(data), filename))
         self.generation += 1
         return sha256
 
@@ -422,8 +448,7 @@ class FileCache:
         fill.mark_started(len(body))
         fill.advance(len(body))
         fill.finish(fill.path)
-        for observe in self.fill_observers:
-            observe(fill)
+        self.events.fill_started(fill)
         self.grown.set()
 
     async def respond_blob(
@@ -467,11 +492,8 @@ class FileCache:
         self.accessed[sha256] = time.time()
         headers = self._headers(sha256, filename or blob.filename, private=private)
         headers[X_CACHE] = "HIT"
-        if self.accel_redirect:
-            headers["X-Accel-Redirect"] = (
-                f"{self.accel_redirect}{sha256[:2]}/{sha256[2:4]}/{sha256}"
-            )
-            return web.Response(headers=headers)
+        if self.blobs.serves_elsewhere:
+            return self.blobs.serve(sha256, headers)
         conditional = (
             request.http_range.start is not None
             or request.http_range.stop is not None
@@ -482,20 +504,17 @@ class FileCache:
         if self.memory.takes(blob.size) and not conditional:
             body = self.memory.get(sha256)
             if body is None:
-                body = await asyncio.to_thread(_read_verified, self.blobs.path(sha256), sha256)
+                body = await asyncio.to_thread(self.blobs.read_verified, sha256)
                 if body is None:
                     await self._discard(sha256)
                     return None
                 self.memory.put(sha256, body)
             return web.Response(body=body, headers=headers)
-        # Only built here: memory hits, the common case, need no path (pathlib shows in profiles).
-        path = self.blobs.path(sha256)
-        # Held until sent, so eviction in any worker leaves this blob alone meanwhile.
-        hold = ReadHold.take(path)
-        if hold is None:
+        # Memory hits, the common case, end above: serve() builds a path (it shows in profiles).
+        response = self.blobs.serve(sha256, headers)
+        if response is None:
             self.forget(sha256)
-            return None
-        return _HeldFileResponse(path, hold, chunk_size=CHUNK, headers=headers)
+        return response
 
     async def _discard(self, sha256: str) -> None:
         """Drop a blob that is gone or does not match its name, so it is fetched again."""
@@ -503,7 +522,7 @@ class FileCache:
         if self.health.mode is not CacheMode.READ_WRITE:
             log.error("blob %s does not match its sha256; not serving it", sha256)
             return
-        lock = FileLock.try_acquire(self.blobs.lock_path(sha256))
+        lock = self.blobs.try_lock(sha256)
         if lock is None:
             return  # someone is filling it again right now
         with lock:
@@ -517,27 +536,24 @@ class FileCache:
     ) -> Fill:
         self.blobs.ensure_dirs()
         # Created now, so a reader joining in this same step can open it.
-        temp, fd = self.blobs.open_temp(sha256)
-        fill = Fill(sha256, filename, temp, source, fingerprint(authorization))
+        writer = self.blobs.writer(sha256)
+        fill = Fill(sha256, filename, writer.path, source, fingerprint(authorization))
         self._fills[sha256] = fill
-        for observe in self.fill_observers:
-            observe(fill)
+        self.metrics.fills_changed(len(self._fills))
+        self.events.fill_started(fill)
         # Its own task: a client that disconnects does not cancel what others rely on.
-        task = asyncio.create_task(self._run_fill(fill, fd, source, authorization))
+        task = asyncio.create_task(self._run_fill(fill, writer, source, authorization))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return fill
 
     async def _run_fill(
-        self, fill: Fill, fd: int, source: yarl.URL, authorization: str | None
+        self, fill: Fill, writer: BlobWriter, source: yarl.URL, authorization: str | None
     ) -> None:
-        committed = False
-        # fill.path moves to the blob once committed or adopted; this is what to clean up.
-        temp = fill.path
         lock: FileLock | None = None
         try:
             # One fill per blob across worker processes: the others wait, then adopt the blob.
-            lock = await FileLock.acquire(self.blobs.lock_path(fill.sha256))
+            lock = await self.blobs.lock(fill.sha256)
             if await self._adopt(fill):
                 return
             async with self.upstream.open_file(source, authorization) as resp:
@@ -547,32 +563,27 @@ class FileCache:
                 if not self.health.room_for(size or 0):
                     raise CacheUnwritable(f"no room in the cache for {fill.filename}")
                 fill.mark_started(size)
-                digest = hashlib.sha256()
                 async for chunk in resp.content.iter_chunked(CHUNK):
                     if size is None and not self.health.room_for(len(chunk)):
                         raise CacheUnwritable(f"no room left in the cache for {fill.filename}")
-                    # A slow disk must not stall every other client on the event loop.
-                    await asyncio.to_thread(write_all, fd, chunk)
-                    digest.update(chunk)
+                    await writer.write(chunk)
                     fill.advance(len(chunk))
             if fill.size is not None and fill.written != fill.size:
                 raise self._bad_file(
                     f"upstream sent {fill.written} of {fill.size} bytes for {fill.filename}"
                 )
-            if digest.hexdigest() != fill.sha256:
-                raise self._bad_file(f"sha256 mismatch for {fill.filename}: not stored")
-            await asyncio.to_thread(os.fsync, fd)
-            final = self.blobs.commit(fill.path, fill.sha256)
-            committed = True
+            try:
+                final = await writer.commit()
+            except BlobMismatch:
+                raise self._bad_file(f"sha256 mismatch for {fill.filename}: not stored") from None
             # Readers arriving from now on open the blob; the temp path is gone.
             fill.path = final
             await self._record(fill.sha256, fill.written, fill.filename)
-            self._known[fill.sha256] = KnownBlob(fill.written, fill.filename)
+            self._keep(fill.sha256, KnownBlob(fill.written, fill.filename))
             self.generation += 1
             fill.finish(final)
             self.grown.set()
-            if self.on_verified is not None:
-                self.on_verified(fill.sha256, fill.filename, final)
+            self.events.verified(fill.sha256, fill.filename)
         except CacheUnwritable as e:
             fill.fail(e)
         except ProxyError as e:
@@ -593,14 +604,12 @@ class FileCache:
                 self.health.failed(e)
             fill.fail(CacheUnwritable(f"could not write {fill.filename} to the cache"))
         finally:
-            os.close(fd)
+            writer.abort()
             self.metrics.fetched("file", fill.written)
-            if not committed:
-                with contextlib.suppress(FileNotFoundError):
-                    temp.unlink()
             if fill.state is FillState.RUNNING:
                 fill.fail(UpstreamError(f"fill of {fill.filename} was interrupted"))
             self._fills.pop(fill.sha256, None)
+            self.metrics.fills_changed(len(self._fills))
             if lock is not None:
                 lock.release()
 
@@ -615,7 +624,7 @@ class FileCache:
         row = await self.store.blob(sha256)
         if row is None or self.blobs.size_of(sha256) != row.size:
             return False
-        self._known[sha256] = KnownBlob(row.size, row.filename)
+        self._keep(sha256, KnownBlob(row.size, row.filename))
         return True
 
     def filling_elsewhere(self, sha256: str) -> bool:
@@ -623,7 +632,7 @@ class FileCache:
         if sha256 in self._fills or self.health.mode is not CacheMode.READ_WRITE:
             return False
         try:
-            lock = FileLock.try_acquire(self.blobs.lock_path(sha256))
+            lock = self.blobs.try_lock(sha256)
         except OSError:
             return False  # a directory that takes no lock files takes no downloads either
         if lock is None:
@@ -641,7 +650,7 @@ class FileCache:
             # The same bytes under another name: only GitLab can say this name has them.
             return False
         await self._record(fill.sha256, size, fill.filename)
-        self._known[fill.sha256] = KnownBlob(size, fill.filename)
+        self._keep(fill.sha256, KnownBlob(size, fill.filename))
         self.generation += 1
         fill.finish(self.blobs.path(fill.sha256))
         return True
@@ -753,44 +762,3 @@ class FileCache:
                 if request.method != hdrs.METH_HEAD:
                     await relay_verified(request, response, resp, sha256, filename)
             return response
-
-
-class _HeldFileResponse(web.FileResponse):
-    """A FileResponse that keeps its blob's ReadHold until the file has been sent."""
-
-    def __init__(self, path: Path, hold: ReadHold, **kwargs: Any) -> None:
-        super().__init__(path, **kwargs)
-        self._hold = hold
-
-    async def prepare(self, request: web.BaseRequest) -> Any:
-        try:
-            return await super().prepare(request)
-        finally:
-            self._hold.release()
-
-    async def _sendfile(
-        self, request: web.BaseRequest, fobj: IO[Any], offset: int, count: int
-    ) -> AbstractStreamWriter:
-        writer = await super()._sendfile(request, fobj, offset, count)
-        if not NOSENDFILE:
-            # Sent by the kernel, past the writer's byte count: the access log adds it.
-            self[SENDFILE_BYTES] = count
-        return writer
-
-
-def _read_verified(path: Path, sha256: str) -> bytes | None:
-    """A small blob's bytes for the memory cache, or None when missing or not matching."""
-    try:
-        body = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    return body if hashlib.sha256(body).hexdigest() == sha256 else None
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)

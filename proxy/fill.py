@@ -16,6 +16,7 @@ import yarl
 from aiohttp import web
 
 from .accesslog import SENDFILE_BYTES
+from .blobs import CHUNK
 from .errors import (
     CacheUnwritable,
     CredentialsRefused,
@@ -26,8 +27,6 @@ from .errors import (
 from .upstream import fingerprint
 
 log = logging.getLogger(__name__)
-
-CHUNK = 256 * 1024
 
 
 class FillState(enum.Enum):
@@ -233,13 +232,6 @@ async def stream_fill(
         else:
             cut(request)
             return None
-
-
-def write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
 
 
 def cut(request: web.Request) -> None:

@@ -7,11 +7,9 @@ import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .blobs import BlobStore
 from .eviction import EvictionReport, evict
-from .locks import FileLock
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -37,11 +35,11 @@ class VerifyReport:
         return not self.bad and not self.missing
 
 
-def hash_file(path: Path, progress: Progress) -> str | None:
-    """The file's sha256, reporting bytes as they are read; None if it vanished meanwhile."""
+def hash_blob(blobs: BlobStore, sha256: str, progress: Progress) -> str | None:
+    """The blob's actual sha256, reporting bytes as they are read; None if it vanished."""
     digest = hashlib.sha256()
     try:
-        with path.open("rb") as f:
+        with blobs.open(sha256) as f:
             while chunk := f.read(HASH_CHUNK):
                 digest.update(chunk)
                 progress(len(chunk))
@@ -67,7 +65,7 @@ async def verify(
     on_disk = await asyncio.to_thread(lambda: list(blobs.scan()))
     rows = {row.sha256: row for row in await store.blobs()}
     for sha256, size in on_disk:
-        actual = await asyncio.to_thread(hash_file, blobs.path(sha256), progress)
+        actual = await asyncio.to_thread(hash_blob, blobs, sha256, progress)
         if actual is None:
             continue
         report.checked += 1
@@ -75,7 +73,7 @@ async def verify(
         row = rows.get(sha256)
         if actual == sha256 and (row is None or row.size == size):
             continue
-        lock = FileLock.try_acquire(blobs.lock_path(sha256))
+        lock = blobs.try_lock(sha256)
         if lock is None:
             report.skipped += 1
             continue
@@ -89,7 +87,7 @@ async def verify(
     for sha256, row in rows.items():
         if sha256 in on_disk_names:
             continue
-        lock = FileLock.try_acquire(blobs.lock_path(sha256))
+        lock = blobs.try_lock(sha256)
         if lock is None:
             report.skipped += 1
             continue

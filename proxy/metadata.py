@@ -21,9 +21,10 @@ from cachetools import LRUCache
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
+from .blobs import BlobStore
 from .cachehealth import Throttled
 from .errors import CacheUnwritable, NotFound, UpstreamError, UpstreamStatus
-from .files import Admission, FileCache
+from .files import Admission, FileCache, FileEvents
 from .remotezip import RemoteFile, RemoteZipError, read_by_range
 from .simple import Distribution
 from .store import CoreMetadataRow, Store
@@ -62,6 +63,13 @@ def read_wheel_metadata(source: Path | RemoteFile, filename: str) -> bytes:
         with source.open("rb") as file:
             return _read_metadata(file, filename)
     return _read_metadata(source, filename)
+
+
+def read_stored_metadata(blobs: BlobStore, sha256: str, filename: str) -> bytes:
+    """`read_wheel_metadata` of a stored wheel (blocking)."""
+    # Opened first: a blob that is gone says nothing about the wheel's content.
+    with blobs.open(sha256) as file:
+        return _read_metadata(file, filename)
 
 
 def _read_metadata(file: BinaryIO | RemoteFile, filename: str) -> bytes:
@@ -130,7 +138,7 @@ def _check_dist_info(dist_info: str, name: str, version: Version, filename: str)
 class CoreMetadata:
     """Owns the wheel-to-metadata map (memory and SQLite) and extractions in flight."""
 
-    def __init__(self, files: FileCache, store: Store) -> None:
+    def __init__(self, files: FileCache, store: Store, events: FileEvents) -> None:
         self.files = files
         self.store = store
         # wheel sha256 -> metadata sha256, or None when the wheel has no usable METADATA.
@@ -143,6 +151,7 @@ class CoreMetadata:
         # Counts changes to `by_wheel`: pages rendered under one count advertise current hashes.
         self._changes = 0
         self._inflight: dict[str, asyncio.Future[str]] = {}
+        events.on_verified(self.wheel_verified)
         self._tasks: set[asyncio.Task[None]] = set()
         self._db_warn = Throttled(log)
         self._memory_reads = asyncio.Semaphore(2)
@@ -243,23 +252,21 @@ class CoreMetadata:
         headers["X-Cache"] = "BYPASS"
         return web.Response(body=body, headers=headers)
 
-    def wheel_verified(self, sha256: str, filename: str, path: Path) -> None:
+    def wheel_verified(self, sha256: str, filename: str) -> None:
         """A wheel just entered the cache: learn its metadata now, so pages can name its hash,
         or check what a Range read said of it."""
         if not filename.endswith(".whl"):
             return
         if sha256 in self.by_wheel and sha256 not in self.provisional:
             return
-        task = asyncio.create_task(self._learn(sha256, filename, path))
+        task = asyncio.create_task(self._learn(sha256, filename))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _learn(self, sha256: str, filename: str, path: Path) -> None:
+    async def _learn(self, sha256: str, filename: str) -> None:
         try:
             # Its own flight: a Range read of the same wheel may be running, and is no check.
-            await self._single_flight(
-                f"{sha256}/verified", lambda: self._extract(sha256, filename, path)
-            )
+            await self._single_flight(f"{sha256}/verified", lambda: self._extract(sha256, filename))
         except NotFound:
             pass  # recorded and logged; pages stop advertising it
         except Exception:
@@ -298,12 +305,12 @@ class CoreMetadata:
                     return await self._read_by_range(sha256, filename, source, authorization)
         if self.files.hit(sha256, filename) is None and not self.files.health.writable():
             return await self._read_in_memory(sha256, filename, source, authorization)
-        wheel = await self.files.ensure(sha256, filename, source, authorization)
+        await self.files.ensure(sha256, filename, source, authorization)
         if self.files.hit(sha256, filename) is None:
             # These bytes are cached as another file: what they hold says nothing of this name,
             # so nothing about them may be remembered for the wheel's own name.
             raise NotFound(f"{filename} with that sha256 is not in the cache")
-        return await self._extract(sha256, filename, wheel)
+        return await self._extract(sha256, filename)
 
     async def _read_by_range(
         self, sha256: str, filename: str, source: yarl.URL, authorization: str | None
@@ -383,9 +390,9 @@ class CoreMetadata:
         self.files.metrics.fetched("file", size)
         return b"".join(chunks)
 
-    async def _extract(self, sha256: str, filename: str, wheel: Path) -> str:
+    async def _extract(self, sha256: str, filename: str) -> str:
         try:
-            data = await asyncio.to_thread(read_wheel_metadata, wheel, filename)
+            data = await asyncio.to_thread(read_stored_metadata, self.files.blobs, sha256, filename)
         except WheelMetadataError as e:
             # The wheel verified against its sha256, so this is its content for good.
             await self._record_problem(sha256, filename, str(e), provisional=False)

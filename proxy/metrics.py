@@ -14,7 +14,7 @@ import json
 import os
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -187,14 +187,29 @@ class Metrics:
         self._token_refused: int | None = None
         self._token_checked_at = 0.0
         self.started = time.time()
-        # Set by the composition root once the file cache exists: (bytes, files) and fills.
-        self.cache_size: Callable[[], tuple[int, int]] = lambda: (0, 0)
+        # Told by the file cache as they change: (bytes, files) it serves, and its fills.
+        self._cache_size = (0, 0)
         self.cache_limit = 0
-        self.fills_in_flight: Callable[[], int] = lambda: 0
+        self._fills_in_flight = 0
         self.latency_counts: dict[str, list[int]] = {}
         self.latency_sums: dict[str, float] = {}
         self.registry.register(_Collector(self))
         ProcessCollector(registry=self.registry)
+
+    def cache_changed(self, size: int, files: int) -> None:
+        """The file cache now serves `files` verified files of `size` bytes."""
+        self._cache_size = (size, files)
+
+    def cache_size(self) -> tuple[int, int]:
+        """Bytes and number of the verified files this worker serves."""
+        return self._cache_size
+
+    def fills_changed(self, running: int) -> None:
+        """This worker now runs `running` upstream downloads."""
+        self._fills_in_flight = running
+
+    def fills_in_flight(self) -> int:
+        return self._fills_in_flight
 
     def request(self, route: str, status: int) -> None:
         key = (route, status)

@@ -143,7 +143,7 @@ class Warmer:
         self.index_url = f"{base_url}{self.scope.api_path}/simple/"
         self.files_url = f"{base_url}{self.scope.api_path}/files/"
         self._session = session
-        self.app[keys.FILES].fill_observers.append(self.tally.add_fill)
+        self.app[keys.FILES].events.on_fill(self.tally.add_fill)
 
     @property
     def session(self) -> aiohttp.ClientSession:
