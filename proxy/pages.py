@@ -85,9 +85,20 @@ class PageCache:
     """Owns the TTL cache, the stored last good copies and in-flight page fetches."""
 
     def __init__(
-        self, settings: Settings, upstream: Upstream, store: Store, gate: Gatekeeper
+        self,
+        settings: Settings,
+        upstream: Upstream,
+        store: Store,
+        gate: Gatekeeper,
+        *,
+        wall_clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
+        # Wall time for freshness (fetched_at is stored and shared by workers); monotonic time
+        # for retry and negative-cache deadlines. Tests pass their own.
+        self._wall_clock = wall_clock
+        self._clock = clock
         self.upstream = upstream
         self.store = store
         self.gate = gate
@@ -99,25 +110,25 @@ class PageCache:
             return (now if upstream.offline else page.fetched_at) + ttl
 
         self.fresh: TLRUCache[str, CachedPage] = TLRUCache(
-            maxsize=20_000, ttu=fresh_until, timer=time.time
+            maxsize=20_000, ttu=fresh_until, timer=wall_clock
         )
         # Group pages as one client's credentials see them: many per-job tokens in CI, so fewer.
         self.private: TLRUCache[str, CachedPage] = TLRUCache(
-            maxsize=MAX_PRIVATE_PAGES, ttu=fresh_until, timer=time.time
+            maxsize=MAX_PRIVATE_PAGES, ttu=fresh_until, timer=wall_clock
         )
         self._inflight: dict[str, asyncio.Future[CachedPage]] = {}
         # Whose credential (keyed hash; None: the proxy's) each in-flight fetch uses.
         self._starters: dict[str, str | None] = {}
-        self._failing: TTLCache[str, _Failing] = TTLCache(maxsize=20_000, ttl=3600)
+        self._failing: TTLCache[str, _Failing] = TTLCache(maxsize=20_000, ttl=3600, timer=clock)
         # Upstream "absent" answers (404, forwarding) per key and credential.
         self.negative: TTLCache[tuple[str, str], ProxyError] = TTLCache(
-            maxsize=20_000, ttl=max(settings.cache.negative_ttl, 1e-9), timer=time.monotonic
+            maxsize=20_000, ttl=max(settings.cache.negative_ttl, 1e-9), timer=clock
         )
         self._db_warn = Throttled(log)
 
     def freshness_left(self, page: CachedPage) -> int:
         """Seconds this page stays fresh, for Cache-Control: max-age."""
-        return max(0, int(page.fetched_at + self.settings.cache.index_ttl - time.time()))
+        return max(0, int(page.fetched_at + self.settings.cache.index_ttl - self._wall_clock()))
 
     async def project(self, scope: Scope, name: str, caller: Caller) -> PageResult:
         url = self.upstream.url_for(scope, f"simple/{name}")
@@ -280,7 +291,7 @@ class PageCache:
             stored = await self._stored(key)
             if (
                 stored is not None
-                and stored.fetched_at + self.settings.cache.index_ttl > time.time()
+                and stored.fetched_at + self.settings.cache.index_ttl > self._wall_clock()
             ):
                 memory[key] = stored
                 return PageResult(stored, "HIT", key)
@@ -299,7 +310,7 @@ class PageCache:
         if failing is not None and not self.upstream.offline:
             # GitLab failed this page lately: answer now, and let one request at a time retry.
             stored = await self._stored(key) if may_use_stored else None
-            due = time.monotonic() >= failing.retry_at
+            due = self._clock() >= failing.retry_at
             if stored is not None:
                 if due:
                     self._refresh_in_background(flight, fetch, caller.key)
@@ -344,7 +355,7 @@ class PageCache:
                 if retry_after.isdigit()
                 else self.settings.upstream.retry_interval
             )
-            self._failing[key] = _Failing(time.monotonic() + wait, e)
+            self._failing[key] = _Failing(self._clock() + wait, e)
             raise
         self._failing.pop(key, None)
         return page
@@ -426,7 +437,7 @@ class PageCache:
             model = await _off_the_loop(lambda: parse(answer), len(answer.body))
         except PageParseError as e:
             raise UpstreamError("GitLab sent a page that is not a simple index") from e
-        page = CachedPage(model, time.time())
+        page = CachedPage(model, self._wall_clock())
         if isinstance(model, Project):
             await self._listed(caller.view(scope), model)
         if not shared:

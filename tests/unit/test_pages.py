@@ -1,0 +1,134 @@
+"""PageCache: fresh copies within index_ttl, refetch after, stale-if-error, single flight, 404s."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from proxy.auth import Caller, Gatekeeper
+from proxy.config import CacheSettings, ServerSettings, Settings, UpstreamSettings
+from proxy.errors import UpstreamStatus, UpstreamUnavailable
+from proxy.pages import PageCache
+from proxy.scope import Scope
+from proxy.store import Store
+from tests.support.memory_upstream import FakeClock, MemoryUpstream
+
+INDEX_TTL = 300.0
+NEGATIVE_TTL = 60.0
+RETRY_INTERVAL = 10.0
+SCOPE = Scope("projects", "42")
+SHA = "a" * 64
+
+
+def page(version: str) -> bytes:
+    link = f"http://gitlab.test/files/{SHA}/demo-{version}.tar.gz#sha256={SHA}"
+    return f'<html><body><a href="{link}">demo-{version}.tar.gz</a></body></html>'.encode()
+
+
+@dataclass
+class Rig:
+    cache: PageCache
+    upstream: MemoryUpstream
+    clock: FakeClock
+    caller: Caller
+
+    async def demo(self) -> tuple[str, list[str]]:
+        result = await self.cache.project(SCOPE, "demo", self.caller)
+        return result.state, [f.filename for f in result.project.files]
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    settings = Settings(
+        server=ServerSettings(host="127.0.0.1", port=8080),
+        upstream=UpstreamSettings(
+            url="http://gitlab.test",
+            username="proxy",
+            token="secret",
+            retry_interval=RETRY_INTERVAL,
+        ),
+        cache=CacheSettings(dir=tmp_path, index_ttl=INDEX_TTL, negative_ttl=NEGATIVE_TTL),
+    )
+    upstream = MemoryUpstream()
+    upstream.serve(upstream.url_for(SCOPE, "simple/demo"), page("1.0"))
+    clock = FakeClock()
+    gate = Gatekeeper(settings.upstream, upstream, clock=clock)
+    store = await Store.open(tmp_path / "index.sqlite3")
+    cache = PageCache(settings, upstream, store, gate, wall_clock=clock, clock=clock)
+    try:
+        yield Rig(cache, upstream, clock, gate.caller({}))
+    finally:
+        await store.close()
+
+
+async def test_a_fresh_copy_is_served_from_memory_within_index_ttl(rig: Rig) -> None:
+    assert await rig.demo() == ("MISS", ["demo-1.0.tar.gz"])
+    rig.clock.advance(INDEX_TTL - 1)
+    assert await rig.demo() == ("HIT", ["demo-1.0.tar.gz"])
+    assert len(rig.upstream.page_calls) == 1
+
+
+async def test_the_page_is_fetched_again_once_index_ttl_has_passed(rig: Rig) -> None:
+    await rig.demo()
+    rig.upstream.serve(rig.upstream.url_for(SCOPE, "simple/demo"), page("2.0"))
+    rig.clock.advance(INDEX_TTL + 1)
+    assert await rig.demo() == ("MISS", ["demo-2.0.tar.gz"])
+    assert len(rig.upstream.page_calls) == 2
+
+
+async def test_the_last_good_copy_is_served_while_upstream_fails(rig: Rig) -> None:
+    await rig.demo()
+    url = rig.upstream.url_for(SCOPE, "simple/demo")
+    rig.upstream.serve(url, UpstreamUnavailable("GitLab answered 503"))
+    rig.clock.advance(INDEX_TTL + 1)
+    assert await rig.demo() == ("STALE", ["demo-1.0.tar.gz"])
+    assert len(rig.upstream.page_calls) == 2
+    # Within retry_interval the stored copy is served without asking upstream again.
+    rig.clock.advance(RETRY_INTERVAL - 1)
+    assert await rig.demo() == ("STALE", ["demo-1.0.tar.gz"])
+    assert len(rig.upstream.page_calls) == 2
+    # Past it, one request retries in the background and still gets the stored copy at once.
+    rig.upstream.serve(url, page("2.0"))
+    rig.clock.advance(2)
+    assert await rig.demo() == ("STALE", ["demo-1.0.tar.gz"])
+    await asyncio.sleep(0)
+    assert len(rig.upstream.page_calls) == 3
+    assert await rig.demo() == ("HIT", ["demo-2.0.tar.gz"])
+
+
+async def test_a_failure_with_nothing_stored_reaches_the_client(rig: Rig) -> None:
+    url = rig.upstream.url_for(SCOPE, "simple/demo")
+    rig.upstream.serve(url, UpstreamUnavailable("GitLab answered 503"))
+    with pytest.raises(UpstreamUnavailable):
+        await rig.demo()
+    # Until retry_interval has passed, the remembered failure answers without upstream.
+    with pytest.raises(UpstreamUnavailable):
+        await rig.demo()
+    assert len(rig.upstream.page_calls) == 1
+
+
+async def test_concurrent_requests_share_one_upstream_fetch(rig: Rig) -> None:
+    rig.upstream.release.clear()
+    requests = [asyncio.ensure_future(rig.demo()) for _ in range(5)]
+    while not rig.upstream.page_calls:
+        await asyncio.sleep(0)
+    rig.upstream.release.set()
+    results = await asyncio.gather(*requests)
+    assert results == [("MISS", ["demo-1.0.tar.gz"])] * 5
+    assert len(rig.upstream.page_calls) == 1
+
+
+async def test_a_404_is_remembered_for_negative_ttl(rig: Rig) -> None:
+    for _ in range(2):
+        with pytest.raises(UpstreamStatus) as refused:
+            await rig.cache.project(SCOPE, "absent", rig.caller)
+        assert refused.value.status == 404
+    assert len(rig.upstream.page_calls) == 1
+    rig.clock.advance(NEGATIVE_TTL + 1)
+    with pytest.raises(UpstreamStatus):
+        await rig.cache.project(SCOPE, "absent", rig.caller)
+    assert len(rig.upstream.page_calls) == 2
