@@ -13,6 +13,7 @@ from proxy.access import hash_token, parse_token_line
 from proxy.config import ConfigError, load_settings
 from tests.support.fake_gitlab import FakeGitLab
 from tests.support.harness import TOKEN, ProxyFactory, RunningProxy, clean_env, pip_install, run
+from tests.support.http import PROJECT, fetch_as_written
 
 OFFICE = "office-token-7f3a9c1e"
 PAGE = "/api/v4/projects/42/packages/pypi/simple/corp-util/"
@@ -143,3 +144,89 @@ async def test_bad_tokens_file_stops_start_up_naming_the_line(tmp_path: Path) ->
         "gitlab-pypi-proxy: config error: access.tokens_file: line 2: "
         "parameters or base64 are malformed"
     )
+
+
+@pytest.mark.parametrize(
+    "prefix", ["/%61pi/v4/projects/43", "/api/v%34/projects/43", "/%61pi/v4/groups/99"]
+)
+async def test_allow_list_holds_however_the_route_prefix_is_spelled(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory, prefix: str
+) -> None:
+    """The router decodes `%61pi` to `api`; the allow check must see the same route."""
+    gitlab.add_project(43, "platform/secret", group_id=7)
+    gitlab.add_group(99, "other")
+    gitlab.add_project(44, "other/thing", group_id=99)
+    gitlab.add_wheel(43, "secret-pkg", "1.0.0")
+    gitlab.add_wheel(44, "secret-pkg", "1.0.0")
+    proxy = await make_proxy(access={"allow": ["projects/42"]})
+    middle = "/-/packages/pypi" if "groups" in prefix else "/packages/pypi"
+    status, _, body = await fetch_as_written(f"{proxy.url}{prefix}{middle}/simple/secret-pkg/")
+    assert status == 404
+    assert b"secret-pkg" not in body
+    assert gitlab.requests == []
+
+
+async def test_a_tokens_file_guards_every_route_but_the_probes(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    wheel = gitlab.add_wheel(42, "corp-util", "1.0.0")
+    tokens = tmp_path / "tokens"
+    tokens.write_text(hash_token("office", n=2**4) + "\n")
+    proxy = await make_proxy(access={"tokens_file": str(tokens)})
+    files = f"{proxy.url}{PROJECT}/files/{wheel.sha256}/{wheel.filename}"
+    assert (await fetch_as_written(files, {"Authorization": basic("office")}))[0] == 200
+    guarded = [
+        files,
+        files + ".metadata",
+        f"{proxy.url}{PROJECT}/simple/",
+        f"{proxy.url}/%61pi/v4/projects/42/packages/pypi/simple/corp-util/",
+        f"{proxy.url}/-/metrics",
+        f"{proxy.url}/-/status",
+        f"{proxy.url}/no/such/route",
+    ]
+    before = len(gitlab.requests)
+    for url in guarded:
+        for headers in ({}, {"Authorization": basic("not-office")}):
+            status, _, body = await fetch_as_written(url, headers)
+            assert status == 401, url
+            assert wheel.content[:32] not in body and b"corp" not in body
+    status, _, _ = await fetch_as_written(f"{proxy.url}{PROJECT}", method="POST")
+    assert status == 401
+    assert len(gitlab.requests) == before
+    for probe in ("/-/health", "/-/ready"):
+        assert (await fetch_as_written(proxy.url + probe))[0] == 200
+
+
+async def test_allow_covers_files_metadata_and_uploads_of_other_scopes(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory
+) -> None:
+    gitlab.add_project(43, "platform/secret", group_id=7)
+    hidden = gitlab.add_wheel(43, "secret-pkg", "1.0.0")
+    proxy = await make_proxy(access={"allow": ["projects/42"]})
+    for scope in ("projects/43", "projects/platform%2Fsecret", "projects/4%33", "groups/7"):
+        api = f"{proxy.url}/api/v4/{scope}/{'-/' if 'groups' in scope else ''}packages/pypi"
+        url = f"{api}/files/{hidden.sha256}/{hidden.filename}"
+        for target in (url, url + ".metadata"):
+            status, _, body = await fetch_as_written(target)
+            assert status == 404, target
+            assert hidden.content[:32] not in body
+        if scope.startswith("projects"):
+            status, _, _ = await fetch_as_written(api, {"Authorization": basic("x")}, method="POST")
+            assert status == 404
+    assert gitlab.requests == []
+
+
+@pytest.mark.parametrize(
+    "raw_id", ["platform%2F..%2Fother", "platform%2F.%2Fsecret", "platform%2F%2Fsecret", "%2e%2e"]
+)
+async def test_dot_segments_in_an_id_are_refused_before_the_allow_list_or_gitlab(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory, raw_id: str
+) -> None:
+    """`groups/platform%2F..%2Fother` would pass `allow = ["groups/platform"]` by its prefix."""
+    proxy = await make_proxy(access={"allow": ["groups/platform"]})
+    status, _, body = await fetch_as_written(
+        f"{proxy.url}/api/v4/groups/{raw_id}/-/packages/pypi/simple/"
+    )
+    assert status == 400
+    assert b"path segment" in body
+    assert gitlab.requests == []

@@ -16,7 +16,7 @@ from proxy.config import Settings
 from proxy.scope import Scope
 from tests.support.fake_gitlab import FakeGitLab
 from tests.support.harness import TOKEN, ProxyFactory, clean_env, make_settings, run
-from tests.support.http import PROJECT_PAGE, get
+from tests.support.http import PROJECT, PROJECT_PAGE, cached_wheel, fetch_as_written, get
 
 FILES = "/api/v4/projects/42/packages/pypi/files"
 
@@ -237,3 +237,22 @@ async def test_import_command_refuses_with_a_clear_message(
     result = await run([sys.executable, "-m", "proxy", "import", str(not_a_bundle)], env=env)
     assert result.returncode == 1
     assert "not a readable tar bundle" in result.stderr
+
+
+async def test_metadata_asked_under_another_name_does_not_poison_the_real_wheels(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """An imported (air-gapped) cache learns each wheel's metadata on its first request."""
+    source = await make_proxy(cache_dir=tmp_path / "online")
+    url, sha256 = await cached_wheel(gitlab, source)
+    assert (await fetch_as_written(f"{source.url}{PROJECT}/simple/corp-util/"))[0] == 200
+    await source.stop()
+    bundle = tmp_path / "bundle.tar"
+    await export_bundle(source.settings, [Scope("projects", "42")], bundle)
+    await import_bundle(make_settings(gitlab.url, tmp_path / "mirror", ""), bundle)
+    mirror = await make_proxy(cache_dir=tmp_path / "mirror", cache={"offline": True})
+    files = f"{mirror.url}{PROJECT}/files/{sha256}"
+    assert (await fetch_as_written(f"{files}/other_pkg-9.9-py3-none-any.whl.metadata"))[0] == 404
+    status, _, body = await fetch_as_written(url.replace(source.url, mirror.url) + ".metadata")
+    assert status == 200, body
+    assert b"Name: corp-util" in body

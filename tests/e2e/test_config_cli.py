@@ -5,8 +5,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tests.support.cli_process import serve
-from tests.support.harness import clean_env, run
+import pytest
+
+from proxy.access import hash_token
+from tests.support.cli_process import serve, write_config
+from tests.support.fake_gitlab import FakeGitLab
+from tests.support.harness import TOKEN, clean_env, run
 
 
 async def test_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
@@ -25,3 +29,56 @@ async def test_serve_starts_with_no_config_at_all(tmp_path: Path) -> None:
     async with await serve(tmp_path) as proxy:
         assert (tmp_path / "cache" / "index.sqlite3").exists()
         assert await proxy.stop() == 0
+
+
+async def cli(config: Path, *args: str) -> tuple[int, str]:
+    result = await run(
+        [sys.executable, "-m", "proxy", "--config", str(config), *args], env=clean_env()
+    )
+    return result.returncode, result.stdout + result.stderr
+
+
+async def test_warm_works_behind_an_access_tokens_file(gitlab: FakeGitLab, tmp_path: Path) -> None:
+    """The tokens file guards `serve`; warm's own loopback listener is for its pip alone."""
+    gitlab.add_wheel(42, "corp-util", "1.0.0")
+    tokens = tmp_path / "tokens"
+    tokens.write_text(hash_token("office-token") + "\n")
+    config = write_config(
+        tmp_path / "c.toml",
+        {
+            "upstream": {"url": gitlab.url, "token": TOKEN},
+            "cache": {"dir": str(tmp_path / "cache")},
+            "access": {"tokens_file": str(tokens)},
+        },
+    )
+    code, out = await cli(config, "warm", "projects/42", "--all")
+    assert code == 0, out
+    assert gitlab.counts["file"] == 1
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_bad_tokens_file_stops_serve_with_one_line_and_exit_2(
+    gitlab: FakeGitLab, tmp_path: Path, workers: int
+) -> None:
+    config = write_config(
+        tmp_path / "c.toml",
+        {
+            "upstream": {"url": gitlab.url, "token": TOKEN},
+            "cache": {"dir": str(tmp_path / "cache")},
+            "access": {"tokens_file": str(tmp_path / "missing")},
+            "server": {"workers": workers},
+        },
+    )
+    code, out = await cli(config, "serve")
+    assert code == 2, out
+    assert "Traceback" not in out
+    assert "access.tokens_file" in out
+
+
+@pytest.mark.parametrize("command", ["verify", "gc"])
+async def test_maintenance_on_a_mistyped_cache_dir_says_so(tmp_path: Path, command: str) -> None:
+    config = write_config(tmp_path / "c.toml", {"cache": {"dir": str(tmp_path / "nowhere")}})
+    code, out = await cli(config, command)
+    assert code == 2, out
+    assert "no cache in" in out
+    assert not (tmp_path / "nowhere").exists()

@@ -15,6 +15,7 @@ from proxy.connections import capacity_for
 from tests.support.cli_process import PROXY, ServeProcess, free_port
 from tests.support.fake_gitlab import FakeGitLab
 from tests.support.harness import TOKEN, clean_env
+from tests.support.polling import eventually
 
 PAGE = "/api/v4/projects/42/packages/pypi/simple/corp-util/"
 PARTIAL = b"GET /api/v4/projects/42/packages/pypi/simple/corp-u"
@@ -150,8 +151,7 @@ async def test_when_every_connection_is_busy_a_newcomer_gets_a_503_at_once(
         writer.write(f"GET {PAGE.rstrip('/')}-{n}/ HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         await writer.drain()
         busy.append((reader, writer))
-    while len(gitlab.requests) < room:
-        await asyncio.sleep(0.05)
+    await eventually(lambda: len(gitlab.requests) >= room, "every busy request reached GitLab")
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
     answer = await asyncio.wait_for(reader.read(), PATIENCE)
     assert answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")

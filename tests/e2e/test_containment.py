@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import secrets
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -17,6 +16,7 @@ from proxy.access import MAX_PENDING_CHECKS, MAX_PENDING_PER_ADDRESS, hash_token
 from tests.support.fake_gitlab import FakeFile, FakeGitLab
 from tests.support.harness import ProxyFactory, RunningProxy
 from tests.support.http import basic, get_authorized, scope_file_url
+from tests.support.polling import eventually
 
 ALICE = "glpat-alice-reads-42"
 BOB = "glpat-bob-reads-42-too"
@@ -98,8 +98,9 @@ async def test_a_client_joining_a_fetch_that_gitlab_throttled_asks_itself(
     gitlab.token_faults[BOB] = 429
     gitlab.delay = 1.0
     bob = asyncio.create_task(get_authorized(proxy.url + PAGE, BOB))
-    while asked_by(gitlab, BOB) < 2:
-        await asyncio.sleep(0.01)
+    await eventually(
+        lambda: asked_by(gitlab, BOB) >= 2, "Bob's retry reached GitLab", interval=0.01
+    )
     gitlab.delay = 0.0  # Bob's answer is already held back; Alice's own ones are not
     status, headers, _ = await get_authorized(proxy.url + PAGE, ALICE)
     # Not Bob's 429, nor a stale copy because of it: GitLab's answer to Alice herself.
@@ -119,8 +120,11 @@ async def _alice_joins_eves_download(
     eve = asyncio.create_task(
         get_authorized(scope_file_url(proxy, FILES, wheel.sha256, wheel.filename), EVE)
     )
-    while not any(r.kind == "file" for r in gitlab.requests):
-        await asyncio.sleep(0.01)
+    await eventually(
+        lambda: any(r.kind == "file" for r in gitlab.requests),
+        "Eve's download reached GitLab",
+        interval=0.01,
+    )
     gitlab.delay = 0.0  # Eve's answer is already held back; Alice's own ones are not
     assert proxy.app[keys.FILES].fills, "Eve's download should be running"
     status, _, body = await get_authorized(proxy.url + path, ALICE, headers)
@@ -287,11 +291,6 @@ class _Flood:
         await asyncio.gather(*self._tasks)
 
 
-async def _until(condition: Callable[[], bool]) -> None:
-    while not condition():
-        await asyncio.sleep(0.005)
-
-
 async def test_a_flood_of_wrong_tokens_gets_429s_and_a_right_token_goes_through(
     guarded: RunningProxy,
 ) -> None:
@@ -300,10 +299,12 @@ async def test_a_flood_of_wrong_tokens_gets_429s_and_a_right_token_goes_through(
     assert (await _status_from("127.0.0.1", url, RIGHT))[0] == 200
     flood = _Flood(url, [f"127.0.0.{n}" for n in range(2, 14)], per_address=4)
     try:
-        await _until(lambda: guard.pending >= MAX_PENDING_CHECKS)
+        await eventually(
+            lambda: guard.pending >= MAX_PENDING_CHECKS, "the check queue is full", interval=0.005
+        )
         # The queue is full; the right token's verdict is remembered, so it needs no slot.
         assert (await _status_from("127.0.0.1", url, RIGHT))[0] == 200
-        await _until(lambda: flood.answers[429] > 0)
+        await eventually(lambda: flood.answers[429] > 0, "the flood got a 429", interval=0.005)
     finally:
         await flood.stop()
     assert flood.answers[429] > 0 and flood.retry_after == {"1"}
@@ -319,11 +320,15 @@ async def test_one_address_cannot_hold_the_queue_from_a_new_right_token(
     guard = guarded.app[keys.ACCESS]
     flood = _Flood(url, ["127.0.0.2"], per_address=20)
     try:
-        await _until(lambda: guard.pending_by_address["127.0.0.2"] >= MAX_PENDING_PER_ADDRESS)
+        await eventually(
+            lambda: guard.pending_by_address["127.0.0.2"] >= MAX_PENDING_PER_ADDRESS,
+            "one address fills its share of the queue",
+            interval=0.005,
+        )
         assert guard.pending <= MAX_PENDING_PER_ADDRESS
         # A token never checked before, from another address: a slot is free for it.
         assert (await _status_from("127.0.0.3", url, NEW_RIGHT))[0] == 200
-        await _until(lambda: flood.answers[429] > 0)
+        await eventually(lambda: flood.answers[429] > 0, "the flood got a 429", interval=0.005)
     finally:
         await flood.stop()
     assert flood.answers[401] > 0
@@ -336,7 +341,9 @@ async def test_a_flood_from_many_addresses_leaves_room_for_a_new_right_token(
     guard = guarded.app[keys.ACCESS]
     flood = _Flood(url, [f"127.0.0.{n}" for n in range(2, 10)], per_address=4)
     try:
-        await _until(lambda: guard.pending >= MAX_PENDING_CHECKS)
+        await eventually(
+            lambda: guard.pending >= MAX_PENDING_CHECKS, "the check queue is full", interval=0.005
+        )
         # The queue is full, of several checks per address: the newest of the busiest address
         # makes way for a token never checked before, from an address holding none.
         assert (await _status_from("127.0.0.200", url, NEW_RIGHT))[0] == 200

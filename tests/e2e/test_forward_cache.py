@@ -11,7 +11,7 @@ from proxy import keys
 from tests.support.clients import installed
 from tests.support.fake_gitlab import FakeGitLab, FakePublicIndex
 from tests.support.harness import ProxyFactory, pip_install
-from tests.support.http import PROJECT_PAGE, get, host_of
+from tests.support.http import PROJECT, PROJECT_PAGE, fetch_as_written, get, host_of
 
 
 async def test_pip_installs_private_and_forwarded_public_packages(
@@ -77,3 +77,13 @@ async def test_forwarding_to_an_unlisted_host_is_refused(
     assert status == 404
     assert b"forward_hosts" in body
     assert not public.requests
+
+
+async def test_a_name_neither_gitlab_nor_the_public_index_has_is_a_404(
+    gitlab: FakeGitLab, public: FakePublicIndex, make_proxy: ProxyFactory
+) -> None:
+    proxy = await make_proxy(upstream={"forwarding": "cache", "forward_hosts": (host_of(public),)})
+    status, _, body = await fetch_as_written(f"{proxy.url}{PROJECT}/simple/no-such-thing/")
+    assert status == 404, body
+    # The public index was asked, and said no: that is an answer, not an outage.
+    assert [r.status for r in public.requests] == [404]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 from pathlib import Path
@@ -16,6 +15,7 @@ from tests.support.fake_gitlab import FakeGitLab
 from tests.support.harness import TOKEN, ProxyFactory, RunningProxy, pip_install
 from tests.support.http import get
 from tests.support.metrics import FILES_ROUTE, scrape, value
+from tests.support.polling import eventually
 from tests.support.wheels import wheel_metadata
 
 PAGE_ROUTE = "/api/v4/projects/{id}/packages/pypi/simple/{name}/"
@@ -93,12 +93,14 @@ async def test_upstream_errors_and_stale_pages_are_counted(
     gitlab.fail_status = None
     gitlab.down = True
     assert (await get(page))[0] == 200
+
     # The stored copy is answered at once; the retry that meets the dead GitLab runs behind it.
-    for _ in range(100):
+    async def retried() -> bool:
         _, samples = await scrape(proxy)
-        if value(samples, "gitlab_pypi_proxy_upstream_errors_total", kind="page") >= 2:
-            break
-        await asyncio.sleep(0.05)
+        return value(samples, "gitlab_pypi_proxy_upstream_errors_total", kind="page") >= 2
+
+    await eventually(retried, "the background retry counted as an upstream error")
+    _, samples = await scrape(proxy)
     assert value(samples, "gitlab_pypi_proxy_cache_stale_total") == 2
     assert value(samples, "gitlab_pypi_proxy_upstream_errors_total", kind="page") == 2
     metrics = proxy.app[keys.METRICS]

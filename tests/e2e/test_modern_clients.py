@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import hashlib
 import json
@@ -35,6 +34,7 @@ from tests.support.harness import (
 )
 from tests.support.http import fetch, page, project_file_url
 from tests.support.pep691 import advertised, check_index_page, check_project_page
+from tests.support.polling import eventually
 from tests.support.wheels import wheel_metadata, zipped
 
 API = "/api/v4/projects/42/packages/pypi"
@@ -354,12 +354,13 @@ async def test_a_downloaded_wheel_advertises_its_metadata_hash(
     wheel = gitlab.add_wheel(42, "corp-util", "1.0.0")
     metadata_sha256 = hashlib.sha256(wheel_metadata(wheel.content)).hexdigest()
     assert (await fetch(project_file_url(proxy, wheel.sha256, wheel.filename))).status == 200
+
     # Read in the background right after the download verified; a few milliseconds here.
-    for _ in range(250):
-        json_page = (await page(proxy, "corp-util")).json()
-        if json_page["files"][0]["core-metadata"] is not True:
-            break
-        await asyncio.sleep(0.02)
+    async def hashed() -> bool:
+        return (await page(proxy, "corp-util")).json()["files"][0]["core-metadata"] is not True
+
+    await eventually(hashed, "the page advertises the metadata's hash", interval=0.02)
+    json_page = (await page(proxy, "corp-util")).json()
     assert json_page["files"][0]["core-metadata"] == {"sha256": metadata_sha256}
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from tests.support.fake_gitlab import FakeGitLab
 from tests.support.harness import TOKEN, ProxyFactory, RunningProxy, pip_install
-from tests.support.http import basic, get_authorized, scope_file_url
+from tests.support.http import PROJECT, basic, fetch_as_written, get_authorized, scope_file_url
 
 ALICE = "glpat-alice-reads-42-and-43"
 BOB = "glpat-bob-reads-nothing"
@@ -216,3 +216,78 @@ async def test_cached_file_for_a_new_client_is_checked_with_gitlab_first(
     status, _, body = await get_authorized(url, BOB)
     assert status == 404
     assert wheel.content[:64] not in body
+
+
+async def test_an_anonymous_refusal_in_prefer_client_does_not_block_other_clients(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory
+) -> None:
+    """GitLab refusing the proxy's own token is no outage: it must not hold the page for all."""
+    gitlab.add_wheel(42, "corp-util", "1.0.0")
+    gitlab.tokens["glpat-alice"] = None
+    proxy = await make_proxy(
+        upstream={"credentials": "prefer-client", "token": "glpat-unknown-to-gitlab"}
+    )
+    page = f"{proxy.url}{PROJECT}/simple/corp-util/"
+    status, _, body = await fetch_as_written(page)
+    assert status == 502
+    assert b"proxy's credentials" in body
+    status, _, body = await fetch_as_written(page, {"Authorization": basic("glpat-alice")})
+    assert status == 200, body
+
+
+async def test_prefer_client_never_serves_anonymous_callers_what_only_a_client_could_read(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory
+) -> None:
+    """Without credentials a caller acts as the proxy's token, which cannot read project 43."""
+    gitlab.add_project(43, "platform/secret", group_id=7)
+    hidden = gitlab.add_wheel(43, "secret-pkg", "1.0.0")
+    gitlab.tokens.update({"glpat-limited-proxy": {42}, "glpat-alice": {42, 43}})
+    proxy = await make_proxy(
+        upstream={"credentials": "prefer-client", "token": "glpat-limited-proxy"}
+    )
+    api = f"{proxy.url}/api/v4/projects/43/packages/pypi"
+    page = f"{api}/simple/secret-pkg/"
+    url = f"{api}/files/{hidden.sha256}/{hidden.filename}"
+    alice = {"Authorization": basic("glpat-alice")}
+    for target in (page, url, url + ".metadata"):
+        assert (await fetch_as_written(target, alice))[0] == 200
+    for target in (page, url, url + ".metadata"):
+        status, _, body = await fetch_as_written(target)
+        assert status == 404, target
+        assert b"secret-pkg" not in body and hidden.content[:32] not in body
+
+
+async def test_offline_passthrough_asks_gitlab_nothing_about_cached_files(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    gitlab.tokens["glpat-alice"] = {42}
+    wheel = gitlab.add_wheel(42, "corp-util", "1.0.0")
+    upstream = {"credentials": "passthrough", "token": ""}
+    online = await make_proxy(cache_dir=tmp_path / "c", upstream=upstream)
+    url = f"{PROJECT}/files/{wheel.sha256}/{wheel.filename}"
+    alice = {"Authorization": basic("glpat-alice")}
+    assert (await fetch_as_written(online.url + url, alice))[0] == 200
+    await online.stop()
+    offline = await make_proxy(cache_dir=tmp_path / "c", upstream=upstream, cache={"offline": True})
+    before = len(gitlab.requests)
+    for target in (url, url + ".metadata"):
+        status, _, body = await fetch_as_written(offline.url + target, alice)
+        assert status == 404, (body, gitlab.requests[before:])
+        assert wheel.content[:32] not in body
+    assert gitlab.requests[before:] == []
+
+
+async def test_a_new_passthrough_client_is_checked_with_a_head_gitlab_answers_200(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory
+) -> None:
+    """GitLab without object storage answers the HEAD with 200 and the file's headers."""
+    gitlab.tokens.update({"glpat-alice": {42}, "glpat-carol": {42}, "glpat-bob": set()})
+    wheel = gitlab.add_wheel(42, "corp-util", "1.0.0")
+    proxy = await make_proxy(upstream={"credentials": "passthrough", "token": ""})
+    url = f"{proxy.url}{PROJECT}/files/{wheel.sha256}/{wheel.filename}"
+    assert (await fetch_as_written(url, {"Authorization": basic("glpat-alice")}))[0] == 200
+    status, headers, body = await fetch_as_written(url, {"Authorization": basic("glpat-carol")})
+    assert (status, headers.get("X-Cache"), body) == (200, "HIT", wheel.content)
+    status, _, body = await fetch_as_written(url, {"Authorization": basic("glpat-bob")})
+    assert status == 404
+    assert wheel.content[:32] not in body

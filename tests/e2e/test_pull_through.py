@@ -13,7 +13,7 @@ import pytest
 from tests.support.clients import installed, publish_app_with_dependency
 from tests.support.fake_gitlab import FakeGitLab
 from tests.support.harness import TOKEN, ProxyFactory, RunningProxy, pip_install
-from tests.support.http import PROJECT_PAGE, get
+from tests.support.http import PROJECT, PROJECT_PAGE, fetch_as_written, get
 
 GROUP_PAGE = "/api/v4/groups/7/-/packages/pypi/simple/"
 
@@ -288,3 +288,15 @@ async def test_token_never_in_logs_bodies_or_cache(
     blobs = b"".join(p.read_bytes() for p in (tmp_path / "cache").rglob("*") if p.is_file())
     for where in [caplog.text.encode(), *bodies, blobs]:
         assert TOKEN.encode() not in where
+
+
+async def test_small_files_are_served_with_the_memory_cache_off(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory
+) -> None:
+    wheel = gitlab.add_wheel(42, "corp-util", "1.0.0")
+    proxy = await make_proxy(cache={"memory_size": 0})
+    url = f"{proxy.url}{PROJECT}/files/{wheel.sha256}/{wheel.filename}"
+    for expected in ("MISS", "HIT"):
+        status, headers, body = await fetch_as_written(url)
+        assert (status, headers["X-Cache"]) == (200, expected)
+        assert hashlib.sha256(body).hexdigest() == wheel.sha256

@@ -25,7 +25,7 @@ from proxy.remotezip import TAIL_BYTES
 from proxy.store import SCHEMA_VERSION, Store
 from tests.support.fake_gitlab import FakeFile, FakeGitLab, FakePublicIndex
 from tests.support.harness import BIN, ProxyFactory, RunningProxy, clean_env, run
-from tests.support.http import fetch, page, project_file_url
+from tests.support.http import PROJECT, fetch, fetch_as_written, page, project_file_url
 from tests.support.pep691 import advertised
 from tests.support.wheels import make_wheel, wheel_metadata
 
@@ -530,3 +530,40 @@ async def test_pip_dry_run_resolves_big_wheels_through_the_cold_proxy_reading_ki
 def _installs(report: Path) -> list[dict[str, dict[str, str]]]:
     data: dict[str, list[dict[str, dict[str, str]]]] = json.loads(report.read_text())
     return data["install"]
+
+
+async def test_metadata_of_a_wheel_another_process_evicted_is_fetched_again(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """This process still believes in the wheel; its blob is gone (gc, or another worker)."""
+    wheel = gitlab.add_wheel(42, "corp-util", "1.0.0")
+    # No memory copy: what is served must come from disk, where it is now missing.
+    proxy = await make_proxy(cache={"memory_size": 0})
+    url = f"{proxy.url}{PROJECT}/files/{wheel.sha256}/{wheel.filename}.metadata"
+    status, _, first = await fetch_as_written(url)
+    assert status == 200
+    for blob in (tmp_path / "cache" / "blobs").rglob("*"):
+        if blob.is_file():
+            blob.unlink()
+    status, _, again = await fetch_as_written(url)
+    assert (status, again) == (200, first)
+    assert gitlab.counts["file"] == 2
+
+
+@pytest.mark.parametrize("suffix", ["", ".metadata"])
+@pytest.mark.parametrize("cached", [True, False])
+@pytest.mark.parametrize("value", ["bytes=abc", "bytes=5-2", "bytes=0-1,3-4", "items=0-1"])
+async def test_malformed_range_is_a_4xx_on_files_and_metadata(
+    gitlab: FakeGitLab, proxy: RunningProxy, suffix: str, cached: bool, value: str
+) -> None:
+    wheel = gitlab.add_wheel(42, "corp-util", "1.0.0")
+    url = f"{proxy.url}{PROJECT}/files/{wheel.sha256}/{wheel.filename}"
+    if cached:
+        assert (await fetch_as_written(url))[0] == 200
+    status, _, body = await fetch_as_written(url + suffix, {"Range": value})
+    assert status == 416, body
+    assert b"Range" in body
+    # Nothing was lost: the file and its metadata are still whole for the next client.
+    status, _, body = await fetch_as_written(url)
+    assert (status, body) == (200, wheel.content)
+    assert (await fetch_as_written(url + ".metadata"))[0] == 200

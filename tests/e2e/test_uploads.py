@@ -27,7 +27,7 @@ from tests.support.harness import (
     pip_install,
     run,
 )
-from tests.support.http import basic, post_as_is
+from tests.support.http import PROJECT, basic, fetch_as_written, post_as_is
 from tests.support.multipart import GOOD, GOOD_TYPE, multipart
 from tests.support.polling import eventually
 from tests.support.wheels import make_sdist, make_wheel
@@ -473,3 +473,27 @@ async def test_twine_uploads_keep_their_digest_and_verify(
     (await twine(proxy.url + UPLOAD, TOKEN, *dist_dir(tmp_path, (filename, content)))).check()
     stored = gitlab.find_file(hashlib.sha256(content).hexdigest(), filename, {42})
     assert stored is not None and stored.content == content
+
+
+async def test_an_upload_forgets_a_remembered_404_for_its_name(
+    gitlab: FakeGitLab, proxy: RunningProxy
+) -> None:
+    """Else installs right after `uv publish --check-url` see 404 (or PyPI) for negative_ttl."""
+    gitlab.forwarding = False
+    page = f"{proxy.url}{PROJECT}/simple/corp-util/"
+    assert (await fetch_as_written(page))[0] == 404
+    status, _, text = await post_as_is(proxy.url + UPLOAD, GOOD, GOOD_TYPE, basic(TOKEN))
+    assert status == 201, text
+    status, _, body = await fetch_as_written(page)
+    assert status == 200
+    assert b"corp_util-1.0.0.tar.gz" in body
+
+
+async def test_uploads_never_reach_gitlab_when_offline(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory
+) -> None:
+    proxy = await make_proxy(cache={"offline": True})
+    status, _, text = await post_as_is(proxy.url + UPLOAD, GOOD, GOOD_TYPE, basic(TOKEN))
+    assert status == 503
+    assert "offline" in text
+    assert gitlab.requests == []

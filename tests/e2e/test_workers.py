@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import re
 import signal
@@ -12,11 +13,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy import keys
 from proxy.config import usable_cpus
 from tests.support.cli_process import (
     PROXY,
@@ -27,9 +30,10 @@ from tests.support.cli_process import (
     write_config,
 )
 from tests.support.fake_gitlab import FakeGitLab
-from tests.support.harness import TOKEN, clean_env
-from tests.support.http import url_of
+from tests.support.harness import TOKEN, ProxyFactory, clean_env
+from tests.support.http import PROJECT, cached_wheel, fetch_as_written, url_of
 from tests.support.metrics import FILES_ROUTE, value
+from tests.support.polling import eventually
 
 Configure = Callable[..., Path]
 Spawn = Callable[..., Awaitable[ServeProcess]]
@@ -191,9 +195,10 @@ async def test_every_scrape_and_the_status_page_count_the_whole_process_group(
             )
 
         # Another worker's counters reach a scrape within moments, not at once.
-        deadline = time.monotonic() + 10
-        while await counted() != (40, 40, 40) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        async def all_counted() -> bool:
+            return await counted() == (40, 40, 40)
+
+        await eventually(all_counted, "every worker's counters reach a scrape")
         # From then on every answer, whichever worker gives it, has them all.
         assert [await counted() for _ in range(12)] == [(40, 40, 40)] * 12
         assert len(workers_of(proxy.pid)) == 2
@@ -259,3 +264,72 @@ async def test_workers_exit_when_their_supervisor_is_killed(spawn: Spawn) -> Non
     # The port is free again for the next start, which serves alone.
     restarted = await spawn(port=proxy.port, server={"workers": 2})
     assert len(workers_of(restarted.pid)) == 2
+
+
+async def test_a_blob_another_worker_stored_is_not_adopted_under_another_name(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """Two workers share the cache; the second never saw the first one's fill."""
+    first = await make_proxy(cache_dir=tmp_path / "shared")
+    second = await make_proxy(cache_dir=tmp_path / "shared")
+    url, sha256 = await cached_wheel(gitlab, first)
+    other = "other_pkg-9.9-py3-none-any.whl"
+    before = len(gitlab.requests)
+    status, _, body = await fetch_as_written(f"{second.url}{PROJECT}/files/{sha256}/{other}")
+    # GitLab has no such file: it is asked, and says so.
+    assert status == 404
+    assert [r.path.rsplit("/", 1)[-1] for r in gitlab.requests[before:]] == [other]
+    status, _, _ = await fetch_as_written(f"{second.url}{PROJECT}/files/{sha256}/{other}.metadata")
+    assert status == 404
+    for proxy in (first, second):
+        status, _, body = await fetch_as_written(url.replace(first.url, proxy.url) + ".metadata")
+        assert (status, b"Name: corp-util" in body) == (200, True)
+
+
+async def test_a_file_another_worker_cached_is_checked_against_this_scope(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """Two workers share the cache; project 43 does not list the wheel project 42 has."""
+    gitlab.add_project(43, "platform/other", group_id=7)
+    first = await make_proxy(cache_dir=tmp_path / "shared")
+    second = await make_proxy(cache_dir=tmp_path / "shared")
+    url, _ = await cached_wheel(gitlab, first)
+    elsewhere = url.replace(first.url, second.url).replace("/projects/42/", "/projects/43/")
+    before = len(gitlab.requests)
+    for _ in range(2):
+        status, _, body = await fetch_as_written(elsewhere)
+        assert status == 404, body
+    # GitLab was asked about project 43 (a HEAD), and nothing was taken for its file.
+    asked = gitlab.requests[before:]
+    assert asked and all("/projects/43/" in r.path for r in asked)
+
+
+async def test_a_page_another_worker_fetched_is_fresh_here_too(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """Two workers share the cache: within index_ttl GitLab is asked once per page."""
+    gitlab.add_wheel(42, "corp-util", "1.0.0")
+    workers = [
+        await make_proxy(cache_dir=tmp_path / "shared", cache={"index_ttl": 600}) for _ in "ab"
+    ]
+    for proxy in workers * 2:
+        assert (await fetch_as_written(f"{proxy.url}{PROJECT}/simple/corp-util/"))[0] == 200
+    assert gitlab.counts["page"] == 1
+
+
+async def test_metadata_another_worker_read_is_not_fetched_again(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """Pip reads the page, then metadata, then the wheel: one download from GitLab in all."""
+    wheel = gitlab.add_wheel(42, "corp-util", "1.0.0")
+    first, second = [await make_proxy(cache_dir=tmp_path / "shared") for _ in "ab"]
+    url = f"{PROJECT}/files/{wheel.sha256}/{wheel.filename}"
+    for proxy in (first, second):
+        assert (await fetch_as_written(f"{proxy.url}{PROJECT}/simple/corp-util/"))[0] == 200
+    status, _, metadata = await fetch_as_written(first.url + url + ".metadata")
+    assert status == 200
+    await first.app[keys.METADATA].close()  # its record of the metadata is written
+    assert await fetch_as_written(second.url + url + ".metadata") == (200, ANY, metadata)
+    status, _, body = await fetch_as_written(second.url + url)
+    assert hashlib.sha256(body).hexdigest() == wheel.sha256
+    assert gitlab.counts["file"] == 1

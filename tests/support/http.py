@@ -11,7 +11,7 @@ import aiohttp
 import yarl
 from multidict import CIMultiDictProxy
 
-from tests.support.fake_gitlab import FakeFile, FakePublicIndex
+from tests.support.fake_gitlab import FakeFile, FakeGitLab, FakePublicIndex
 from tests.support.harness import RunningProxy
 
 PROJECT = "/api/v4/projects/42/packages/pypi"
@@ -68,6 +68,15 @@ async def fetch_as_written(
         ) as resp,
     ):
         return resp.status, dict(resp.headers), await resp.read()
+
+
+async def cached_wheel(gitlab: FakeGitLab, proxy: RunningProxy) -> tuple[str, str]:
+    """Project 42's corp-util 1.0.0 wheel, fetched once through `proxy`: its URL and sha256."""
+    wheel = gitlab.add_wheel(42, "corp-util", "1.0.0")
+    url = f"{proxy.url}{PROJECT}/files/{wheel.sha256}/{wheel.filename}"
+    status, _, body = await fetch_as_written(url)
+    assert (status, body) == (200, wheel.content)
+    return url, wheel.sha256
 
 
 async def post_as_is(
