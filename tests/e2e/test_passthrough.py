@@ -1,4 +1,4 @@
-"""Issue 3, credentials: passthrough never lets one client's cache hit leak to another."""
+"""Issue 3, credentials: in passthrough and prefer-client no client sees what only another may."""
 
 from __future__ import annotations
 

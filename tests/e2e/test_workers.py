@@ -1,4 +1,4 @@
-"""Issues 12 and 14 across real processes: worker count, one instance per port, shared metrics."""
+"""Issues 12 and 14: worker count, one instance per port, shared metrics, a cache workers share."""
 
 from __future__ import annotations
 
