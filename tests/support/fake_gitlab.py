@@ -1118,8 +1118,10 @@ class FakePublicIndex(_Server):
             "versions": versions,
             "files": entries,
         }
-        return web.json_response(
-            page, content_type=JSON_PAGE, headers={"Vary": "Accept, Accept-Encoding"}
+        # PyPI names no charset: JSON is UTF-8 by definition.
+        return web.Response(
+            body=json.dumps(page).encode(),
+            headers={"Content-Type": JSON_PAGE, "Vary": "Accept, Accept-Encoding"},
         )
 
     def _core_metadata(self, file: FakeFile) -> str:
