@@ -215,7 +215,16 @@ async def file_download(request: web.Request) -> web.StreamResponse:
     if wants_metadata:
         if not filename.endswith(".whl"):
             raise NotFound("core metadata is served for wheels only")
-        response = await metadata.respond(request, sha256, filename, source, auth, admission)
+        # What upstream's page says of it decides whether upstream serves it (PEP 658/714).
+        listed = (
+            None
+            if sha256 in metadata.by_wheel
+            else await pages.listed(who, scope, sha256, filename)
+        )
+        offered = False if listed is None else listed.core_metadata
+        response = await metadata.respond(
+            request, sha256, filename, source, auth, admission, offered=offered
+        )
     else:
         response = await files.respond(request, sha256, filename, source, auth, admission)
     if scoped and not checked:
