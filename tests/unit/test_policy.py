@@ -1,4 +1,4 @@
-"""The [policy] rules: parsing (one-line errors naming the key) and a verdict per file at a moment."""
+"""The [policy] rules: parsing (one-line errors naming the key), a verdict per file at a moment."""
 
 from __future__ import annotations
 
