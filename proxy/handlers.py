@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from urllib.parse import quote, unquote
 
@@ -92,9 +93,13 @@ def _page_response(
     # A page GitLab showed one client's credentials is not for a shared HTTP cache.
     private = "private, " if who.is_client else ""
     request.app[keys.METRICS].page_result(result.state)
+    max_age = pages.freshness_left(result.page)
+    if rendered.until != math.inf:
+        # A hidden file shows from then on: no cache may keep the page past that.
+        max_age = min(max_age, max(0, math.ceil(rendered.until - time.time())))
     headers = {
         "X-Cache": result.state,
-        hdrs.CACHE_CONTROL: f"{private}max-age={pages.freshness_left(result.page)}",
+        hdrs.CACHE_CONTROL: f"{private}max-age={max_age}",
         hdrs.VARY: VARY,
         hdrs.ETAG: etag,
     }

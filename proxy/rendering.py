@@ -41,6 +41,8 @@ class Rendered:
     body: bytes
     gzipped: bytes
     digest: str
+    # When a file the age rules hide becomes old enough: the page changes then, unfetched.
+    until: float = math.inf
 
     def etag(self, media_type: str, gzipped: bool) -> str:
         # Strong ETags must differ between content codings (RFC 9110 8.8.3).
@@ -54,8 +56,6 @@ class _Entry:
     # A hash, not the tuple: on a 20,000-file page that would outweigh the body.
     details: int
     rendered: Rendered
-    # When a file the age rules hide becomes old enough: the page changes then, unfetched.
-    until: float = math.inf
 
 
 def file_path(dist: Distribution) -> str:
@@ -95,7 +95,7 @@ class PageRenderer:
         if (
             entry is not None
             and (entry.fetched_at, entry.generation) == (fetched_at, generation)
-            and now < entry.until
+            and now < entry.rendered.until
         ):
             return entry.rendered
 
@@ -113,7 +113,7 @@ class PageRenderer:
         details_hash = hash((details, shown.hidden))
         if entry is not None and (entry.fetched_at, entry.details) == (fetched_at, details_hash):
             entry.generation = generation
-            entry.until = shown.until
+            entry.rendered = dataclasses.replace(entry.rendered, until=shown.until)
             return entry.rendered
 
         def render() -> Rendered:
@@ -161,7 +161,9 @@ class PageRenderer:
             future.add_done_callback(lambda _: self._inflight.pop(flight, None))
             self.renders += 1
         rendered = await asyncio.shield(future)
-        entry = _Entry(fetched_at, generation, details, rendered, until)
+        if until != rendered.until:
+            rendered = dataclasses.replace(rendered, until=until)
+        entry = _Entry(fetched_at, generation, details, rendered)
         if self.cache.getsizeof(entry) <= self.cache.maxsize:
             self.cache[cache_key] = entry
         return rendered

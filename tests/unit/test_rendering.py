@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,7 @@ async def test_a_young_file_appears_once_old_enough_without_a_refetch(rig: Rig) 
     first = await renderer.project("k", page, FETCHED_AT, "json", "")
     assert filenames(first.body) == ["demo-1.0-py3-none-any.whl"]
     assert json.loads(first.body)["versions"] == ["1.0"]
+    assert first.until == now + HOUR
     # Rendered once, then reused while nothing can change.
     rig.clock.advance(HOUR - 1)
     assert await renderer.project("k", page, FETCHED_AT, "json", "") is first
@@ -83,6 +85,7 @@ async def test_a_young_file_appears_once_old_enough_without_a_refetch(rig: Rig) 
     later = await renderer.project("k", page, FETCHED_AT, "json", "")
     assert filenames(later.body) == ["demo-1.0-py3-none-any.whl", "demo-2.0-py3-none-any.whl"]
     assert later.digest != first.digest
+    assert later.until == math.inf
     assert renderer.renders == 2
 
 
