@@ -94,7 +94,11 @@ def project_of(filename: str) -> NormalizedName | None:
     try:
         if filename.endswith(".whl"):
             return parse_wheel_filename(filename)[0]
-        return parse_sdist_filename(filename)[0]
+        suffix = next((s for s in SDIST_SUFFIXES if filename.endswith(s)), None)
+        if suffix is None:
+            return None
+        # As in version_of: every archive GitLab accepts names its project the same way.
+        return parse_sdist_filename(filename.removesuffix(suffix) + ".tar.gz")[0]
     except (InvalidWheelFilename, InvalidSdistFilename):
         return None
 
