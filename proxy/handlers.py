@@ -263,6 +263,8 @@ async def ready(request: web.Request) -> web.StreamResponse:
     ):
         health.failed(error)
     degraded = [health.problem] if health.problem else []
+    if (times := request.app[keys.PAGES].times.problem) is not None:
+        degraded.append(times)
     if (refusal := token_refusal(request.app)) is not None:
         # Cached content still serves; with nothing cached an inject-mode proxy serves nothing.
         nothing_cached = request.app[keys.METRICS].cache_size()[1] == 0

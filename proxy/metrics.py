@@ -34,7 +34,7 @@ from prometheus_client.utils import floatToGoString
 from .log import redact
 
 PREFIX = "gitlab_pypi_proxy"
-UpstreamKind = Literal["page", "file", "probe"]
+UpstreamKind = Literal["page", "file", "probe", "api"]
 PageState = Literal["HIT", "MISS", "STALE"]
 # Seconds: GitLab answers a simple page in tens of milliseconds when well, seconds when not.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -178,7 +178,7 @@ class Metrics:
         self.evicted_bytes = 0
         # Metadata read by Range that its wheel, once downloaded and verified, contradicted.
         self.metadata_replaced = 0
-        self.upstream_errors = {"page": 0, "file": 0, "probe": 0}
+        self.upstream_errors = {"page": 0, "file": 0, "probe": 0, "api": 0}
         self.packages: Counter[str] = Counter()
         self.recent_errors: deque[UpstreamFailure] = deque(maxlen=RECENT_ERRORS)
         self.recent_latencies: deque[float] = deque(maxlen=RECENT_LATENCIES)

@@ -36,6 +36,7 @@ from .simple import Index, Project, is_sha256, project_of
 from .simple_html import PageParseError, parse_index_page, parse_project_page
 from .simple_json import dumps
 from .store import ForwardedRow, Store
+from .upload_times import UploadTimes
 from .upstream import PageAnswer, Upstream, fingerprint, is_listed_host, message_of
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ _FAILURES = (UpstreamUnavailable, UpstreamTimeout, UpstreamError)
 THREAD_FROM_BYTES = 256 * 1024
 T = TypeVar("T")
 LISTED_BATCH = 5_000
+# What a fetch adds to a parsed page before it is kept: upload times, for project pages.
+Learn = Callable[[PageAnswer, Model], Awaitable[Model]]
 
 
 @dataclass(slots=True)
@@ -125,6 +128,16 @@ class PageCache:
             maxsize=20_000, ttl=max(settings.cache.negative_ttl, 1e-9), timer=clock
         )
         self._db_warn = Throttled(log)
+        # Upload times and sizes of GitLab's files; a refused token is asked again once the
+        # pages it would fill are due again.
+        self.times = UploadTimes(
+            gate.policy,
+            upstream,
+            store,
+            recheck=settings.cache.index_ttl,
+            retry=settings.upstream.retry_interval,
+            clock=clock,
+        )
 
     def freshness_left(self, page: CachedPage) -> int:
         """Seconds this page stays fresh, for Cache-Control: max-age."""
@@ -141,7 +154,13 @@ class PageCache:
                 return self._firewall_project(project)
             return project
 
-        page = await self._get(scope, name, url, caller, parse, forwarding=True)
+        async def learn(answer: PageAnswer, model: Model) -> Model:
+            # Only GitLab's own pages list its packages; a forwarded one, the public index's.
+            if isinstance(model, Project) and self.upstream.is_upstream_host(answer.url):
+                return await self.times.fill(scope, name, model)
+            return model
+
+        page = await self._get(scope, name, url, caller, parse, forwarding=True, learn=learn)
         if page.state == "MISS" and self.settings.upstream.forwarding != "deny":
             await self._remember_sources(scope, page.project)
         return page
@@ -272,6 +291,7 @@ class PageCache:
         parse: Callable[[PageAnswer], Model],
         *,
         forwarding: bool,
+        learn: Learn | None = None,
     ) -> PageResult:
         view = caller.view(scope)
         key = PageKey(view, name or "").encode()
@@ -303,7 +323,16 @@ class PageCache:
         def fetch() -> Awaitable[CachedPage]:
             return self._tracked(
                 failing_key,
-                self._fetch(scope, key, url, caller, parse, forwarding=forwarding, shared=shared),
+                self._fetch(
+                    scope,
+                    key,
+                    url,
+                    caller,
+                    parse,
+                    forwarding=forwarding,
+                    shared=shared,
+                    learn=learn,
+                ),
             )
 
         failing = self._failing.get(failing_key)
@@ -413,6 +442,7 @@ class PageCache:
         *,
         forwarding: bool,
         shared: bool,
+        learn: Learn | None,
     ) -> CachedPage:
         up = self.settings.upstream
         follow = up.forward_hosts if forwarding and up.forwarding == "cache" else ()
@@ -437,6 +467,9 @@ class PageCache:
             model = await _off_the_loop(lambda: parse(answer), len(answer.body))
         except PageParseError as e:
             raise UpstreamError("GitLab sent a page that is not a simple index") from e
+        if learn is not None:
+            # Before the copy is kept: stored pages, offline serving and bundles carry them.
+            model = await learn(answer, model)
         page = CachedPage(model, self._wall_clock())
         if isinstance(model, Project):
             await self._listed(caller.view(scope), model)

@@ -573,6 +573,9 @@ class FakeGitLab(_Server):
         self.down = False
         self.delay = 0.0
         self.fail_status: int | None = None
+        # The REST API's status for every request while set (its own outage); the registry
+        # routes still answer.
+        self.api_fail_status: int | None = None
         self.retry_after: int | str = 1  # sent as is: tests give odd values too
         # Per-credential faults: token (the Basic password or token header) -> the status GitLab
         # answers its every request with; a 429 is a per-user throttle, as GitLab's are.
@@ -746,6 +749,7 @@ class FakeGitLab(_Server):
 
         Basic auth and deploy tokens (which only the package registry routes take) are 401.
         """
+        self._rest_fault()
         scheme, _, value = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() == "basic" or "Deploy-Token" in request.headers:
             raise Reply(401, "401 Unauthorized")
@@ -755,6 +759,8 @@ class FakeGitLab(_Server):
             return None
         if secret in self.revoked:
             raise _revoked()
+        if secret in self.deploy_tokens:
+            raise Reply(401, "401 Unauthorized")
         if secret == self.token:
             return _Caller(None, secret not in self.read_only_tokens)
         if secret in self.tokens:
@@ -762,6 +768,11 @@ class FakeGitLab(_Server):
             readable = None if allowed is None else frozenset(allowed)
             return _Caller(readable, secret not in self.read_only_tokens)
         raise Reply(401, "401 Unauthorized")
+
+    def _rest_fault(self) -> None:
+        if self.api_fail_status is not None:
+            status = self.api_fail_status
+            raise Reply(status, f"{status} {HTTPStatus(status).phrase}")
 
     def _rest_project(self, request: web.Request) -> _Project:
         """The project the REST caller may read; the REST API hides others as 404."""
