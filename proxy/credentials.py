@@ -154,21 +154,25 @@ class CredentialPolicy:
         return "Basic " + base64.b64encode(pair).decode("ascii")
 
     @property
-    def rest_authorization(self) -> str | None:
+    def rest_authorization(self) -> str:
         """The credential for GitLab's REST API (upload times): the proxy's own token as
-        `Private-Token`, in every credentials mode, or none (anonymous: public projects).
+        `Private-Token`, in every credentials mode (ask `rest_unusable` first).
 
-        Never a client's: the times are shared facts stored for everyone, learnt once, and the
-        REST API takes neither Basic nor deploy tokens, which is what pip users mostly hold.
+        Never a client's, in passthrough mode neither: the times are facts about files, stored
+        once for everyone; the REST API takes neither Basic nor deploy tokens, which is what
+        pip users mostly hold; and a client's credential goes only where its request goes.
         """
-        if not self.settings.token:
-            return None
         return f"Private-Token {self.settings.token}"
 
     @property
     def rest_unusable(self) -> str | None:
-        """Why the proxy's token cannot call the REST API at all, or None if it may try."""
-        if self.settings.token and self.settings.username == JOB_TOKEN_USER:
+        """Why the proxy cannot call the REST API at all, or None if it may try."""
+        if not self.settings.token:
+            return (
+                "upstream.token is not set, and the Packages API is asked with the proxy's "
+                "own token only, never a client's"
+            )
+        if self.settings.username == JOB_TOKEN_USER:
             return (
                 f"{self.token_setting} is a CI job token (username {JOB_TOKEN_USER}), which "
                 "GitLab takes only as Basic on the registry routes, not on the REST API"

@@ -1,4 +1,4 @@
-"""Issue 15 part 1: upload times and sizes of GitLab's files, from its Packages API, on JSON pages."""
+"""Issue 15 part 1: JSON pages carry the upload times and sizes of GitLab's Packages API."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from tests.support.clients import installed
 from tests.support.fake_gitlab import FakeFile, FakeGitLab
 from tests.support.harness import TOKEN, ProxyFactory, RunningProxy, pip_install, uv_pip_install
-from tests.support.http import JSON_V1, PROJECT_PAGE, get
+from tests.support.http import JSON_V1, PROJECT_PAGE, basic, get
 
 GROUP_PAGE = "/api/v4/groups/7/-/packages/pypi/simple/"
 DEPLOY_TOKEN = "gldt-deploy-token-abcdef123456"
@@ -60,7 +60,7 @@ async def test_json_page_carries_upload_time_and_size(
         new.filename: ("2026-11-30T10:00:00.000000Z", len(new.content)),
     }
     # The REST API was asked with the proxy's token as Private-Token, never as Basic.
-    rest = [r for r in gitlab.requests if r.kind == "api"]
+    rest = list(gitlab.api_requests)
     assert rest and all(r.status == 200 for r in rest)
     assert all(r.headers.get("Private-Token") == TOKEN for r in rest)
     assert not any("Authorization" in r.headers for r in rest)
@@ -88,7 +88,7 @@ async def test_html_page_is_unchanged_and_group_pages_get_times_too(
         one.filename: "2026-02-01T00:00:00.000000Z",
         other.filename: "2026-03-01T00:00:00.000000Z",
     }
-    files_paths = [r.path for r in gitlab.requests if "package_files" in r.path]
+    files_paths = [r.path for r in gitlab.api_requests if "package_files" in r.path]
     assert any(p.startswith("/api/v4/projects/44/packages/") for p in files_paths)
 
 
@@ -133,6 +133,29 @@ async def test_basic_only_job_token_is_never_sent_to_the_rest_api(
     assert api_calls(gitlab) == 0
     degraded = json.loads((await get(proxy.url + "/-/ready"))[2])["degraded"]
     assert degraded and "CI job token" in degraded[0]
+
+
+async def test_passthrough_asks_with_the_proxys_token_never_the_clients(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    uploaded(gitlab, "1.0", "2026-02-01T00:00:00+00:00")
+    gitlab.tokens["glpat-alice"] = {42}
+    alice = {"Accept": JSON_V1, "Authorization": basic("glpat-alice")}
+    proxy = await make_proxy(tmp_path / "a", upstream={"credentials": "passthrough"})
+    status, _, body = await get(proxy.url + PROJECT_PAGE + "corp-util/", headers=alice)
+    assert status == 200
+    assert json.loads(body)["files"][0]["upload-time"] == "2026-02-01T00:00:00.000000Z"
+    assert gitlab.api_requests
+    assert all(r.headers.get("Private-Token") == TOKEN for r in gitlab.api_requests)
+    assert not any("Authorization" in r.headers for r in gitlab.api_requests)
+    # Without a token of its own it asks nothing, and says why.
+    calls = api_calls(gitlab)
+    bare = await make_proxy(tmp_path / "b", upstream={"credentials": "passthrough", "token": ""})
+    status, _, body = await get(bare.url + PROJECT_PAGE + "corp-util/", headers=alice)
+    assert status == 200 and "upload-time" not in json.loads(body)["files"][0]
+    assert api_calls(gitlab) == calls
+    degraded = json.loads((await get(bare.url + "/-/ready"))[2])["degraded"]
+    assert degraded and "upstream.token is not set" in degraded[0]
 
 
 async def test_a_failing_packages_api_costs_no_page(

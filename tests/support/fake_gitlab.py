@@ -290,7 +290,10 @@ class _Server:
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
+        # Requests to the registry routes, in order; REST API calls (kind "api") are kept apart
+        # in `api_requests`, so tests about what pip's requests became see only those.
         self.requests: list[RequestRecord] = []
+        self.api_requests: list[RequestRecord] = []
         # Body bytes of files sent, so tests can assert what the proxy pulled from upstream.
         self.file_bytes_sent = 0
         self._runner: web.AppRunner | None = None
@@ -361,7 +364,7 @@ class _Server:
         kind = route.partition(".")[0] if route else "notfound"
         # Recorded before answering: a streamed body may reach the client before this returns.
         record = RequestRecord(request.method, request.raw_path, kind, CIMultiDict(request.headers))
-        self.requests.append(record)
+        (self.api_requests if kind == "api" else self.requests).append(record)
         self.counts[kind] += 1
         try:
             response = await self._answer(request, handler)
@@ -652,7 +655,9 @@ class FakeGitLab(_Server):
             project_id, name, version, filename, content, requires_python=_requires_python(options)
         )
 
-    def add_many_files(self, project_id: int, name: str, version: str, count: int) -> None:
+    def add_many_files(
+        self, project_id: int, name: str, version: str, count: int
+    ) -> list[FakeFile]:
         """`count` tiny wheels of one version, in linear time: a page with thousands of links."""
         package = _Package(project_id, name, version, "")
         for build in range(count):
@@ -661,6 +666,7 @@ class FakeGitLab(_Server):
             digest = hashlib.sha256(content).hexdigest()
             package.files.append(FakeFile(filename, content, digest, "", name, version, project_id))
         self._packages.append(package)
+        return package.files
 
     def add_sdist(
         self, project_id: int, name: str, version: str, **options: Unpack[SdistOptions]
