@@ -267,7 +267,13 @@ class GitLab:
                         f"GitLab sent an API answer over upstream.max_page_size ({limit} bytes)"
                     )
                     body = await read_limited(resp, limit, too_big)
-                    return ApiAnswer(200, body, next_page=resp.headers.get("X-Next-Page", ""))
+                    pages = resp.headers.get("X-Total-Pages", "")
+                    return ApiAnswer(
+                        200,
+                        body,
+                        next_page=resp.headers.get("X-Next-Page", ""),
+                        pages=int(pages) if pages.isdigit() else None,
+                    )
         except TimeoutError as e:
             raise self._failed("api", UpstreamTimeout(self._timeout_message)) from e
         except aiohttp.ClientError as e:

@@ -54,6 +54,8 @@ class ApiAnswer:
     message: str = ""
     # The next page of a paginated list (GitLab's X-Next-Page), empty on the last one.
     next_page: str = ""
+    # How many pages the list has (X-Total-Pages), when GitLab counts them (to 10,000 rows).
+    pages: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

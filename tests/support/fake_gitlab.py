@@ -41,8 +41,11 @@ _KIND_BY_STATUS = {401: "unauthorized", 404: "notfound"}
 # The REST API's pagination (Grape's `paginate`): 20 rows a page unless asked, at most 100.
 DEFAULT_PER_PAGE = 20
 MAX_PER_PAGE = 100
+# Past this many rows GitLab leaves out X-Total and X-Total-Pages (counting costs too much).
+COUNTED_ROWS = 10_000
 # Package and file ids, unique across every fake, as GitLab's database sequences are.
 _IDS = itertools.count(1)
+_Item = TypeVar("_Item")
 # The relative root `moved` puts GitLab under; its routes exist there too, answering once moved.
 MOVED_ROOT = "/gitlab"
 # An absolute link on the public page, as the Dependency Firewall rewrites it.
@@ -234,24 +237,27 @@ def _created_at(epoch: float) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-def _paginated(request: web.Request, rows: Sequence[dict[str, object]]) -> web.Response:
-    """One page of a REST list and GitLab's pagination headers (offset pagination)."""
+def _paginated(
+    request: web.Request, items: Sequence[_Item], row: Callable[[_Item], dict[str, object]]
+) -> web.Response:
+    """One page of a REST list, each item made a `row`, and GitLab's pagination headers."""
     try:
         page = max(1, int(request.query.get("page", "1")))
         per_page = int(request.query.get("per_page", str(DEFAULT_PER_PAGE)))
     except ValueError:
         raise Reply(400, "page is invalid, per_page is invalid", key="error") from None
     per_page = DEFAULT_PER_PAGE if per_page < 1 else min(per_page, MAX_PER_PAGE)
-    pages = max(1, -(-len(rows) // per_page))
+    pages = max(1, -(-len(items) // per_page))
     headers = {
         "X-Page": str(page),
         "X-Per-Page": str(per_page),
-        "X-Total": str(len(rows)),
-        "X-Total-Pages": str(pages),
         "X-Next-Page": str(page + 1) if page < pages else "",
         "X-Prev-Page": str(page - 1) if page > 1 else "",
     }
-    return web.json_response(list(rows[(page - 1) * per_page : page * per_page]), headers=headers)
+    if len(items) <= COUNTED_ROWS:
+        headers.update({"X-Total": str(len(items)), "X-Total-Pages": str(pages)})
+    rows = [row(item) for item in items[(page - 1) * per_page : page * per_page]]
+    return web.json_response(rows, headers=headers)
 
 
 def _requires_python(options: SdistOptions) -> str:
@@ -1002,7 +1008,7 @@ class FakeGitLab(_Server):
         _, projects = self._group(request)
         return await self._file(request, {p.id for p in projects})
 
-    def _package_rows(self, request: web.Request, project_ids: set[int]) -> list[dict[str, object]]:
+    def _package_rows(self, request: web.Request, project_ids: set[int]) -> list[_Package]:
         """The Packages API's rows: `package_name` matches a substring in any case (GitLab's
         fuzzy search), `order_by` created_at (default), name or version, `sort` asc or desc."""
         wanted_type = request.query.get("package_type", "pypi")
@@ -1021,24 +1027,24 @@ class FakeGitLab(_Server):
         if order_by not in orders:
             raise Reply(400, "order_by does not have a valid value", key="error")
         packages.sort(key=orders[order_by], reverse=request.query.get("sort") == "desc")
-        return [
-            {
-                "id": p.id,
-                "name": p.name,
-                "version": p.version,
-                "package_type": "pypi",
-                "status": "default",
-                "created_at": _created_at(p.created_at),
-                "project_id": p.project_id,
-                "project_path": self._projects[p.project_id].full_path,
-                "tags": [],
-            }
-            for p in packages
-        ]
+        return packages
+
+    def _package_row(self, p: _Package) -> dict[str, object]:
+        return {
+            "id": p.id,
+            "name": p.name,
+            "version": p.version,
+            "package_type": "pypi",
+            "status": "default",
+            "created_at": _created_at(p.created_at),
+            "project_id": p.project_id,
+            "project_path": self._projects[p.project_id].full_path,
+            "tags": [],
+        }
 
     async def _project_packages(self, request: web.Request) -> web.StreamResponse:
         project = self._rest_project(request)
-        return _paginated(request, self._package_rows(request, {project.id}))
+        return _paginated(request, self._package_rows(request, {project.id}), self._package_row)
 
     async def _group_packages(self, request: web.Request) -> web.StreamResponse:
         """A group's packages in the projects of its subtree the caller may read."""
@@ -1053,7 +1059,7 @@ class FakeGitLab(_Server):
         }
         if not readable and not (caller is not None and caller.projects is None):
             raise Reply(404, "404 Group Not Found")
-        return _paginated(request, self._package_rows(request, readable))
+        return _paginated(request, self._package_rows(request, readable), self._package_row)
 
     async def _package_files(self, request: web.Request) -> web.StreamResponse:
         project = self._rest_project(request)
@@ -1063,8 +1069,9 @@ class FakeGitLab(_Server):
         )
         if package is None:
             raise Reply(404, "404 Not found")
-        rows: list[dict[str, object]] = [
-            {
+
+        def row(f: FakeFile) -> dict[str, object]:
+            return {
                 "id": f.id,
                 "package_id": package.id,
                 "created_at": _created_at(f.uploaded_at),
@@ -1076,9 +1083,8 @@ class FakeGitLab(_Server):
                 "file_sha256": f.sha256 or None,
                 "pipelines": [],
             }
-            for f in sorted(package.files, key=lambda f: f.id)
-        ]
-        return _paginated(request, rows)
+
+        return _paginated(request, sorted(package.files, key=lambda f: f.id), row)
 
     async def _upload(self, request: web.Request) -> web.StreamResponse:
         project, caller = self._project(request)
