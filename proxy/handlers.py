@@ -234,7 +234,16 @@ async def file_download(request: web.Request) -> web.StreamResponse:
     if wants_metadata:
         if not filename.endswith(".whl"):
             raise NotFound("core metadata is served for wheels only")
-        response = await metadata.respond(request, sha256, filename, source, auth, admission)
+        # What upstream's page says of it decides whether upstream serves it (PEP 658/714).
+        listed = (
+            None
+            if sha256 in metadata.by_wheel
+            else await pages.listed(who, scope, sha256, filename)
+        )
+        offered = False if listed is None else listed.core_metadata
+        response = await metadata.respond(
+            request, sha256, filename, source, auth, admission, offered=offered
+        )
     else:
         response = await files.respond(request, sha256, filename, source, auth, admission)
     if scoped and not checked:
@@ -299,6 +308,8 @@ async def ready(request: web.Request) -> web.StreamResponse:
     ):
         health.failed(error)
     degraded = [health.problem] if health.problem else []
+    if (cluster := request.app[keys.CLUSTER].problem) is not None:
+        degraded.append(cluster)
     if (refusal := token_refusal(request.app)) is not None:
         # Cached content still serves; with nothing cached an inject-mode proxy serves nothing.
         nothing_cached = request.app[keys.METRICS].cache_size()[1] == 0

@@ -34,9 +34,9 @@ from .errors import (
 from .page_key import PageKey
 from .policy import Policy, Verdict
 from .scope import Scope
-from .simple import Distribution, Index, Project, is_sha256, project_of
-from .simple_html import PageParseError, parse_index_page, parse_project_page
-from .simple_json import dumps
+from .simple import Distribution, Index, PageParseError, Project, is_sha256, project_of
+from .simple_html import parse_index_page, parse_project_page
+from .simple_json import dumps, is_json_page, parse_index_json, parse_project_json
 from .store import ForwardedRow, Store
 from .upstream import PageAnswer, Upstream, fingerprint, is_listed_host, message_of
 
@@ -138,7 +138,7 @@ class PageCache:
         protected = self.policy.is_protected(name)
 
         def parse(answer: PageAnswer) -> Model:
-            project = parse_project_page(answer.body, str(answer.url), name)
+            project = _parse_project(answer, name)
             if not self.upstream.is_upstream_host(answer.url):
                 return self._forwarded_project(project, self._public_host)
             if any(self.upstream.may_be_forward_route(dist.url) for dist in project.files):
@@ -244,8 +244,7 @@ class PageCache:
     def _forwarded_project(self, project: Project, allowed: Callable[[yarl.URL], bool]) -> Project:
         """A forwarded page as this proxy can serve it: the files it may fetch, with a sha256."""
         files = tuple(
-            # No core-metadata: the proxy mirrors file bodies, and pip fails on a missing one.
-            dataclasses.replace(dist, core_metadata=False, public=True)
+            dataclasses.replace(dist, public=True)
             for dist in project.files
             if dist.sha256 is not None
             and is_sha256(dist.sha256)
@@ -293,18 +292,34 @@ class PageCache:
         self.gate.listed(scope.key, (sha256,))
 
     async def _page_lists(self, scope: Scope, name: str, sha256: str, filename: str) -> bool:
-        key = PageKey(scope.key, name).encode()
-        page = self.fresh.get(key) or await self._stored(key)
-        return (
-            page is not None
-            and isinstance(page.model, Project)
-            and any(f.sha256 == sha256 and f.filename == filename for f in page.model.files)
+        return await self._listing(scope.key, name, sha256, filename) is not None
+
+    async def listed(
+        self, caller: Caller, scope: Scope, sha256: str, filename: str
+    ) -> Distribution | None:
+        """The file as the caller's page of the scope (in memory, or stored) lists it, if any."""
+        name = project_of(filename)
+        if name is None:
+            return None
+        return await self._listing(caller.view(scope), name, sha256, filename)
+
+    async def _listing(
+        self, view: str, name: str, sha256: str, filename: str
+    ) -> Distribution | None:
+        key = PageKey(view, name).encode()
+        page = self.fresh.get(key) or self.private.get(key) or await self._stored(key)
+        if page is None or not isinstance(page.model, Project):
+            return None
+        return next(
+            (f for f in page.model.files if f.sha256 == sha256 and f.filename == filename), None
         )
 
     async def index(self, scope: Scope, caller: Caller) -> PageResult:
         url = self.upstream.url_for(scope, "simple")
 
         def parse(answer: PageAnswer) -> Model:
+            if is_json_page(answer.content_type):
+                return parse_index_json(answer.body)
             return parse_index_page(answer.body)
 
         return await self._get(scope, None, url, caller, parse, forwarding=False)
@@ -498,7 +513,9 @@ class PageCache:
         try:
             model = await _off_the_loop(lambda: parse(answer), len(answer.body))
         except PageParseError as e:
-            raise UpstreamError("GitLab sent a page that is not a simple index") from e
+            raise UpstreamError(
+                f"{answer.url.host} sent a page that is not a simple index: {e}"
+            ) from e
         page = CachedPage(model, self._wall_clock())
         if isinstance(model, Project):
             await self._listed(caller.view(scope), model)
@@ -545,6 +562,19 @@ class PageCache:
             self.negative.pop(negative, None)
         await self.store.delete_pages_named(name)
 
+    async def expire_all(self) -> None:
+        """Treat every cached page as stale: invalidations may have been missed meanwhile.
+
+        Stored copies stay, as the last good copies to serve if GitLab fails.
+        """
+        self.fresh.clear()
+        self.private.clear()
+        self.negative.clear()
+        try:
+            await self.store.age_pages(self._wall_clock() - self.settings.cache.index_ttl)
+        except sqlite3.Error as e:
+            self._db_warn.log(logging.WARNING, "could not mark stored pages stale: %s", e)
+
     def _forwarded(self, location: yarl.URL) -> ProxyError:
         if self.settings.upstream.forwarding == "deny":
             return NotFound(
@@ -568,6 +598,13 @@ class PageCache:
             log.error("stored page %s is unreadable; ignoring it", key)
             return None
         return CachedPage(model, row.fetched_at)
+
+
+def _parse_project(answer: PageAnswer, name: str) -> Project:
+    """The project an upstream page lists, read as the format its Content-Type names."""
+    if is_json_page(answer.content_type):
+        return parse_project_json(answer.body, str(answer.url), name)
+    return parse_project_page(answer.body, str(answer.url), name)
 
 
 async def _off_the_loop(work: Callable[[], T], size: int) -> T:

@@ -58,6 +58,10 @@ _HASH_HEX_LENGTHS = {
 }
 
 
+class PageParseError(ValueError):
+    """The upstream body is not a simple-repository page (HTML or JSON); the message says why."""
+
+
 def is_valid_name(name: str) -> bool:
     """True when `name` is a PEP 508 project name of sane length."""
     return len(name) <= MAX_NAME_LENGTH and _NAME_RE.match(name) is not None
