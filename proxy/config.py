@@ -155,6 +155,13 @@ class AccessSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    # Replicas publish the names of uploaded projects here and drop their cached pages of
+    # the names the others publish. Its password is a secret: never shown.
+    redis_url: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class PolicySettings:
     """The supply-chain rules (policy.py reads them): what clients may see and download."""
 
@@ -173,20 +180,13 @@ class PolicySettings:
 
 
 @dataclass(frozen=True, slots=True)
-class ClusterSettings:
-    # Replicas publish the names of uploaded projects here and drop their cached pages of
-    # the names the others publish. Its password is a secret: never shown.
-    redis_url: str = field(default="", repr=False)
-
-
-@dataclass(frozen=True, slots=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     access: AccessSettings = field(default_factory=AccessSettings)
-    policy: PolicySettings = field(default_factory=PolicySettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    policy: PolicySettings = field(default_factory=PolicySettings)
 
 
 _SECTIONS: dict[str, type[Any]] = {
@@ -194,8 +194,8 @@ _SECTIONS: dict[str, type[Any]] = {
     "upstream": UpstreamSettings,
     "cache": CacheSettings,
     "access": AccessSettings,
-    "policy": PolicySettings,
     "cluster": ClusterSettings,
+    "policy": PolicySettings,
 }
 # Kubernetes' service links, after the service's name: `_SERVICE_HOST`, `_PORT_8080_TCP_ADDR`...
 _SERVICE_LINK_RE = re.compile(
@@ -392,10 +392,10 @@ def _validate(settings: Settings) -> None:
     for scope in settings.access.allow:
         if not re.match(r"^(projects|groups)/[^/]+$", scope):
             raise ConfigError(f"access.allow: {scope!r} is not 'projects/ID' or 'groups/ID'")
+    _validate_policy(settings.policy)
     if settings.cluster.redis_url and (problem := redis_url_problem(settings.cluster.redis_url)):
         # The URL itself is not quoted: it may carry Redis's password.
         raise ConfigError(f"cluster.redis_url: {problem} (e.g. 'redis://redis:6379/0')")
-    _validate_policy(settings.policy)
 
 
 def _validate_policy(settings: PolicySettings) -> None:

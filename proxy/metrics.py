@@ -453,14 +453,6 @@ class _Collector:
             "Core metadata read by Range that differed from the verified wheel's, so replaced",
             value=m.metadata_replaced,
         )
-        blocks = CounterMetricFamily(
-            f"{PREFIX}_policy_blocks",
-            "Requests the [policy] rules refused: too young, of unknown age, protected names",
-            labels=["rule"],
-        )
-        for rule, count in m.policy_blocks.items():
-            blocks.add_metric([rule], count)
-        yield blocks
         if self.metrics.redis_connected is not None:
             invalidations = CounterMetricFamily(
                 f"{PREFIX}_cluster_invalidations",
@@ -481,6 +473,14 @@ class _Collector:
                 "1 while this worker hears the other replicas' invalidations through Redis",
                 value=1 if self.metrics.redis_connected else 0,
             )
+        blocks = CounterMetricFamily(
+            f"{PREFIX}_policy_blocks",
+            "Requests the [policy] rules refused: too young, of unknown age, protected names",
+            labels=["rule"],
+        )
+        for rule, count in m.policy_blocks.items():
+            blocks.add_metric([rule], count)
+        yield blocks
         latency = HistogramMetricFamily(
             f"{PREFIX}_upstream_latency_seconds",
             "Seconds until GitLab (or object storage) answered with headers",
