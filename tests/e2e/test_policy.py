@@ -23,6 +23,7 @@ from tests.support.fake_gitlab import FakeFile, FakeGitLab, FakePublicIndex
 from tests.support.harness import TOKEN, ProxyFactory, clean_env, pip_install, run, uv_pip_install
 from tests.support.http import PROJECT_PAGE, fetch, get, host_of, page, url_of
 from tests.support.metrics import scrape, value
+from tests.support.polling import eventually
 
 DAY = 86400
 
@@ -356,3 +357,26 @@ async def test_min_age_internal_is_separate_from_min_age(
     )
     files = (await page(both, "corp-app")).json()["files"]
     assert files == []
+
+
+async def test_a_file_appears_once_old_enough_without_a_refetch(
+    gitlab: FakeGitLab, public: FakePublicIndex, make_proxy: ProxyFactory
+) -> None:
+    public.add_wheel("tiny-json", "1.0.0", upload_time=_ago(30 * DAY))
+    fresh = public.add_wheel("tiny-json", "1.1.0", upload_time=_ago(0))
+    proxy = await make_proxy(upstream=forwarding(public, "cache"), policy={"min_age": 2})
+    first = await page(proxy, "tiny-json")
+    assert [f["filename"] for f in first.json()["files"]] == ["tiny_json-1.0.0-py3-none-any.whl"]
+    # No cache may keep the page past the moment the new file shows.
+    assert int(first.headers["Cache-Control"].removeprefix("max-age=")) <= 2
+
+    async def shown() -> bool:
+        answer = await page(proxy, "tiny-json")
+        return fresh.filename in {f["filename"] for f in answer.json()["files"]}
+
+    await eventually(shown, "the new file shows once two seconds old")
+    later = await page(proxy, "tiny-json")
+    assert later.headers["X-Cache"] == "HIT"
+    assert later.headers["ETag"] != first.headers["ETag"]
+    assert public.counts["page"] == 1
+    assert (await fetch(url_of(proxy.url, fresh))).status == 200
