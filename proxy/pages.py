@@ -329,9 +329,7 @@ class PageCache:
         page = self.fresh.get(key) or self.private.get(key) or await self._stored(key)
         if page is None or not isinstance(page.model, Project):
             return None
-        return next(
-            (f for f in page.model.files if f.sha256 == sha256 and f.filename == filename), None
-        )
+        return page.model.find(sha256, filename)
 
     async def index(self, scope: Scope, caller: Caller) -> PageResult:
         url = self.upstream.url_for(scope, "simple")
