@@ -222,7 +222,8 @@ async def _cli(tmp_path: Path, gitlab: FakeGitLab, cache: Path, *args: str) -> t
 async def test_explain_online_lists_every_file_with_its_yank(
     gitlab: FakeGitLab, tmp_path: Path
 ) -> None:
-    gitlab.add_wheel(42, "corp-util", "1.0.0")
+    old = gitlab.add_wheel(42, "corp-util", "1.0.0")
+    old.uploaded_at = time.time() - 30 * 86400
     gitlab.add_wheel(42, "corp-util", "2.0.0")
     config = write_config(
         tmp_path / "c.toml",
@@ -249,8 +250,10 @@ async def test_explain_online_lists_every_file_with_its_yank(
     rows = [line for line in result.stdout.splitlines() if "corp_util-" in line]
     assert len(rows) == 2
     assert "yes: broken" in rows[1]
-    # GitLab's pages carry no upload times: under unknown_age = "allow" both are shown.
-    assert all("unknown" in row for row in rows)
+    # Upload times from GitLab's Packages API: the month-old file is shown, the new one hidden.
+    assert "min_age_internal" not in rows[0]
+    assert "min_age_internal" in rows[1]
+    assert not any("unknown" in row for row in rows)
     assert gitlab.counts["page"] == 1
 
 
