@@ -26,7 +26,7 @@ from tests.support.harness import (
     start_proxy,
     uv_pip_install,
 )
-from tests.support.http import basic, fetch, host_of, page, project_file_url
+from tests.support.http import fetch, host_of, page, project_file_url
 from tests.support.pep691 import check_project_page
 from tests.support.polling import eventually
 from tests.support.wheels import wheel_metadata
