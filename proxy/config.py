@@ -152,11 +152,19 @@ class AccessSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    # Replicas publish the names of uploaded projects here and drop their cached pages of
+    # the names the others publish. Its password is a secret: never shown.
+    redis_url: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     access: AccessSettings = field(default_factory=AccessSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
 
 _SECTIONS: dict[str, type[Any]] = {
@@ -164,6 +172,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "upstream": UpstreamSettings,
     "cache": CacheSettings,
     "access": AccessSettings,
+    "cluster": ClusterSettings,
 }
 # Kubernetes' service links, after the service's name: `_SERVICE_HOST`, `_PORT_8080_TCP_ADDR`...
 _SERVICE_LINK_RE = re.compile(
@@ -334,6 +343,28 @@ def _validate(settings: Settings) -> None:
     for scope in settings.access.allow:
         if not re.match(r"^(projects|groups)/[^/]+$", scope):
             raise ConfigError(f"access.allow: {scope!r} is not 'projects/ID' or 'groups/ID'")
+    if settings.cluster.redis_url and (problem := redis_url_problem(settings.cluster.redis_url)):
+        # The URL itself is not quoted: it may carry Redis's password.
+        raise ConfigError(f"cluster.redis_url: {problem} (e.g. 'redis://redis:6379/0')")
+
+
+def redis_url_problem(text: str) -> str | None:
+    """Why `text` is not a Redis URL the cluster can use, or None."""
+    try:
+        url = yarl.URL(text)
+        port = url.port
+    except ValueError:
+        return "not a URL"
+    if url.scheme not in ("redis", "rediss"):
+        return "not a redis:// or rediss:// URL"
+    if not url.host:
+        return "names no host"
+    if port == 0:
+        return "names no TCP port"
+    database = url.path.strip("/")
+    if database and not database.isdigit():
+        return "its path must be a database number"
+    return None
 
 
 def _ci_defaults(env: Mapping[str, str], configured: Mapping[str, Any]) -> dict[str, Any]:

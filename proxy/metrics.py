@@ -36,6 +36,8 @@ from .log import redact
 PREFIX = "gitlab_pypi_proxy"
 UpstreamKind = Literal["page", "file", "probe"]
 PageState = Literal["HIT", "MISS", "STALE"]
+# Uploads' invalidations: told to the other replicas, not told (Redis down), heard from them.
+InvalidationKind = Literal["sent", "unsent", "received"]
 # Seconds: GitLab answers a simple page in tens of milliseconds when well, seconds when not.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 TOP_PACKAGES = 10
@@ -71,6 +73,8 @@ class Totals:
     evicted_bytes: int = 0
     metadata_replaced: int = 0
     upstream_errors: dict[str, int] = field(default_factory=dict)
+    invalidations: dict[str, int] = field(default_factory=dict)
+    redis_outages: int = 0
     packages: Counter[str] = field(default_factory=Counter)
     recent_errors: list[UpstreamFailure] = field(default_factory=list)
     recent_latencies: list[float] = field(default_factory=list)
@@ -128,9 +132,11 @@ class Totals:
         self.evictions += other.evictions
         self.evicted_bytes += other.evicted_bytes
         self.metadata_replaced += other.metadata_replaced
+        self.redis_outages += other.redis_outages
         for mine, theirs in (
             (self.fetched_bytes, other.fetched_bytes),
             (self.upstream_errors, other.upstream_errors),
+            (self.invalidations, other.invalidations),
             (self.latency_sums, other.latency_sums),
         ):
             for kind, amount in theirs.items():
@@ -179,6 +185,10 @@ class Metrics:
         # Metadata read by Range that its wheel, once downloaded and verified, contradicted.
         self.metadata_replaced = 0
         self.upstream_errors = {"page": 0, "file": 0, "probe": 0}
+        self.invalidations = {"sent": 0, "unsent": 0, "received": 0}
+        self.redis_outages = 0
+        # None: no cluster.redis_url; else whether this worker hears the other replicas now.
+        self.redis_connected: bool | None = None
         self.packages: Counter[str] = Counter()
         self.recent_errors: deque[UpstreamFailure] = deque(maxlen=RECENT_ERRORS)
         self.recent_latencies: deque[float] = deque(maxlen=RECENT_LATENCIES)
@@ -238,6 +248,9 @@ class Metrics:
         self.evictions += 1
         self.evicted_bytes += nbytes
 
+    def invalidation(self, kind: InvalidationKind) -> None:
+        self.invalidations[kind] += 1
+
     def package_requested(self, name: str) -> None:
         """`name` is normalized; only pages GitLab answered are counted."""
         self.packages[name] += 1
@@ -287,6 +300,8 @@ class Metrics:
             evicted_bytes=self.evicted_bytes,
             metadata_replaced=self.metadata_replaced,
             upstream_errors=dict(self.upstream_errors),
+            invalidations=dict(self.invalidations),
+            redis_outages=self.redis_outages,
             packages=Counter(self.packages),
             recent_errors=list(self.recent_errors),
             recent_latencies=list(self.recent_latencies),
@@ -404,6 +419,26 @@ class _Collector:
             "Core metadata read by Range that differed from the verified wheel's, so replaced",
             value=m.metadata_replaced,
         )
+        if self.metrics.redis_connected is not None:
+            invalidations = CounterMetricFamily(
+                f"{PREFIX}_cluster_invalidations",
+                "Uploads' page invalidations: sent to the other replicas, unsent (Redis down), "
+                "received from them",
+                labels=["kind"],
+            )
+            for kind, count in m.invalidations.items():
+                invalidations.add_metric([kind], count)
+            yield invalidations
+            yield CounterMetricFamily(
+                f"{PREFIX}_cluster_redis_outages",
+                "Times a worker lost Redis (cluster.redis_url) and with it the other replicas",
+                value=m.redis_outages,
+            )
+            yield GaugeMetricFamily(
+                f"{PREFIX}_cluster_redis_connected",
+                "1 while this worker hears the other replicas' invalidations through Redis",
+                value=1 if self.metrics.redis_connected else 0,
+            )
         latency = HistogramMetricFamily(
             f"{PREFIX}_upstream_latency_seconds",
             "Seconds until GitLab (or object storage) answered with headers",

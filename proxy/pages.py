@@ -500,6 +500,19 @@ class PageCache:
             self.negative.pop(negative, None)
         await self.store.delete_pages_named(name)
 
+    async def expire_all(self) -> None:
+        """Treat every cached page as stale: invalidations may have been missed meanwhile.
+
+        Stored copies stay, as the last good copies to serve if GitLab fails.
+        """
+        self.fresh.clear()
+        self.private.clear()
+        self.negative.clear()
+        try:
+            await self.store.age_pages(self._wall_clock() - self.settings.cache.index_ttl)
+        except sqlite3.Error as e:
+            self._db_warn.log(logging.WARNING, "could not mark stored pages stale: %s", e)
+
     def _forwarded(self, location: yarl.URL) -> ProxyError:
         if self.settings.upstream.forwarding == "deny":
             return NotFound(
