@@ -24,12 +24,13 @@ from tests.support.harness import (
     make_settings,
     pip_install,
     start_proxy,
+    twine,
     uv_pip_install,
 )
 from tests.support.http import fetch, host_of, page, project_file_url
 from tests.support.pep691 import check_project_page
 from tests.support.polling import eventually
-from tests.support.wheels import wheel_metadata
+from tests.support.wheels import make_wheel, wheel_metadata
 
 # A client's own GitLab token, for the modes that pass clients' credentials on.
 CLIENT = "glpat-client-token-0987654321"
@@ -336,3 +337,25 @@ async def test_each_credentials_mode_sends_gitlab_the_right_token_and_no_other(
         answer = await page(chain.office, "corp-app")
         assert answer.status == 401
         assert answer.headers["WWW-Authenticate"].startswith("Basic")
+
+
+async def test_an_upload_through_the_office_reaches_gitlab_and_both_tiers_see_it_at_once(
+    gitlab: FakeGitLab, tiers: TiersFactory, tmp_path: Path
+) -> None:
+    gitlab.add_wheel(42, "corp-util", "1.0.0")
+    gitlab.tokens[CLIENT] = {42}
+    mode = MODES["clients-through"]
+    chain = await tiers(regional=mode.regional, office=mode.office, office_token="")
+    (await pip_install(chain.index(CLIENT), tmp_path / "one", "corp-util")).check()
+    assert installed(tmp_path / "one") == {"corp_util-1.0.0.dist-info"}
+
+    filename, content = make_wheel("corp-util", "1.1.0")
+    (tmp_path / "dist").mkdir()
+    (tmp_path / "dist" / filename).write_bytes(content)
+    upload_url = chain.office.url + "/api/v4/projects/42/packages/pypi"
+    (await twine(upload_url, CLIENT, tmp_path / "dist" / filename)).check()
+    posts = [r for r in gitlab.requests if r.method == "POST"]
+    assert [(r.status, secrets_in(r)) for r in posts] == [(201, {CLIENT})]
+    # Each tier dropped its pages of the name: the new version installs at once.
+    (await pip_install(chain.index(CLIENT), tmp_path / "two", "corp-util")).check()
+    assert installed(tmp_path / "two") == {"corp_util-1.1.0.dist-info"}
