@@ -23,6 +23,7 @@ from .errors import (
     CredentialsRefused,
     NotFound,
     Offline,
+    Protected,
     ProxyError,
     Redirect,
     UpstreamError,
@@ -31,6 +32,7 @@ from .errors import (
     UpstreamUnavailable,
 )
 from .page_key import PageKey
+from .policy import Policy, Verdict
 from .scope import Scope
 from .simple import Distribution, Index, PageParseError, Project, is_sha256, project_of
 from .simple_html import parse_index_page, parse_project_page
@@ -102,6 +104,7 @@ class PageCache:
         self.upstream = upstream
         self.store = store
         self.gate = gate
+        self.policy = Policy(settings.policy)
         # A page is fresh for index_ttl from when GitLab gave it, whichever worker fetched it
         # (a copy another worker stored comes in part-way through). Offline, whatever its age.
         ttl = settings.cache.index_ttl
@@ -132,19 +135,62 @@ class PageCache:
 
     async def project(self, scope: Scope, name: str, caller: Caller) -> PageResult:
         url = self.upstream.url_for(scope, f"simple/{name}")
+        protected = self.policy.is_protected(name)
 
         def parse(answer: PageAnswer) -> Model:
             project = _parse_project(answer, name)
             if not self.upstream.is_upstream_host(answer.url):
                 return self._forwarded_project(project, self._public_host)
             if any(self.upstream.may_be_forward_route(dist.url) for dist in project.files):
+                if protected:
+                    raise _protected(name, "GitLab's Dependency Firewall serves the public page")
                 return self._firewall_project(project)
             return project
 
-        page = await self._get(scope, name, url, caller, parse, forwarding=True)
+        page = await self._get(
+            scope, name, url, caller, parse, forwarding=True, protected=protected
+        )
+        # A copy stored before the name was protected may be a forwarded page: never served.
+        if protected and any(self._is_public(dist) for dist in page.project.files):
+            raise _protected(name, "the cached page is the public index's")
         if page.state == "MISS" and self.settings.upstream.forwarding != "deny":
             await self._remember_sources(scope, page.project)
         return page
+
+    async def file_verdict(
+        self, scope: Scope, caller: Caller, sha256: str, filename: str, now: float
+    ) -> Verdict:
+        """What the age rules say of a file, from this caller's page of its project (fetched if
+        need be, the stored copy offline). A file no page lists has no known upload time."""
+        name = project_of(filename)
+        if name is None:
+            return self.policy.verdict(filename, Distribution(filename, ""), now)
+        if not self.policy.may_hide(name, filename):
+            return self.policy.verdict(name, Distribution(filename, ""), now)
+        dist = None
+        try:
+            dist = (await self.project(scope, name, caller)).project.find(sha256, filename)
+        except ProxyError as e:
+            log.info("no page of %s to judge %s by: %s", name, filename, e.message)
+        return self.policy.verdict(name, dist or Distribution(filename, ""), now)
+
+    async def protected_forwarded(self, scope: Scope, sha256: str, filename: str) -> bool:
+        """Whether this is a public-index file, once listed on a forwarded page of `scope`, of a
+        protected name: never served, cached or not."""
+        name = project_of(filename)
+        return (
+            name is not None
+            and self.policy.is_protected(name)
+            and await self.store.forwarded_url(scope.key, sha256, filename) is not None
+        )
+
+    def _is_public(self, dist: Distribution) -> bool:
+        # Pages stored before the `public` flag existed: their links say where files come from.
+        return (
+            dist.public
+            or self.upstream.may_be_forward_route(dist.url)
+            or self._public_host(yarl.URL(dist.url, encoded=True))
+        )
 
     async def forwarded_source(self, scope: Scope, sha256: str, filename: str) -> yarl.URL | None:
         """Where a file of a forwarded page lives, if it is one and may still be fetched there:
@@ -198,7 +244,7 @@ class PageCache:
     def _forwarded_project(self, project: Project, allowed: Callable[[yarl.URL], bool]) -> Project:
         """A forwarded page as this proxy can serve it: the files it may fetch, with a sha256."""
         files = tuple(
-            dist
+            dataclasses.replace(dist, public=True)
             for dist in project.files
             if dist.sha256 is not None
             and is_sha256(dist.sha256)
@@ -287,6 +333,7 @@ class PageCache:
         parse: Callable[[PageAnswer], Model],
         *,
         forwarding: bool,
+        protected: bool = False,
     ) -> PageResult:
         view = caller.view(scope)
         key = PageKey(view, name or "").encode()
@@ -318,7 +365,16 @@ class PageCache:
         def fetch() -> Awaitable[CachedPage]:
             return self._tracked(
                 failing_key,
-                self._fetch(scope, key, url, caller, parse, forwarding=forwarding, shared=shared),
+                self._fetch(
+                    scope,
+                    key,
+                    url,
+                    caller,
+                    parse,
+                    forwarding=forwarding,
+                    shared=shared,
+                    protected=protected,
+                ),
             )
 
         failing = self._failing.get(failing_key)
@@ -428,13 +484,19 @@ class PageCache:
         *,
         forwarding: bool,
         shared: bool,
+        protected: bool,
     ) -> CachedPage:
         up = self.settings.upstream
-        follow = up.forward_hosts if forwarding and up.forwarding == "cache" else ()
+        # A protected name's forwarding is never followed: its redirect is answered below.
+        follow = (
+            up.forward_hosts if forwarding and up.forwarding == "cache" and not protected else ()
+        )
         answer = await self.upstream.get_page(url, caller.authorization, follow_to=follow)
         message = message_of(answer.body, answer.status, answer.challenge)
         self._judge(scope, caller, answer, message, index=not forwarding)
         if answer.location is not None and forwarding:
+            if protected:
+                raise _protected(PageKey.decode(key).name, "GitLab forwards it")
             raise self._forwarded(answer.location)
         on_gitlab = self.upstream.is_upstream_host(answer.url)
         if answer.status in (404, 410) and not on_gitlab:
@@ -554,6 +616,13 @@ async def _off_the_loop(work: Callable[[], T], size: int) -> T:
     if size < THREAD_FROM_BYTES:
         return work()
     return await asyncio.to_thread(work)
+
+
+def _protected(name: str, why: str) -> Protected:
+    return Protected(
+        f"{name} is a protected name (policy.protected): never taken from the public index, "
+        f"and GitLab does not host it here ({why})"
+    )
 
 
 def _is_absence(error: ProxyError) -> bool:
