@@ -359,3 +359,27 @@ async def test_an_upload_through_the_office_reaches_gitlab_and_both_tiers_see_it
     # Each tier dropped its pages of the name: the new version installs at once.
     (await pip_install(chain.index(CLIENT), tmp_path / "two", "corp-util")).check()
     assert installed(tmp_path / "two") == {"corp_util-1.1.0.dist-info"}
+
+
+async def test_the_office_policy_knows_the_regionals_public_files_from_its_own(
+    gitlab: FakeGitLab, public: FakePublicIndex, tiers: TiersFactory, tmp_path: Path
+) -> None:
+    gitlab.add_wheel(42, "corp-util", "1.0.0")
+    old = public.add_wheel("tiny-json", "1.0.0", upload_time="2024-01-01T00:00:00.000000Z")
+    young = public.add_wheel("tiny-json", "1.1.0")
+    public.add_wheel("acme-lib", "1.0.0", upload_time="2024-01-01T00:00:00.000000Z")
+    forwarding = {"forwarding": "cache", "forward_hosts": (host_of(public),)}
+    # The office's own rules: public files a week old at least, GitLab's at once, no acme-*.
+    policy = {"min_age": 7 * 86400.0, "protected": ("acme-*",)}
+    chain = await tiers(regional={"upstream": forwarding}, office={"policy": policy})
+
+    listing = (await page(chain.office, "tiny-json")).json()
+    assert [f["filename"] for f in listing["files"]] == [old.filename]
+    refused = await fetch(project_file_url(chain.office, young.sha256, young.filename))
+    assert refused.status == 403
+    assert (await page(chain.office, "corp-util")).status == 200
+    protected = await page(chain.office, "acme-lib")
+    assert protected.status == 404, protected.body
+    assert "protected" in protected.json()["message"]
+    (await pip_install(chain.index(), tmp_path / "pip", "tiny-json", "corp-util")).check()
+    assert installed(tmp_path / "pip") == {"tiny_json-1.0.0.dist-info", "corp_util-1.0.0.dist-info"}
