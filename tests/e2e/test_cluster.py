@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as redis
 
-from proxy.cluster import UNREACHABLE
+from proxy.cluster import CHANNEL, UNREACHABLE
+from tests.support.cli_process import ServeProcess, free_port, write_config
 from tests.support.fake_gitlab import FakeGitLab
 from tests.support.harness import TOKEN, ProxyFactory, RunningProxy, pip_install, twine
 from tests.support.http import get
@@ -20,6 +22,9 @@ from tests.support.redis_server import PASSWORD, RedisServer
 from tests.support.wheels import make_wheel
 
 UPLOAD = "/api/v4/projects/42/packages/pypi"
+SIMPLE = "/api/v4/projects/42/packages/pypi/simple/"
+# Enough requests, each on a new connection, for both workers to answer some.
+PAGE_ROUNDS = 12
 METRIC = "gitlab_pypi_proxy_cluster"
 
 
@@ -77,6 +82,37 @@ async def test_upload_through_one_replica_is_installable_through_the_other_at_on
     assert value(samples_a, f"{METRIC}_invalidations_total", kind="received") == 0
     assert value(samples_b, f"{METRIC}_invalidations_total", kind="received") == 1
     assert value(samples_b, f"{METRIC}_redis_connected") == 1
+
+
+async def test_every_worker_process_of_a_replica_hears_an_upload_elsewhere(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    gitlab.add_wheel(42, "corp-util", "1.0.0")
+    port = free_port()
+    config = write_config(
+        tmp_path / "b.toml",
+        {
+            "server": {"host": "127.0.0.1", "port": port, "workers": 2},
+            "upstream": {"url": gitlab.url, "username": "proxy", "token": TOKEN},
+            "cache": {"dir": str(tmp_path / "b")},
+            "cluster": {"redis_url": redis_server.url},
+        },
+    )
+    a = await make_proxy(cache_dir=tmp_path / "a", cluster={"redis_url": redis_server.url})
+    async with await ServeProcess.from_config(config, port) as b:
+        await eventually(_subscribers(redis_server.url, 3), "A and both of B's workers listen")
+        page = f"{b.url}{SIMPLE}corp-util/"
+        # Fresh connections, so the kernel spreads them over both workers: each caches the page.
+        for _ in range(PAGE_ROUNDS):
+            status, _, body = await get(page)
+            assert status == 200 and b"1.0.0" in body
+        await upload(a, tmp_path, "1.1.0")
+        for _ in range(PAGE_ROUNDS):
+            status, _, body = await get(page)
+            assert b"corp_util-1.1.0-py3-none-any.whl" in body
+        # Each worker dropped its own copy: the message reached both (counters summed over the
+        # workers, each publishing its own within 0.2 s).
+        await eventually(_received(b, 2), "both of B's workers count the invalidation")
 
 
 async def test_without_redis_url_a_single_instance_works_as_before(
@@ -143,5 +179,24 @@ def _degraded(proxy: RunningProxy) -> Callable[[], Awaitable[bool]]:
 def _heard(proxy: RunningProxy) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         return not (await ready(proxy))["degraded"]
+
+    return check
+
+
+def _subscribers(url: str, expected: int) -> Callable[[], Awaitable[bool]]:
+    """Whether `expected` processes listen on the channel, as Redis itself counts them."""
+
+    async def check() -> bool:
+        async with redis.Redis.from_url(url) as client:
+            [(_, count)] = await client.pubsub_numsub(CHANNEL)
+        return bool(count == expected)
+
+    return check
+
+
+def _received(proxy: ServeProcess, expected: int) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        _, samples = await scrape(proxy)
+        return value(samples, f"{METRIC}_invalidations_total", kind="received") == expected
 
     return check
