@@ -138,27 +138,30 @@ async def test_replicas_keep_serving_without_redis_and_hear_each_other_once_it_i
     gitlab.add_wheel(42, "corp-util", "1.0.0")
     a, b = await replicas(make_proxy, tmp_path, redis_server.url)
     await installs(b, tmp_path / "one", "1.0.0")
+    await upload(a, tmp_path, "1.1.0")
+    await installs(b, tmp_path / "two", "1.1.0")
+    await installs(a, tmp_path / "three", "1.1.0")
 
     await redis_server.kill()
     for proxy in (a, b):
         await eventually(_degraded(proxy), f"{proxy.url} says Redis is unreachable")
-    # Both keep serving, uploads too; B cannot hear of this one yet.
-    await upload(a, tmp_path, "1.1.0")
-    await installs(a, tmp_path / "two", "1.1.0")
-    await installs(b, tmp_path / "three", "1.0.0")
-    _, samples_a = await scrape(a)
-    assert value(samples_a, f"{METRIC}_invalidations_total", kind="unsent") == 1
-    assert value(samples_a, f"{METRIC}_redis_connected") == 0
-    assert value(samples_a, f"{METRIC}_redis_outages_total") == 1
+    # Both keep serving, uploads too; A cannot hear of this one yet.
+    await upload(b, tmp_path, "1.2.0")
+    await installs(b, tmp_path / "four", "1.2.0")
+    await installs(a, tmp_path / "five", "1.1.0")
+    _, samples_b = await scrape(b)
+    assert value(samples_b, f"{METRIC}_invalidations_total", kind="unsent") == 1
+    assert value(samples_b, f"{METRIC}_redis_connected") == 0
+    assert value(samples_b, f"{METRIC}_redis_outages_total") == 1
 
     await redis_server.start()
     for proxy in (a, b):
         await eventually(_heard(proxy), f"{proxy.url} hears Redis again", timeout=15)
-    # What B missed meanwhile: back, it treats its pages as stale.
-    await installs(b, tmp_path / "four", "1.1.0")
-    # And invalidations flow again.
-    await upload(a, tmp_path, "1.2.0")
-    await installs(b, tmp_path / "five", "1.2.0")
+    # What A missed meanwhile: back, it treats its pages as stale.
+    await installs(a, tmp_path / "six", "1.2.0")
+    # And invalidations flow again, from A too, which last published before the outage.
+    await upload(a, tmp_path, "1.3.0")
+    await installs(b, tmp_path / "seven", "1.3.0")
 
     outage_lines = [r for r in caplog.records if UNREACHABLE in r.getMessage()]
     assert len(outage_lines) == 2, "one line per replica for the one outage"
@@ -167,6 +170,27 @@ async def test_replicas_keep_serving_without_redis_and_hear_each_other_once_it_i
         for page in ("/-/metrics", "/-/status", "/-/ready"):
             _, _, body = await get(f"{proxy.url}{page}")
             assert PASSWORD.encode() not in body
+
+
+async def test_a_redis_that_stops_answering_is_noticed_though_its_connections_stay_open(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    gitlab.add_wheel(42, "corp-util", "1.0.0")
+    a, b = await replicas(make_proxy, tmp_path, redis_server.url)
+    redis_server.pause()
+    try:
+        for proxy in (a, b):
+            await eventually(_degraded(proxy), f"{proxy.url} notices the silence", timeout=15)
+        # Serving goes on meanwhile; an upload waits at most COMMAND_TIMEOUT for Redis.
+        await installs(b, tmp_path / "one", "1.0.0")
+        await upload(a, tmp_path, "1.1.0")
+    finally:
+        redis_server.resume()
+    for proxy in (a, b):
+        await eventually(_heard(proxy), f"{proxy.url} hears Redis again", timeout=15)
+    await installs(b, tmp_path / "two", "1.1.0")
+    await upload(a, tmp_path, "1.2.0")
+    await installs(b, tmp_path / "three", "1.2.0")
 
 
 def _degraded(proxy: RunningProxy) -> Callable[[], Awaitable[bool]]:
