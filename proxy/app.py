@@ -119,8 +119,9 @@ async def _pages(app: web.Application) -> AsyncIterator[None]:
     upstream = app[keys.UPSTREAM]
     gate = Gatekeeper(settings.upstream, upstream)
     app[keys.GATE] = gate
-    app[keys.PAGES] = PageCache(settings, upstream, app[keys.STORE], gate)
-    app[keys.RENDERER] = PageRenderer(app[keys.FILES], app[keys.METADATA])
+    pages = PageCache(settings, upstream, app[keys.STORE], gate)
+    app[keys.PAGES] = pages
+    app[keys.RENDERER] = PageRenderer(app[keys.FILES], app[keys.METADATA], pages.policy)
     yield
 
 

@@ -161,7 +161,11 @@ async def twine(url: str, password: str, *args: str | Path) -> Completed:
 
 
 async def uv_pip_install(
-    index_url: str, target: Path, *requirements: str, cache_dir: Path
+    index_url: str,
+    target: Path,
+    *requirements: str,
+    cache_dir: Path,
+    extra: Sequence[str] = (),
 ) -> Completed:
     """Real uv, with its own empty cache so every run downloads through the proxy."""
     return await run(
@@ -180,6 +184,7 @@ async def uv_pip_install(
             sys.executable,
             "--only-binary",
             ":all:",
+            *extra,
             *requirements,
         ]
     )
