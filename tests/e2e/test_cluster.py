@@ -115,6 +115,43 @@ async def test_every_worker_process_of_a_replica_hears_an_upload_elsewhere(
         await eventually(_received(b, 2), "both of B's workers count the invalidation")
 
 
+async def test_the_channel_carries_versioned_json_and_anything_else_is_ignored(
+    gitlab: FakeGitLab,
+    make_proxy: ProxyFactory,
+    redis_server: RedisServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gitlab.add_wheel(42, "corp-util", "1.0.0")
+    b = await make_proxy(cache_dir=tmp_path / "b", cluster={"redis_url": redis_server.url})
+    await installs(b, tmp_path / "one", "1.0.0")
+    gitlab.add_wheel(42, "corp-util", "1.1.0")  # as if uploaded straight to GitLab
+    async with redis.Redis.from_url(redis_server.url) as client:
+        for garbage in (b"corp-util", b'{"v": 2, "origin": "x", "name": "corp-util"}', b"[1]"):
+            await client.publish(CHANNEL, garbage)
+        await eventually(
+            lambda: sum("unknown format" in r.getMessage() for r in caplog.records) == 3,
+            "each unreadable message is logged",
+        )
+        await installs(b, tmp_path / "two", "1.0.0")
+        # What a replica of this version publishes, from another process.
+        await client.publish(CHANNEL, json.dumps({"v": 1, "origin": "x", "name": "corp-util"}))
+        await eventually(_received(b, 1), "B applies the invalidation")
+    await installs(b, tmp_path / "three", "1.1.0")
+
+
+async def test_a_replica_starts_and_serves_without_redis_and_says_so(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    gitlab.add_wheel(42, "corp-util", "1.0.0")
+    nobody = f"redis://127.0.0.1:{free_port()}/0"
+    proxy = await make_proxy(cluster={"redis_url": nobody})
+    assert UNREACHABLE in (await ready(proxy))["degraded"]
+    await installs(proxy, tmp_path / "one", "1.0.0")
+    await upload(proxy, tmp_path, "1.1.0")
+    await installs(proxy, tmp_path / "two", "1.1.0")
+
+
 async def test_without_redis_url_a_single_instance_works_as_before(
     gitlab: FakeGitLab, proxy: RunningProxy, tmp_path: Path
 ) -> None:
@@ -218,7 +255,7 @@ def _subscribers(url: str, expected: int) -> Callable[[], Awaitable[bool]]:
     return check
 
 
-def _received(proxy: ServeProcess, expected: int) -> Callable[[], Awaitable[bool]]:
+def _received(proxy: RunningProxy | ServeProcess, expected: int) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         _, samples = await scrape(proxy)
         return value(samples, f"{METRIC}_invalidations_total", kind="received") == expected
