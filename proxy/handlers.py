@@ -310,6 +310,8 @@ async def ready(request: web.Request) -> web.StreamResponse:
     degraded = [health.problem] if health.problem else []
     if (cluster := request.app[keys.CLUSTER].problem) is not None:
         degraded.append(cluster)
+    if (times := request.app[keys.PAGES].times.problem) is not None:
+        degraded.append(times)
     if (refusal := token_refusal(request.app)) is not None:
         # Cached content still serves; with nothing cached an inject-mode proxy serves nothing.
         nothing_cached = request.app[keys.METRICS].cache_size()[1] == 0

@@ -34,7 +34,7 @@ from prometheus_client.utils import floatToGoString
 from .log import redact
 
 PREFIX = "gitlab_pypi_proxy"
-UpstreamKind = Literal["page", "file", "probe"]
+UpstreamKind = Literal["page", "file", "probe", "api"]
 PageState = Literal["HIT", "MISS", "STALE"]
 # Uploads' invalidations: told to the other replicas, not told (Redis down), heard from them.
 InvalidationKind = Literal["sent", "unsent", "received"]
@@ -209,7 +209,7 @@ class Metrics:
         self.evicted_bytes = 0
         # Metadata read by Range that its wheel, once downloaded and verified, contradicted.
         self.metadata_replaced = 0
-        self.upstream_errors = {"page": 0, "file": 0, "probe": 0}
+        self.upstream_errors = {"page": 0, "file": 0, "probe": 0, "api": 0}
         self.invalidations = {"sent": 0, "unsent": 0, "received": 0}
         self.redis_outages = 0
         # None: no cluster.redis_url; else whether this worker hears the other replicas now.

@@ -38,6 +38,7 @@ from .simple import Distribution, Index, PageParseError, Project, is_sha256, pro
 from .simple_html import parse_index_page, parse_project_page
 from .simple_json import dumps, is_json_page, parse_index_json, parse_project_json
 from .store import ForwardedRow, Store
+from .upload_times import UploadTimes
 from .upstream import PageAnswer, Upstream, fingerprint, is_listed_host, message_of
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ _FAILURES = (UpstreamUnavailable, UpstreamTimeout, UpstreamError)
 THREAD_FROM_BYTES = 256 * 1024
 T = TypeVar("T")
 LISTED_BATCH = 5_000
+# What a fetch adds to a parsed page before it is kept: upload times, for project pages.
+Learn = Callable[[PageAnswer, Model], Awaitable[Model]]
 
 
 @dataclass(slots=True)
@@ -128,6 +131,16 @@ class PageCache:
             maxsize=20_000, ttl=max(settings.cache.negative_ttl, 1e-9), timer=clock
         )
         self._db_warn = Throttled(log)
+        # Upload times and sizes of GitLab's files; a refused token is asked again once the
+        # pages it would fill are due again.
+        self.times = UploadTimes(
+            gate.policy,
+            upstream,
+            store,
+            recheck=settings.cache.index_ttl,
+            retry=settings.upstream.retry_interval,
+            clock=clock,
+        )
 
     def freshness_left(self, page: CachedPage) -> int:
         """Seconds this page stays fresh, for Cache-Control: max-age."""
@@ -147,8 +160,14 @@ class PageCache:
                 return self._firewall_project(project)
             return project
 
+        async def learn(answer: PageAnswer, model: Model) -> Model:
+            # Only GitLab's own pages list its packages; a forwarded one, the public index's.
+            if isinstance(model, Project) and self.upstream.is_upstream_host(answer.url):
+                return await self.times.fill(scope, name, model)
+            return model
+
         page = await self._get(
-            scope, name, url, caller, parse, forwarding=True, protected=protected
+            scope, name, url, caller, parse, forwarding=True, protected=protected, learn=learn
         )
         # A copy stored before the name was protected may be a forwarded page: never served.
         if protected and any(self._is_public(dist) for dist in page.project.files):
@@ -310,9 +329,7 @@ class PageCache:
         page = self.fresh.get(key) or self.private.get(key) or await self._stored(key)
         if page is None or not isinstance(page.model, Project):
             return None
-        return next(
-            (f for f in page.model.files if f.sha256 == sha256 and f.filename == filename), None
-        )
+        return page.model.find(sha256, filename)
 
     async def index(self, scope: Scope, caller: Caller) -> PageResult:
         url = self.upstream.url_for(scope, "simple")
@@ -334,6 +351,7 @@ class PageCache:
         *,
         forwarding: bool,
         protected: bool = False,
+        learn: Learn | None = None,
     ) -> PageResult:
         view = caller.view(scope)
         key = PageKey(view, name or "").encode()
@@ -374,6 +392,7 @@ class PageCache:
                     forwarding=forwarding,
                     shared=shared,
                     protected=protected,
+                    learn=learn,
                 ),
             )
 
@@ -485,6 +504,7 @@ class PageCache:
         forwarding: bool,
         shared: bool,
         protected: bool,
+        learn: Learn | None,
     ) -> CachedPage:
         up = self.settings.upstream
         # A protected name's forwarding is never followed: its redirect is answered below.
@@ -516,6 +536,9 @@ class PageCache:
             raise UpstreamError(
                 f"{answer.url.host} sent a page that is not a simple index: {e}"
             ) from e
+        if learn is not None:
+            # Before the copy is kept: stored pages, offline serving and bundles carry them.
+            model = await learn(answer, model)
         page = CachedPage(model, self._wall_clock())
         if isinstance(model, Project):
             await self._listed(caller.view(scope), model)

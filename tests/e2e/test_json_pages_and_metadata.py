@@ -139,6 +139,8 @@ async def test_html_and_json_are_never_served_for_each_other(
 
 
 async def test_json_pages_meet_pep_691_and_700(gitlab: FakeGitLab, proxy: RunningProxy) -> None:
+    # A deploy token cannot ask the Packages API: sizes come from cached files only.
+    gitlab.deploy_tokens.add(TOKEN)
     wheel = gitlab.add_wheel(42, "Corp.Util", "1.0.0", requires_python=">=3.8")
     sdist = gitlab.add_sdist(42, "Corp.Util", "1.0.0")
     gitlab.add_wheel(42, "Corp.Util", "1.1.0")
@@ -243,6 +245,8 @@ async def test_pages_are_gzipped_when_accepted(gitlab: FakeGitLab, proxy: Runnin
 
 
 async def test_hits_are_not_rendered_again(gitlab: FakeGitLab, proxy: RunningProxy) -> None:
+    # A deploy token cannot ask the Packages API: sizes come from cached files only.
+    gitlab.deploy_tokens.add(TOKEN)
     wheel = gitlab.add_wheel(42, "corp-util", "1.0.0")
     other = gitlab.add_wheel(42, "corp-app", "1.0.0")
     renderer = proxy.app[keys.RENDERER]

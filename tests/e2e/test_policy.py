@@ -7,6 +7,7 @@ import dataclasses
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,10 +19,11 @@ from proxy.simple import Project
 from proxy.store import DB_NAME, Store
 from tests.support.cli_process import write_config
 from tests.support.clients import installed
-from tests.support.fake_gitlab import FakeGitLab, FakePublicIndex
+from tests.support.fake_gitlab import FakeFile, FakeGitLab, FakePublicIndex
 from tests.support.harness import TOKEN, ProxyFactory, clean_env, pip_install, run, uv_pip_install
 from tests.support.http import PROJECT_PAGE, fetch, get, host_of, page, url_of
 from tests.support.metrics import scrape, value
+from tests.support.polling import eventually
 
 DAY = 86400
 
@@ -220,7 +222,8 @@ async def _cli(tmp_path: Path, gitlab: FakeGitLab, cache: Path, *args: str) -> t
 async def test_explain_online_lists_every_file_with_its_yank(
     gitlab: FakeGitLab, tmp_path: Path
 ) -> None:
-    gitlab.add_wheel(42, "corp-util", "1.0.0")
+    old = gitlab.add_wheel(42, "corp-util", "1.0.0")
+    old.uploaded_at = time.time() - 30 * 86400
     gitlab.add_wheel(42, "corp-util", "2.0.0")
     config = write_config(
         tmp_path / "c.toml",
@@ -247,8 +250,10 @@ async def test_explain_online_lists_every_file_with_its_yank(
     rows = [line for line in result.stdout.splitlines() if "corp_util-" in line]
     assert len(rows) == 2
     assert "yes: broken" in rows[1]
-    # GitLab's pages carry no upload times: under unknown_age = "allow" both are shown.
-    assert all("unknown" in row for row in rows)
+    # Upload times from GitLab's Packages API: the month-old file is shown, the new one hidden.
+    assert "min_age_internal" not in rows[0]
+    assert "min_age_internal" in rows[1]
+    assert not any("unknown" in row for row in rows)
     assert gitlab.counts["page"] == 1
 
 
@@ -271,3 +276,110 @@ async def test_bad_policy_settings_stop_serve_with_one_line(
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert key in result.stderr
+
+
+def _ago(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(time.time() - seconds))
+
+
+@dataclass
+class Aged:
+    public: FakePublicIndex
+    old: FakeFile
+    young: FakeFile
+
+
+@pytest.fixture
+def aged(public: FakePublicIndex) -> Aged:
+    """tiny-json 1.0.0, a month old, and 1.1.0, uploaded a day ago, on the public index."""
+    old = public.add_wheel("tiny-json", "1.0.0", upload_time=_ago(30 * DAY))
+    young = public.add_wheel("tiny-json", "1.1.0", upload_time=_ago(DAY))
+    return Aged(public, old, young)
+
+
+async def test_pip_installs_the_newest_public_version_old_enough(
+    gitlab: FakeGitLab, aged: Aged, make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    proxy = await make_proxy(upstream=forwarding(aged.public, "cache"), policy={"min_age": 7 * DAY})
+    index = proxy.index_url("projects/42")
+    result = await pip_install(index, tmp_path / "t", "tiny-json")
+    result.check()
+    assert installed(tmp_path / "t") == {"tiny_json-1.0.0.dist-info"}
+    files = (await page(proxy, "tiny-json")).json()["files"]
+    assert [f["filename"] for f in files] == ["tiny_json-1.0.0-py3-none-any.whl"]
+
+    pinned = await pip_install(index, tmp_path / "p", "tiny-json==1.1.0")
+    assert pinned.returncode != 0
+    assert "from versions: 1.0.0" in pinned.stderr
+
+    young = aged.young
+    direct = await pip_install(index, tmp_path / "d", url_of(proxy.url, young))
+    assert direct.returncode != 0
+    assert (
+        f"403 Client Error: {young.filename} is younger than policy.min_age (7d): available from"
+        in direct.stderr
+    )
+    refused = await fetch(url_of(proxy.url, young))
+    assert refused.json()["rule"] == "min_age"
+    assert all(young.filename not in r.path for r in aged.public.requests)
+    _, samples = await scrape(proxy)
+    assert value(samples, "gitlab_pypi_proxy_policy_blocks_total", rule="min_age") == 2
+
+
+async def test_exemptions_lift_the_minimum_age(
+    gitlab: FakeGitLab, aged: Aged, make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    proxy = await make_proxy(
+        upstream=forwarding(aged.public, "cache"),
+        policy={"min_age": 7 * DAY, "exempt": ("tiny-json==1.1.0",)},
+    )
+    result = await pip_install(proxy.index_url("projects/42"), tmp_path / "t", "tiny-json")
+    result.check()
+    assert installed(tmp_path / "t") == {"tiny_json-1.1.0.dist-info"}
+
+
+async def test_min_age_internal_is_separate_from_min_age(
+    gitlab: FakeGitLab, aged: Aged, make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """GitLab's own packages install at once under a public minimum age, even with unknown
+    upload times denied: no minimum applies to them; one of their own hides them."""
+    gitlab.add_wheel(42, "corp-app", "1.0.0", requires=["tiny-json"])
+    public_only = await make_proxy(
+        tmp_path / "a",
+        upstream=forwarding(aged.public, "cache"),
+        policy={"min_age": 7 * DAY, "unknown_age": "deny"},
+    )
+    result = await pip_install(public_only.index_url("projects/42"), tmp_path / "t", "corp-app")
+    result.check()
+    assert installed(tmp_path / "t") == {"corp_app-1.0.0.dist-info", "tiny_json-1.0.0.dist-info"}
+
+    both = await make_proxy(
+        tmp_path / "b",
+        upstream=forwarding(aged.public, "cache"),
+        policy={"min_age": 7 * DAY, "min_age_internal": 3600, "unknown_age": "deny"},
+    )
+    files = (await page(both, "corp-app")).json()["files"]
+    assert files == []
+
+
+async def test_a_file_appears_once_old_enough_without_a_refetch(
+    gitlab: FakeGitLab, public: FakePublicIndex, make_proxy: ProxyFactory
+) -> None:
+    public.add_wheel("tiny-json", "1.0.0", upload_time=_ago(30 * DAY))
+    fresh = public.add_wheel("tiny-json", "1.1.0", upload_time=_ago(0))
+    proxy = await make_proxy(upstream=forwarding(public, "cache"), policy={"min_age": 2})
+    first = await page(proxy, "tiny-json")
+    assert [f["filename"] for f in first.json()["files"]] == ["tiny_json-1.0.0-py3-none-any.whl"]
+    # No cache may keep the page past the moment the new file shows.
+    assert int(first.headers["Cache-Control"].removeprefix("max-age=")) <= 2
+
+    async def shown() -> bool:
+        answer = await page(proxy, "tiny-json")
+        return fresh.filename in {f["filename"] for f in answer.json()["files"]}
+
+    await eventually(shown, "the new file shows once two seconds old")
+    later = await page(proxy, "tiny-json")
+    assert later.headers["X-Cache"] == "HIT"
+    assert later.headers["ETag"] != first.headers["ETag"]
+    assert public.counts["page"] == 1
+    assert (await fetch(url_of(proxy.url, fresh))).status == 200
