@@ -190,6 +190,8 @@ async def test_replicas_keep_serving_without_redis_and_hear_each_other_once_it_i
     assert value(samples_b, f"{METRIC}_invalidations_total", kind="unsent") == 1
     assert value(samples_b, f"{METRIC}_redis_connected") == 0
     assert value(samples_b, f"{METRIC}_redis_outages_total") == 1
+    _, _, status_page = await get(f"{b.url}/-/status")
+    assert UNREACHABLE.encode() in status_page
 
     await redis_server.start()
     for proxy in (a, b):
@@ -207,6 +209,7 @@ async def test_replicas_keep_serving_without_redis_and_hear_each_other_once_it_i
         for page in ("/-/metrics", "/-/status", "/-/ready"):
             _, _, body = await get(f"{proxy.url}{page}")
             assert PASSWORD.encode() not in body
+            assert UNREACHABLE.encode() not in body
 
 
 async def test_a_redis_that_stops_answering_is_noticed_though_its_connections_stay_open(
