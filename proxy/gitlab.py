@@ -31,6 +31,7 @@ from .errors import (
     UpstreamUnavailable,
 )
 from .metrics import Metrics, UpstreamKind
+from .negotiate import UPSTREAM_ACCEPT
 from .scope import Scope
 from .upstream import (
     MAX_REDIRECTS,
@@ -60,6 +61,9 @@ FORWARD_ROUTE = "/packages/pypi/forward/"
 _FORWARD_PATH = re.compile(
     r"/api/v4/projects/[^/]+/packages/pypi/forward/[^/]+/(?P<host>[^/]+)/(?P<path>.+)$"
 )
+# A page is asked for as PEP 691 JSON first: a public index or a parent proxy of this project
+# answers with it; GitLab answers HTML.
+PAGE_HEADERS = {str(hdrs.ACCEPT): UPSTREAM_ACCEPT}
 # Of GitLab's answer to an upload, no more than this is kept and passed on.
 MAX_UPLOAD_ANSWER = 64 * 1024
 
@@ -206,7 +210,9 @@ class GitLab:
         hops = 0
         try:
             while True:
-                async with await self._send("page", url, authorization, self._page_timeout) as resp:
+                async with await self._send(
+                    "page", url, authorization, self._page_timeout, extra=PAGE_HEADERS
+                ) as resp:
                     location = location_of(resp)
                     if resp.status in REDIRECTS and location is not None:
                         # GitLab sending us to itself (http to https, a new relative root) is
@@ -231,6 +237,7 @@ class GitLab:
                         url,
                         retry_after=retry_after_of(resp),
                         challenge=resp.headers.get(hdrs.WWW_AUTHENTICATE),
+                        content_type=resp.headers.get(hdrs.CONTENT_TYPE, ""),
                     )
         except TimeoutError as e:
             raise self._failed("page", UpstreamTimeout(self._timeout_message)) from e

@@ -313,6 +313,12 @@ class Store:
         # NAME_SQL is a constant of this program, not input.
         await self._write(f"DELETE FROM pages WHERE {NAME_SQL} IN (?, '')", [(name,)])  # noqa: S608
 
+    async def age_pages(self, fetched_at: float) -> None:
+        """Make every stored page at least this old, so none counts as fresh any more."""
+        await self._write(
+            "UPDATE pages SET fetched_at=? WHERE fetched_at > ?", [(fetched_at, fetched_at)]
+        )
+
     async def pages(self, views: Iterable[str] | None = None) -> list[PageRow]:
         """Stored pages of `views` (scope keys), or all of them."""
         prefixes = [""] if views is None else [PageKey.view_prefix(view) for view in views]

@@ -42,6 +42,8 @@ class PageAnswer:
     retry_after: float | None = None
     # WWW-Authenticate: a revoked token's Bearer challenge says why GitLab refused it.
     challenge: str | None = None
+    # Content-Type: whether the page is HTML or PEP 691 JSON.
+    content_type: str = ""
 
 
 @dataclass(frozen=True, slots=True)

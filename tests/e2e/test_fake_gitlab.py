@@ -899,6 +899,52 @@ async def test_public_index_serves_pep_503_pages_and_files() -> None:
     assert pub.requests[1].headers["Authorization"] == "Bearer x"
 
 
+async def test_public_index_serves_pep_691_json_to_a_client_that_prefers_it() -> None:
+    async with FakePublicIndex() as pub:
+        wheel = pub.add_wheel("Six", "1.17.0", upload_time="2024-12-04T10:00:00.123456Z")
+        sdist = pub.add_file("six", "1.16.0", "six-1.16.0.tar.gz", b"sdist bytes")
+        uv_accept = "application/vnd.pypi.simple.v1+json, text/html;q=0.01"
+        status, headers, body = await fetch(pub.url + "/simple/six/", {"Accept": uv_accept})
+        assert status == 200
+        assert headers["Content-Type"] == "application/vnd.pypi.simple.v1+json"
+        assert "Accept" in headers["Vary"]
+        page = json.loads(body)
+        assert page["meta"]["api-version"] == "1.1"
+        assert (page["name"], page["versions"]) == ("six", ["1.16.0", "1.17.0"])
+        by_name = {f["filename"]: f for f in page["files"]}
+        metadata_sha = hashlib.sha256(wheel_metadata(wheel.content)).hexdigest()
+        assert by_name[wheel.filename] == {
+            "filename": wheel.filename,
+            "url": pub.file_url(wheel).partition("#")[0],
+            "hashes": {"sha256": wheel.sha256},
+            "requires-python": None,
+            "yanked": False,
+            "size": len(wheel.content),
+            "upload-time": "2024-12-04T10:00:00.123456Z",
+            "core-metadata": {"sha256": metadata_sha},
+            "dist-info-metadata": {"sha256": metadata_sha},
+        }
+        # Uploaded when added, unless the test said when; an sdist has no metadata file.
+        assert by_name[sdist.filename]["upload-time"].startswith(time.strftime("%Y-"))
+        assert by_name[sdist.filename]["core-metadata"] is False
+        # HTML unless JSON is preferred, as PyPI decides.
+        for accept in ("", "text/html", "application/vnd.pypi.simple.v1+json;q=0.1, text/html"):
+            status, headers, _ = await fetch(pub.url + "/simple/six/", {"Accept": accept})
+            assert (status, headers["Content-Type"]) == (200, "text/html; charset=utf-8")
+        pub.offers_json = False
+        status, headers, _ = await fetch(pub.url + "/simple/six/", {"Accept": uv_accept})
+        assert headers["Content-Type"] == "text/html; charset=utf-8"
+
+
+async def test_gitlab_answers_html_whatever_the_accept_says(gl: FakeGitLab) -> None:
+    gl.add_wheel(42, "corp-util", "1.0.0")
+    json_first = {**AUTH, "Accept": "application/vnd.pypi.simple.v1+json"}
+    for path in ("/simple/corp-util", "/simple/"):
+        status, headers, body = await fetch(gl.url + API + path, json_first)
+        assert (status, headers["Content-Type"]) == (200, "text/html; charset=utf-8")
+        assert body.startswith(b"<!DOCTYPE html>")
+
+
 # Distributions.
 
 

@@ -371,7 +371,8 @@ async def test_a_downloaded_wheel_advertises_its_metadata_hash(
 async def test_upstream_metadata_claims_are_replaced_by_the_proxys_own(
     gitlab: FakeGitLab, proxy: RunningProxy
 ) -> None:
-    """What upstream says of its metadata file is not what the proxy serves, so not passed on."""
+    """What upstream says of its metadata file is passed on only until the proxy knows its own:
+    a claim that no metadata file upstream bears out gives way to what the wheel holds."""
     wheel = gitlab.add_wheel(42, "corp-util", "1.0.0")
     sdist = gitlab.add_sdist(42, "corp-util", "1.0.0")
     claimed = f"sha256={'c' * 64}"
@@ -388,9 +389,10 @@ async def test_upstream_metadata_claims_are_replaced_by_the_proxys_own(
         Project("corp-util", files), time.time()
     )
     json_page, html_page = await both(proxy, "corp-util")
-    assert advertised(json_page, html_page, wheel.filename) == (True, "true")
+    assert advertised(json_page, html_page, wheel.filename) == ({"sha256": "c" * 64}, claimed)
     assert advertised(json_page, html_page, sdist.filename) == (None, None)
     got = await fetch(project_file_url(proxy, wheel.sha256, wheel.filename) + ".metadata")
+    assert got.status == 200
     json_page, html_page = await both(proxy, "corp-util")
     own = hashlib.sha256(got.body).hexdigest()
     assert advertised(json_page, html_page, wheel.filename) == ({"sha256": own}, f"sha256={own}")

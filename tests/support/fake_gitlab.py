@@ -1172,6 +1172,29 @@ async def _read_upload(
     return fields, filename, bytes(content), size
 
 
+JSON_PAGE = "application/vnd.pypi.simple.v1+json"
+
+
+def _prefers_json(accept: str) -> bool:
+    """Whether an Accept header rates PEP 691 JSON above every HTML type, as PyPI decides."""
+    quality: dict[str, float] = {}
+    for item in accept.split(","):
+        media, *params = (part.strip() for part in item.split(";"))
+        q = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        quality[media.lower()] = max(q, quality.get(media.lower(), 0.0))
+    html = max(
+        quality.get("text/html", 0.0), quality.get("application/vnd.pypi.simple.v1+html", 0.0)
+    )
+    return quality.get(JSON_PAGE, 0.0) > html
+
+
 class FakePublicIndex(_Server):
     """The public PyPI index's shape: where GitLab's forwarding sends pip, and never a token."""
 
@@ -1180,6 +1203,10 @@ class FakePublicIndex(_Server):
         self._files: list[FakeFile] = []
         # PEP 658/714, as PyPI does: each wheel's METADATA beside it, its hash on the page.
         self.offers_metadata = True
+        # PEP 691 JSON to a client that prefers it, as PyPI does; False: HTML only.
+        self.offers_json = True
+        # PEP 700 upload time of each file by filename, as PyPI's JSON says it; tests set them.
+        self.upload_times: dict[str, str] = {}
 
     @property
     def files_url(self) -> str:
@@ -1192,13 +1219,25 @@ class FakePublicIndex(_Server):
         sha256 = hashlib.sha256(content).hexdigest()
         file = FakeFile(filename, content, sha256, requires_python, name, version)
         self._files.append(file)
+        # Uploaded now, unless a test says when.
+        self.upload_times[filename] = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
         return file
 
-    def add_wheel(self, name: str, version: str, **options: Unpack[WheelOptions]) -> FakeFile:
+    def add_wheel(
+        self,
+        name: str,
+        version: str,
+        *,
+        upload_time: str | None = None,
+        **options: Unpack[WheelOptions],
+    ) -> FakeFile:
         filename, content = make_wheel(name, version, **options)
-        return self.add_file(
+        file = self.add_file(
             name, version, filename, content, requires_python=_requires_python(options)
         )
+        if upload_time is not None:
+            self.upload_times[filename] = upload_time
+        return file
 
     def file_url(self, file: FakeFile) -> str:
         sha = file.sha256
@@ -1219,6 +1258,8 @@ class FakePublicIndex(_Server):
         files = [f for f in self._files if canonicalize_name(f.name) == normalized]
         if not files:
             raise Reply(404, "404 Not Found")
+        if self.offers_json and _prefers_json(request.headers.get("Accept", "")):
+            return self._json_page(normalized, files)
         anchors = "".join(
             f'    <a href="{self.file_url(f)}"'
             + (f' data-requires-python="{escape(f.requires_python)}"' if f.requires_python else "")
@@ -1234,6 +1275,39 @@ class FakePublicIndex(_Server):
             f"{anchors}  </body>\n</html>\n<!--SERIAL {len(self._files)}-->\n"
         )
         return web.Response(text=body, content_type="text/html")
+
+    def _json_page(self, name: str, files: list[FakeFile]) -> web.Response:
+        """PyPI's PEP 691 page: api-version 1.1, with PEP 700's size and upload-time."""
+        entries = []
+        for f in files:
+            entry: dict[str, object] = {
+                "filename": f.filename,
+                "url": self.file_url(f).partition("#")[0],
+                "hashes": {"sha256": f.sha256},
+                "requires-python": f.requires_python or None,
+                "yanked": False,
+                "size": len(f.content),
+                "upload-time": self.upload_times[f.filename],
+            }
+            metadata = self._core_metadata(f)
+            if metadata:
+                digest = {"sha256": hashlib.sha256(wheel_metadata(f.content)).hexdigest()}
+                entry["core-metadata"] = entry["dist-info-metadata"] = digest
+            else:
+                entry["core-metadata"] = entry["dist-info-metadata"] = False
+            entries.append(entry)
+        versions = sorted({f.version for f in files}, key=Version)
+        page = {
+            "meta": {"api-version": "1.1", "_last-serial": len(self._files)},
+            "name": name,
+            "versions": versions,
+            "files": entries,
+        }
+        # PyPI names no charset: JSON is UTF-8 by definition.
+        return web.Response(
+            body=json.dumps(page).encode(),
+            headers={"Content-Type": JSON_PAGE, "Vary": "Accept, Accept-Encoding"},
+        )
 
     def _core_metadata(self, file: FakeFile) -> str:
         if not self.offers_metadata or not file.filename.endswith(".whl"):
