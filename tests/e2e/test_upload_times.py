@@ -14,7 +14,7 @@ import pytest
 from tests.support.clients import installed
 from tests.support.fake_gitlab import FakeFile, FakeGitLab
 from tests.support.harness import TOKEN, ProxyFactory, RunningProxy, pip_install, uv_pip_install
-from tests.support.http import JSON_V1, PROJECT_PAGE, basic, get
+from tests.support.http import JSON_V1, PROJECT_PAGE, basic, get, wheel_url
 
 GROUP_PAGE = "/api/v4/groups/7/-/packages/pypi/simple/"
 DEPLOY_TOKEN = "gldt-deploy-token-abcdef123456"
@@ -208,17 +208,26 @@ async def test_packages_api_calls_first_fetch_refetch_and_one_new_upload(
     assert api_calls(gitlab) == 303 + 2
 
 
-async def test_a_restarted_proxy_keeps_what_it_learnt(
+async def test_a_restarted_or_offline_proxy_keeps_what_it_learnt(
     gitlab: FakeGitLab, make_proxy: ProxyFactory, tmp_path: Path
 ) -> None:
-    uploaded(gitlab, "1.0", "2026-02-01T00:00:00+00:00")
+    wheel = uploaded(gitlab, "1.0", "2026-02-01T00:00:00+00:00")
     first = await make_proxy(tmp_path / "cache")
     await json_page(first, PROJECT_PAGE + "corp-util/")
+    # Cached, so an offline mirror lists it.
+    assert (await get(wheel_url(first, wheel)))[0] == 200
     calls = api_calls(gitlab)
     await first.stop()
     again = await make_proxy(tmp_path / "cache", cache={"index_ttl": 0})
     page = await json_page(again, PROJECT_PAGE + "corp-util/")
     assert page["files"][0]["upload-time"] == "2026-02-01T00:00:00.000000Z"
+    assert api_calls(gitlab) == calls
+    await again.stop()
+    # Offline, the stored page carries them: they were learnt before it was kept.
+    offline = await make_proxy(tmp_path / "cache", cache={"offline": True})
+    page = await json_page(offline, PROJECT_PAGE + "corp-util/")
+    assert page["files"][0]["upload-time"] == "2026-02-01T00:00:00.000000Z"
+    assert page["files"][0]["size"] > 0
     assert api_calls(gitlab) == calls
 
 
