@@ -7,6 +7,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from typing import Literal
 
 from packaging.version import InvalidVersion, Version
 
+from .cachehealth import Throttled
 from .credentials import CredentialPolicy
 from .errors import Offline, ProxyError
 from .scope import Scope
@@ -83,6 +85,7 @@ class UploadTimes:
         self._slots = asyncio.Semaphore(CONCURRENCY)
         # Why some upload times are unknown now; None while GitLab answers.
         self.problem: str | None = None
+        self._db_warn = Throttled(log)
 
     async def fill(self, scope: Scope, name: str, project: Project) -> Project:
         """`project` (a page GitLab served for `name` in `scope`) with every size and upload
@@ -105,14 +108,27 @@ class UploadTimes:
             versions = {v for i in missing if (v := version_of(files[i].filename)) is not None}
             learnt = await self._learn(scope, normalize(name), versions)
             if learnt:
-                await self.store.put_upload_times(learnt.values())
                 _apply(files, missing, learnt)
+                await self._keep(learnt.values())
         if files == list(project.files):
             return project
         return project.with_files(tuple(files))
 
     async def _known(self, sha256s: Iterable[str]) -> dict[FileKey, UploadTimeRow]:
-        return {(r.sha256, r.filename): r for r in await self.store.upload_times(sha256s)}
+        try:
+            rows = await self.store.upload_times(sha256s)
+        except sqlite3.Error as e:
+            # The page still comes; GitLab is asked what the index cannot say.
+            self._db_warn.log(logging.WARNING, "could not read upload times: %s", e)
+            return {}
+        return {(r.sha256, r.filename): r for r in rows}
+
+    async def _keep(self, rows: Iterable[UploadTimeRow]) -> None:
+        try:
+            await self.store.put_upload_times(rows)
+        except sqlite3.Error as e:
+            # A full disk must not cost the client the page: this fetch's copy has them.
+            self._db_warn.log(logging.WARNING, "could not store upload times: %s", e)
 
     def _may_ask(self) -> bool:
         if self.upstream.offline:
@@ -125,7 +141,8 @@ class UploadTimes:
     async def _learn(
         self, scope: Scope, name: str, versions: set[Version]
     ) -> dict[FileKey, UploadTimeRow]:
-        """What GitLab says of the files of these versions; {} when it will not say."""
+        """What GitLab says of the files of these versions: all of it, or what it said before
+        it refused or failed (then `problem` says why)."""
         if not versions:
             return {}
         learnt: dict[FileKey, UploadTimeRow] = {}

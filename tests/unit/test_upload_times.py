@@ -242,3 +242,16 @@ async def test_a_schema_2_index_gains_the_table_in_place_or_reads_it_empty(
         await store.close()
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+
+
+async def test_an_index_that_fails_costs_neither_the_page_nor_the_times(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    wheel = rig.gitlab.add_wheel(42, "corp-util", "1.0")
+    # Every read and write of the table now fails, as on a damaged index.
+    await rig.store.db.execute("DROP TABLE upload_times")
+    project = await rig.fill([wheel])
+    assert project.files[0].upload_time is not None
+    # Read and write both failed; said once (at most once a minute).
+    warnings = [r.getMessage() for r in caplog.records if r.name == "proxy.upload_times"]
+    assert len(warnings) == 1 and warnings[0].startswith("could not read upload times")
