@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from tests.support.clients import installed
-from tests.support.fake_gitlab import FakeFile, FakeGitLab
+from tests.support.fake_gitlab import FakeFile, FakeGitLab, FakePublicIndex
 from tests.support.harness import TOKEN, ProxyFactory, RunningProxy, pip_install, uv_pip_install
-from tests.support.http import JSON_V1, PROJECT_PAGE, basic, get, wheel_url
+from tests.support.http import JSON_V1, PROJECT_PAGE, basic, get, host_of, wheel_url
 
 GROUP_PAGE = "/api/v4/groups/7/-/packages/pypi/simple/"
 DEPLOY_TOKEN = "gldt-deploy-token-abcdef123456"
@@ -175,6 +175,23 @@ async def test_a_failing_packages_api_costs_no_page(
     page = await json_page(proxy, PROJECT_PAGE + "corp-util/")
     assert page["files"][0]["upload-time"] == "2026-02-01T00:00:00.000000Z"
     assert json.loads((await get(proxy.url + "/-/ready"))[2])["degraded"] == []
+
+
+async def test_public_files_are_never_asked_about(
+    gitlab: FakeGitLab, public: FakePublicIndex, make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    public.add_wheel("tiny-json", "1.0.0")
+    # HTML only: its files come without upload times, and still GitLab is not asked about them.
+    public.offers_json = False
+    forwarding = {"forwarding": "cache", "forward_hosts": (host_of(public),)}
+    # Forwarded to the public index, and the Dependency Firewall's rewritten public page.
+    proxy = await make_proxy(tmp_path / "a", upstream=forwarding)
+    assert (await json_page(proxy, PROJECT_PAGE + "tiny-json/"))["files"]
+    gitlab.firewall = True
+    firewalled = await make_proxy(tmp_path / "b", upstream=forwarding)
+    page = await json_page(firewalled, PROJECT_PAGE + "tiny-json/")
+    assert page["files"] and gitlab.counts["firewall"] == 0
+    assert api_calls(gitlab) == 0
 
 
 def add_versions(gitlab: FakeGitLab, count: int, first: int = 0) -> None:
