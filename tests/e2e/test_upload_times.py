@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 from datetime import datetime
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,8 @@ async def test_deploy_token_leaves_times_absent_says_so_once_and_recovers(
         assert len(degraded) == 1
         assert degraded[0].startswith("upload times unknown: GitLab refuses the Packages API")
         assert "read_api" in degraded[0] and "deploy token" in degraded[0]
+        # The status page shows it too.
+        assert escape(degraded[0]).encode() in (await get(proxy.url + "/-/status"))[2]
         warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
         assert [r.getMessage() for r in warnings] == degraded
         assert DEPLOY_TOKEN not in caplog.text
