@@ -255,3 +255,10 @@ async def test_an_index_that_fails_costs_neither_the_page_nor_the_times(
     # Read and write both failed; said once (at most once a minute).
     warnings = [r.getMessage() for r in caplog.records if r.name == "proxy.upload_times"]
     assert len(warnings) == 1 and warnings[0].startswith("could not read upload times")
+
+
+async def test_a_scope_named_by_its_encoded_path_is_asked_as_named(rig: Rig) -> None:
+    wheel = rig.gitlab.add_wheel(42, "corp-util", "1.0")
+    project = await rig.fill([wheel], Scope("projects", "platform%2Ftools"))
+    assert project.files[0].upload_time is not None
+    assert rig.gitlab.api_requests[0].path.startswith("/api/v4/projects/platform%2Ftools/packages?")
