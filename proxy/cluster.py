@@ -6,17 +6,15 @@ import asyncio
 import json
 import logging
 import uuid
-from typing import Any
-
-import redis.asyncio as redis
-from redis.asyncio.client import PubSub
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from typing import TYPE_CHECKING, Any
 
 from .config import ClusterSettings
 from .metrics import Metrics
 from .pages import PageCache
+
+if TYPE_CHECKING:
+    import redis.asyncio as redis
+    from redis.asyncio.client import PubSub
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +44,13 @@ class Cluster:
         self.pages = pages
         self.metrics = metrics
         self.origin = uuid.uuid4().hex
-        self._redis = (
-            redis.Redis.from_url(
-                settings.redis_url,
-                socket_connect_timeout=CONNECT_TIMEOUT,
-                socket_timeout=COMMAND_TIMEOUT,
-                health_check_interval=HEALTH_CHECK_SECONDS,
-                # Reconnecting is run()'s job, so an outage is seen, logged and counted.
-                retry=Retry(NoBackoff(), 0),
-            )
-            if settings.redis_url
-            else None
-        )
+        self._redis = _connect(settings.redis_url) if settings.redis_url else None
+        # What a lost Redis raises; redis-py is imported only when a URL is set.
+        self._lost: tuple[type[BaseException], ...] = (OSError,)
+        if self._redis is not None:
+            from redis.exceptions import RedisError
+
+            self._lost = (RedisError, OSError)
         self._pubsub: PubSub | None = None
         self._error: BaseException | None = None
         self.subscribed = False
@@ -81,7 +74,7 @@ class Cluster:
         message = json.dumps({"v": VERSION, "origin": self.origin, "name": name})
         try:
             await self._redis.publish(CHANNEL, message)
-        except (RedisError, OSError) as e:
+        except self._lost as e:
             self.metrics.invalidation("unsent")
             log.warning(
                 "could not tell the other replicas about the upload of %s (%s): they serve "
@@ -106,7 +99,7 @@ class Cluster:
             if self.subscribed:
                 try:
                     await self._listen()
-                except (RedisError, OSError) as e:
+                except self._lost as e:
                     self._error = e
                     self._outage_began()
                     await self._unsubscribe()
@@ -123,7 +116,8 @@ class Cluster:
         self._pubsub = self._redis.pubsub()
         try:
             await asyncio.wait_for(self._pubsub.subscribe(CHANNEL), CONNECT_TIMEOUT * 2)
-        except (RedisError, OSError, TimeoutError) as e:
+        # TimeoutError (wait_for's) is an OSError.
+        except self._lost as e:
             self._error = e
             await self._unsubscribe()
             return False
@@ -172,6 +166,22 @@ class Cluster:
             return
         await self._unsubscribe()
         await self._redis.aclose()
+
+
+def _connect(url: str) -> redis.Redis:
+    """A client for `url`; redis-py is imported here, so a lone instance never loads it."""
+    import redis.asyncio as redis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=COMMAND_TIMEOUT,
+        health_check_interval=HEALTH_CHECK_SECONDS,
+        # Reconnecting is run()'s job, so an outage is seen, logged and counted.
+        retry=Retry(NoBackoff(), 0),
+    )
 
 
 def _describe(error: BaseException | None) -> str:

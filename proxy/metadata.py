@@ -184,7 +184,8 @@ class CoreMetadata:
         if not dist.is_wheel or dist.sha256 is None:
             return False
         if dist.sha256 not in self.by_wheel:
-            if isinstance(dist.core_metadata, str):
+            if dist.core_metadata is not False:
+                # Upstream serves it itself (`_published`), whatever the cache and Range allow.
                 return dist.core_metadata
             # Not offered when it could not be served: pip would retry, then abort the install.
             return not (

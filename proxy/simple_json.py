@@ -21,6 +21,10 @@ from .simple import (
 )
 
 Json = dict[str, object]
+# A file from the public index, as a proxy of this project tells the one in front of it, so
+# that one's policy (min_age, protected) sees it as public too. PEP 691 leaves keys starting
+# with "_" to each server; a claim of "public" only ever subjects a file to more rules.
+PUBLIC_KEY = "_public-index"
 # What an upstream answers a PEP 691 JSON page with; `latest` is whatever it serves newest.
 JSON_PAGE_TYPES = ("application/vnd.pypi.simple.v1+json", "application/vnd.pypi.simple.latest+json")
 # From this many files (or names) on, JSON text is made by the encoder that shares the GIL.
@@ -82,6 +86,8 @@ def _file_json(dist: Distribution, url: str) -> Json:
         entry["size"] = dist.size
     if dist.upload_time is not None:
         entry["upload-time"] = dist.upload_time
+    if dist.public:
+        entry[PUBLIC_KEY] = True
     return entry
 
 
@@ -184,6 +190,7 @@ def _distribution(entry: object, base_url: str) -> Distribution | None:
             core_metadata=_core_metadata(entry),
             size=_size(entry.get("size")),
             upload_time=_upload_time(entry.get("upload-time")),
+            public=_public(entry.get(PUBLIC_KEY, False)),
         )
     except ValueError:
         # A malformed URL or field: one bad entry, not a bad page.
@@ -236,6 +243,12 @@ def _size(value: object) -> int | None:
     # bool is an int to Python, but not a size.
     if value is not None and (type(value) is not int or value < 0):
         raise _BadEntry("size must be a non-negative integer")
+    return value
+
+
+def _public(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _BadEntry(f"{PUBLIC_KEY} must be a boolean")
     return value
 
 

@@ -6,6 +6,7 @@ import contextlib
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from proxy import keys
 from tests.support.clients import installed
@@ -156,3 +157,32 @@ async def test_uv_exclude_newer_installs_the_newest_public_version_before_the_da
     result = await uv_pip_install(index, tmp_path / "all", "tiny-json", cache_dir=tmp_path / "uv")
     result.check()
     assert installed(tmp_path / "all") == {"tiny_json-1.2.0.dist-info"}
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b'{"meta": {"api-version": "2.0"}, "files": []}', "not a version 1 JSON page"),
+        (b"<html>not json</html>", "not JSON"),
+        (b'{"meta": {"api-version": "1.1"}, "files": {"a": 1}}', "files must be a list"),
+    ],
+)
+async def test_a_json_page_the_proxy_cannot_read_is_a_clear_502_then_the_stored_copy(
+    gitlab: FakeGitLab, public: FakePublicIndex, make_proxy: ProxyFactory, body: bytes, why: str
+) -> None:
+    wheel = public.add_wheel("tiny-json", "1.0.0")
+    # Asked every time, and again at once after a failure.
+    upstream = {"forwarding": "cache", "forward_hosts": (host_of(public),), "retry_interval": 0.0}
+    proxy = await make_proxy(upstream=upstream, cache={"index_ttl": 0.0})
+    public.json_body = body
+    answer = await page(proxy, "tiny-json")
+    assert answer.status == 502
+    assert why in answer.json()["message"]
+    assert host_of(public).partition(":")[0] in answer.json()["message"]
+    # A good page, then a bad one again: the good one is served stale meanwhile.
+    public.json_body = None
+    assert (await page(proxy, "tiny-json")).status == 200
+    public.json_body = body
+    answer = await page(proxy, "tiny-json")
+    assert (answer.status, answer.headers["X-Cache"]) == (200, "STALE")
+    assert [f["filename"] for f in answer.json()["files"]] == [wheel.filename]

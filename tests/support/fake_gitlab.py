@@ -1207,6 +1207,8 @@ class FakePublicIndex(_Server):
         self.offers_json = True
         # PEP 700 upload time of each file by filename, as PyPI's JSON says it; tests set them.
         self.upload_times: dict[str, str] = {}
+        # Fault: sent, as a JSON page, instead of the real one.
+        self.json_body: bytes | None = None
 
     @property
     def files_url(self) -> str:
@@ -1305,7 +1307,7 @@ class FakePublicIndex(_Server):
         }
         # PyPI names no charset: JSON is UTF-8 by definition.
         return web.Response(
-            body=json.dumps(page).encode(),
+            body=json.dumps(page).encode() if self.json_body is None else self.json_body,
             headers={"Content-Type": JSON_PAGE, "Vary": "Accept, Accept-Encoding"},
         )
 

@@ -57,7 +57,7 @@ RICH = Project(
             size=1234,
             upload_time=UPLOADED,
         ),
-        dist("zope_interface-6.1.zip", yanked=True, core_metadata=True, size=0),
+        dist("zope_interface-6.1.zip", yanked=True, core_metadata=True, size=0, public=True),
     ),
 )
 
@@ -106,6 +106,8 @@ def test_project_page_fields() -> None:
     assert bare["yanked"] is True
     assert bare["core-metadata"] is True
     assert bare["dist-info-metadata"] is True
+    # A private key (PEP 691), for a proxy of this project in front of this one.
+    assert bare["_public-index"] is True
 
 
 def test_api_version_1_1_only_when_every_size_is_known() -> None:
@@ -401,6 +403,7 @@ GOOD = {
         {"yanked": 1},
         {"requires-python": [">=3"]},
         {"core-metadata": "yes"},
+        {"_public-index": "yes"},
     ],
 )
 def test_a_malformed_file_entry_is_left_out_not_the_page(bad: dict[str, Any]) -> None:
