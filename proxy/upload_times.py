@@ -35,15 +35,16 @@ _TOKEN_ADVICE = "use a token with read_api as upstream.token"
 _MIN_PARTIAL_MATCH = 3
 # A file's key in GitLab's answers and in the index: its sha256 and its filename.
 FileKey = tuple[str, str]
-# How long GitLab is left alone after an answer without times: a refusal of the token is
-# asked again after `recheck`, a failure after `retry`, a 404 (one scope hidden) at once.
-_Hold = Literal["recheck", "retry", "none"]
+# Whom GitLab's Packages API is left alone for after an answer without times: everything for
+# `recheck` after a refusal of the token, or for `retry` after a failure; the one scope for
+# `recheck` after its 404 (hidden from the token, or an upstream without the REST API).
+_Hold = Literal["recheck", "retry", "scope"]
 
 
 class _Unknown(Exception):
     """GitLab's Packages API did not tell; the message says why, for an operator."""
 
-    def __init__(self, message: str, *, hold: _Hold) -> None:
+    def __init__(self, message: str, *, hold: _Hold | None) -> None:
         super().__init__(message)
         self.message = message
         self.hold = hold
@@ -79,9 +80,11 @@ class UploadTimes:
         self.policy = policy
         self.upstream = upstream
         self.store = store
-        self._holds: dict[_Hold, float] = {"recheck": recheck, "retry": retry, "none": 0.0}
+        self._recheck = recheck
+        self._retry = retry
         self._clock = clock
-        self._held_until = 0.0
+        # Until when not to ask, per scope key; "" holds every scope.
+        self._held_until: dict[str, float] = {}
         self._slots = asyncio.Semaphore(CONCURRENCY)
         # Why some upload times are unknown now; None while GitLab answers.
         self.problem: str | None = None
@@ -104,7 +107,7 @@ class UploadTimes:
         files = list(project.files)
         known = await self._known(files[i].sha256 or "" for i in asked)
         missing = _apply(files, asked, known)
-        if missing and self._may_ask():
+        if missing and self._may_ask(scope):
             versions = {v for i in missing if (v := version_of(files[i].filename)) is not None}
             learnt = await self._learn(scope, normalize(name), versions)
             if learnt:
@@ -130,13 +133,21 @@ class UploadTimes:
             # A full disk must not cost the client the page: this fetch's copy has them.
             self._db_warn.log(logging.WARNING, "could not store upload times: %s", e)
 
-    def _may_ask(self) -> bool:
+    def _may_ask(self, scope: Scope) -> bool:
         if self.upstream.offline:
             return False
         if (unusable := self.policy.rest_unusable) is not None:
             self._report(f"upload times unknown: {unusable}; {_TOKEN_ADVICE}")
             return False
-        return self._clock() >= self._held_until
+        now = self._clock()
+        return all(now >= self._held_until.get(key, now) for key in ("", scope.key))
+
+    def _hold(self, scope: Scope, hold: _Hold) -> None:
+        now = self._clock()
+        for key in [k for k, until in self._held_until.items() if until <= now]:
+            del self._held_until[key]
+        key = scope.key if hold == "scope" else ""
+        self._held_until[key] = now + (self._retry if hold == "retry" else self._recheck)
 
     async def _learn(
         self, scope: Scope, name: str, versions: set[Version]
@@ -158,7 +169,8 @@ class UploadTimes:
             if problems := [o for o in outcomes if isinstance(o, BaseException)]:
                 raise problems[0]
         except _Unknown as e:
-            self._held_until = self._clock() + self._holds[e.hold]
+            if e.hold is not None:
+                self._hold(scope, e.hold)
             self._report(e.message)
             return learnt
         if self.problem is not None:
@@ -230,7 +242,7 @@ class UploadTimes:
             try:
                 answer = await self.upstream.get_api(path, query, self.policy.rest_authorization)
             except Offline:
-                raise _Unknown("upload times unknown: the proxy is offline", hold="none") from None
+                raise _Unknown("upload times unknown: the proxy is offline", hold=None) from None
             except ProxyError as e:
                 raise _Unknown(
                     f"upload times unknown for some pages: GitLab's Packages API failed "
@@ -250,7 +262,7 @@ class UploadTimes:
             raise _Unknown(
                 "upload times unknown for some pages: GitLab's Packages API answered 404 for "
                 f"{setting} (it hides projects and groups a token cannot read); {_TOKEN_ADVICE}",
-                hold="none",
+                hold="scope",
             )
         if answer.status != 200:
             raise _Unknown(

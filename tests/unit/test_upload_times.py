@@ -188,7 +188,9 @@ async def test_a_refused_token_is_asked_again_only_after_recheck(rig: Rig) -> No
     assert rig.times.problem is None
 
 
-async def test_a_failure_is_retried_sooner_and_a_hidden_scope_at_once(rig: Rig) -> None:
+async def test_a_failure_is_retried_sooner_and_a_hidden_scope_holds_only_itself(
+    rig: Rig,
+) -> None:
     wheel = rig.gitlab.add_wheel(42, "corp-util", "1.0")
     rig.gitlab.api_fail_status = 503
     await rig.fill([wheel])
@@ -204,7 +206,11 @@ async def test_a_failure_is_retried_sooner_and_a_hidden_scope_at_once(rig: Rig) 
         0
     ].upload_time is None
     assert rig.times.problem is not None and "404" in rig.times.problem
+    calls = rig.calls
+    await rig.times.fill(Scope("projects", "999"), "corp-util", listed([other]))
+    assert rig.calls == calls  # that scope is asked again only after recheck
     assert (await rig.fill([other])).files[0].upload_time is not None
+    assert rig.calls == calls + 2
 
 
 async def test_at_most_concurrency_calls_are_in_flight(rig: Rig) -> None:
