@@ -383,3 +383,20 @@ async def test_the_office_policy_knows_the_regionals_public_files_from_its_own(
     assert "protected" in protected.json()["message"]
     (await pip_install(chain.index(), tmp_path / "pip", "tiny-json", "corp-util")).check()
     assert installed(tmp_path / "pip") == {"tiny_json-1.0.0.dist-info", "corp_util-1.0.0.dist-info"}
+
+
+async def test_the_office_never_asks_the_regional_for_gitlabs_packages_api(
+    gitlab: FakeGitLab, tiers: TiersFactory
+) -> None:
+    """A regional holding a deploy token knows no upload times; the office, whose upstream
+    answers JSON (so is not GitLab's registry), must not ask it for GitLab's REST API."""
+    gitlab.deploy_tokens.add("gldt-regional-deploy-token")
+    gitlab.add_wheel(42, "corp-util", "1.0.0")
+    chain = await tiers(
+        regional={"upstream": {"token": "gldt-regional-deploy-token", "username": "deploy"}}
+    )
+    entry = (await page(chain.office, "corp-util")).json()["files"][0]
+    assert "upload-time" not in entry
+    assert chain.regional.app[keys.PAGES].times.problem is not None  # the regional says why
+    assert chain.office.app[keys.METRICS].latency_counts.get("api") is None
+    assert chain.office.app[keys.PAGES].times.problem is None
