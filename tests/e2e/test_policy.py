@@ -202,6 +202,9 @@ async def test_offline_the_age_rules_use_the_upload_times_the_cache_holds(
     lines = {line.split()[1]: line for line in out.splitlines() if "corp_util-" in line}
     assert "younger than policy.min_age_internal" in lines[young.filename]
     assert "30d" in lines[old.filename] and "yes" in lines[old.filename]
+    code, out = await _cli(tmp_path, gitlab, cache, "explain", "projects/42", "not-cached")
+    assert code == 1
+    assert "explain not-cached: not in the cache" in out
 
 
 async def _cli(tmp_path: Path, gitlab: FakeGitLab, cache: Path, *args: str) -> tuple[int, str]:
