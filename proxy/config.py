@@ -128,6 +128,9 @@ class UpstreamSettings:
     # While a page keeps failing upstream, its last good copy is served and GitLab is asked
     # again at most once per this many seconds (or per Retry-After, when GitLab gives one).
     retry_interval: float = 10.0
+    # Ask the upstream's REST Packages API for upload times and sizes: GitLab has one; a
+    # regional proxy of this project in front of it does not, and gives them on its pages.
+    packages_api: bool = True
 
 
 @dataclass(frozen=True, slots=True)

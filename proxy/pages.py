@@ -161,8 +161,13 @@ class PageCache:
             return project
 
         async def learn(answer: PageAnswer, model: Model) -> Model:
-            # Only GitLab's own pages list its packages; a forwarded one, the public index's.
-            if isinstance(model, Project) and self.upstream.is_upstream_host(answer.url):
+            # Only GitLab's own pages list its packages; a forwarded one, the public index's; a
+            # parent proxy's (packages_api off) say what it learnt itself.
+            if (
+                isinstance(model, Project)
+                and self.settings.upstream.packages_api
+                and self.upstream.is_upstream_host(answer.url)
+            ):
                 return await self.times.fill(scope, name, model)
             return model
 
