@@ -59,8 +59,9 @@ TiersFactory = Callable[..., Awaitable[Tiers]]
 
 @pytest.fixture
 async def tiers(tmp_path: Path, gitlab: FakeGitLab) -> AsyncIterator[TiersFactory]:
-    """Start a regional proxy in front of `gitlab` and an office proxy in front of it; keyword
-    `regional` and `office` hold each one's setting sections, `office_token` its token."""
+    """Start a regional proxy in front of `gitlab` and an office proxy in front of it, as README's
+    recipe has them; keyword `regional` and `office` hold each one's setting sections on top,
+    `office_token` the office's token."""
     started: list[RunningProxy] = []
 
     async def factory(
@@ -72,8 +73,11 @@ async def tiers(tmp_path: Path, gitlab: FakeGitLab) -> AsyncIterator[TiersFactor
             gitlab.url, tmp_path / "regional", TOKEN, **(regional or {})
         )
         started.append(regional_proxy := await start_proxy(regional_settings))
+        sections = dict(office or {})
+        # The regional has no Packages API: its pages carry the upload times.
+        sections["upstream"] = {"packages_api": False, **sections.get("upstream", {})}
         office_settings = make_settings(
-            regional_proxy.url, tmp_path / "office", office_token, **(office or {})
+            regional_proxy.url, tmp_path / "office", office_token, **sections
         )
         started.append(office_proxy := await start_proxy(office_settings))
         return Tiers(regional_proxy, office_proxy)
@@ -126,7 +130,7 @@ async def test_pip_and_uv_install_through_the_office_and_gitlab_sends_each_file_
     result.check()
     assert installed(tmp_path / "uv") == installed(tmp_path / "pip")
     # Each file once from GitLab (small wheels come whole with the tail the regional reads for
-    # their metadata), and not a byte more.
+    # their metadata), however many clients and tiers asked.
     for filename in ("corp_app-2.0.0-py3-none-any.whl", "corp_util-1.1.0-py3-none-any.whl"):
         asked = [r for r in gitlab.requests if r.kind == "file" and r.path.endswith("/" + filename)]
         assert len(asked) == 1, filename
@@ -262,19 +266,22 @@ class Mode:
     never_sent: tuple[str, ...]
 
 
+# As README's table has them: each regional in passthrough holds a read_api token of its own,
+# for the Packages API only.
+PASSING_ON = {"upstream": {"credentials": "passthrough"}}
 MODES = {
-    # The office injects a GitLab token; the regional passes it on as a client's.
+    # The office injects its GitLab token; the regional passes it on as a client's.
     "office-injects": Mode(
-        regional={"upstream": {"credentials": "passthrough", "token": ""}},
+        regional=PASSING_ON,
         office={},
-        office_token=TOKEN,
+        office_token=OFFICE_GITLAB,
         client=None,
-        gitlab_sees=TOKEN,
-        never_sent=(),
+        gitlab_sees=OFFICE_GITLAB,
+        never_sent=(TOKEN,),
     ),
     # Each client's own GitLab token goes through both proxies to GitLab.
     "clients-through": Mode(
-        regional={"upstream": {"credentials": "passthrough", "token": ""}},
+        regional=PASSING_ON,
         office={"upstream": {"credentials": "passthrough"}},
         office_token="",
         client=CLIENT,
@@ -318,6 +325,7 @@ async def test_each_credentials_mode_sends_gitlab_the_right_token_and_no_other(
     gitlab.add_wheel(42, "corp-app", "1.0.0", requires=["tiny-json>=1"])
     public.add_wheel("tiny-json", "1.0.0")
     gitlab.tokens[CLIENT] = {42}
+    gitlab.tokens[OFFICE_GITLAB] = {42}
     forwarding = {"forwarding": "cache", "forward_hosts": (host_of(public),)}
     regional = {**mode.regional, "upstream": {**mode.regional.get("upstream", {}), **forwarding}}
     if mode.office_token == OFFICE_ACCESS:
@@ -333,10 +341,10 @@ async def test_each_credentials_mode_sends_gitlab_the_right_token_and_no_other(
     assert [secrets_in(r) for r in gitlab.requests] == [{mode.gitlab_sees}] * len(gitlab.requests)
     assert public.requests
     assert not any(secrets_in(r) for r in public.requests)
-    everything = gitlab.requests + gitlab.api_requests + public.requests
     for secret in mode.never_sent:
-        assert not any(carries(r, secret) for r in everything), secret
-    # The Packages API, if asked, only by the regional, with its own token.
+        assert not any(carries(r, secret) for r in gitlab.requests + public.requests), secret
+    # The Packages API, asked by the regional only, with its own token only.
+    assert gitlab.api_requests
     assert all(secrets_in(r) == {TOKEN} for r in gitlab.api_requests)
     if mode.client is not None:
         # Without credentials, GitLab's challenge comes back through both tiers.
@@ -403,8 +411,6 @@ async def test_gitlab_upload_times_reach_the_office_from_the_regionals_pages(
 ) -> None:
     old = uploaded(gitlab, "1.0.0", "2026-01-15T08:30:00.125+00:00")
     new = uploaded(gitlab, "2.0.0", "2026-11-30T10:00:00+00:00")
-    # README's recipe: the office asks no Packages API, its upstream has none.
-    office: dict[str, dict[str, Any]] = {"upstream": {"packages_api": False}}
     regional: dict[str, dict[str, Any]] = {}
     office_token = TOKEN
     if regional_token_only_for_times:
@@ -413,7 +419,7 @@ async def test_gitlab_upload_times_reach_the_office_from_the_regionals_pages(
         gitlab.tokens[OFFICE_GITLAB] = None
         regional = {"upstream": {"credentials": "passthrough"}}
         office_token = OFFICE_GITLAB
-    chain = await tiers(regional=regional, office=office, office_token=office_token)
+    chain = await tiers(regional=regional, office_token=office_token)
 
     listing = (await page(chain.office, "corp-util")).json()
     check_project_page(listing)
@@ -446,9 +452,7 @@ async def test_an_office_leaves_upload_times_to_the_regional_which_says_why_it_h
 ) -> None:
     uploaded(gitlab, "1.0.0", "2026-01-15T08:30:00+00:00")
     # A regional without a token of its own cannot ask the Packages API.
-    chain = await tiers(
-        regional=MODES["office-injects"].regional, office={"upstream": {"packages_api": False}}
-    )
+    chain = await tiers(regional={"upstream": {"credentials": "passthrough", "token": ""}})
     listing = (await page(chain.office, "corp-util")).json()
     assert "upload-time" not in listing["files"][0]
     assert not gitlab.api_requests
