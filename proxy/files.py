@@ -41,6 +41,7 @@ from .fill import (
 from .locks import FileLock
 from .memorytier import MemoryTier
 from .metrics import Metrics
+from .shared_tier import SharedTier, TierFailed
 from .store import Store
 from .upstream import Upstream, fingerprint
 
@@ -116,8 +117,11 @@ class FileCache:
         metrics: Metrics,
         *,
         events: FileEvents | None = None,
+        shared: SharedTier | None = None,
     ) -> None:
         self.settings = settings
+        # Asked on a local miss before GitLab; given every blob verified from GitLab.
+        self.shared = shared
         self.blobs = blobs
         self.store = store
         self.upstream = upstream
@@ -353,7 +357,10 @@ class FileCache:
         if admission is None:
             return fill
         await fill.headers_known()
-        if fill.started:
+        if fill.started and fill.from_shared:
+            # Bytes another replica downloaded: GitLab has not answered this client yet.
+            await admission.admit()
+        elif fill.started:
             admission.answered(None)
         elif fill.outcome is Outcome.ADOPTED:
             # Adopted from another worker's download: GitLab never answered this client.
@@ -450,6 +457,7 @@ class FileCache:
         fill.finish(fill.path)
         self.events.fill_started(fill)
         self.grown.set()
+        self._share(sha256, filename, len(body))
 
     async def respond_blob(
         self, request: web.Request, sha256: str, filename: str, *, private: bool
@@ -556,18 +564,8 @@ class FileCache:
             lock = await self.blobs.lock(fill.sha256)
             if await self._adopt(fill):
                 return
-            async with self.upstream.open_file(source, authorization) as resp:
-                size = resp.content_length
-                # Without a Content-Length the reserve is checked as the file grows, chunk by
-                # chunk, instead of once for its whole size.
-                if not self.health.room_for(size or 0):
-                    raise CacheUnwritable(f"no room in the cache for {fill.filename}")
-                fill.mark_started(size)
-                async for chunk in resp.content.iter_chunked(CHUNK):
-                    if size is None and not self.health.room_for(len(chunk)):
-                        raise CacheUnwritable(f"no room left in the cache for {fill.filename}")
-                    await writer.write(chunk)
-                    fill.advance(len(chunk))
+            if not await self._fill_from_shared(fill, writer):
+                await self._fill_from_upstream(fill, writer, source, authorization)
             if fill.size is not None and fill.written != fill.size:
                 raise self._bad_file(
                     f"upstream sent {fill.written} of {fill.size} bytes for {fill.filename}"
@@ -584,6 +582,11 @@ class FileCache:
             fill.finish(final)
             self.grown.set()
             self.events.verified(fill.sha256, fill.filename)
+            if not fill.from_shared:
+                self._share(fill.sha256, fill.filename, fill.written)
+        except TierFailed as e:
+            log.warning("fill of %s from the shared tier failed: %s", fill.filename, e)
+            fill.fail(UpstreamUnavailable(f"the shared tier failed while sending {fill.filename}"))
         except CacheUnwritable as e:
             fill.fail(e)
         except ProxyError as e:
@@ -605,13 +608,71 @@ class FileCache:
             fill.fail(CacheUnwritable(f"could not write {fill.filename} to the cache"))
         finally:
             writer.abort()
-            self.metrics.fetched("file", fill.written)
+            if not fill.from_shared:
+                self.metrics.fetched("file", fill.written)
             if fill.state is FillState.RUNNING:
                 fill.fail(UpstreamError(f"fill of {fill.filename} was interrupted"))
             self._fills.pop(fill.sha256, None)
             self.metrics.fills_changed(len(self._fills))
             if lock is not None:
                 lock.release()
+
+    def _share(self, sha256: str, filename: str, size: int) -> None:
+        """Put a blob verified from GitLab to the shared tier, in the background."""
+        if self.shared is not None:
+            self.shared.upload_blob(sha256, filename, size, lambda: self.blobs.open(sha256))
+
+    async def in_shared_tier(self, sha256: str, filename: str) -> bool:
+        """Whether the shared tier holds this file, so a fill would not ask GitLab for it."""
+        return self.shared is not None and await self.shared.holds(sha256, filename)
+
+    async def _fill_from_shared(self, fill: Fill, writer: BlobWriter) -> bool:
+        """Fill from the shared tier if it holds the blob under this name; False if it does not.
+
+        Its bytes go through the same writer as GitLab's: hashed as they land, the last one
+        held back from readers until the whole verifies."""
+        if self.shared is None:
+            return False
+        found = await self.shared.open_blob(fill.sha256, fill.filename)
+        if found is None:
+            return False
+        if not self.health.room_for(found.size):
+            raise CacheUnwritable(f"no room in the cache for {fill.filename}")
+        fill.from_shared = True
+        fill.mark_started(found.size)
+        async for chunk in found.chunks():
+            await writer.write(chunk)
+            fill.advance(len(chunk))
+            if fill.written > found.size:
+                break
+        if fill.written != found.size or not writer.verified():
+            await self._bad_shared_copy(fill)
+        return True
+
+    async def _bad_shared_copy(self, fill: Fill) -> None:
+        """The tier's copy did not verify: removed from the bucket, the fill fails (its readers
+        are cut, never complete) and the next request goes to GitLab."""
+        assert self.shared is not None
+        log.error("shared tier: %s did not verify; removed from the bucket", fill.filename)
+        self.metrics.shared_tier("bad")
+        await self.shared.discard_blob(fill.sha256)
+        raise UpstreamError(f"the shared tier's copy of {fill.filename} did not verify")
+
+    async def _fill_from_upstream(
+        self, fill: Fill, writer: BlobWriter, source: yarl.URL, authorization: str | None
+    ) -> None:
+        async with self.upstream.open_file(source, authorization) as resp:
+            size = resp.content_length
+            # Without a Content-Length the reserve is checked as the file grows, chunk by
+            # chunk, instead of once for its whole size.
+            if not self.health.room_for(size or 0):
+                raise CacheUnwritable(f"no room in the cache for {fill.filename}")
+            fill.mark_started(size)
+            async for chunk in resp.content.iter_chunked(CHUNK):
+                if size is None and not self.health.room_for(len(chunk)):
+                    raise CacheUnwritable(f"no room left in the cache for {fill.filename}")
+                await writer.write(chunk)
+                fill.advance(len(chunk))
 
     def _bad_file(self, message: str) -> UpstreamError:
         self.metrics.upstream_failed("file", message)

@@ -73,6 +73,8 @@ class Fill:
         self.state = FillState.RUNNING
         self.error: ProxyError | None = None
         self.started = False
+        # Read back from the shared tier, not downloaded: GitLab never answered anyone for it.
+        self.from_shared = False
         self._changed = asyncio.Event()
 
     def _notify(self) -> None:

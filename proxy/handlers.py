@@ -17,6 +17,7 @@ from .negotiate import accepts_gzip, choose, none_match, parse_accept
 from .pages import PageResult
 from .rendering import FORMAT_OF, Rendered
 from .scope import Scope
+from .shared_tier import SharedTier
 from .simple import is_distribution_filename, is_sha256, is_valid_name, normalize
 from .status import render_home, render_status
 from .upstream import message_of
@@ -208,6 +209,12 @@ async def file_download(request: web.Request) -> web.StreamResponse:
         (await files.learn(sha256) and files.hit(sha256, filename) is not None)
         or (fill is not None and fill.source != source)
         or (fill is None and files.filling_elsewhere(sha256))
+        # The shared tier may hold it from another replica, fetched through another scope.
+        or (
+            fill is None
+            and files.hit(sha256, filename) is None
+            and await files.in_shared_tier(sha256, filename)
+        )
         or (wants_metadata and await metadata.knows(sha256))
     )
     if checked:
@@ -263,6 +270,8 @@ async def ready(request: web.Request) -> web.StreamResponse:
     ):
         health.failed(error)
     degraded = [health.problem] if health.problem else []
+    if (tier := request.app[keys.SHARED]) is not None and not await _tier_answers(tier):
+        degraded.append(tier.problem or "shared tier failed")
     if (refusal := token_refusal(request.app)) is not None:
         # Cached content still serves; with nothing cached an inject-mode proxy serves nothing.
         nothing_cached = request.app[keys.METRICS].cache_size()[1] == 0
@@ -290,6 +299,13 @@ def token_refusal(app: web.Application) -> str | None:
         return None
     setting = app[keys.GATE].policy.token_setting
     return f"GitLab refuses the proxy's credentials (HTTP {refused}): check {setting}"
+
+
+async def _tier_answers(tier: SharedTier) -> bool:
+    """Whether the shared tier answers: as it last did if lately, else asked now."""
+    if tier.problem is not None or time.monotonic() - tier.last_answer < RECENT_OK_SECONDS:
+        return tier.problem is None
+    return await tier.reachable()
 
 
 async def _upstream_reachable(request: web.Request) -> bool:

@@ -294,7 +294,12 @@ class CoreMetadata:
                 return known
         upstream = self.files.upstream
         await self.files.learn(sha256)  # the wheel itself, if another worker cached it
-        if self.files.hit(sha256, filename) is None and not upstream.offline:
+        if (
+            self.files.hit(sha256, filename) is None
+            and not upstream.offline
+            # The shared tier's wheel is read whole: no byte of it from GitLab.
+            and not await self.files.in_shared_tier(sha256, filename)
+        ):
             if not upstream.is_upstream_host(source):
                 # A public index serves the metadata file itself (PEP 658/714).
                 published = await self._published(source, filename)
