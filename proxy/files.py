@@ -8,6 +8,7 @@ import enum
 import errno
 import hashlib
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Mapping
@@ -564,8 +565,9 @@ class FileCache:
             lock = await self.blobs.lock(fill.sha256)
             if await self._adopt(fill):
                 return
-            if not await self._fill_from_shared(fill, writer):
-                await self._fill_from_upstream(fill, writer, source, authorization)
+            overwrites = await self._fill_from_shared(fill, writer)
+            if overwrites is not None:
+                await self._fill_from_upstream(fill, writer, source, authorization, overwrites)
             if fill.size is not None and fill.written != fill.size:
                 raise self._bad_file(
                     f"upstream sent {fill.written} of {fill.size} bytes for {fill.filename}"
@@ -584,9 +586,6 @@ class FileCache:
             self.events.verified(fill.sha256, fill.filename)
             if not fill.from_shared:
                 self._share(fill.sha256, fill.filename, fill.written)
-        except TierFailed as e:
-            log.warning("fill of %s from the shared tier failed: %s", fill.filename, e)
-            fill.fail(UpstreamUnavailable(f"the shared tier failed while sending {fill.filename}"))
         except CacheUnwritable as e:
             fill.fail(e)
         except ProxyError as e:
@@ -626,53 +625,66 @@ class FileCache:
         """Whether the shared tier holds this file, so a fill would not ask GitLab for it."""
         return self.shared is not None and await self.shared.holds(sha256, filename)
 
-    async def _fill_from_shared(self, fill: Fill, writer: BlobWriter) -> bool:
-        """Fill from the shared tier if it holds the blob under this name; False if it does not.
+    async def _fill_from_shared(self, fill: Fill, writer: BlobWriter) -> int | None:
+        """Fill from the shared tier if it holds the blob under this name.
 
-        Its bytes go through the same writer as GitLab's: hashed as they land, the last one
-        held back from readers until the whole verifies."""
+        Its bytes go through the same writer as GitLab's: hashed as they land, the last one held
+        back from readers until the whole verifies. None once they verified; else how many bytes
+        of a copy that failed (0: no copy) GitLab's bytes must be checked against."""
         if self.shared is None:
-            return False
+            return 0
         found = await self.shared.open_blob(fill.sha256, fill.filename)
         if found is None:
-            return False
+            return 0
         if not self.health.room_for(found.size):
             raise CacheUnwritable(f"no room in the cache for {fill.filename}")
         fill.from_shared = True
         fill.mark_started(found.size)
-        async for chunk in found.chunks():
-            await writer.write(chunk)
-            fill.advance(len(chunk))
-            if fill.written > found.size:
-                break
-        if fill.written != found.size or not writer.verified():
-            await self._bad_shared_copy(fill)
-        return True
-
-    async def _bad_shared_copy(self, fill: Fill) -> None:
-        """The tier's copy did not verify: removed from the bucket, the fill fails (its readers
-        are cut, never complete) and the next request goes to GitLab."""
-        assert self.shared is not None
-        log.error("shared tier: %s did not verify; removed from the bucket", fill.filename)
-        self.metrics.shared_tier("bad")
-        await self.shared.discard_blob(fill.sha256)
-        raise UpstreamError(f"the shared tier's copy of {fill.filename} did not verify")
-
-    async def _fill_from_upstream(
-        self, fill: Fill, writer: BlobWriter, source: yarl.URL, authorization: str | None
-    ) -> None:
-        async with self.upstream.open_file(source, authorization) as resp:
-            size = resp.content_length
-            # Without a Content-Length the reserve is checked as the file grows, chunk by
-            # chunk, instead of once for its whole size.
-            if not self.health.room_for(size or 0):
-                raise CacheUnwritable(f"no room in the cache for {fill.filename}")
-            fill.mark_started(size)
-            async for chunk in resp.content.iter_chunked(CHUNK):
-                if size is None and not self.health.room_for(len(chunk)):
-                    raise CacheUnwritable(f"no room left in the cache for {fill.filename}")
+        try:
+            async for chunk in found.chunks():
                 await writer.write(chunk)
                 fill.advance(len(chunk))
+                if fill.written > found.size:
+                    break
+        except TierFailed as e:
+            log.warning(
+                "fill of %s from the shared tier failed (%s): from GitLab", fill.filename, e
+            )
+        else:
+            if fill.written == found.size and writer.verified():
+                return None
+            log.error("shared tier: %s did not verify; removed from the bucket", fill.filename)
+            self.metrics.shared_tier("bad")
+            await self.shared.discard_blob(fill.sha256)
+        writer.rewind()
+        return fill.restart()
+
+    async def _fill_from_upstream(
+        self,
+        fill: Fill,
+        writer: BlobWriter,
+        source: yarl.URL,
+        authorization: str | None,
+        overwrites: int,
+    ) -> None:
+        """GitLab's bytes into the writer; the first `overwrites` of them, over the shared tier's
+        that failed, are compared with those, so readers sent them only go on if they match."""
+        with contextlib.ExitStack() as stack:
+            earlier = stack.enter_context(writer.path.open("rb")) if overwrites else None
+            async with self.upstream.open_file(source, authorization) as resp:
+                size = resp.content_length
+                # Without a Content-Length the reserve is checked as the file grows, chunk by
+                # chunk, instead of once for its whole size.
+                if not self.health.room_for(size or 0):
+                    raise CacheUnwritable(f"no room in the cache for {fill.filename}")
+                fill.mark_started(size)
+                async for chunk in resp.content.iter_chunked(CHUNK):
+                    if size is None and not self.health.room_for(len(chunk)):
+                        raise CacheUnwritable(f"no room left in the cache for {fill.filename}")
+                    if earlier is not None and fill.written < overwrites:
+                        _compare(fill, earlier, chunk, overwrites)
+                    await writer.write(chunk)
+                    fill.advance(len(chunk))
 
     def _bad_file(self, message: str) -> UpstreamError:
         self.metrics.upstream_failed("file", message)
@@ -823,3 +835,13 @@ class FileCache:
                 if request.method != hdrs.METH_HEAD:
                     await relay_verified(request, response, resp, sha256, filename)
             return response
+
+
+def _compare(fill: Fill, earlier: BinaryIO, chunk: bytes, overwrites: int) -> None:
+    """Tell the fill where `chunk`, about to overwrite bytes a failed first attempt wrote at
+    `fill.written`, first differs from them (readers may have been sent those)."""
+    start = fill.written
+    had = os.pread(earlier.fileno(), min(len(chunk), overwrites - start), start)
+    if chunk[: len(had)] != had:
+        first = next(i for i, (a, b) in enumerate(zip(had, chunk, strict=False)) if a != b)
+        fill.diverged_at(start + first)

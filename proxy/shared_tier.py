@@ -400,7 +400,7 @@ async def open_shared_tier(
         connect_timeout=settings.timeout,
         read_timeout=settings.timeout,
         # One try: a failing tier is skipped for GitLab, never retried while a client waits.
-        retries={"max_attempts": 1, "mode": "standard"},
+        retries={"total_max_attempts": 1, "mode": "standard"},
         max_pool_connections=50,
         # Our own SHA-256 goes with each PUT (S3 checks it), so the body is not hashed again
         # to sign it, even over plain HTTP; reads are hashed once, by the fill.

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
+import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from proxy import keys
+from tests.support.cli_process import serve
 from tests.support.clients import installed, publish_app_with_dependency
 from tests.support.fake_gitlab import FakeGitLab
-from tests.support.harness import ProxyFactory, RunningProxy, pip_install
-from tests.support.http import PROJECT_PAGE, get, wheel_url
+from tests.support.harness import TOKEN, ProxyFactory, RunningProxy, clean_env, pip_install, run
+from tests.support.http import FILES, PROJECT_PAGE, get, wheel_url
 from tests.support.metrics import scrape, value
 from tests.support.moto_server import SECRET_KEY, MotoServer
+from tests.support.polling import eventually
 
 BUCKET = "pypi-cache"
 PREFIX = "prod"
@@ -139,24 +145,205 @@ async def test_a_replica_that_never_saw_a_page_serves_it_stale_from_the_tier_in_
     assert b"corp_lib-1.0.0-py3-none-any.whl" in stale
 
 
-async def test_the_credentials_never_show_in_logs_metrics_or_status(
-    gitlab: FakeGitLab,
-    replica: ProxyFactory,
-    moto: MotoServer,
-    caplog: pytest.LogCaptureFixture,
+async def put_copy(moto: MotoServer, sha256: str, filename: str, body: bytes, claims: str) -> None:
+    """An object at the blob's key as a faulty writer might leave it: `body`, claiming the
+    SHA-256 `claims` (moto, unlike S3, stores a claim it does not check)."""
+    async with moto.client() as s3:
+        await s3.put_object(
+            Bucket=BUCKET,
+            Key=blob_key(sha256),
+            Body=body,
+            ChecksumAlgorithm="SHA256",
+            ChecksumSHA256=base64.b64encode(bytes.fromhex(claims)).decode(),
+            Metadata={"filename": filename},
+        )
+
+
+async def test_an_object_holding_other_bytes_is_removed_unread_and_gitlab_serves(
+    gitlab: FakeGitLab, replica: ProxyFactory, moto: MotoServer
 ) -> None:
     wheel = gitlab.add_wheel(42, "corp-lib", "1.0.0")
+    other = b"not the wheel" * 100
+    await put_copy(moto, wheel.sha256, wheel.filename, other, hashlib.sha256(other).hexdigest())
     proxy = await replica("a")
-    await get(wheel_url(proxy, wheel))
+    status, _, body = await get(wheel_url(proxy, wheel))
+    assert status == 200 and hashlib.sha256(body).hexdigest() == wheel.sha256
+    # Found bad at the first look, so not in the tier: no scope to check, GitLab's copy.
+    assert [r.method for r in gitlab.requests if r.kind == "file"] == ["GET"]
+    _, samples = await scrape(proxy)
+    assert value(samples, f"{TIER}_total", result="bad") == 1
     await uploads_done(proxy)
+    # Removed, then put again from GitLab's verified copy.
+    async with moto.client() as s3:
+        stored = await s3.get_object(Bucket=BUCKET, Key=blob_key(wheel.sha256))
+        assert await stored["Body"].read() == body
+
+
+async def test_a_copy_that_does_not_verify_as_it_streams_is_never_served_and_removed(
+    gitlab: FakeGitLab, replica: ProxyFactory, moto: MotoServer
+) -> None:
+    wheel = gitlab.add_wheel(42, "corp-lib", "1.0.0", payload_size=200_000)
+    # The right length and the right claim, a wrong first byte: found only by hashing.
+    forged = bytes([wheel.content[0] ^ 0xFF]) + wheel.content[1:]
+    await put_copy(moto, wheel.sha256, wheel.filename, forged, wheel.sha256)
+    proxy = await replica("a")
+    try:
+        _, _, first = await get(wheel_url(proxy, wheel))
+    except aiohttp.ClientPayloadError:
+        pass  # it had been sent the forged first byte: cut, never completed
+    else:
+        # It had been sent nothing yet when the copy failed: it got GitLab's bytes instead.
+        assert first == wheel.content
+    # The fill went on from GitLab, compared with what readers had, and verified.
+    status, headers, body = await get(wheel_url(proxy, wheel))
+    assert status == 200 and body == wheel.content and headers["X-Cache"] == "HIT"
+    assert [r.method for r in gitlab.requests if r.kind == "file"] == ["HEAD", "GET"]
+    _, samples = await scrape(proxy)
+    assert value(samples, f"{TIER}_total", result="bad") == 1
+    await uploads_done(proxy)
+    async with moto.client() as s3:
+        stored = await s3.get_object(Bucket=BUCKET, Key=blob_key(wheel.sha256))
+        assert await stored["Body"].read() == wheel.content
+
+
+async def test_a_copy_wrong_only_in_its_last_byte_reaches_the_client_as_gitlabs_file(
+    gitlab: FakeGitLab, replica: ProxyFactory, moto: MotoServer
+) -> None:
+    wheel = gitlab.add_wheel(42, "corp-lib", "1.0.0", payload_size=200_000)
+    # The last byte is never sent before the whole verifies: GitLab's takes its place.
+    forged = wheel.content[:-1] + bytes([wheel.content[-1] ^ 0xFF])
+    await put_copy(moto, wheel.sha256, wheel.filename, forged, wheel.sha256)
+    proxy = await replica("a")
+    status, headers, body = await get(wheel_url(proxy, wheel))
+    assert status == 200 and body == wheel.content and headers["X-Cache"] == "MISS"
+    assert gitlab.counts["file"] == 2  # the scope's HEAD and GitLab's copy
+    _, samples = await scrape(proxy)
+    assert value(samples, f"{TIER}_total", result="bad") == 1
+
+
+async def ready(proxy: RunningProxy) -> dict[str, Any]:
+    status, _, body = await get(f"{proxy.url}/-/ready")
+    assert status == 200
+    answer: dict[str, Any] = json.loads(body)
+    return answer
+
+
+async def test_a_tier_that_is_down_costs_nothing_and_ready_says_degraded(
+    gitlab: FakeGitLab, replica: ProxyFactory, moto: MotoServer
+) -> None:
+    proxy = await replica("a")
+    assert (await ready(proxy))["degraded"] == []
+    moto.stop()
+    wheel = gitlab.add_wheel(42, "corp-lib", "1.0.0")
+    status, _, body = await get(f"{proxy.url}{PROJECT_PAGE}corp-lib/")
+    assert status == 200
+    status, _, body = await get(wheel_url(proxy, wheel))
+    assert status == 200 and body == wheel.content
+    answer = await ready(proxy)
+    assert answer["ready"] is True
+    assert any("shared tier" in reason for reason in answer["degraded"]), answer
+    _, samples = await scrape(proxy)
+    assert value(samples, f"{TIER}_total", result="error") >= 1
+    assert value(samples, "gitlab_pypi_proxy_shared_tier_uploads_total", result="failed") >= 1
+
+
+async def test_a_tier_that_hangs_is_given_up_after_its_timeout(
+    gitlab: FakeGitLab, replica: ProxyFactory, moto: MotoServer
+) -> None:
+    proxy = await replica("a")
+    wheel = gitlab.add_wheel(42, "corp-lib", "1.0.0")
     moto.pause()
     try:
-        other = gitlab.add_wheel(42, "corp-lib", "1.1.0")
-        await get(wheel_url(proxy, other))
-        _, _, status_page = await get(f"{proxy.url}/-/status")
-        _, _, ready = await get(f"{proxy.url}/-/ready")
-        metrics, _ = await scrape(proxy)
+        started = time.monotonic()
+        status, _, body = await get(wheel_url(proxy, wheel))
+        took = time.monotonic() - started
+        answer = await ready(proxy)
     finally:
         moto.resume()
-    for text in (caplog.text, status_page.decode(), ready.decode(), metrics):
-        assert SECRET_KEY not in text
+    assert status == 200 and body == wheel.content
+    # storage.timeout is 1 s: one wait for the tier (then it is skipped), then GitLab.
+    assert took < 2, took
+    assert any("shared tier" in reason for reason in answer["degraded"]), answer
+    _, samples = await scrape(proxy)
+    assert value(samples, f"{TIER}_total", result="error") >= 1
+    assert value(samples, f"{TIER}_total", result="hit") == 0
+
+
+async def test_the_secret_key_never_reaches_a_log_metrics_or_status_of_a_real_process(
+    gitlab: FakeGitLab, moto: MotoServer, tmp_path: Path
+) -> None:
+    wheel = gitlab.add_wheel(42, "corp-lib", "1.0.0")
+    other = gitlab.add_wheel(42, "corp-lib", "1.1.0")
+    async with await serve(
+        tmp_path,
+        upstream_url=gitlab.url,
+        upstream_token=TOKEN,
+        server_workers="1",
+        storage_url=f"s3://{BUCKET}/{PREFIX}",
+        storage_endpoint_url=moto.endpoint,
+        storage_timeout="1",
+    ) as process:
+        base = f"{process.url}{FILES}"
+        status, _, _ = await get(f"{base}/{wheel.sha256}/{wheel.filename}")
+        assert status == 200
+        await eventually(
+            lambda: moto_has(moto, blob_key(wheel.sha256)), "the upload to the tier", timeout=10
+        )
+        moto.pause()
+        try:
+            status, _, _ = await get(f"{base}/{other.sha256}/{other.filename}")
+            assert status == 200
+            pages = [await get(f"{process.url}{path}") for path in ("/-/status", "/-/ready")]
+            _, _, metrics = await get(f"{process.url}/-/metrics")
+        finally:
+            moto.resume()
+        assert await process.stop() == 0
+    log = process.log()
+    assert "shared tier" in log  # the failure was logged...
+    for text in (log, metrics.decode(), *(body.decode() for _, _, body in pages)):
+        assert SECRET_KEY not in text  # ...and nothing of the secret with it
+
+
+async def moto_has(moto: MotoServer, key: str) -> bool:
+    async with moto.client() as s3:
+        listing = await s3.list_objects_v2(Bucket=BUCKET, Prefix=key)
+    return bool(listing.get("Contents"))
+
+
+async def test_a_storage_url_that_is_not_s3_stops_start_up_naming_the_key(tmp_path: Path) -> None:
+    result = await run(
+        [sys.executable, "-m", "proxy", "serve"],
+        env=clean_env(GITLAB_PYPI_PROXY_STORAGE_URL="https://pypi-cache/prod"),
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "storage.url" in result.stderr and "s3://bucket[/prefix]" in result.stderr
+
+
+async def test_verify_removes_the_tiers_bad_objects_and_keeps_the_good(
+    gitlab: FakeGitLab, replica: ProxyFactory, moto: MotoServer, tmp_path: Path
+) -> None:
+    good = gitlab.add_wheel(42, "corp-lib", "1.0.0")
+    proxy = await replica("a")
+    await get(f"{proxy.url}{PROJECT_PAGE}corp-lib/")
+    await get(wheel_url(proxy, good))
+    await uploads_done(proxy)
+    bad = gitlab.add_wheel(42, "corp-lib", "1.1.0")
+    await put_copy(moto, bad.sha256, bad.filename, b"rotten", bad.sha256)
+    async with moto.client() as s3:
+        await s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/pages/{'0' * 64}", Body=b"{}")
+    result = await run(
+        [sys.executable, "-m", "proxy", "verify", "--quiet"],
+        env=clean_env(
+            GITLAB_PYPI_PROXY_CACHE_DIR=str(tmp_path / "a"),
+            GITLAB_PYPI_PROXY_STORAGE_URL=f"s3://{BUCKET}/{PREFIX}",
+            GITLAB_PYPI_PROXY_STORAGE_ENDPOINT_URL=moto.endpoint,
+        ),
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"bad (removed): tier {blob_key(bad.sha256)}" in result.stdout
+    assert f"bad (removed): tier {PREFIX}/pages/{'0' * 64}" in result.stdout
+    left = await keys_under(moto, PREFIX)
+    assert blob_key(good.sha256) in left
+    assert blob_key(bad.sha256) not in left
+    assert len([key for key in left if "/pages/" in key]) == 1  # the real page's copy
