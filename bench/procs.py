@@ -143,14 +143,17 @@ async def start_proxy(
     name: str = "proxy",
     access_log: bool | None = None,
     workers: int | None = None,
+    extra_env: Mapping[str, str] | None = None,
 ) -> Server:
-    """`python -m proxy serve` as a user runs it; `access_log`/`workers` override the defaults."""
+    """`python -m proxy serve` as a user runs it; `access_log`/`workers` override the defaults,
+    `extra_env` adds variables (a `[storage]` section and its AWS credentials)."""
     port = free_port()
     env = clean_env(
         GITLAB_PYPI_PROXY_UPSTREAM_URL=upstream,
         GITLAB_PYPI_PROXY_UPSTREAM_USERNAME=USERNAME,
         GITLAB_PYPI_PROXY_UPSTREAM_TOKEN=token,
         GITLAB_PYPI_PROXY_CACHE_DIR=str(cache_dir),
+        **(extra_env or {}),
     )
     if access_log is not None:
         env["GITLAB_PYPI_PROXY_SERVER_ACCESS_LOG"] = str(access_log).lower()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import hashlib
 import json
 import os
@@ -28,7 +27,8 @@ from tests.support.moto_server import MotoServer
 
 CLIENTS = ("aiobotocore", "obstore")
 BUCKET = "bench"
-CHUNK = 1024 * 1024
+# The proxy's read size (blobs.CHUNK) for both clients.
+CHUNK = 256 * 1024
 
 
 def _make_object(path: Path, size: int) -> str:
@@ -48,18 +48,23 @@ def _make_object(path: Path, size: int) -> str:
 
 
 async def _aiobotocore(endpoint: str, source: Path, sha256: str, key: str) -> tuple[float, float]:
-    from aiobotocore.session import get_session
+    # The proxy's own client, configured as the shared tier configures it.
+    from proxy.config import StorageSettings
+    from proxy.metrics import Metrics
+    from proxy.shared_tier import checksum_of, open_shared_tier
 
-    session = get_session()
-    async with session.create_client("s3", endpoint_url=endpoint, region_name="us-east-1") as s3:
+    settings = StorageSettings(url=f"s3://{BUCKET}", endpoint_url=endpoint, region="us-east-1")
+    async with open_shared_tier(settings, Metrics()) as tier:
+        assert tier is not None
+        s3 = tier.client
         started = time.monotonic()
         with source.open("rb") as body:
-            await s3.put_object(
+            await tier.uploader.put_object(
                 Bucket=BUCKET,
                 Key=key,
                 Body=body,
                 ChecksumAlgorithm="SHA256",
-                ChecksumSHA256=base64.b64encode(bytes.fromhex(sha256)).decode(),
+                ChecksumSHA256=checksum_of(sha256),
             )
         up = time.monotonic() - started
         started = time.monotonic()

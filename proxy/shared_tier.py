@@ -17,7 +17,7 @@ import aiohttp
 import botocore.exceptions
 import yarl
 from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
+from aiobotocore.session import AioSession, ClientCreatorContext, get_session
 
 from .config import StorageSettings
 from .metrics import Metrics
@@ -35,6 +35,7 @@ UPLOADS = 4
 MAX_PUT = 5 * 1024**3
 # After a failure the tier is left alone this long, so an outage costs each miss nothing.
 BACKOFF_SECONDS = 10.0
+UPLOAD_READ_TIMEOUT = 300.0
 PAGE_VERSION = 1
 
 
@@ -97,12 +98,16 @@ class SharedTier:
     timeout. Uploads run in the background, bounded and deduplicated.
     """
 
-    def __init__(self, settings: StorageSettings, client: S3Client, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: StorageSettings, client: S3Client, uploader: S3Client, metrics: Metrics
+    ) -> None:
         url = yarl.URL(settings.url)
         self.bucket = url.raw_host or ""
         prefix = url.path.strip("/")
         self.prefix = f"{prefix}/" if prefix else ""
         self.client = client
+        # Puts the blobs, with a longer wait for the answer to a big body.
+        self.uploader = uploader
         self.metrics = metrics
         self._uploads: dict[str, asyncio.Task[None]] = {}
         # The newest copy of a page waiting while an older one is being put.
@@ -256,7 +261,7 @@ class SharedTier:
             return  # evicted meanwhile: nothing to put
         try:
             # S3 checks the body against our own SHA-256: a copy that went wrong is refused.
-            await self.client.put_object(
+            await self.uploader.put_object(
                 Bucket=self.bucket,
                 Key=key,
                 Body=body,
@@ -396,9 +401,22 @@ async def open_shared_tier(
     if not settings.url:
         yield None
         return
+    session = get_session()
+    async with (
+        _client(session, settings, settings.timeout) as client,
+        # A big body takes the server a while to take in and check before it answers; no
+        # client waits on an upload, so it may take that while.
+        _client(session, settings, max(settings.timeout, UPLOAD_READ_TIMEOUT)) as uploader,
+    ):
+        yield SharedTier(settings, client, uploader, metrics)
+
+
+def _client(
+    session: AioSession, settings: StorageSettings, read_timeout: float
+) -> ClientCreatorContext[S3Client]:
     config = AioConfig(
         connect_timeout=settings.timeout,
-        read_timeout=settings.timeout,
+        read_timeout=read_timeout,
         # One try: a failing tier is skipped for GitLab, never retried while a client waits.
         retries={"total_max_attempts": 1, "mode": "standard"},
         max_pool_connections=50,
@@ -412,11 +430,9 @@ async def open_shared_tier(
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
     )
-    session = get_session()
-    async with session.create_client(
+    return session.create_client(
         "s3",
         endpoint_url=settings.endpoint_url or None,
         region_name=settings.region or None,
         config=config,
-    ) as client:
-        yield SharedTier(settings, client, metrics)
+    )
