@@ -57,6 +57,7 @@ async def _aiobotocore(endpoint: str, source: Path, sha256: str, key: str) -> tu
     async with open_shared_tier(settings, Metrics()) as tier:
         assert tier is not None
         s3 = tier.client
+        _BASELINE.append(_rss_mb())
         started = time.monotonic()
         with source.open("rb") as body:
             await tier.uploader.put_object(
@@ -92,6 +93,7 @@ async def _obstore(endpoint: str, source: Path, sha256: str, key: str) -> tuple[
         client_options={"allow_http": True},
         checksum_algorithm="sha256",
     )
+    _BASELINE.append(_rss_mb())
     started = time.monotonic()
     await obstore.put_async(store, key, source)
     up = time.monotonic() - started
@@ -109,11 +111,24 @@ async def _obstore(endpoint: str, source: Path, sha256: str, key: str) -> tuple[
     return up, down
 
 
+def _rss_mb() -> float:
+    """This process's resident set now, in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+# The RSS once the client is set up, before the first byte moves: its imports, not its buffers.
+_BASELINE: list[float] = []
+
+
 def _child(client: str, endpoint: str, source: Path, sha256: str) -> None:
     run = _aiobotocore if client == "aiobotocore" else _obstore
     up, down = asyncio.run(run(endpoint, source, sha256, f"{client}/object"))
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"up": up, "down": down, "peak_mb": peak_kib / 1024}))
+    figures = {"up": up, "down": down, "peak_mb": peak_kib / 1024, "baseline_mb": _BASELINE[0]}
+    print(json.dumps(figures))
 
 
 def main() -> None:
@@ -134,15 +149,16 @@ def main() -> None:
         sha256 = _make_object(source, size)
         env = {**os.environ, **moto.credentials}
         print(f"object: {args.size_mb} MiB; moto {moto.endpoint}")
-        print("| client | up MB/s | down MB/s | peak RSS MB |")
-        print("|---|---|---|---|")
+        print("| client | up MB/s | down MB/s | RSS before MB | peak RSS MB |")
+        print("|---|---|---|---|---|")
         for client in CLIENTS:
             command = [sys.executable, __file__, "--client", client, "--endpoint", moto.endpoint]
             command += ["--source", str(source), "--sha256", sha256]
             out = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
             figures = json.loads(out.stdout.strip().splitlines()[-1])
             up, down = size / figures["up"] / 1e6, size / figures["down"] / 1e6
-            print(f"| {client} | {up:.0f} | {down:.0f} | {figures['peak_mb']:.0f} |", flush=True)
+            before, peak = figures["baseline_mb"], figures["peak_mb"]
+            print(f"| {client} | {up:.0f} | {down:.0f} | {before:.0f} | {peak:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

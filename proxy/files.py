@@ -42,7 +42,7 @@ from .fill import (
 from .locks import FileLock
 from .memorytier import MemoryTier
 from .metrics import Metrics
-from .shared_tier import SharedTier, TierFailed
+from .shared_tier import SharedTier, TierBlob, TierFailed
 from .store import Store
 from .upstream import Upstream, fingerprint
 
@@ -636,6 +636,19 @@ class FileCache:
         found = await self.shared.open_blob(fill.sha256, fill.filename)
         if found is None:
             return 0
+        try:
+            if await self._copy_shared(fill, writer, found):
+                return None
+        finally:
+            # However this ends, its connection goes back at once.
+            found.close()
+        writer.rewind()
+        return fill.restart()
+
+    async def _copy_shared(self, fill: Fill, writer: BlobWriter, found: TierBlob) -> bool:
+        """The tier's bytes into the writer; whether they verified (a copy that did not is
+        removed from the bucket)."""
+        assert self.shared is not None
         if not self.health.room_for(found.size):
             raise CacheUnwritable(f"no room in the cache for {fill.filename}")
         fill.from_shared = True
@@ -650,14 +663,13 @@ class FileCache:
             log.warning(
                 "fill of %s from the shared tier failed (%s): from GitLab", fill.filename, e
             )
-        else:
-            if fill.written == found.size and writer.verified():
-                return None
-            log.error("shared tier: %s did not verify; removed from the bucket", fill.filename)
-            self.metrics.shared_tier("bad")
-            await self.shared.discard_blob(fill.sha256)
-        writer.rewind()
-        return fill.restart()
+            return False
+        if fill.written == found.size and writer.verified():
+            return True
+        log.error("shared tier: %s did not verify; removed from the bucket", fill.filename)
+        self.metrics.shared_tier("bad")
+        await self.shared.discard_blob(fill.sha256)
+        return False
 
     async def _fill_from_upstream(
         self,

@@ -302,8 +302,9 @@ def token_refusal(app: web.Application) -> str | None:
 
 
 async def _tier_answers(tier: SharedTier) -> bool:
-    """Whether the shared tier answers: as it last did if lately, else asked now."""
-    if tier.problem is not None or time.monotonic() - tier.last_answer < RECENT_OK_SECONDS:
+    """Whether the shared tier answers: as it did moments ago, else asked now (not while it is
+    left alone after a failure)."""
+    if tier.skipping or time.monotonic() - tier.last_answer < RECENT_OK_SECONDS:
         return tier.problem is None
     return await tier.reachable()
 

@@ -86,8 +86,10 @@ class TierBlob:
                 yield chunk
         except (*_TIER_ERRORS, *_NETWORK_ERRORS) as e:
             raise self._tier.failed("read", e) from None
-        finally:
-            body.close()
+
+    def close(self) -> None:
+        """Let the connection go, read to the end or not."""
+        self._answer["Body"].close()
 
 
 class SharedTier:
