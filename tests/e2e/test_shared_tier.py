@@ -19,7 +19,7 @@ from tests.support.cli_process import serve
 from tests.support.clients import installed, publish_app_with_dependency
 from tests.support.fake_gitlab import FakeGitLab
 from tests.support.harness import TOKEN, ProxyFactory, RunningProxy, clean_env, pip_install, run
-from tests.support.http import FILES, PROJECT_PAGE, get, wheel_url
+from tests.support.http import FILES, PROJECT_PAGE, get, get_authorized, wheel_url
 from tests.support.metrics import scrape, value
 from tests.support.moto_server import SECRET_KEY, MotoServer
 from tests.support.polling import eventually
@@ -347,3 +347,24 @@ async def test_verify_removes_the_tiers_bad_objects_and_keeps_the_good(
     assert blob_key(good.sha256) in left
     assert blob_key(bad.sha256) not in left
     assert len([key for key in left if "/pages/" in key]) == 1  # the real page's copy
+
+
+async def test_the_tiers_page_copy_answers_only_whom_a_stored_copy_would(
+    gitlab: FakeGitLab, replica: ProxyFactory, moto: MotoServer
+) -> None:
+    """Clients' own credentials (passthrough): a stored copy answers only those GitLab let
+    see the page through this proxy, and the tier's copy no one else either."""
+    alice, eve = "glpat-alice-reads-42", "glpat-eve-reads-nothing"
+    gitlab.tokens[alice] = {42}
+    gitlab.tokens[eve] = set()
+    gitlab.add_wheel(42, "corp-lib", "1.0.0")
+    upstream = {"credentials": "passthrough", "token": ""}
+    first = await replica("a", upstream=upstream)
+    page = f"{PROJECT_PAGE}corp-lib/"
+    assert (await get_authorized(first.url + page, alice))[0] == 200
+    await uploads_done(first)
+    assert await keys_under(moto, f"{PREFIX}/pages/")
+    gitlab.down = True
+    second = await replica("b", upstream=upstream)
+    status, _, body = await get_authorized(second.url + page, eve)
+    assert status != 200 and b"corp_lib" not in body
