@@ -709,7 +709,8 @@ class Bench:
         fig.notes.append(
             f"Medians of {runs} runs, each on a file neither replica had; upstream: file bytes "
             "fake GitLab sent for the one request. moto (Python, on this machine, objects in "
-            "spooled temporary files) is far slower than S3 or MinIO: the tier's row is a floor."
+            "spooled temporary files) is far slower than S3 or MinIO: the tier's times are an "
+            "upper bound."
         )
         return fig
 
