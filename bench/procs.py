@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import importlib.util
 import json
 import os
 import shutil
@@ -183,6 +184,8 @@ def missing_requirements(figures: frozenset[int]) -> list[str]:
                     f"{tool} next to {sys.executable} (figure 7 installs with it): "
                     "pip install -e '.[test]'"
                 )
+    if 9 in figures and importlib.util.find_spec("moto") is None:
+        missing.append("moto (figure 9 runs its S3 server): pip install -e '.[test]'")
     return missing
 
 
