@@ -16,6 +16,7 @@ from .auth import Gatekeeper
 from .blobs import LocalBlobStore
 from .cachehealth import CacheMode
 from .cacheopen import open_index, reopen_when_writable
+from .cluster import Cluster
 from .config import Settings
 from .errors import error_middleware
 from .eviction import run_evictor
@@ -47,7 +48,7 @@ def create_app(settings: Settings, metrics_dir: Path | None = None) -> web.Appli
     app[keys.METRICS] = metrics
     # One context per resource, in the order they depend on each other: when one fails to
     # start, aiohttp's cleanup closes those before it, in reverse.
-    app.cleanup_ctx.extend([_index, _session, _shared, _files, _pages, _background])
+    app.cleanup_ctx.extend([_index, _session, _shared, _files, _pages, _cluster, _background])
     handlers.add_routes(app)
     return app
 
@@ -133,9 +134,25 @@ async def _pages(app: web.Application) -> AsyncIterator[None]:
     upstream = app[keys.UPSTREAM]
     gate = Gatekeeper(settings.upstream, upstream)
     app[keys.GATE] = gate
-    app[keys.PAGES] = PageCache(settings, upstream, app[keys.STORE], gate, shared=app[keys.SHARED])
-    app[keys.RENDERER] = PageRenderer(app[keys.FILES], app[keys.METADATA])
+    pages = PageCache(settings, upstream, app[keys.STORE], gate, shared=app[keys.SHARED])
+    app[keys.PAGES] = pages
+    app[keys.RENDERER] = PageRenderer(app[keys.FILES], app[keys.METADATA], pages.policy)
     yield
+
+
+async def _cluster(app: web.Application) -> AsyncIterator[None]:
+    """Invalidations to and from the other replicas (`cluster.redis_url`), heard beside requests."""
+    cluster = Cluster(app[keys.SETTINGS].cluster, app[keys.PAGES], app[keys.METRICS])
+    await cluster.start()
+    app[keys.CLUSTER] = cluster
+    listener = asyncio.create_task(cluster.run())
+    try:
+        yield
+    finally:
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
+        await cluster.close()
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:

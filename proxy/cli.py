@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.web_log import AccessLogger
 from rich.filesize import decimal
 
-from . import bundle, maintenance, warm_cli
+from . import bundle, explain_cli, maintenance, warm_cli
 from .access import hash_token
 from .accesslog import AccessLog, access_logger_class, root_stream
 from .app import create_app
@@ -77,6 +77,12 @@ def _parser() -> argparse.ArgumentParser:
         commands, "warm", "fill the cache from requirements or a whole scope, while online"
     )
     warm_cli.add_arguments(warm_parser)
+    explain = _command(
+        commands,
+        "explain",
+        "list a package's files: upload time, age, size, yanked, and whether [policy] shows them",
+    )
+    explain_cli.add_arguments(explain)
     export = _command(commands, "export", "write cached pages and files to a bundle")
     bundle.add_export_arguments(export)
     import_ = _command(commands, "import", "merge a bundle into the cache, verified")
@@ -368,6 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return hash_token_command(args.generate)
     if args.command == "warm":
         warm_cli.check_arguments(parser, args)
+    if args.command == "explain":
+        explain_cli.check_arguments(parser, args)
     try:
         return _run(args, _settings(args))
     except ConfigError as e:
@@ -381,6 +389,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     setup_logging(settings.server.log_format, [settings.upstream.token], level=logging.WARNING)
     if args.command == "warm":
         return warm_cli.main(settings, args)
+    if args.command == "explain":
+        return explain_cli.main(settings, args)
     if args.command == "export":
         return bundle.export_main(settings, args)
     if args.command == "import":

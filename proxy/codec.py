@@ -84,7 +84,7 @@ def index_from_dict(data: object) -> Index:
 
 
 def _dist_to_dict(dist: Distribution) -> Json:
-    return {
+    entry: Json = {
         "filename": dist.filename,
         "url": dist.url,
         "hashes": dict(dist.hashes),
@@ -94,6 +94,10 @@ def _dist_to_dict(dist: Distribution) -> Json:
         "size": dist.size,
         "upload_time": dist.upload_time,
     }
+    # Only when set: most pages are GitLab's own, and big ones would grow by it per file.
+    if dist.public:
+        entry["public"] = True
+    return entry
 
 
 def _dist_from_dict(data: object) -> Distribution:
@@ -110,6 +114,7 @@ def _dist_from_dict(data: object) -> Distribution:
         core_metadata=_core_metadata(data.get("core_metadata", _DEFAULT.core_metadata)),
         size=_size(data.get("size", _DEFAULT.size)),
         upload_time=_optional_str(data.get("upload_time", _DEFAULT.upload_time), "upload_time"),
+        public=_flag(data.get("public", _DEFAULT.public), "public"),
     )
 
 
@@ -154,6 +159,12 @@ def _hashes(value: object) -> dict[str, str]:
 def _optional_str(value: object, key: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise ValueError(f"{key} must be a string or null")
+    return value
+
+
+def _flag(value: object, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{key} must be a boolean")
     return value
 
 

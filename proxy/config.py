@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 import yarl
 
-from . import credentials
+from . import credentials, policy
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,11 @@ CredentialsMode = Literal["inject", "passthrough", "prefer-client"]
 UploadCredentials = Literal["client", "inject"]
 Forwarding = Literal["redirect", "deny", "cache"]
 LogFormat = Literal["plain", "json"]
+UnknownAge = Literal["allow", "deny"]
 # A number of bytes, which the file and the environment may also write as '512MiB' or '20GB'.
 ByteSize = Annotated[int, "bytes"]
+# Seconds, which the file and the environment may also write as '7d', '12h', '30m' or '45s'.
+Duration = Annotated[float, "seconds"]
 
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -152,6 +155,31 @@ class AccessSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    # Replicas publish the names of uploaded projects here and drop their cached pages of
+    # the names the others publish. Its password is a secret: never shown.
+    redis_url: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySettings:
+    """The supply-chain rules (policy.py reads them): what clients may see and download."""
+
+    # Public-index files younger than this are hidden from pages and refused (403).
+    min_age: Duration = 0.0
+    # The same for files hosted in GitLab: a team's own packages install right after publishing.
+    min_age_internal: Duration = 0.0
+    # Names, or "name==version", the minimum ages never apply to.
+    exempt: tuple[str, ...] = ()
+    # Under a minimum age, a file whose upload time is not known: shown, or hidden and refused.
+    unknown_age: UnknownAge = "allow"
+    # fnmatch patterns on normalized names never taken from the public index.
+    protected: tuple[str, ...] = ()
+    # "name==version: reason" or "filename: reason": yanked here (PEP 592), as GitLab cannot.
+    yanked: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class StorageSettings:
     # "s3://bucket[/prefix]": a shared tier behind the local disk; empty: the local disk only.
     url: str = ""
@@ -169,6 +197,8 @@ class Settings:
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     access: AccessSettings = field(default_factory=AccessSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    policy: PolicySettings = field(default_factory=PolicySettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
 
 
@@ -177,6 +207,8 @@ _SECTIONS: dict[str, type[Any]] = {
     "upstream": UpstreamSettings,
     "cache": CacheSettings,
     "access": AccessSettings,
+    "cluster": ClusterSettings,
+    "policy": PolicySettings,
     "storage": StorageSettings,
 }
 # Kubernetes' service links, after the service's name: `_SERVICE_HOST`, `_PORT_8080_TCP_ADDR`...
@@ -185,6 +217,8 @@ _SERVICE_LINK_RE = re.compile(
 )
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def parse_size(text: str) -> int:
@@ -199,6 +233,15 @@ def parse_size(text: str) -> int:
     else:
         factor = _SIZE_UNITS[unit.rstrip("B") if unit != "B" else "B"]
     return int(float(number) * factor)
+
+
+def parse_duration(text: str) -> float:
+    """'7d' → seconds; units s, m, h, d, w, or none for plain seconds."""
+    match = _DURATION_RE.match(text)
+    if match is None:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 7d, 12h, 30m or seconds)")
+    number, unit = match.groups()
+    return float(number) * _DURATION_UNITS[unit]
 
 
 def _convert(key: str, hint: Any, raw: Any, *, from_env: bool) -> Any:
@@ -219,6 +262,19 @@ def _convert(key: str, hint: Any, raw: Any, *, from_env: bool) -> Any:
         if value < 0:
             raise ConfigError(f"{key}: must not be negative")
         return value
+    if hint == Duration:
+        if isinstance(raw, int | float) and not isinstance(raw, bool):
+            seconds = float(raw)
+        elif isinstance(raw, str):
+            try:
+                seconds = parse_duration(raw)
+            except ValueError as e:
+                raise ConfigError(f"{key}: {e}") from None
+        else:
+            raise ConfigError(f"{key}: expected a duration like '7d', got {raw!r}")
+        if seconds < 0:
+            raise ConfigError(f"{key}: must not be negative")
+        return seconds
     if origin is Literal:
         choices = typing.get_args(hint)
         if raw not in choices:
@@ -255,7 +311,9 @@ def _convert(key: str, hint: Any, raw: Any, *, from_env: bool) -> Any:
             raise ConfigError(f"{key}: expected a path, got {raw!r}")
         return Path(raw)
     if origin is tuple:
-        items = [s.strip() for s in raw.split(",") if s.strip()] if from_env else raw
+        # From the environment: comma-separated, or one item a line (yank reasons have commas).
+        separator = "\n" if from_env and "\n" in raw else ","
+        items = [s.strip() for s in raw.split(separator) if s.strip()] if from_env else raw
         if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
             raise ConfigError(f"{key}: expected a list of strings, got {raw!r}")
         return tuple(items)
@@ -349,6 +407,42 @@ def _validate(settings: Settings) -> None:
     for scope in settings.access.allow:
         if not re.match(r"^(projects|groups)/[^/]+$", scope):
             raise ConfigError(f"access.allow: {scope!r} is not 'projects/ID' or 'groups/ID'")
+    _validate_policy(settings.policy)
+    if settings.cluster.redis_url and (problem := redis_url_problem(settings.cluster.redis_url)):
+        # The URL itself is not quoted: it may carry Redis's password.
+        raise ConfigError(f"cluster.redis_url: {problem} (e.g. 'redis://redis:6379/0')")
+
+
+def _validate_policy(settings: PolicySettings) -> None:
+    for key, parse in (
+        ("exempt", policy.parse_exempt),
+        ("protected", policy.parse_pattern),
+        ("yanked", policy.parse_yank),
+    ):
+        for entry in getattr(settings, key):
+            try:
+                parse(entry)
+            except ValueError as e:
+                raise ConfigError(f"policy.{key}: {e}") from None
+
+
+def redis_url_problem(text: str) -> str | None:
+    """Why `text` is not a Redis URL the cluster can use, or None."""
+    try:
+        url = yarl.URL(text)
+        port = url.port
+    except ValueError:
+        return "not a URL"
+    if url.scheme not in ("redis", "rediss"):
+        return "not a redis:// or rediss:// URL"
+    if not url.host:
+        return "names no host"
+    if port == 0:
+        return "names no TCP port"
+    database = url.path.strip("/")
+    if database and not database.isdigit():
+        return "its path must be a database number"
+    return None
 
 
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 # GitLab's own token headers. A credential that travels in one is held as "<header> <token>",
 # as an Authorization value is held as "<scheme> <value>".
 TOKEN_HEADERS = ("Private-Token", "Deploy-Token")
+# The username GitLab reserves for CI job tokens, which it takes only as Basic on these routes.
+JOB_TOKEN_USER = "gitlab-ci-token"
 # What GitLab's bare refusals say; any other message is a reason worth passing on.
 BARE_REFUSALS = frozenset({"401", "403", "401 Unauthorized", "403 Forbidden"})
 
@@ -150,6 +152,32 @@ class CredentialPolicy:
             return None
         pair = f"{self.settings.username}:{self.settings.token}".encode()
         return "Basic " + base64.b64encode(pair).decode("ascii")
+
+    @property
+    def rest_authorization(self) -> str:
+        """The credential for GitLab's REST API (upload times): the proxy's own token as
+        `Private-Token`, in every credentials mode (ask `rest_unusable` first).
+
+        Never a client's, in passthrough mode neither: the times are facts about files, stored
+        once for everyone; the REST API takes neither Basic nor deploy tokens, which is what
+        pip users mostly hold; and a client's credential goes only where its request goes.
+        """
+        return f"Private-Token {self.settings.token}"
+
+    @property
+    def rest_unusable(self) -> str | None:
+        """Why the proxy cannot call the REST API at all, or None if it may try."""
+        if not self.settings.token:
+            return (
+                "upstream.token is not set, and the Packages API is asked with the proxy's "
+                "own token only, never a client's"
+            )
+        if self.settings.username == JOB_TOKEN_USER:
+            return (
+                f"{self.token_setting} is a CI job token (username {JOB_TOKEN_USER}), which "
+                "GitLab takes only as Basic on the registry routes, not on the REST API"
+            )
+        return None
 
     @property
     def uploads_inject(self) -> bool:

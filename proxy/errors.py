@@ -6,8 +6,10 @@
     ├── ClientGone              400  the uploading client went away; nobody reads the answer
     ├── ProxyChallenge          401  this proxy's own challenge: its access.tokens are asked for
     ├── Forbidden               403
+    │   └── PolicyRefused       403  a file the [policy] rules keep from clients; JSON says which
     ├── NotFound                404
-    │   └── Offline             404  a miss while cache.offline is on
+    │   ├── Offline             404  a miss while cache.offline is on
+    │   └── Protected           404  a protected name GitLab does not host (policy.protected)
     ├── NotAcceptable           406
     ├── PayloadTooLarge         413
     ├── RangeNotSatisfiable     416
@@ -53,6 +55,9 @@ class ProxyError(Exception):
         self.message = message
         self.headers = dict(headers or {})
 
+    def response(self) -> web.Response:
+        return error_response(self.status, self.message, self.headers)
+
 
 class BadRequest(ProxyError):
     status = 400
@@ -79,8 +84,26 @@ class Forbidden(ProxyError):
     status = 403
 
 
+class PolicyRefused(Forbidden):
+    """A file the `[policy]` rules refuse: `{"error", "rule", "available_at"}`, and the message
+    as the reason phrase too, since pip prints only that ("403 Client Error: <reason>")."""
+
+    def __init__(self, message: str, rule: str, available_at: str | None) -> None:
+        super().__init__(message)
+        self.rule = rule
+        self.available_at = available_at
+
+    def response(self) -> web.Response:
+        body = {"error": self.message, "rule": self.rule, "available_at": self.available_at}
+        return web.json_response(body, status=self.status, reason=self.message)
+
+
 class NotFound(ProxyError):
     status = 404
+
+
+class Protected(NotFound):
+    """A protected name (policy.protected) GitLab does not host: never the public index's."""
 
 
 class Offline(NotFound):
@@ -161,7 +184,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ProxyError as e:
-        return error_response(e.status, e.message, e.headers)
+        return e.response()
     except web.HTTPException as e:
         if e.status < 400 or e.empty_body:
             raise

@@ -9,7 +9,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from http import HTTPStatus
 from typing import NoReturn
@@ -31,10 +31,12 @@ from .errors import (
     UpstreamUnavailable,
 )
 from .metrics import Metrics, UpstreamKind
+from .negotiate import UPSTREAM_ACCEPT
 from .scope import Scope
 from .upstream import (
     MAX_REDIRECTS,
     REDIRECTS,
+    ApiAnswer,
     PageAnswer,
     RangeIgnored,
     UploadAnswer,
@@ -59,6 +61,9 @@ FORWARD_ROUTE = "/packages/pypi/forward/"
 _FORWARD_PATH = re.compile(
     r"/api/v4/projects/[^/]+/packages/pypi/forward/[^/]+/(?P<host>[^/]+)/(?P<path>.+)$"
 )
+# A page is asked for as PEP 691 JSON first: a public index or a parent proxy of this project
+# answers with it; GitLab answers HTML.
+PAGE_HEADERS = {str(hdrs.ACCEPT): UPSTREAM_ACCEPT}
 # Of GitLab's answer to an upload, no more than this is kept and passed on.
 MAX_UPLOAD_ANSWER = 64 * 1024
 
@@ -205,7 +210,9 @@ class GitLab:
         hops = 0
         try:
             while True:
-                async with await self._send("page", url, authorization, self._page_timeout) as resp:
+                async with await self._send(
+                    "page", url, authorization, self._page_timeout, extra=PAGE_HEADERS
+                ) as resp:
                     location = location_of(resp)
                     if resp.status in REDIRECTS and location is not None:
                         # GitLab sending us to itself (http to https, a new relative root) is
@@ -230,11 +237,54 @@ class GitLab:
                         url,
                         retry_after=retry_after_of(resp),
                         challenge=resp.headers.get(hdrs.WWW_AUTHENTICATE),
+                        content_type=resp.headers.get(hdrs.CONTENT_TYPE, ""),
                     )
         except TimeoutError as e:
             raise self._failed("page", UpstreamTimeout(self._timeout_message)) from e
         except aiohttp.ClientError as e:
             raise self._failed("page", UpstreamUnavailable(_unreachable(e))) from e
+
+    async def get_api(
+        self, path: str, query: Mapping[str, str], authorization: str | None
+    ) -> ApiAnswer:
+        """GET GitLab's REST API at `path` with `query`. Redirects are followed on GitLab's own
+        origin only (a relative root); any other is an answer, with no credential sent there."""
+        url = yarl.URL(f"{self.base}{path}", encoded=True).with_query(dict(query))
+        self.may_send(url, authorization)
+        hops = 0
+        try:
+            while True:
+                # Its answers never judge the proxy's registry credentials: a deploy token that
+                # reads every page is still refused here.
+                resp = await self._send(
+                    "api", url, authorization, self._page_timeout, notes_own=False
+                )
+                async with resp:
+                    location = location_of(resp)
+                    if resp.status in REDIRECTS and location is not None:
+                        if self.is_upstream_host(location) and hops < MAX_REDIRECTS:
+                            hops += 1
+                            url = location
+                            continue
+                        return ApiAnswer(resp.status, message=f"redirected to {location.host}")
+                    if resp.status != 200:
+                        return ApiAnswer(resp.status, message=await message_in(resp))
+                    limit = self.settings.max_page_size
+                    too_big = UpstreamError(
+                        f"GitLab sent an API answer over upstream.max_page_size ({limit} bytes)"
+                    )
+                    body = await read_limited(resp, limit, too_big)
+                    pages = resp.headers.get("X-Total-Pages", "")
+                    return ApiAnswer(
+                        200,
+                        body,
+                        next_page=resp.headers.get("X-Next-Page", ""),
+                        pages=int(pages) if pages.isdigit() else None,
+                    )
+        except TimeoutError as e:
+            raise self._failed("api", UpstreamTimeout(self._timeout_message)) from e
+        except aiohttp.ClientError as e:
+            raise self._failed("api", UpstreamUnavailable(_unreachable(e))) from e
 
     @asynccontextmanager
     async def open_file(
@@ -361,8 +411,9 @@ class GitLab:
         )
         self.metrics.upstream_answered(kind, time.monotonic() - started, resp.status)
         self._note_status(url, authorization, resp.status, retry_after_of(resp))
-        # The firewall's 403 on its forward route judges a file, not the proxy's token.
-        judges_token = FORWARD_ROUTE not in url.path
+        # The firewall's 403 on its forward route judges a file, not the proxy's token; the
+        # REST API takes fewer kinds of token than the registry does (upload_times.py says why).
+        judges_token = FORWARD_ROUTE not in url.path and kind != "api"
         if notes_own and judges_token and self._is_own(url, authorization):
             self._note_own_answer(resp.status)
         if resp.status >= 500 or resp.status == 429:

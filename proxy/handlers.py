@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from urllib.parse import quote, unquote
 
@@ -11,10 +12,19 @@ from aiohttp import hdrs, web
 
 from . import keys, uploads
 from .auth import Caller
-from .errors import BadRequest, NotAcceptable, NotFound, RangeNotSatisfiable, UpstreamError
+from .errors import (
+    BadRequest,
+    NotAcceptable,
+    NotFound,
+    PolicyRefused,
+    Protected,
+    RangeNotSatisfiable,
+    UpstreamError,
+)
 from .metadata import SUFFIX as METADATA_SUFFIX
 from .negotiate import accepts_gzip, choose, none_match, parse_accept
 from .pages import PageResult
+from .policy import Verdict, iso
 from .rendering import FORMAT_OF, Rendered
 from .scope import Scope
 from .shared_tier import SharedTier
@@ -84,9 +94,13 @@ def _page_response(
     # A page GitLab showed one client's credentials is not for a shared HTTP cache.
     private = "private, " if who.is_client else ""
     request.app[keys.METRICS].page_result(result.state)
+    max_age = pages.freshness_left(result.page)
+    if rendered.until != math.inf:
+        # A hidden file shows from then on: no cache may keep the page past that.
+        max_age = min(max_age, max(0, math.ceil(rendered.until - time.time())))
     headers = {
         "X-Cache": result.state,
-        hdrs.CACHE_CONTROL: f"{private}max-age={pages.freshness_left(result.page)}",
+        hdrs.CACHE_CONTROL: f"{private}max-age={max_age}",
         hdrs.VARY: VARY,
         hdrs.ETAG: etag,
     }
@@ -129,7 +143,11 @@ async def simple_project(request: web.Request) -> web.StreamResponse:
         raise web.HTTPMovedPermanently(_renamed(request, normalized))
     media_type = _media_type(request)
     who = caller(request)
-    result = await request.app[keys.PAGES].project(scope, normalized, who)
+    try:
+        result = await request.app[keys.PAGES].project(scope, normalized, who)
+    except Protected:
+        request.app[keys.METRICS].policy_blocked("protected", normalized)
+        raise
     request.app[keys.METRICS].package_requested(normalized)
     base = _base(request, scope)
     # Relative to the page's own URL: .../simple/NAME/ is two levels below .../pypi/.
@@ -183,8 +201,9 @@ async def file_download(request: web.Request) -> web.StreamResponse:
     auth = who.authorization
     gate = request.app[keys.GATE]
     gate.refuse_if_refused(who, scope)
-    admission = gate.admission(who, scope, sha256, source)
     pages = request.app[keys.PAGES]
+    await _apply_policy(request, scope, sha256, filename)
+    admission = gate.admission(who, scope, sha256, source)
     forwarded = None
     if files.hit(sha256, filename) is None and not upstream.offline:
         forwarded = await pages.forwarded_source(scope, sha256, filename)
@@ -222,13 +241,39 @@ async def file_download(request: web.Request) -> web.StreamResponse:
     if wants_metadata:
         if not filename.endswith(".whl"):
             raise NotFound("core metadata is served for wheels only")
-        response = await metadata.respond(request, sha256, filename, source, auth, admission)
+        # What upstream's page says of it decides whether upstream serves it (PEP 658/714).
+        listed = (
+            None
+            if sha256 in metadata.by_wheel
+            else await pages.listed(who, scope, sha256, filename)
+        )
+        offered = False if listed is None else listed.core_metadata
+        response = await metadata.respond(
+            request, sha256, filename, source, auth, admission, offered=offered
+        )
     else:
         response = await files.respond(request, sha256, filename, source, auth, admission)
     if scoped and not checked:
         # Served through this scope by GitLab: remembered as its file.
         gate.listed(scope.key, (sha256,))
     return response
+
+
+async def _apply_policy(request: web.Request, scope: Scope, sha256: str, filename: str) -> None:
+    """Refuse a file the [policy] rules keep from clients, as its pages leave it out."""
+    pages = request.app[keys.PAGES]
+    policy = pages.policy
+    verdict = None
+    if policy.protects and await pages.protected_forwarded(scope, sha256, filename):
+        verdict = Verdict(False, "protected")
+    elif policy.ages_files:
+        verdict = await pages.file_verdict(scope, caller(request), sha256, filename, time.time())
+    if verdict is None or verdict.visible:
+        return
+    assert verdict.rule is not None
+    request.app[keys.METRICS].policy_blocked(verdict.rule, filename)
+    available_at = iso(verdict.available_at) if verdict.available_at is not None else None
+    raise PolicyRefused(policy.message(filename, verdict), verdict.rule, available_at)
 
 
 async def _firewall_redirect(
@@ -270,6 +315,10 @@ async def ready(request: web.Request) -> web.StreamResponse:
     ):
         health.failed(error)
     degraded = [health.problem] if health.problem else []
+    if (cluster := request.app[keys.CLUSTER].problem) is not None:
+        degraded.append(cluster)
+    if (times := request.app[keys.PAGES].times.problem) is not None:
+        degraded.append(times)
     if (tier := request.app[keys.SHARED]) is not None and not await _tier_answers(tier):
         degraded.append(tier.problem or "shared tier failed")
     if (refusal := token_refusal(request.app)) is not None:

@@ -7,6 +7,7 @@ from aiohttp import web
 from .access import AccessGuard
 from .auth import Gatekeeper
 from .blobs import BlobStore
+from .cluster import Cluster
 from .config import Settings
 from .files import FileCache
 from .metadata import CoreMetadata
@@ -30,3 +31,4 @@ ACCESS = web.AppKey("access", AccessGuard)
 METRICS = web.AppKey("metrics", Metrics)
 METADATA = web.AppKey("metadata", CoreMetadata)
 RENDERER = web.AppKey("renderer", PageRenderer)
+CLUSTER = web.AppKey("cluster", Cluster)

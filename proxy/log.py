@@ -25,7 +25,8 @@ _PATTERNS = (
     # A bare credential, e.g. aiohttp quoting the start of an oversized Authorization header.
     re.compile(r"(?i)(\b(?:basic|bearer)\s+)[A-Za-z0-9+/=._~-]{16,}"),
 )
-_USERINFO = re.compile(r"(://[^/\s:@]+:)[^@/\s]+(@)")
+# The user may be empty: redis://:password@host.
+_USERINFO = re.compile(r"(://[^/\s:@]*:)[^@/\s]+(@)")
 # aiohttp's parser errors quote the raw request bytes (an oversized header's first 100 bytes,
 # with no header name to tell a Private-Token from anything else): none of them is logged.
 _RAW_BYTES = re.compile(r"""\bb(?:'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")""")

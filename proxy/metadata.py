@@ -175,14 +175,18 @@ class CoreMetadata:
         return self.files.health.problem is not None and self.files.upstream.ignores_range_somewhere
 
     def advertised(self, dist: Distribution) -> bool | str:
-        """What a page says of this file's metadata: `sha256=<hex>` once known, else `True`.
+        """What a page says of this file's metadata: `sha256=<hex>` once known, else the hash
+        upstream's page gave, else `True`.
 
-        Upstream's own value is not passed on: what a client fetches is what the proxy
-        extracted, and only that hash is one the proxy can vouch for.
+        Upstream's hash is passed on only until the proxy knows its own: a metadata file
+        fetched from upstream is served only if it has that hash (`_published`).
         """
         if not dist.is_wheel or dist.sha256 is None:
             return False
         if dist.sha256 not in self.by_wheel:
+            if dist.core_metadata is not False:
+                # Upstream serves it itself (`_published`), whatever the cache and Range allow.
+                return dist.core_metadata
             # Not offered when it could not be served: pip would retry, then abort the install.
             return not (
                 self._blind()
@@ -207,11 +211,14 @@ class CoreMetadata:
         source: yarl.URL,
         authorization: str | None,
         admission: Admission | None = None,
+        *,
+        offered: bool | str = False,
     ) -> web.StreamResponse:
         """Serve `<filename>.metadata` for the wheel `filename` whose sha256 is `sha256`.
 
         With an `admission` (a client's own credentials), GitLab must let that client have the
         wheel before anything derived from it is served: metadata names a private package too.
+        `offered`: what upstream's page said of the wheel's metadata (`core_metadata`).
         """
         private = admission is not None
         if admission is not None:
@@ -229,7 +236,7 @@ class CoreMetadata:
                 return response
         self.files.metrics.file_miss()
         metadata_sha256 = await self._single_flight(
-            sha256, lambda: self._obtain(sha256, filename, source, authorization)
+            sha256, lambda: self._obtain(sha256, filename, source, authorization, offered)
         )
         response = await self._respond_known(request, metadata_sha256, filename, private)
         if response is None:
@@ -282,7 +289,12 @@ class CoreMetadata:
         return await asyncio.shield(future)
 
     async def _obtain(
-        self, sha256: str, filename: str, source: yarl.URL, authorization: str | None
+        self,
+        sha256: str,
+        filename: str,
+        source: yarl.URL,
+        authorization: str | None,
+        offered: bool | str,
     ) -> str:
         if sha256 in self.by_wheel:
             known = self.by_wheel[sha256]
@@ -300,9 +312,13 @@ class CoreMetadata:
             # The shared tier's wheel is read whole: no byte of it from GitLab.
             and not await self.files.in_shared_tier(sha256, filename)
         ):
-            if not upstream.is_upstream_host(source):
-                # A public index serves the metadata file itself (PEP 658/714).
-                published = await self._published(source, filename)
+            on_origin = upstream.is_upstream_host(source)
+            if offered is not False or not on_origin:
+                # A public index, or a parent proxy of this project, serves the metadata file
+                # itself (PEP 658/714): kilobytes, and no Range into the wheel.
+                published = await self._published(
+                    source, filename, offered, authorization if on_origin else None
+                )
                 if published is not None:
                     return await self._keep(sha256, filename, published, provisional=True)
             if upstream.ranges_work(source):
@@ -377,11 +393,14 @@ class CoreMetadata:
             raise NotFound(f"no core metadata: {e}") from e
         return await self._keep(sha256, filename, data, provisional=False)
 
-    async def _published(self, source: yarl.URL, filename: str) -> bytes | None:
-        """The `.metadata` file a public index serves beside the wheel, or None if it has none."""
-        url = source.with_path(source.path + SUFFIX)
+    async def _published(
+        self, source: yarl.URL, filename: str, offered: bool | str, authorization: str | None
+    ) -> bytes | None:
+        """The `.metadata` file upstream serves beside the wheel, or None if it has none, or
+        none with the hash its page `offered`."""
+        url = source.with_path(source.raw_path + SUFFIX, encoded=True)
         try:
-            async with self.files.upstream.open_file(url, None) as resp:
+            async with self.files.upstream.open_file(url, authorization) as resp:
                 chunks: list[bytes] = []
                 size = 0
                 async for chunk in resp.content.iter_chunked(256 * 1024):
@@ -393,7 +412,13 @@ class CoreMetadata:
         except (NotFound, UpstreamStatus, UpstreamError):
             return None  # none published here: read the wheel instead
         self.files.metrics.fetched("file", size)
-        return b"".join(chunks)
+        body = b"".join(chunks)
+        if isinstance(offered, str) and offered != f"sha256={hashlib.sha256(body).hexdigest()}":
+            log.warning(
+                "the published metadata of %s has another hash than its page says", filename
+            )
+            return None
+        return body
 
     async def _extract(self, sha256: str, filename: str) -> str:
         try:

@@ -34,8 +34,10 @@ from prometheus_client.utils import floatToGoString
 from .log import redact
 
 PREFIX = "gitlab_pypi_proxy"
-UpstreamKind = Literal["page", "file", "probe"]
+UpstreamKind = Literal["page", "file", "probe", "api"]
 PageState = Literal["HIT", "MISS", "STALE"]
+# Uploads' invalidations: told to the other replicas, not told (Redis down), heard from them.
+InvalidationKind = Literal["sent", "unsent", "received"]
 SharedTierEvent = Literal["hit", "miss", "error", "bad", "uploaded", "upload_failed", "bytes_read"]
 # Seconds: GitLab answers a simple page in tens of milliseconds when well, seconds when not.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -43,6 +45,7 @@ TOP_PACKAGES = 10
 # Names beyond this are dropped (least requested first), so clients cannot grow it without bound.
 TRACKED_PACKAGES = 1000
 RECENT_ERRORS = 20
+RECENT_BLOCKS = 20
 RECENT_LATENCIES = 100
 UNMATCHED = "unmatched"
 # How stale another worker's counters may be in a scrape; a worker's own are always current.
@@ -54,6 +57,15 @@ class UpstreamFailure:
     at: float
     kind: str
     message: str
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyBlock:
+    """One request the [policy] rules refused: `what` is the file or the package name."""
+
+    at: float
+    rule: str
+    what: str
 
 
 @dataclass(slots=True)
@@ -72,10 +84,15 @@ class Totals:
     evicted_bytes: int = 0
     metadata_replaced: int = 0
     upstream_errors: dict[str, int] = field(default_factory=dict)
+    invalidations: dict[str, int] = field(default_factory=dict)
+    redis_outages: int = 0
     # The shared tier's answers (hit, miss, error, bad), uploads and bytes read back.
     shared_tier: dict[str, int] = field(default_factory=dict)
     packages: Counter[str] = field(default_factory=Counter)
     recent_errors: list[UpstreamFailure] = field(default_factory=list)
+    # Requests refused by the [policy] rules, by rule, and the latest of them.
+    policy_blocks: dict[str, int] = field(default_factory=dict)
+    recent_blocks: list[PolicyBlock] = field(default_factory=list)
     recent_latencies: list[float] = field(default_factory=list)
     # kind -> observations per bucket of LATENCY_BUCKETS (the last one +Inf), and their sum.
     latency_counts: dict[str, list[int]] = field(default_factory=dict)
@@ -104,10 +121,11 @@ class Totals:
         document = {
             name: getattr(self, name)
             for name in self.__slots__
-            if name not in ("requests", "recent_errors")
+            if name not in ("requests", "recent_errors", "recent_blocks")
         }
         document["requests"] = [[r, s, n] for (r, s), n in self.requests.items()]
         document["recent_errors"] = [[e.at, e.kind, e.message] for e in self.recent_errors]
+        document["recent_blocks"] = [[b.at, b.rule, b.what] for b in self.recent_blocks]
         return json.dumps(document)
 
     @classmethod
@@ -115,8 +133,15 @@ class Totals:
         document: dict[str, Any] = json.loads(text)
         requests = {(r, s): n for r, s, n in document.pop("requests")}
         errors = [UpstreamFailure(*e) for e in document.pop("recent_errors")]
+        blocks = [PolicyBlock(*b) for b in document.pop("recent_blocks", [])]
         packages = Counter(document.pop("packages"))
-        return cls(requests=requests, recent_errors=errors, packages=packages, **document)
+        return cls(
+            requests=requests,
+            recent_errors=errors,
+            recent_blocks=blocks,
+            packages=packages,
+            **document,
+        )
 
     def add(self, other: Totals) -> None:
         """Fold another process's counters into these."""
@@ -131,11 +156,14 @@ class Totals:
         self.evictions += other.evictions
         self.evicted_bytes += other.evicted_bytes
         self.metadata_replaced += other.metadata_replaced
+        self.redis_outages += other.redis_outages
         for mine, theirs in (
             (self.fetched_bytes, other.fetched_bytes),
             (self.upstream_errors, other.upstream_errors),
+            (self.invalidations, other.invalidations),
             (self.shared_tier, other.shared_tier),
             (self.latency_sums, other.latency_sums),
+            (self.policy_blocks, other.policy_blocks),
         ):
             for kind, amount in theirs.items():
                 mine[kind] = mine.get(kind, 0) + amount  # type: ignore[assignment]
@@ -146,6 +174,9 @@ class Totals:
         self.recent_errors = sorted(
             self.recent_errors + other.recent_errors, key=lambda e: e.at, reverse=True
         )[:RECENT_ERRORS]
+        self.recent_blocks = sorted(
+            self.recent_blocks + other.recent_blocks, key=lambda b: b.at, reverse=True
+        )[:RECENT_BLOCKS]
         self.recent_latencies = (self.recent_latencies + other.recent_latencies)[-RECENT_LATENCIES:]
         self.upstream_last_ok = _latest(self.upstream_last_ok, other.upstream_last_ok)
         self.upstream_last_error = _latest(self.upstream_last_error, other.upstream_last_error)
@@ -182,12 +213,18 @@ class Metrics:
         self.evicted_bytes = 0
         # Metadata read by Range that its wheel, once downloaded and verified, contradicted.
         self.metadata_replaced = 0
-        self.upstream_errors = {"page": 0, "file": 0, "probe": 0}
+        self.upstream_errors = {"page": 0, "file": 0, "probe": 0, "api": 0}
+        self.invalidations = {"sent": 0, "unsent": 0, "received": 0}
+        self.redis_outages = 0
+        # None: no cluster.redis_url; else whether this worker hears the other replicas now.
+        self.redis_connected: bool | None = None
         self.shared_tier_counts: dict[str, int] = {}
         # Set when storage.url names a tier: its counters show from the start, zeros included.
         self.shared_tier_on = False
         self.packages: Counter[str] = Counter()
         self.recent_errors: deque[UpstreamFailure] = deque(maxlen=RECENT_ERRORS)
+        self.policy_blocks: dict[str, int] = {}
+        self.recent_blocks: deque[PolicyBlock] = deque(maxlen=RECENT_BLOCKS)
         self.recent_latencies: deque[float] = deque(maxlen=RECENT_LATENCIES)
         self.upstream_last_ok: float | None = None
         self.upstream_last_error: float | None = None
@@ -249,11 +286,19 @@ class Metrics:
         self.evictions += 1
         self.evicted_bytes += nbytes
 
+    def invalidation(self, kind: InvalidationKind) -> None:
+        self.invalidations[kind] += 1
+
     def package_requested(self, name: str) -> None:
         """`name` is normalized; only pages GitLab answered are counted."""
         self.packages[name] += 1
         if len(self.packages) > TRACKED_PACKAGES:
             self.packages = Counter(dict(self.packages.most_common(TRACKED_PACKAGES // 2)))
+
+    def policy_blocked(self, rule: str, what: str) -> None:
+        """A request the [policy] rules refused: `what` is the file or package it named."""
+        self.policy_blocks[rule] = self.policy_blocks.get(rule, 0) + 1
+        self.recent_blocks.appendleft(PolicyBlock(time.time(), rule, what))
 
     def upstream_answered(self, kind: UpstreamKind, seconds: float, status: int) -> None:
         counts = self.latency_counts.setdefault(kind, [0] * (len(LATENCY_BUCKETS) + 1))
@@ -298,9 +343,13 @@ class Metrics:
             evicted_bytes=self.evicted_bytes,
             metadata_replaced=self.metadata_replaced,
             upstream_errors=dict(self.upstream_errors),
+            invalidations=dict(self.invalidations),
+            redis_outages=self.redis_outages,
             shared_tier=dict(self.shared_tier_counts),
             packages=Counter(self.packages),
             recent_errors=list(self.recent_errors),
+            policy_blocks=dict(self.policy_blocks),
+            recent_blocks=list(self.recent_blocks),
             recent_latencies=list(self.recent_latencies),
             latency_counts={k: list(v) for k, v in self.latency_counts.items()},
             latency_sums=dict(self.latency_sums),
@@ -438,6 +487,34 @@ class _Collector:
             "Core metadata read by Range that differed from the verified wheel's, so replaced",
             value=m.metadata_replaced,
         )
+        if self.metrics.redis_connected is not None:
+            invalidations = CounterMetricFamily(
+                f"{PREFIX}_cluster_invalidations",
+                "Uploads' page invalidations: sent to the other replicas, unsent (Redis down), "
+                "received from them",
+                labels=["kind"],
+            )
+            for kind, count in m.invalidations.items():
+                invalidations.add_metric([kind], count)
+            yield invalidations
+            yield CounterMetricFamily(
+                f"{PREFIX}_cluster_redis_outages",
+                "Times a worker lost Redis (cluster.redis_url) and with it the other replicas",
+                value=m.redis_outages,
+            )
+            yield GaugeMetricFamily(
+                f"{PREFIX}_cluster_redis_connected",
+                "1 while this worker hears the other replicas' invalidations through Redis",
+                value=1 if self.metrics.redis_connected else 0,
+            )
+        blocks = CounterMetricFamily(
+            f"{PREFIX}_policy_blocks",
+            "Requests the [policy] rules refused: too young, of unknown age, protected names",
+            labels=["rule"],
+        )
+        for rule, count in m.policy_blocks.items():
+            blocks.add_metric([rule], count)
+        yield blocks
         latency = HistogramMetricFamily(
             f"{PREFIX}_upstream_latency_seconds",
             "Seconds until GitLab (or object storage) answered with headers",

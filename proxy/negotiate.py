@@ -8,6 +8,9 @@ from dataclasses import dataclass
 HTML_LEGACY = "text/html"
 HTML_V1 = "application/vnd.pypi.simple.v1+html"
 JSON_V1 = "application/vnd.pypi.simple.v1+json"
+# What the proxy asks of an upstream: JSON first (PEP 700's sizes and upload times come only in
+# it), HTML from one without JSON (GitLab's registry routes answer HTML whatever is asked).
+UPSTREAM_ACCEPT = f"{JSON_V1}, {HTML_V1};q=0.2, {HTML_LEGACY};q=0.1"
 # Server preference on equal quality, as PyPI's: text/html first, so `*/*` or no Accept at all
 # (a browser, curl, an old tool) gets the page every client can read.
 OFFERS = (HTML_LEGACY, HTML_V1, JSON_V1)

@@ -23,6 +23,7 @@ from .errors import (
     CredentialsRefused,
     NotFound,
     Offline,
+    Protected,
     ProxyError,
     Redirect,
     UpstreamError,
@@ -31,12 +32,14 @@ from .errors import (
     UpstreamUnavailable,
 )
 from .page_key import PageKey
+from .policy import Policy, Verdict
 from .scope import Scope
 from .shared_tier import SharedTier
-from .simple import Index, Project, is_sha256, project_of
-from .simple_html import PageParseError, parse_index_page, parse_project_page
-from .simple_json import dumps
+from .simple import Distribution, Index, PageParseError, Project, is_sha256, project_of
+from .simple_html import parse_index_page, parse_project_page
+from .simple_json import dumps, is_json_page, parse_index_json, parse_project_json
 from .store import ForwardedRow, Store
+from .upload_times import UploadTimes
 from .upstream import PageAnswer, Upstream, fingerprint, is_listed_host, message_of
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,8 @@ _FAILURES = (UpstreamUnavailable, UpstreamTimeout, UpstreamError)
 THREAD_FROM_BYTES = 256 * 1024
 T = TypeVar("T")
 LISTED_BATCH = 5_000
+# What a fetch adds to a parsed page before it is kept: upload times, for project pages.
+Learn = Callable[[PageAnswer, Model], Awaitable[Model]]
 
 
 @dataclass(slots=True)
@@ -106,6 +111,7 @@ class PageCache:
         self.gate = gate
         # Last good copies go there too, for replicas that never saw a page GitLab now fails.
         self.shared = shared
+        self.policy = Policy(settings.policy)
         # A page is fresh for index_ttl from when GitLab gave it, whichever worker fetched it
         # (a copy another worker stored comes in part-way through). Offline, whatever its age.
         ttl = settings.cache.index_ttl
@@ -129,6 +135,16 @@ class PageCache:
             maxsize=20_000, ttl=max(settings.cache.negative_ttl, 1e-9), timer=clock
         )
         self._db_warn = Throttled(log)
+        # Upload times and sizes of GitLab's files; a refused token is asked again once the
+        # pages it would fill are due again.
+        self.times = UploadTimes(
+            gate.policy,
+            upstream,
+            store,
+            recheck=settings.cache.index_ttl,
+            retry=settings.upstream.retry_interval,
+            clock=clock,
+        )
 
     def freshness_left(self, page: CachedPage) -> int:
         """Seconds this page stays fresh, for Cache-Control: max-age."""
@@ -136,19 +152,68 @@ class PageCache:
 
     async def project(self, scope: Scope, name: str, caller: Caller) -> PageResult:
         url = self.upstream.url_for(scope, f"simple/{name}")
+        protected = self.policy.is_protected(name)
 
         def parse(answer: PageAnswer) -> Model:
-            project = parse_project_page(answer.body, str(answer.url), name)
+            project = _parse_project(answer, name)
             if not self.upstream.is_upstream_host(answer.url):
                 return self._forwarded_project(project, self._public_host)
             if any(self.upstream.may_be_forward_route(dist.url) for dist in project.files):
+                if protected:
+                    raise _protected(name, "GitLab's Dependency Firewall serves the public page")
                 return self._firewall_project(project)
             return project
 
-        page = await self._get(scope, name, url, caller, parse, forwarding=True)
+        async def learn(answer: PageAnswer, model: Model) -> Model:
+            # Only GitLab's own pages list its packages; a forwarded one, the public index's.
+            if isinstance(model, Project) and self.upstream.is_upstream_host(answer.url):
+                return await self.times.fill(scope, name, model)
+            return model
+
+        page = await self._get(
+            scope, name, url, caller, parse, forwarding=True, protected=protected, learn=learn
+        )
+        # A copy stored before the name was protected may be a forwarded page: never served.
+        if protected and any(self._is_public(dist) for dist in page.project.files):
+            raise _protected(name, "the cached page is the public index's")
         if page.state == "MISS" and self.settings.upstream.forwarding != "deny":
             await self._remember_sources(scope, page.project)
         return page
+
+    async def file_verdict(
+        self, scope: Scope, caller: Caller, sha256: str, filename: str, now: float
+    ) -> Verdict:
+        """What the age rules say of a file, from this caller's page of its project (fetched if
+        need be, the stored copy offline). A file no page lists has no known upload time."""
+        name = project_of(filename)
+        if name is None:
+            return self.policy.verdict(filename, Distribution(filename, ""), now)
+        if not self.policy.may_hide(name, filename):
+            return self.policy.verdict(name, Distribution(filename, ""), now)
+        dist = None
+        try:
+            dist = (await self.project(scope, name, caller)).project.find(sha256, filename)
+        except ProxyError as e:
+            log.info("no page of %s to judge %s by: %s", name, filename, e.message)
+        return self.policy.verdict(name, dist or Distribution(filename, ""), now)
+
+    async def protected_forwarded(self, scope: Scope, sha256: str, filename: str) -> bool:
+        """Whether this is a public-index file, once listed on a forwarded page of `scope`, of a
+        protected name: never served, cached or not."""
+        name = project_of(filename)
+        return (
+            name is not None
+            and self.policy.is_protected(name)
+            and await self.store.forwarded_url(scope.key, sha256, filename) is not None
+        )
+
+    def _is_public(self, dist: Distribution) -> bool:
+        # Pages stored before the `public` flag existed: their links say where files come from.
+        return (
+            dist.public
+            or self.upstream.may_be_forward_route(dist.url)
+            or self._public_host(yarl.URL(dist.url, encoded=True))
+        )
 
     async def forwarded_source(self, scope: Scope, sha256: str, filename: str) -> yarl.URL | None:
         """Where a file of a forwarded page lives, if it is one and may still be fetched there:
@@ -202,8 +267,7 @@ class PageCache:
     def _forwarded_project(self, project: Project, allowed: Callable[[yarl.URL], bool]) -> Project:
         """A forwarded page as this proxy can serve it: the files it may fetch, with a sha256."""
         files = tuple(
-            # No core-metadata: the proxy mirrors file bodies, and pip fails on a missing one.
-            dataclasses.replace(dist, core_metadata=False)
+            dataclasses.replace(dist, public=True)
             for dist in project.files
             if dist.sha256 is not None
             and is_sha256(dist.sha256)
@@ -251,18 +315,32 @@ class PageCache:
         self.gate.listed(scope.key, (sha256,))
 
     async def _page_lists(self, scope: Scope, name: str, sha256: str, filename: str) -> bool:
-        key = PageKey(scope.key, name).encode()
-        page = self.fresh.get(key) or await self._stored(key)
-        return (
-            page is not None
-            and isinstance(page.model, Project)
-            and any(f.sha256 == sha256 and f.filename == filename for f in page.model.files)
-        )
+        return await self._listing(scope.key, name, sha256, filename) is not None
+
+    async def listed(
+        self, caller: Caller, scope: Scope, sha256: str, filename: str
+    ) -> Distribution | None:
+        """The file as the caller's page of the scope (in memory, or stored) lists it, if any."""
+        name = project_of(filename)
+        if name is None:
+            return None
+        return await self._listing(caller.view(scope), name, sha256, filename)
+
+    async def _listing(
+        self, view: str, name: str, sha256: str, filename: str
+    ) -> Distribution | None:
+        key = PageKey(view, name).encode()
+        page = self.fresh.get(key) or self.private.get(key) or await self._stored(key)
+        if page is None or not isinstance(page.model, Project):
+            return None
+        return page.model.find(sha256, filename)
 
     async def index(self, scope: Scope, caller: Caller) -> PageResult:
         url = self.upstream.url_for(scope, "simple")
 
         def parse(answer: PageAnswer) -> Model:
+            if is_json_page(answer.content_type):
+                return parse_index_json(answer.body)
             return parse_index_page(answer.body)
 
         return await self._get(scope, None, url, caller, parse, forwarding=False)
@@ -276,6 +354,8 @@ class PageCache:
         parse: Callable[[PageAnswer], Model],
         *,
         forwarding: bool,
+        protected: bool = False,
+        learn: Learn | None = None,
     ) -> PageResult:
         view = caller.view(scope)
         key = PageKey(view, name or "").encode()
@@ -307,7 +387,17 @@ class PageCache:
         def fetch() -> Awaitable[CachedPage]:
             return self._tracked(
                 failing_key,
-                self._fetch(scope, key, url, caller, parse, forwarding=forwarding, shared=shared),
+                self._fetch(
+                    scope,
+                    key,
+                    url,
+                    caller,
+                    parse,
+                    forwarding=forwarding,
+                    shared=shared,
+                    protected=protected,
+                    learn=learn,
+                ),
             )
 
         failing = self._failing.get(failing_key)
@@ -417,13 +507,20 @@ class PageCache:
         *,
         forwarding: bool,
         shared: bool,
+        protected: bool,
+        learn: Learn | None,
     ) -> CachedPage:
         up = self.settings.upstream
-        follow = up.forward_hosts if forwarding and up.forwarding == "cache" else ()
+        # A protected name's forwarding is never followed: its redirect is answered below.
+        follow = (
+            up.forward_hosts if forwarding and up.forwarding == "cache" and not protected else ()
+        )
         answer = await self.upstream.get_page(url, caller.authorization, follow_to=follow)
         message = message_of(answer.body, answer.status, answer.challenge)
         self._judge(scope, caller, answer, message, index=not forwarding)
         if answer.location is not None and forwarding:
+            if protected:
+                raise _protected(PageKey.decode(key).name, "GitLab forwards it")
             raise self._forwarded(answer.location)
         on_gitlab = self.upstream.is_upstream_host(answer.url)
         if answer.status in (404, 410) and not on_gitlab:
@@ -440,7 +537,12 @@ class PageCache:
         try:
             model = await _off_the_loop(lambda: parse(answer), len(answer.body))
         except PageParseError as e:
-            raise UpstreamError("GitLab sent a page that is not a simple index") from e
+            raise UpstreamError(
+                f"{answer.url.host} sent a page that is not a simple index: {e}"
+            ) from e
+        if learn is not None:
+            # Before the copy is kept: stored pages, offline serving and bundles carry them.
+            model = await learn(answer, model)
         page = CachedPage(model, self._wall_clock())
         if isinstance(model, Project):
             await self._listed(caller.view(scope), model)
@@ -489,6 +591,19 @@ class PageCache:
             self.negative.pop(negative, None)
         await self.store.delete_pages_named(name)
 
+    async def expire_all(self) -> None:
+        """Treat every cached page as stale: invalidations may have been missed meanwhile.
+
+        Stored copies stay, as the last good copies to serve if GitLab fails.
+        """
+        self.fresh.clear()
+        self.private.clear()
+        self.negative.clear()
+        try:
+            await self.store.age_pages(self._wall_clock() - self.settings.cache.index_ttl)
+        except sqlite3.Error as e:
+            self._db_warn.log(logging.WARNING, "could not mark stored pages stale: %s", e)
+
     def _forwarded(self, location: yarl.URL) -> ProxyError:
         if self.settings.upstream.forwarding == "deny":
             return NotFound(
@@ -534,6 +649,13 @@ class PageCache:
         return page
 
 
+def _parse_project(answer: PageAnswer, name: str) -> Project:
+    """The project an upstream page lists, read as the format its Content-Type names."""
+    if is_json_page(answer.content_type):
+        return parse_project_json(answer.body, str(answer.url), name)
+    return parse_project_page(answer.body, str(answer.url), name)
+
+
 async def _off_the_loop(work: Callable[[], T], size: int) -> T:
     """`work()` on a page of `size` bytes: in a thread when big, so hits are served meanwhile.
 
@@ -543,6 +665,13 @@ async def _off_the_loop(work: Callable[[], T], size: int) -> T:
     if size < THREAD_FROM_BYTES:
         return work()
     return await asyncio.to_thread(work)
+
+
+def _protected(name: str, why: str) -> Protected:
+    return Protected(
+        f"{name} is a protected name (policy.protected): never taken from the public index, "
+        f"and GitLab does not host it here ({why})"
+    )
 
 
 def _is_absence(error: ProxyError) -> bool:

@@ -6,6 +6,8 @@ import asyncio
 import dataclasses
 import gzip
 import hashlib
+import math
+import time
 from collections.abc import Awaitable, Callable, Container
 from dataclasses import dataclass
 from typing import Literal
@@ -16,6 +18,7 @@ from cachetools import LRUCache
 from .files import FileCache
 from .metadata import CoreMetadata
 from .negotiate import HTML_LEGACY, HTML_V1, JSON_V1
+from .policy import Policy
 from .simple import Distribution, Index, Project, is_sha256
 from .simple_html import render_index_html, render_project_html
 from .simple_json import render_index_json, render_project_json
@@ -38,6 +41,8 @@ class Rendered:
     body: bytes
     gzipped: bytes
     digest: str
+    # When a file the age rules hide becomes old enough: the page changes then, unfetched.
+    until: float = math.inf
 
     def etag(self, media_type: str, gzipped: bool) -> str:
         # Strong ETags must differ between content codings (RFC 9110 8.8.3).
@@ -61,9 +66,18 @@ def file_path(dist: Distribution) -> str:
 class PageRenderer:
     """Owns the rendered bodies: reused until the page is refetched or what it shows changes."""
 
-    def __init__(self, files: FileCache, metadata: CoreMetadata) -> None:
+    def __init__(
+        self,
+        files: FileCache,
+        metadata: CoreMetadata,
+        policy: Policy,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.files = files
         self.metadata = metadata
+        self.policy = policy
+        self._clock = clock
         self.cache: LRUCache[tuple[str, Format, str], _Entry] = LRUCache(
             maxsize=MAX_RENDERED_BYTES,
             getsizeof=lambda entry: len(entry.rendered.body) + len(entry.rendered.gzipped),
@@ -76,31 +90,37 @@ class PageRenderer:
     ) -> Rendered:
         """The page `key` as fetched at `fetched_at`; links are `prefix` + `files/<sha>/<name>`."""
         generation = (self.files.generation, self.metadata.generation)
+        now = self._clock()
         entry = self.cache.get((key, fmt, prefix))
-        if entry is not None and (entry.fetched_at, entry.generation) == (fetched_at, generation):
+        if (
+            entry is not None
+            and (entry.fetched_at, entry.generation) == (fetched_at, generation)
+            and now < entry.rendered.until
+        ):
             return entry.rendered
 
-        def view() -> tuple[Project, Details]:
+        def view() -> tuple[Shown, Details]:
             # Offline, a mirror lists only what it holds: a client never picks a file it cannot
             # have.
             known = self.files.known if self.files.upstream.offline else None
-            project = _servable(fetched, known)
-            return project, tuple(self._details(dist) for dist in project.files)
+            shown = view_of(fetched, known, self.policy, now)
+            return shown, tuple(self._details(dist) for dist in shown.project.files)
 
         big = len(fetched.files) >= THREAD_FROM_FILES
         # A thread may read `known` and the metadata map: the loop only ever adds to them there.
-        project, details = await asyncio.to_thread(view) if big else view()
+        shown, details = await asyncio.to_thread(view) if big else view()
         # What changed may concern other pages only; then this page's bytes stand.
-        details_hash = hash(details)
+        details_hash = hash((details, shown.hidden))
         if entry is not None and (entry.fetched_at, entry.details) == (fetched_at, details_hash):
             entry.generation = generation
+            entry.rendered = dataclasses.replace(entry.rendered, until=shown.until)
             return entry.rendered
 
         def render() -> Rendered:
-            return _render_project(project, details, fmt, prefix)
+            return _render_project(shown.project, details, fmt, prefix)
 
         return await self._render(
-            (key, fmt, prefix), fetched_at, generation, details_hash, render, big
+            (key, fmt, prefix), fetched_at, generation, details_hash, render, big, shown.until
         )
 
     async def index(
@@ -130,6 +150,7 @@ class PageRenderer:
         details: int,
         render: Callable[[], Rendered],
         big: bool,
+        until: float = math.inf,
     ) -> Rendered:
         flight = (*cache_key, fetched_at, details)
         future = self._inflight.get(flight)
@@ -140,6 +161,8 @@ class PageRenderer:
             future.add_done_callback(lambda _: self._inflight.pop(flight, None))
             self.renders += 1
         rendered = await asyncio.shield(future)
+        if until != rendered.until:
+            rendered = dataclasses.replace(rendered, until=until)
         entry = _Entry(fetched_at, generation, details, rendered)
         if self.cache.getsizeof(entry) <= self.cache.maxsize:
             self.cache[cache_key] = entry
@@ -150,16 +173,46 @@ async def _now(render: Callable[[], Rendered]) -> Rendered:
     return render()
 
 
-def _servable(project: Project, cached: Container[str] | None) -> Project:
-    """The page's files that have a sha256 (only those can go through the files route) and,
-    when `cached` is given, are among those sha256s."""
-    servable = tuple(
-        f
-        for f in project.files
-        if f.sha256 and is_sha256(f.sha256) and (cached is None or f.sha256 in cached)
-    )
-    # Usually all of them: then the fetched model itself, whose parsed versions are kept.
-    return project if len(servable) == len(project.files) else Project(project.name, servable)
+@dataclass(frozen=True, slots=True)
+class Shown:
+    """A page as clients see it (`explain` shows it too), which files of the fetched one the
+    policy hides (by index), and when the first of those becomes old enough to show."""
+
+    project: Project
+    hidden: tuple[int, ...]
+    until: float
+
+
+def view_of(project: Project, cached: Container[str] | None, policy: Policy, now: float) -> Shown:
+    """The page's files that have a sha256 (only those can go through the files route), when
+    `cached` is given are among those sha256s, and that the policy shows; with local yanks."""
+    servable = []
+    hidden = []
+    until = math.inf
+    changed = False
+    for index, dist in enumerate(project.files):
+        if not (dist.sha256 and is_sha256(dist.sha256)) or (
+            cached is not None and dist.sha256 not in cached
+        ):
+            changed = True
+            continue
+        if policy.ages_files:
+            verdict = policy.verdict(project.name, dist, now)
+            if not verdict.visible:
+                hidden.append(index)
+                changed = True
+                if verdict.available_at is not None:
+                    until = min(until, verdict.available_at)
+                continue
+        if policy.yanks:
+            yanked = policy.yanked(project.name, dist)
+            if yanked != dist.yanked:
+                dist = dataclasses.replace(dist, yanked=yanked)
+                changed = True
+        servable.append(dist)
+    # Usually all of them as they are: then the fetched model, whose parsed versions are kept.
+    shown = Project(project.name, tuple(servable)) if changed else project
+    return Shown(shown, tuple(hidden), until)
 
 
 def _render_project(project: Project, details: Details, fmt: Format, prefix: str) -> Rendered:

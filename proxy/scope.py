@@ -29,6 +29,11 @@ class Scope:
         return f"/api/v4/groups/{self.raw_id}/-/packages/pypi"
 
     @property
+    def packages_path(self) -> str:
+        """The absolute path of this scope's REST Packages API list (one row per version)."""
+        return f"/api/v4/{self.kind}/{self.raw_id}/packages"
+
+    @property
     def key(self) -> str:
         """A stable cache key part; `%2f` and `%2F` name the same path."""
         return f"{self.kind}/{self.raw_id.replace('%2f', '%2F')}"

@@ -58,6 +58,10 @@ _HASH_HEX_LENGTHS = {
 }
 
 
+class PageParseError(ValueError):
+    """The upstream body is not a simple-repository page (HTML or JSON); the message says why."""
+
+
 def is_valid_name(name: str) -> bool:
     """True when `name` is a PEP 508 project name of sane length."""
     return len(name) <= MAX_NAME_LENGTH and _NAME_RE.match(name) is not None
@@ -94,7 +98,11 @@ def project_of(filename: str) -> NormalizedName | None:
     try:
         if filename.endswith(".whl"):
             return parse_wheel_filename(filename)[0]
-        return parse_sdist_filename(filename)[0]
+        suffix = next((s for s in SDIST_SUFFIXES if filename.endswith(s)), None)
+        if suffix is None:
+            return None
+        # As in version_of: every archive GitLab accepts names its project the same way.
+        return parse_sdist_filename(filename.removesuffix(suffix) + ".tar.gz")[0]
     except (InvalidWheelFilename, InvalidSdistFilename):
         return None
 
@@ -134,6 +142,9 @@ class Distribution:
     core_metadata: bool | str = False
     size: int | None = None
     upload_time: str | None = None
+    # From the public index (a forwarded or Dependency Firewall page), not hosted in GitLab:
+    # policy.min_age applies to it rather than min_age_internal.
+    public: bool = False
 
     @property
     def sha256(self) -> str | None:
@@ -152,6 +163,10 @@ class Project:
     files: tuple[Distribution, ...]
     # Parsing every filename costs 0.17 s on a 20,000-file page: done once, on first use.
     _versions: tuple[str, ...] | None = field(default=None, init=False, repr=False, compare=False)
+    # The files by (sha256, filename), built on first use: the files route asks of every file.
+    _by_file: dict[tuple[str | None, str], Distribution] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     @property
     def versions(self) -> tuple[str, ...]:
@@ -162,6 +177,17 @@ class Project:
             versions = tuple(str(v) for v in sorted(found))
             object.__setattr__(self, "_versions", versions)
         return versions
+
+    def find(self, sha256: str, filename: str) -> Distribution | None:
+        """The file with this sha256 and filename, if the page lists it."""
+        by_file = self._by_file
+        if by_file is None:
+            # setdefault: the first listing of a filename twice wins, as in a resolver.
+            by_file = {}
+            for f in self.files:
+                by_file.setdefault((f.sha256, f.filename), f)
+            object.__setattr__(self, "_by_file", by_file)
+        return by_file.get((sha256, filename))
 
     def with_files(self, files: tuple[Distribution, ...]) -> Project:
         """The project with other details on the same files, keeping the parsed versions."""

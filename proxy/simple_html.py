@@ -12,6 +12,7 @@ from lxml import etree
 from .simple import (
     Distribution,
     Index,
+    PageParseError,
     Project,
     is_distribution_filename,
     is_file_url,
@@ -21,10 +22,6 @@ from .simple import (
 )
 
 _TITLE_PREFIX = "links for "
-
-
-class PageParseError(ValueError):
-    """The upstream body is not a simple-repository HTML page."""
 
 
 def parse_project_page(body: bytes, base_url: str, name_hint: str | None = None) -> Project:

@@ -122,6 +122,7 @@ def render_status(
         f'<h2>Upstream</h2><table id="upstream">{"".join(upstream_rows)}</table>'
         f'<h2>Most requested packages</h2><div id="packages">{packages}</div>'
         f'<h2>Recent upstream errors</h2><div id="errors">{errors}</div>'
+        f'<h2>Recent policy blocks</h2><div id="blocks">{_blocks(m, now, full)}</div>'
         "</body></html>\n"
     )
 
@@ -193,3 +194,17 @@ def _errors(m: Totals, now: float, full: bool) -> str:
     )
     table = f"<table>{rows}</table>"
     return table if full else table + _hidden(f"{len(m.recent_errors)} recent errors")
+
+
+def _blocks(m: Totals, now: float, full: bool) -> str:
+    if not m.recent_blocks:
+        return '<p class="muted">none</p>'
+    counts = ", ".join(f"{rule}: {n}" for rule, n in sorted(m.policy_blocks.items()))
+    # What was refused names a package: operators only, as for errors.
+    rows = "".join(
+        f'<tr><td class="muted">{_ago(b.at, now)}</td><td>{escape(b.rule)}</td>'
+        + (f'<td class="what">{escape(b.what)}</td></tr>' if full else "</tr>")
+        for b in m.recent_blocks
+    )
+    table = f'<p id="block-counts">{escape(counts)}</p><table>{rows}</table>'
+    return table if full else table + _hidden(f"{len(m.recent_blocks)} recent blocks")

@@ -20,10 +20,23 @@ from .page_key import NAME_SQL, PageKey
 log = logging.getLogger(__name__)
 
 # 2: core_metadata.provisional (metadata read by Range, not yet checked against its wheel).
-SCHEMA_VERSION = 2
+# 3: upload_times (upload time and size of GitLab-hosted files, from its Packages API).
+SCHEMA_VERSION = 3
 # The index's file name inside cache.dir.
 DB_NAME = "index.sqlite3"
-_SCHEMA = """
+# Upload time (PEP 700 text) and size of a file GitLab hosts, by its sha256 and filename, as
+# GitLab's Packages API gave them: a file's never change, so they are asked for once.
+_UPLOAD_TIMES = """CREATE TABLE IF NOT EXISTS upload_times (
+    sha256 TEXT NOT NULL,
+    filename TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    upload_time TEXT NOT NULL,
+    PRIMARY KEY (sha256, filename)
+)"""
+# SQLite's limit on the variables of one statement is 32,766 since 3.32, 999 before.
+_IN_BATCH = 500
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS blobs (
     sha256 TEXT PRIMARY KEY,
     size INTEGER NOT NULL,
@@ -54,9 +67,13 @@ CREATE TABLE IF NOT EXISTS core_metadata (
     provisional INTEGER NOT NULL DEFAULT 0
 );
 """
+    + _UPLOAD_TIMES
+    + ";\n"
+)
 # Each step brings a database written at version N-1 (the index) to version N.
 _MIGRATIONS = {
     2: "ALTER TABLE core_metadata ADD COLUMN provisional INTEGER NOT NULL DEFAULT 0",
+    3: _UPLOAD_TIMES,
 }
 
 _PUT_FORWARDED = (
@@ -79,6 +96,16 @@ class CoreMetadataRow:
     metadata_sha256: str | None
     problem: str | None
     provisional: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class UploadTimeRow:
+    """What GitLab's Packages API says of one file: its size and upload time (PEP 700 text)."""
+
+    sha256: str
+    filename: str
+    size: int
+    upload_time: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +313,12 @@ class Store:
         # NAME_SQL is a constant of this program, not input.
         await self._write(f"DELETE FROM pages WHERE {NAME_SQL} IN (?, '')", [(name,)])  # noqa: S608
 
+    async def age_pages(self, fetched_at: float) -> None:
+        """Make every stored page at least this old, so none counts as fresh any more."""
+        await self._write(
+            "UPDATE pages SET fetched_at=? WHERE fetched_at > ?", [(fetched_at, fetched_at)]
+        )
+
     async def pages(self, views: Iterable[str] | None = None) -> list[PageRow]:
         """Stored pages of `views` (scope keys), or all of them."""
         prefixes = [""] if views is None else [PageKey.view_prefix(view) for view in views]
@@ -344,6 +377,30 @@ class Store:
                 ),
                 (_PUT_FORWARDED, [(r.scope, r.sha256, r.filename, r.url) for r in forwarded]),
             ]
+        )
+
+    async def upload_times(self, sha256s: Iterable[str]) -> list[UploadTimeRow]:
+        """The known upload times and sizes of files with these sha256s (any filename)."""
+        wanted = sorted(set(sha256s))
+        found: list[UploadTimeRow] = []
+        for start in range(0, len(wanted), _IN_BATCH):
+            batch = wanted[start : start + _IN_BATCH]
+            marks = ",".join("?" * len(batch))
+            rows = await self._read(
+                # Only "?" marks are formatted in; the values are parameters.
+                "SELECT sha256, filename, size, upload_time FROM upload_times"  # noqa: S608
+                f" WHERE sha256 IN ({marks})",
+                batch,
+            )
+            found.extend(UploadTimeRow(*row) for row in rows)
+        return found
+
+    async def put_upload_times(self, rows: Iterable[UploadTimeRow]) -> None:
+        """Remember what GitLab said; a value already known stays (a file's never change)."""
+        await self._write(
+            "INSERT INTO upload_times (sha256, filename, size, upload_time) VALUES (?,?,?,?)"
+            " ON CONFLICT(sha256, filename) DO NOTHING",
+            [(r.sha256, r.filename, r.size, r.upload_time) for r in rows],
         )
 
     async def core_metadata(self, wheel_sha256: str | None = None) -> list[CoreMetadataRow]:

@@ -364,8 +364,9 @@ async def _answer(
     name = state.scanner.fields.get("name", "")
     duplicate = status == 400 and DUPLICATE in message
     if status == 201 or duplicate:
-        # A duplicate also means the file exists: a page cached before it was uploaded is stale.
-        await request.app[keys.PAGES].invalidate(normalize(name))
+        # A duplicate also means the file exists: a page cached before it was uploaded is stale,
+        # here and on every other replica.
+        await request.app[keys.CLUSTER].invalidate(normalize(name))
     _log(scope, state, f"GitLab answered {status}")
     if duplicate:
         # 409 is what twine, poetry, pdm and uv read as "already there" (--skip-existing).

@@ -8,7 +8,7 @@ import email.utils
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
@@ -42,6 +42,22 @@ class PageAnswer:
     retry_after: float | None = None
     # WWW-Authenticate: a revoked token's Bearer challenge says why GitLab refused it.
     challenge: str | None = None
+    # Content-Type: whether the page is HTML or PEP 691 JSON.
+    content_type: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ApiAnswer:
+    """What the upstream's REST API said to one GET: its status, and a 200's JSON body."""
+
+    status: int
+    body: bytes = b""
+    # What a refusal or failure said (upstream.message_of), empty on a 200.
+    message: str = ""
+    # The next page of a paginated list (GitLab's X-Next-Page), empty on the last one.
+    next_page: str = ""
+    # How many pages the list has (X-Total-Pages), when GitLab counts them (to 10,000 rows).
+    pages: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +106,13 @@ class Upstream(Protocol):
     async def get_page(
         self, url: yarl.URL, authorization: str | None, *, follow_to: tuple[str, ...] = ()
     ) -> PageAnswer: ...
+
+    async def get_api(
+        self, path: str, query: Mapping[str, str], authorization: str | None
+    ) -> ApiAnswer:
+        """GET the upstream's REST API at `path` (absolute, e.g. `/api/v4/projects/42/packages`);
+        transport failures raise ProxyErrors, refusals are answers."""
+        ...
 
     def open_file(
         self, url: yarl.URL, authorization: str | None

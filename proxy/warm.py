@@ -28,8 +28,8 @@ from .files import X_CACHE, X_CHECKSUM_SHA256
 from .fill import Fill, FillState
 from .metadata import SUFFIX as METADATA_SUFFIX
 from .scope import Scope
-from .simple import Distribution, is_sha256, normalize, version_of
-from .simple_html import PageParseError, parse_index_page, parse_project_page
+from .simple import Distribution, PageParseError, is_sha256, normalize, version_of
+from .simple_html import parse_index_page, parse_project_page
 from .upstream import REDIRECTS, message_of
 
 # Enough to keep pip's ERROR lines without flooding the summary.

@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 
+from tests.support.cli_process import free_port
 from tests.support.fake_gitlab import FakeGitLab, FakePublicIndex
 from tests.support.harness import TOKEN, ProxyFactory, RunningProxy, make_settings, start_proxy
+from tests.support.redis_server import REDIS_SERVER, SKIP_REASON, RedisServer
 
 
 @pytest.fixture
@@ -54,6 +56,21 @@ async def make_proxy(tmp_path: Path, gitlab: FakeGitLab) -> AsyncIterator[ProxyF
 @pytest.fixture
 async def proxy(make_proxy: ProxyFactory) -> RunningProxy:
     return await make_proxy()
+
+
+@pytest.fixture
+async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    """A password-protected redis-server on a free loopback port; skips where there is none."""
+    if REDIS_SERVER is None:
+        pytest.skip(SKIP_REASON)
+    workdir = tmp_path / "redis"
+    workdir.mkdir()
+    server = RedisServer(free_port(), workdir)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.kill()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -203,6 +203,101 @@ async def test_group_with_nothing_visible_challenges_anonymous(gl: FakeGitLab) -
 # Pages.
 
 
+# The REST Packages API.
+
+
+async def api_json(
+    url: str, headers: dict[str, str] | None = None
+) -> tuple[int, CIMultiDictProxy[str], object]:
+    status, got, body = await fetch(url, headers)
+    return status, got, json.loads(body)
+
+
+async def test_packages_api_lists_versions_by_substring_paginated(gl: FakeGitLab) -> None:
+    for minor in range(25):
+        gl.add_wheel(42, "Corp.Util", f"1.{minor}")
+    gl.add_wheel(42, "corp-util-extra", "1.0")
+    gl.add_wheel(42, "other", "1.0")
+    url = gl.url + "/api/v4/projects/42/packages?package_type=pypi&package_name=util"
+    status, headers, rows = await api_json(url, {"Private-Token": TOKEN})
+    assert status == 200
+    assert isinstance(rows, list) and len(rows) == 20  # the default page
+    assert (headers["X-Page"], headers["X-Per-Page"], headers["X-Total"]) == ("1", "20", "26")
+    assert headers["X-Next-Page"] == "2"
+    assert set(rows[0]) >= {"id", "name", "version", "created_at", "package_type", "project_id"}
+    assert (rows[0]["name"], rows[0]["version"], rows[0]["project_id"]) == ("Corp.Util", "1.0", 42)
+    status, headers, rows = await api_json(url + "&per_page=500&page=1", {"Private-Token": TOKEN})
+    assert headers["X-Per-Page"] == "100" and headers["X-Next-Page"] == ""
+    assert isinstance(rows, list)
+    # A substring in any case: the caller must filter names exactly itself.
+    assert {r["name"] for r in rows} == {"Corp.Util", "corp-util-extra"}
+    _, _, newest = await api_json(
+        url + "&order_by=created_at&sort=desc&per_page=1", {"Authorization": f"Bearer {TOKEN}"}
+    )
+    assert isinstance(newest, list) and newest[0]["name"] == "corp-util-extra"
+
+
+async def test_package_files_carry_size_digest_and_upload_time(gl: FakeGitLab) -> None:
+    wheel = gl.add_wheel(42, "corp-util", "1.0")
+    sdist = gl.add_sdist(42, "corp-util", "1.0")
+    wheel.uploaded_at = 1_796_032_800.25  # 2026-11-30T10:00:00.250Z
+    base = gl.url + "/api/v4/projects/42/packages"
+    _, _, rows = await api_json(base + "?package_name=corp-util", {"Private-Token": TOKEN})
+    assert isinstance(rows, list)
+    assert rows[0]["created_at"] == "2026-11-30T10:00:00.250Z"  # its first file's
+    status, _, files = await api_json(
+        f"{base}/{rows[0]['id']}/package_files", {"Private-Token": TOKEN}
+    )
+    assert status == 200 and isinstance(files, list)
+    assert [(f["file_name"], f["size"], f["file_sha256"]) for f in files] == [
+        (wheel.filename, len(wheel.content), wheel.sha256),
+        (sdist.filename, len(sdist.content), sdist.sha256),
+    ]
+    assert files[0]["created_at"] == "2026-11-30T10:00:00.250Z"
+    assert (await fetch(f"{base}/999999/package_files", {"Private-Token": TOKEN}))[0] == 404
+    assert gl.counts["api"] == 3
+
+
+async def test_packages_api_takes_rest_tokens_only(gl: FakeGitLab) -> None:
+    gl.add_wheel(42, "corp-util", "1.0")
+    gl.deploy_tokens.add("gldt-deploy")
+    url = gl.url + "/api/v4/projects/42/packages?package_name=corp-util"
+    # Deploy tokens read the registry routes, as Basic password or their own header...
+    for headers in [basic("gldt-deploy"), {"Deploy-Token": "gldt-deploy"}]:
+        assert (await fetch(gl.url + API + "/simple/corp-util", headers))[0] == 200
+    # ... but the REST API takes neither them nor Basic at all.
+    refused = [
+        AUTH,
+        basic("gldt-deploy"),
+        {"Deploy-Token": "gldt-deploy"},
+        {"Private-Token": "gldt-deploy"},
+        {"Authorization": "Bearer gldt-deploy"},
+    ]
+    for headers in refused:
+        status, _, body = await fetch(url, headers)
+        assert (status, body) == (401, b'{"message":"401 Unauthorized"}'), headers
+    # Anonymous sees no private project (404, as the REST API hides it); a stranger neither.
+    gl.tokens["glpat-elsewhere"] = {44}
+    assert (await fetch(url))[0] == 404
+    assert (await fetch(url, {"Private-Token": "glpat-elsewhere"}))[0] == 404
+    assert gl.counts["api"] == 7
+    assert gl.counts["unauthorized"] == 0
+
+
+async def test_group_packages_rows_name_their_readable_projects(gl: FakeGitLab) -> None:
+    gl.add_wheel(42, "corp-util", "1.0")
+    gl.add_wheel(44, "corp-util", "2.0")
+    gl.tokens["glpat-lib-only"] = {44}
+    url = gl.url + "/api/v4/groups/7/packages?package_type=pypi&package_name=corp-util"
+    _, _, rows = await api_json(url, {"Private-Token": TOKEN})
+    assert isinstance(rows, list)
+    assert [(r["version"], r["project_id"]) for r in rows] == [("1.0", 42), ("2.0", 44)]
+    _, _, rows = await api_json(url, {"Private-Token": "glpat-lib-only"})
+    assert isinstance(rows, list)
+    assert [(r["version"], r["project_id"]) for r in rows] == [("2.0", 44)]
+    assert (await fetch(url))[0] == 404
+
+
 async def test_package_page_is_byte_for_byte_gitlabs_shape() -> None:
     async with FakeGitLab(token=TOKEN, external_url="https://gitlab.example.com/") as fake:
         fake.add_project(42, "platform/tools")
@@ -802,6 +897,52 @@ async def test_public_index_serves_pep_503_pages_and_files() -> None:
         assert (await fetch(pub.url + "/simple/nothing/"))[0] == 404
     assert [r.kind for r in pub.requests] == ["page", "page", "file", "file", "notfound"]
     assert pub.requests[1].headers["Authorization"] == "Bearer x"
+
+
+async def test_public_index_serves_pep_691_json_to_a_client_that_prefers_it() -> None:
+    async with FakePublicIndex() as pub:
+        wheel = pub.add_wheel("Six", "1.17.0", upload_time="2024-12-04T10:00:00.123456Z")
+        sdist = pub.add_file("six", "1.16.0", "six-1.16.0.tar.gz", b"sdist bytes")
+        uv_accept = "application/vnd.pypi.simple.v1+json, text/html;q=0.01"
+        status, headers, body = await fetch(pub.url + "/simple/six/", {"Accept": uv_accept})
+        assert status == 200
+        assert headers["Content-Type"] == "application/vnd.pypi.simple.v1+json"
+        assert "Accept" in headers["Vary"]
+        page = json.loads(body)
+        assert page["meta"]["api-version"] == "1.1"
+        assert (page["name"], page["versions"]) == ("six", ["1.16.0", "1.17.0"])
+        by_name = {f["filename"]: f for f in page["files"]}
+        metadata_sha = hashlib.sha256(wheel_metadata(wheel.content)).hexdigest()
+        assert by_name[wheel.filename] == {
+            "filename": wheel.filename,
+            "url": pub.file_url(wheel).partition("#")[0],
+            "hashes": {"sha256": wheel.sha256},
+            "requires-python": None,
+            "yanked": False,
+            "size": len(wheel.content),
+            "upload-time": "2024-12-04T10:00:00.123456Z",
+            "core-metadata": {"sha256": metadata_sha},
+            "dist-info-metadata": {"sha256": metadata_sha},
+        }
+        # Uploaded when added, unless the test said when; an sdist has no metadata file.
+        assert by_name[sdist.filename]["upload-time"].startswith(time.strftime("%Y-"))
+        assert by_name[sdist.filename]["core-metadata"] is False
+        # HTML unless JSON is preferred, as PyPI decides.
+        for accept in ("", "text/html", "application/vnd.pypi.simple.v1+json;q=0.1, text/html"):
+            status, headers, _ = await fetch(pub.url + "/simple/six/", {"Accept": accept})
+            assert (status, headers["Content-Type"]) == (200, "text/html; charset=utf-8")
+        pub.offers_json = False
+        status, headers, _ = await fetch(pub.url + "/simple/six/", {"Accept": uv_accept})
+        assert headers["Content-Type"] == "text/html; charset=utf-8"
+
+
+async def test_gitlab_answers_html_whatever_the_accept_says(gl: FakeGitLab) -> None:
+    gl.add_wheel(42, "corp-util", "1.0.0")
+    json_first = {**AUTH, "Accept": "application/vnd.pypi.simple.v1+json"}
+    for path in ("/simple/corp-util", "/simple/"):
+        status, headers, body = await fetch(gl.url + API + path, json_first)
+        assert (status, headers["Content-Type"]) == (200, "text/html; charset=utf-8")
+        assert body.startswith(b"<!DOCTYPE html>")
 
 
 # Distributions.

@@ -48,15 +48,17 @@ async def test_cache_fetches_through_gitlabs_forward_route_and_verifies(
     index = proxy.index_url("projects/42")
     (await pip_install(index, tmp_path / "one", "corp-app")).check()
     assert installed(tmp_path / "one") == {"corp_app-1.0.0.dist-info", "tiny_json-1.1.0.dist-info"}
-    # The file came by GitLab's route, which checked it, with GitLab's credentials only there.
-    assert gitlab.counts["firewall"] == 1
+    # The file, and before it its .metadata (the public page offers it), came by GitLab's route,
+    # which checked them, with GitLab's credentials only there.
+    routed = [r.path for r in gitlab.requests if r.kind == "firewall"]
+    assert len(routed) == 2 and routed[0].endswith(".whl.metadata")
     assert all(r.headers.get("Authorization") for r in gitlab.requests)
-    assert firewall.counts["file"] == 1
+    assert firewall.counts["file"] == 2
     assert not any("Authorization" in r.headers for r in firewall.requests)
     _, _, page = await get(f"{proxy.url}{PROJECT_PAGE}tiny-json/")
     assert b"/forward/" not in page and b'href="../../files/' in page
     (await pip_install(index, tmp_path / "two", "corp-app")).check()
-    assert (gitlab.counts["firewall"], firewall.counts["file"]) == (1, 1)
+    assert (gitlab.counts["firewall"], firewall.counts["file"]) == (2, 2)
 
 
 async def test_cache_passes_on_the_firewalls_refusal(

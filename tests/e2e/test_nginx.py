@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import os
-import re
-import shutil
 from pathlib import Path
 
 import aiohttp
@@ -15,14 +11,17 @@ import pytest
 from tests.support.cli_process import free_port
 from tests.support.fake_gitlab import FakeGitLab
 from tests.support.harness import ProxyFactory, pip_install
+from tests.support.nginx import (
+    NGINX,
+    SKIP_REASON,
+    nginx_conf,
+    readme_snippet,
+    replaced,
+    start_nginx,
+    stop_nginx,
+)
 
-README = Path(__file__).parents[2] / "README.md"
-NGINX = shutil.which("nginx") or next(
-    (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
-)
-pytestmark = pytest.mark.skipif(
-    NGINX is None, reason="needs nginx (apt-get install -y nginx-light)"
-)
+pytestmark = pytest.mark.skipif(NGINX is None, reason=SKIP_REASON)
 
 # The README's example values, replaced by this test's own.
 README_LISTEN = "listen 80;"
@@ -30,59 +29,16 @@ README_PROXY = "http://127.0.0.1:8080;"
 README_CACHE = "/var/cache/gitlab-pypi-proxy/"
 
 
-def readme_snippet() -> str:
-    blocks: list[str] = re.findall(r"```nginx\n(.*?)```", README.read_text(), re.DOTALL)
-    assert len(blocks) == 1, "the README carries exactly one nginx snippet"
-    return blocks[0]
-
-
-def configure(snippet: str, *, port: int, proxy_url: str, cache_dir: Path, prefix: Path) -> str:
-    for example in (README_LISTEN, README_PROXY, README_CACHE):
-        assert snippet.count(example) == 1, f"the README snippet no longer has {example!r}"
-    server = (
-        snippet.replace(README_LISTEN, f"listen 127.0.0.1:{port};")
-        .replace(README_PROXY, f"{proxy_url};")
-        .replace(README_CACHE, f"{cache_dir}/")
+def configure(*, port: int, proxy_url: str, cache_dir: Path, prefix: Path) -> str:
+    server = replaced(
+        readme_snippet("location /_blobs/"),
+        {
+            README_LISTEN: f"listen 127.0.0.1:{port};",
+            README_PROXY: f"{proxy_url};",
+            README_CACHE: f"{cache_dir}/",
+        },
     )
-    temp = "\n".join(
-        f"    {kind}_temp_path {prefix / kind};"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    # As root, workers would otherwise drop to `nobody`, which cannot read pytest's tmp dirs.
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    return (
-        f"{user}daemon off;\nworker_processes 1;\npid {prefix / 'nginx.pid'};\n"
-        f"error_log {prefix / 'error.log'} info;\nevents {{ worker_connections 64; }}\n"
-        f"http {{\n    access_log {prefix / 'access.log'};\n{temp}\n{server}\n}}\n"
-    )
-
-
-async def start_nginx(prefix: Path, port: int) -> asyncio.subprocess.Process:
-    assert NGINX is not None
-    proc = await asyncio.create_subprocess_exec(
-        NGINX,
-        "-p",
-        str(prefix),
-        "-c",
-        str(prefix / "nginx.conf"),
-        "-e",
-        str(prefix / "error.log"),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    for _ in range(200):
-        if proc.returncode is not None:
-            break
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            await asyncio.sleep(0.025)
-            continue
-        writer.close()
-        await writer.wait_closed()
-        return proc
-    log = (prefix / "error.log").read_text() if (prefix / "error.log").exists() else ""
-    raise AssertionError(f"nginx did not start:\n{log}")
+    return nginx_conf(server, prefix)
 
 
 async def get(url: str) -> tuple[int, dict[str, str], bytes]:
@@ -98,7 +54,7 @@ async def test_readme_nginx_snippet_serves_hits_from_disk(
     cache = tmp_path / "cache"
     proxy = await make_proxy(cache_dir=cache, server={"accel_redirect": "/_blobs/"})
     (prefix / "nginx.conf").write_text(
-        configure(readme_snippet(), port=port, proxy_url=proxy.url, cache_dir=cache, prefix=prefix)
+        configure(port=port, proxy_url=proxy.url, cache_dir=cache, prefix=prefix)
     )
     nginx = await start_nginx(prefix, port)
     try:
@@ -128,5 +84,4 @@ async def test_readme_nginx_snippet_serves_hits_from_disk(
         status, _, _ = await get(f"http://127.0.0.1:{port}/_blobs/{sha[:2]}/{sha[2:4]}/{sha}")
         assert status == 404
     finally:
-        nginx.terminate()
-        await asyncio.wait_for(nginx.wait(), 15)
+        await stop_nginx(nginx)

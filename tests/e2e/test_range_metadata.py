@@ -24,7 +24,7 @@ from proxy import keys
 from proxy.remotezip import TAIL_BYTES
 from proxy.store import SCHEMA_VERSION, Store
 from tests.support.fake_gitlab import FakeFile, FakeGitLab, FakePublicIndex
-from tests.support.harness import BIN, ProxyFactory, RunningProxy, clean_env, run
+from tests.support.harness import BIN, TOKEN, ProxyFactory, RunningProxy, clean_env, run
 from tests.support.http import PROJECT, fetch, fetch_as_written, page, project_file_url
 from tests.support.pep691 import advertised
 from tests.support.wheels import make_wheel, wheel_metadata
@@ -409,6 +409,8 @@ async def test_offline_serves_only_cached_metadata(
 async def test_metadata_is_served_from_memory_when_the_cache_cannot_store_it(
     gitlab: FakeGitLab, proxy: RunningProxy, tmp_path: Path
 ) -> None:
+    # A deploy token cannot ask the Packages API: a size is known only once a file is cached.
+    gitlab.deploy_tokens.add(TOKEN)
     wheel = gitlab.add_wheel(42, NAME, "1.0.0", payload_size=500_000)
     tmp = tmp_path / "cache" / "tmp"
     # Immutable: even root cannot create a file in it (EPERM), the way a read-only mount acts.

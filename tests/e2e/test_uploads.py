@@ -26,6 +26,7 @@ from tests.support.harness import (
     clean_env,
     pip_install,
     run,
+    twine,
 )
 from tests.support.http import PROJECT, basic, fetch_as_written, post_as_is
 from tests.support.multipart import GOOD, GOOD_TYPE, multipart
@@ -45,24 +46,6 @@ def dist_dir(tmp_path: Path, *files: tuple[str, bytes]) -> list[Path]:
         path.write_bytes(content)
         paths.append(path)
     return paths
-
-
-async def twine(url: str, password: str, *args: str | Path) -> Completed:
-    return await run(
-        [
-            str(BIN / "twine"),
-            "upload",
-            "--repository-url",
-            url,
-            "--username",
-            "someone",
-            "--password",
-            password,
-            "--disable-progress-bar",
-            *map(str, args),
-        ],
-        env=clean_env(TWINE_NON_INTERACTIVE="1"),
-    )
 
 
 async def uv_publish(url: str, password: str, *args: str | Path) -> Completed:

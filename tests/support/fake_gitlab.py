@@ -8,14 +8,16 @@ import binascii
 import calendar
 import hashlib
 import hmac
+import itertools
 import json
 import re
 import secrets
 import socket
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from html import escape
 from http import HTTPStatus
 from types import TracebackType
@@ -34,8 +36,16 @@ from tests.support.wheels import SdistOptions, WheelOptions, make_sdist, make_wh
 CHALLENGE = 'Basic realm="GitLab Packages Registry"'
 # PEP 508 names; GitLab refuses an upload whose name is not one.
 _VALID_NAME = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.IGNORECASE)
-# Outcomes that tests count apart from the route they hit.
+# Outcomes that tests count apart from the route they hit (REST API calls stay "api").
 _KIND_BY_STATUS = {401: "unauthorized", 404: "notfound"}
+# The REST API's pagination (Grape's `paginate`): 20 rows a page unless asked, at most 100.
+DEFAULT_PER_PAGE = 20
+MAX_PER_PAGE = 100
+# Past this many rows GitLab leaves out X-Total and X-Total-Pages (counting costs too much).
+COUNTED_ROWS = 10_000
+# Package and file ids, unique across every fake, as GitLab's database sequences are.
+_IDS = itertools.count(1)
+_Item = TypeVar("_Item")
 # The relative root `moved` puts GitLab under; its routes exist there too, answering once moved.
 MOVED_ROOT = "/gitlab"
 # An absolute link on the public page, as the Dependency Firewall rewrites it.
@@ -51,6 +61,9 @@ class FakeFile:
     name: str
     version: str
     project_id: int | None = None  # None on the public index
+    # When it was uploaded (epoch seconds): the Packages API's `created_at`; tests set it.
+    uploaded_at: float = field(default_factory=time.time)
+    id: int = field(default_factory=lambda: next(_IDS))
 
 
 @dataclass
@@ -87,10 +100,16 @@ class _Package:
     # The version's value, which the last upload that sent one set; files keep their own.
     requires_python: str
     files: list[FakeFile] = field(default_factory=list)
+    id: int = field(default_factory=lambda: next(_IDS))
 
     @property
     def normalized(self) -> str:
         return canonicalize_name(self.name)
+
+    @property
+    def created_at(self) -> float:
+        """The package row is created with its first file."""
+        return min((f.uploaded_at for f in self.files), default=time.time())
 
 
 _Namespace = TypeVar("_Namespace", _Group, _Project)
@@ -212,6 +231,35 @@ def rate_limited(retry_after: int) -> web.Response:
     )
 
 
+def _created_at(epoch: float) -> str:
+    """A REST API timestamp as GitLab renders one: UTC, milliseconds, `Z`."""
+    moment = datetime.fromtimestamp(epoch, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _paginated(
+    request: web.Request, items: Sequence[_Item], row: Callable[[_Item], dict[str, object]]
+) -> web.Response:
+    """One page of a REST list, each item made a `row`, and GitLab's pagination headers."""
+    try:
+        page = max(1, int(request.query.get("page", "1")))
+        per_page = int(request.query.get("per_page", str(DEFAULT_PER_PAGE)))
+    except ValueError:
+        raise Reply(400, "page is invalid, per_page is invalid", key="error") from None
+    per_page = DEFAULT_PER_PAGE if per_page < 1 else min(per_page, MAX_PER_PAGE)
+    pages = max(1, -(-len(items) // per_page))
+    headers = {
+        "X-Page": str(page),
+        "X-Per-Page": str(per_page),
+        "X-Next-Page": str(page + 1) if page < pages else "",
+        "X-Prev-Page": str(page - 1) if page > 1 else "",
+    }
+    if len(items) <= COUNTED_ROWS:
+        headers.update({"X-Total": str(len(items)), "X-Total-Pages": str(pages)})
+    rows = [row(item) for item in items[(page - 1) * per_page : page * per_page]]
+    return web.json_response(rows, headers=headers)
+
+
 def _requires_python(options: SdistOptions) -> str:
     """What the index shows for a made distribution: its Requires-Python, or nothing."""
     return options.get("requires_python") or ""
@@ -248,7 +296,10 @@ class _Server:
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
+        # Requests to the registry routes, in order; REST API calls (kind "api") are kept apart
+        # in `api_requests`, so tests about what pip's requests became see only those.
         self.requests: list[RequestRecord] = []
+        self.api_requests: list[RequestRecord] = []
         # Body bytes of files sent, so tests can assert what the proxy pulled from upstream.
         self.file_bytes_sent = 0
         self._runner: web.AppRunner | None = None
@@ -319,7 +370,7 @@ class _Server:
         kind = route.partition(".")[0] if route else "notfound"
         # Recorded before answering: a streamed body may reach the client before this returns.
         record = RequestRecord(request.method, request.raw_path, kind, CIMultiDict(request.headers))
-        self.requests.append(record)
+        (self.api_requests if kind == "api" else self.requests).append(record)
         self.counts[kind] += 1
         try:
             response = await self._answer(request, handler)
@@ -332,7 +383,7 @@ class _Server:
         if response is None:
             return web.Response()  # never sent: the transport is already gone
         record.status = response.status
-        outcome = _KIND_BY_STATUS.get(response.status, kind)
+        outcome = kind if kind == "api" else _KIND_BY_STATUS.get(response.status, kind)
         if kind == "page" and response.status == 302:
             outcome = "forward"
         if outcome != kind:
@@ -508,6 +559,8 @@ class FakeGitLab(_Server):
         # Access: `token` reads and writes everything; these narrow or widen that per test.
         self.tokens: dict[str, set[int] | None] = {}  # extra token -> readable project ids
         self.job_tokens: set[str] = set()  # valid only with username gitlab-ci-token
+        # Deploy tokens read every project on the PyPI routes; the REST API refuses them.
+        self.deploy_tokens: set[str] = set()
         self.read_only_tokens: set[str] = set()
         self.revoked: set[str] = set()
         # Behaviour switches.
@@ -529,6 +582,9 @@ class FakeGitLab(_Server):
         self.down = False
         self.delay = 0.0
         self.fail_status: int | None = None
+        # The REST API's status for every request while set (its own outage); the registry
+        # routes still answer.
+        self.api_fail_status: int | None = None
         self.retry_after: int | str = 1  # sent as is: tests give odd values too
         # Per-credential faults: token (the Basic password or token header) -> the status GitLab
         # answers its every request with; a 429 is a per-user throttle, as GitLab's are.
@@ -605,7 +661,9 @@ class FakeGitLab(_Server):
             project_id, name, version, filename, content, requires_python=_requires_python(options)
         )
 
-    def add_many_files(self, project_id: int, name: str, version: str, count: int) -> None:
+    def add_many_files(
+        self, project_id: int, name: str, version: str, count: int
+    ) -> list[FakeFile]:
         """`count` tiny wheels of one version, in linear time: a page with thousands of links."""
         package = _Package(project_id, name, version, "")
         for build in range(count):
@@ -614,6 +672,7 @@ class FakeGitLab(_Server):
             digest = hashlib.sha256(content).hexdigest()
             package.files.append(FakeFile(filename, content, digest, "", name, version, project_id))
         self._packages.append(package)
+        return package.files
 
     def add_sdist(
         self, project_id: int, name: str, version: str, **options: Unpack[SdistOptions]
@@ -690,12 +749,50 @@ class FakeGitLab(_Server):
             if secret not in self.job_tokens:
                 raise _unauthorized()
             return _Caller(None, can_write)
-        if secret == self.token:
+        if secret == self.token or secret in self.deploy_tokens:
             return _Caller(None, can_write)
         if secret in self.tokens:
             allowed = self.tokens[secret]
             return _Caller(None if allowed is None else frozenset(allowed), can_write)
         return None
+
+    def _rest_caller(self, request: web.Request) -> _Caller | None:
+        """Who calls the REST API: a `Private-Token` header or Bearer token, else anonymous.
+
+        Basic auth and deploy tokens (which only the package registry routes take) are 401.
+        """
+        self._rest_fault()
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "basic" or "Deploy-Token" in request.headers:
+            raise Reply(401, "401 Unauthorized")
+        secret = value.strip() if scheme.lower() == "bearer" else ""
+        secret = secret or request.headers.get("Private-Token", "")
+        if not secret:
+            return None
+        if secret in self.revoked:
+            raise _revoked()
+        if secret in self.deploy_tokens:
+            raise Reply(401, "401 Unauthorized")
+        if secret == self.token:
+            return _Caller(None, secret not in self.read_only_tokens)
+        if secret in self.tokens:
+            allowed = self.tokens[secret]
+            readable = None if allowed is None else frozenset(allowed)
+            return _Caller(readable, secret not in self.read_only_tokens)
+        raise Reply(401, "401 Unauthorized")
+
+    def _rest_fault(self) -> None:
+        if self.api_fail_status is not None:
+            status = self.api_fail_status
+            raise Reply(status, f"{status} {HTTPStatus(status).phrase}")
+
+    def _rest_project(self, request: web.Request) -> _Project:
+        """The project the REST caller may read; the REST API hides others as 404."""
+        caller = self._rest_caller(request)
+        project = _by_id_or_path(self._projects, request.match_info["id"])
+        if project is None or not self._can_read(caller, project):
+            raise Reply(404, "404 Project Not Found")
+        return project
 
     @staticmethod
     def _is_member(caller: _Caller | None, project: _Project) -> bool:
@@ -780,6 +877,16 @@ class FakeGitLab(_Server):
             web.get(group + "/simple{slash:/?}", self._group_index, name="index.group"),
             web.get(group + "/simple/{name}{slash:/?}", self._group_page, name="page.group"),
             web.get(group + "/files/{sha256}/{filename}", self._group_file, name="file.group"),
+            # The REST Packages API, beside the registry routes.
+            web.get(
+                root + "/api/v4/projects/{id}/packages", self._project_packages, name="api.list"
+            ),
+            web.get(root + "/api/v4/groups/{id}/packages", self._group_packages, name="api.group"),
+            web.get(
+                root + "/api/v4/projects/{id}/packages/{package_id:\\d+}/package_files",
+                self._package_files,
+                name="api.files",
+            ),
         ]
         return [
             web.RouteDef(r.method, r.path, r.handler, {"name": r.kwargs["name"] + variant})
@@ -901,6 +1008,84 @@ class FakeGitLab(_Server):
         _, projects = self._group(request)
         return await self._file(request, {p.id for p in projects})
 
+    def _package_rows(self, request: web.Request, project_ids: set[int]) -> list[_Package]:
+        """The Packages API's rows: `package_name` matches a substring in any case (GitLab's
+        fuzzy search), `order_by` created_at (default), name or version, `sort` asc or desc."""
+        wanted_type = request.query.get("package_type", "pypi")
+        fragment = request.query.get("package_name", "").lower()
+        packages = [
+            p
+            for p in self._packages
+            if p.project_id in project_ids and wanted_type == "pypi" and fragment in p.name.lower()
+        ]
+        order_by = request.query.get("order_by", "created_at")
+        orders: dict[str, Callable[[_Package], tuple[object, int]]] = {
+            "created_at": lambda p: (p.created_at, p.id),
+            "name": lambda p: (p.name, p.id),
+            "version": lambda p: (p.version, p.id),
+        }
+        if order_by not in orders:
+            raise Reply(400, "order_by does not have a valid value", key="error")
+        packages.sort(key=orders[order_by], reverse=request.query.get("sort") == "desc")
+        return packages
+
+    def _package_row(self, p: _Package) -> dict[str, object]:
+        return {
+            "id": p.id,
+            "name": p.name,
+            "version": p.version,
+            "package_type": "pypi",
+            "status": "default",
+            "created_at": _created_at(p.created_at),
+            "project_id": p.project_id,
+            "project_path": self._projects[p.project_id].full_path,
+            "tags": [],
+        }
+
+    async def _project_packages(self, request: web.Request) -> web.StreamResponse:
+        project = self._rest_project(request)
+        return _paginated(request, self._package_rows(request, {project.id}), self._package_row)
+
+    async def _group_packages(self, request: web.Request) -> web.StreamResponse:
+        """A group's packages in the projects of its subtree the caller may read."""
+        caller = self._rest_caller(request)
+        group = _by_id_or_path(self._groups, request.match_info["id"])
+        if group is None:
+            raise Reply(404, "404 Group Not Found")
+        readable = {
+            p.id
+            for p in self._projects.values()
+            if p.full_path.startswith(group.full_path + "/") and self._can_read(caller, p)
+        }
+        if not readable and not (caller is not None and caller.projects is None):
+            raise Reply(404, "404 Group Not Found")
+        return _paginated(request, self._package_rows(request, readable), self._package_row)
+
+    async def _package_files(self, request: web.Request) -> web.StreamResponse:
+        project = self._rest_project(request)
+        package_id = int(request.match_info["package_id"])
+        package = next(
+            (p for p in self._packages if (p.id, p.project_id) == (package_id, project.id)), None
+        )
+        if package is None:
+            raise Reply(404, "404 Not found")
+
+        def row(f: FakeFile) -> dict[str, object]:
+            return {
+                "id": f.id,
+                "package_id": package.id,
+                "created_at": _created_at(f.uploaded_at),
+                "file_name": f.filename,
+                "size": len(f.content),
+                "file_md5": None,
+                "file_sha1": None,
+                # A file uploaded without a digest has none here either.
+                "file_sha256": f.sha256 or None,
+                "pipelines": [],
+            }
+
+        return _paginated(request, sorted(package.files, key=lambda f: f.id), row)
+
     async def _upload(self, request: web.Request) -> web.StreamResponse:
         project, caller = self._project(request)
         if caller is None:
@@ -987,6 +1172,29 @@ async def _read_upload(
     return fields, filename, bytes(content), size
 
 
+JSON_PAGE = "application/vnd.pypi.simple.v1+json"
+
+
+def _prefers_json(accept: str) -> bool:
+    """Whether an Accept header rates PEP 691 JSON above every HTML type, as PyPI decides."""
+    quality: dict[str, float] = {}
+    for item in accept.split(","):
+        media, *params = (part.strip() for part in item.split(";"))
+        q = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        quality[media.lower()] = max(q, quality.get(media.lower(), 0.0))
+    html = max(
+        quality.get("text/html", 0.0), quality.get("application/vnd.pypi.simple.v1+html", 0.0)
+    )
+    return quality.get(JSON_PAGE, 0.0) > html
+
+
 class FakePublicIndex(_Server):
     """The public PyPI index's shape: where GitLab's forwarding sends pip, and never a token."""
 
@@ -995,6 +1203,12 @@ class FakePublicIndex(_Server):
         self._files: list[FakeFile] = []
         # PEP 658/714, as PyPI does: each wheel's METADATA beside it, its hash on the page.
         self.offers_metadata = True
+        # PEP 691 JSON to a client that prefers it, as PyPI does; False: HTML only.
+        self.offers_json = True
+        # PEP 700 upload time of each file by filename, as PyPI's JSON says it; tests set them.
+        self.upload_times: dict[str, str] = {}
+        # Fault: sent, as a JSON page, instead of the real one.
+        self.json_body: bytes | None = None
 
     @property
     def files_url(self) -> str:
@@ -1007,13 +1221,25 @@ class FakePublicIndex(_Server):
         sha256 = hashlib.sha256(content).hexdigest()
         file = FakeFile(filename, content, sha256, requires_python, name, version)
         self._files.append(file)
+        # Uploaded now, unless a test says when.
+        self.upload_times[filename] = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
         return file
 
-    def add_wheel(self, name: str, version: str, **options: Unpack[WheelOptions]) -> FakeFile:
+    def add_wheel(
+        self,
+        name: str,
+        version: str,
+        *,
+        upload_time: str | None = None,
+        **options: Unpack[WheelOptions],
+    ) -> FakeFile:
         filename, content = make_wheel(name, version, **options)
-        return self.add_file(
+        file = self.add_file(
             name, version, filename, content, requires_python=_requires_python(options)
         )
+        if upload_time is not None:
+            self.upload_times[filename] = upload_time
+        return file
 
     def file_url(self, file: FakeFile) -> str:
         sha = file.sha256
@@ -1034,6 +1260,8 @@ class FakePublicIndex(_Server):
         files = [f for f in self._files if canonicalize_name(f.name) == normalized]
         if not files:
             raise Reply(404, "404 Not Found")
+        if self.offers_json and _prefers_json(request.headers.get("Accept", "")):
+            return self._json_page(normalized, files)
         anchors = "".join(
             f'    <a href="{self.file_url(f)}"'
             + (f' data-requires-python="{escape(f.requires_python)}"' if f.requires_python else "")
@@ -1049,6 +1277,39 @@ class FakePublicIndex(_Server):
             f"{anchors}  </body>\n</html>\n<!--SERIAL {len(self._files)}-->\n"
         )
         return web.Response(text=body, content_type="text/html")
+
+    def _json_page(self, name: str, files: list[FakeFile]) -> web.Response:
+        """PyPI's PEP 691 page: api-version 1.1, with PEP 700's size and upload-time."""
+        entries = []
+        for f in files:
+            entry: dict[str, object] = {
+                "filename": f.filename,
+                "url": self.file_url(f).partition("#")[0],
+                "hashes": {"sha256": f.sha256},
+                "requires-python": f.requires_python or None,
+                "yanked": False,
+                "size": len(f.content),
+                "upload-time": self.upload_times[f.filename],
+            }
+            metadata = self._core_metadata(f)
+            if metadata:
+                digest = {"sha256": hashlib.sha256(wheel_metadata(f.content)).hexdigest()}
+                entry["core-metadata"] = entry["dist-info-metadata"] = digest
+            else:
+                entry["core-metadata"] = entry["dist-info-metadata"] = False
+            entries.append(entry)
+        versions = sorted({f.version for f in files}, key=Version)
+        page = {
+            "meta": {"api-version": "1.1", "_last-serial": len(self._files)},
+            "name": name,
+            "versions": versions,
+            "files": entries,
+        }
+        # PyPI names no charset: JSON is UTF-8 by definition.
+        return web.Response(
+            body=json.dumps(page).encode() if self.json_body is None else self.json_body,
+            headers={"Content-Type": JSON_PAGE, "Vary": "Accept, Accept-Encoding"},
+        )
 
     def _core_metadata(self, file: FakeFile) -> str:
         if not self.offers_metadata or not file.filename.endswith(".whl"):

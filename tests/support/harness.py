@@ -141,8 +141,31 @@ async def pip_install(
     )
 
 
+async def twine(url: str, password: str, *args: str | Path) -> Completed:
+    """Real `twine upload` to `url` (a proxy's or GitLab's `.../packages/pypi`)."""
+    return await run(
+        [
+            str(BIN / "twine"),
+            "upload",
+            "--repository-url",
+            url,
+            "--username",
+            "someone",
+            "--password",
+            password,
+            "--disable-progress-bar",
+            *map(str, args),
+        ],
+        env=clean_env(TWINE_NON_INTERACTIVE="1"),
+    )
+
+
 async def uv_pip_install(
-    index_url: str, target: Path, *requirements: str, cache_dir: Path
+    index_url: str,
+    target: Path,
+    *requirements: str,
+    cache_dir: Path,
+    extra: Sequence[str] = (),
 ) -> Completed:
     """Real uv, with its own empty cache so every run downloads through the proxy."""
     return await run(
@@ -161,6 +184,7 @@ async def uv_pip_install(
             sys.executable,
             "--only-binary",
             ":all:",
+            *extra,
             *requirements,
         ]
     )

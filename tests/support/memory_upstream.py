@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
@@ -12,7 +12,7 @@ import yarl
 
 from proxy.errors import ProxyError, UpstreamStatus, UpstreamUnavailable
 from proxy.scope import Scope
-from proxy.upstream import PageAnswer, UploadAnswer
+from proxy.upstream import ApiAnswer, PageAnswer, UploadAnswer
 
 ORIGIN = yarl.URL("http://gitlab.test")
 
@@ -25,6 +25,8 @@ class MemoryUpstream:
     probes: dict[yarl.URL, int] = field(default_factory=dict)
     page_calls: list[tuple[yarl.URL, str | None]] = field(default_factory=list)
     probe_calls: list[tuple[yarl.URL, str | None]] = field(default_factory=list)
+    # REST API calls (path, query, credential); every one is answered 404.
+    api_calls: list[tuple[str, dict[str, str], str | None]] = field(default_factory=list)
     # While cleared, get_page waits: lets a test start several requests on one fetch.
     release: asyncio.Event = field(default_factory=asyncio.Event)
     is_offline: bool = False
@@ -73,6 +75,12 @@ class MemoryUpstream:
         if isinstance(answer, ProxyError):
             raise answer
         return answer
+
+    async def get_api(
+        self, path: str, query: Mapping[str, str], authorization: str | None
+    ) -> ApiAnswer:
+        self.api_calls.append((path, dict(query), authorization))
+        return ApiAnswer(404, message="404 Not Found")
 
     def open_file(
         self, url: yarl.URL, authorization: str | None

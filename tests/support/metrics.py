@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.cli_process import ServeProcess
 from tests.support.harness import RunningProxy
 from tests.support.http import get
 
@@ -11,7 +12,7 @@ FILES_ROUTE = "/api/v4/projects/{id}/packages/pypi/files/{sha256}/{filename}"
 
 
 async def scrape(
-    proxy: RunningProxy,
+    proxy: RunningProxy | ServeProcess,
 ) -> tuple[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]:
     status, headers, body = await get(f"{proxy.url}/-/metrics")
     assert status == 200

@@ -43,6 +43,10 @@ HEX = re.compile(r"^[0-9a-f]+$")
 UPLOAD_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z$")
 
 
+def private_keys(entry: dict[str, Any]) -> set[str]:
+    return {key for key in entry if key.startswith("_")}
+
+
 def check_hashes(hashes: object) -> None:
     assert isinstance(hashes, dict)
     for algo, digest in hashes.items():
@@ -76,7 +80,8 @@ def check_project_page(page: Any) -> None:
         assert len(set(versions)) == len(versions)
     for file in page["files"]:
         assert isinstance(file, dict)
-        assert FILE_KEYS <= set(file) <= FILE_KEYS | OPTIONAL_FILE_KEYS
+        # PEP 691 leaves keys that start with "_" to each server.
+        assert FILE_KEYS <= set(file) <= FILE_KEYS | OPTIONAL_FILE_KEYS | private_keys(file)
         assert isinstance(file["filename"], str) and "/" not in file["filename"]
         assert isinstance(file["url"], str)
         check_hashes(file["hashes"])

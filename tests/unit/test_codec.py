@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import tarfile
@@ -104,3 +105,11 @@ def test_an_unknown_version_is_refused(version: object) -> None:
     data["model"]["v"] = version
     with pytest.raises(ValueError, match="version"):
         decode_page(data)
+
+
+def test_a_public_file_keeps_its_origin_and_older_pages_read_as_gitlab_hosted() -> None:
+    public = PROJECT.with_files(tuple(dataclasses.replace(f, public=True) for f in PROJECT.files))
+    assert decode_page(json.loads(json.dumps(encode_page(public)))) == public
+    assert "public" not in json.dumps(encode_page(PROJECT))
+    older = decode_page(json.loads(V1_PROJECT))
+    assert isinstance(older, Project) and not older.files[0].public

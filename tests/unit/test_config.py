@@ -79,3 +79,33 @@ def test_a_bad_value_is_one_line_naming_its_key(
     message = str(raised.value)
     assert message.startswith(error)
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("url", "error"),
+    [
+        ("http://:s3cret-pass@redis:6379/0", "not a redis:// or rediss:// URL"),
+        ("redis://:s3cret-pass@:6379/0", "names no host"),
+        ("redis://:s3cret-pass@redis:0/0", "names no TCP port"),
+        ("redis://:s3cret-pass@redis:99999/0", "not a URL"),
+        ("redis://:s3cret-pass@redis:6379/cache", "its path must be a database number"),
+        ("redis://:s3cret-pass@[::1/0", "not a URL"),
+    ],
+)
+def test_a_bad_redis_url_stops_start_up_without_showing_its_password(
+    tmp_path: Path, url: str, error: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        _load(tmp_path, f'[cluster]\nredis_url = "{url}"')
+    message = str(raised.value)
+    assert message.startswith(f"cluster.redis_url: {error}")
+    assert "\n" not in message
+    assert "s3cret" not in message
+
+
+def test_a_redis_url_is_taken_from_the_environment_and_never_repr_d(tmp_path: Path) -> None:
+    url = "rediss://proxy:s3cret-pass@redis.internal:6380/2"
+    settings = _load(tmp_path, "", GITLAB_PYPI_PROXY_CLUSTER_REDIS_URL=url)
+    assert settings.cluster.redis_url == url
+    assert "s3cret" not in repr(settings)
+    assert _load(tmp_path, "").cluster.redis_url == ""

@@ -10,9 +10,8 @@ from pathlib import Path
 import lxml.html
 import pytest
 
-from proxy.simple import Distribution, Index, Project
+from proxy.simple import Distribution, Index, PageParseError, Project
 from proxy.simple_html import (
-    PageParseError,
     parse_index_page,
     parse_project_page,
     render_index_html,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import random
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -10,9 +12,15 @@ from typing import Any
 import pytest
 
 from proxy.codec import index_from_dict, index_to_dict, project_from_dict, project_to_dict
-from proxy.simple import Distribution, Index, Project
+from proxy.simple import Distribution, Index, PageParseError, Project
 from proxy.simple_html import parse_index_page, parse_project_page
-from proxy.simple_json import render_index_json, render_project_json
+from proxy.simple_json import (
+    is_json_page,
+    parse_index_json,
+    parse_project_json,
+    render_index_json,
+    render_project_json,
+)
 from tests.support.pep691 import check_index_page, check_project_page
 
 SAMPLES = Path(__file__).parents[1] / "samples"
@@ -49,7 +57,7 @@ RICH = Project(
             size=1234,
             upload_time=UPLOADED,
         ),
-        dist("zope_interface-6.1.zip", yanked=True, core_metadata=True, size=0),
+        dist("zope_interface-6.1.zip", yanked=True, core_metadata=True, size=0, public=True),
     ),
 )
 
@@ -98,6 +106,8 @@ def test_project_page_fields() -> None:
     assert bare["yanked"] is True
     assert bare["core-metadata"] is True
     assert bare["dist-info-metadata"] is True
+    # A private key (PEP 691), for a proxy of this project in front of this one.
+    assert bare["_public-index"] is True
 
 
 def test_api_version_1_1_only_when_every_size_is_known() -> None:
@@ -277,3 +287,212 @@ def test_malformed_project_is_rejected(data: Any) -> None:
 def test_malformed_index_is_rejected(data: Any) -> None:
     with pytest.raises(ValueError):
         index_from_dict(data)
+
+
+# Upstream JSON pages (PEP 691/700) read into the model.
+
+PAGE_URL = "https://pypi.example/simple/zope-interface/"
+
+
+def json_page(files: list[Any], **page: Any) -> bytes:
+    return json.dumps(
+        {"meta": {"api-version": "1.1"}, "name": "zope-interface", "files": files, **page}
+    ).encode()
+
+
+def test_upstream_json_fields_reach_the_model() -> None:
+    body = json_page(
+        [
+            {
+                "filename": "zope_interface-6.0-py3-none-any.whl",
+                "url": "https://files.example/z/zope_interface-6.0-py3-none-any.whl#frag",
+                "hashes": {"SHA256": SHA_B.upper(), "md5": "0" * 32, "blake3": "f" * 64},
+                "requires-python": " >=3.8 ",
+                "yanked": "broken",
+                "core-metadata": {"sha256": SHA_A},
+                "size": 1234,
+                "upload-time": "2024-05-01T12:30:00.123456Z",
+                "gpg-sig": False,
+            },
+            {
+                # Relative to the page, an older index's metadata key, no time fraction.
+                "filename": "zope_interface-5.0.tar.gz",
+                "url": "../../files/zope_interface-5.0.tar.gz",
+                "hashes": {"sha256": SHA_A},
+                "yanked": "",
+                "dist-info-metadata": True,
+                "upload-time": "2020-01-02T03:04:05Z",
+            },
+            {
+                "filename": "zope_interface-5.1.tar.gz",
+                "url": "https://files.example/zope_interface-5.1.tar.gz",
+                "hashes": {},
+                "requires-python": None,
+                # Another zone: the same instant in UTC.
+                "upload-time": "2021-06-01T02:00:00+02:00",
+                "core-metadata": {"sha512": "e" * 128},
+            },
+        ]
+    )
+    project = parse_project_json(body, PAGE_URL, "Zope.Interface")
+    assert project.name == "zope-interface"
+    assert project.files == (
+        Distribution(
+            "zope_interface-6.0-py3-none-any.whl",
+            "https://files.example/z/zope_interface-6.0-py3-none-any.whl",
+            hashes={"sha256": SHA_B, "md5": "0" * 32},
+            requires_python=">=3.8",
+            yanked="broken",
+            core_metadata=f"sha256={SHA_A}",
+            size=1234,
+            upload_time="2024-05-01T12:30:00.123456Z",
+        ),
+        Distribution(
+            "zope_interface-5.0.tar.gz",
+            "https://pypi.example/files/zope_interface-5.0.tar.gz",
+            hashes={"sha256": SHA_A},
+            yanked=True,
+            core_metadata=True,
+            upload_time="2020-01-02T03:04:05.000000Z",
+        ),
+        Distribution(
+            "zope_interface-5.1.tar.gz",
+            "https://files.example/zope_interface-5.1.tar.gz",
+            upload_time="2021-06-01T00:00:00.000000Z",
+            core_metadata=True,
+        ),
+    )
+
+
+def test_rendered_json_reads_back_as_the_same_model() -> None:
+    body = render_project_json(RICH, upstream_url)
+    assert parse_project_json(body, PAGE_URL, RICH.name).files == RICH.files
+    # Sizes and times survive a second hop, as an office proxy reads a regional one's page.
+    again = render_project_json(parse_project_json(body, PAGE_URL, RICH.name), upstream_url)
+    assert json.loads(again) == json.loads(body)
+
+
+GOOD = {
+    "filename": "zope_interface-6.0-py3-none-any.whl",
+    "url": "https://files.example/zope_interface-6.0-py3-none-any.whl",
+    "hashes": {"sha256": SHA_B},
+}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"filename": "../zope_interface-6.0-py3-none-any.whl"},
+        {"filename": "zope interface-6.0.tar.gz"},
+        {"filename": "README.txt"},
+        {"filename": 5},
+        {"url": "javascript:alert(1)"},
+        {"url": "ftp://files.example/zope_interface-6.0-py3-none-any.whl"},
+        {"url": "https://[::1/broken"},
+        {"url": None},
+        {"hashes": ["sha256", SHA_B]},
+        {"hashes": {"sha256": 5}},
+        {"size": -1},
+        {"size": True},
+        {"size": "12"},
+        {"size": 1.5},
+        {"upload-time": "yesterday"},
+        {"upload-time": "2024-05-01T12:30:00"},
+        {"upload-time": 1714566600},
+        {"upload-time": "0001-01-01T00:00:00+01:00"},
+        {"yanked": 1},
+        {"requires-python": [">=3"]},
+        {"core-metadata": "yes"},
+        {"_public-index": "yes"},
+    ],
+)
+def test_a_malformed_file_entry_is_left_out_not_the_page(bad: dict[str, Any]) -> None:
+    entry = {**GOOD, **bad}
+    other = {**GOOD, "filename": "zope_interface-7.0-py3-none-any.whl"}
+    project = parse_project_json(json_page([entry, "not an object", other]), PAGE_URL)
+    assert [f.filename for f in project.files] == [other["filename"]]
+
+
+def test_a_filename_listed_twice_is_kept_once_the_first() -> None:
+    second = {**GOOD, "size": 7}
+    project = parse_project_json(json_page([GOOD, second]), PAGE_URL)
+    assert [(f.filename, f.size) for f in project.files] == [(GOOD["filename"], None)]
+
+
+def test_a_page_naming_another_project_keeps_the_name_asked_for() -> None:
+    body = json_page([], name="other-thing")
+    assert parse_project_json(body, PAGE_URL, "zope.interface").name == "zope.interface"
+    with pytest.raises(PageParseError, match="does not name"):
+        parse_project_json(json_page([], name=5), PAGE_URL)
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b"<!DOCTYPE html><html></html>", "not JSON"),
+        (b"\xff\xfe", "not JSON"),
+        (b"[]", "without 'files'"),
+        (b'{"message": "404 Not Found"}', "without 'files'"),
+        (b'{"meta": {"api-version": "1.0"}, "files": {}}', "must be a list"),
+        (b'{"meta": {"api-version": "2.0"}, "files": []}', "api-version '2.0'"),
+        (b'{"meta": {"api-version": 1}, "files": []}', "api-version 1"),
+        (b'{"files": []}', "api-version None"),
+    ],
+)
+def test_a_page_that_is_not_a_version_1_json_page_is_a_clear_error(body: bytes, why: str) -> None:
+    with pytest.raises(PageParseError, match=re.escape(why)):
+        parse_project_json(body, PAGE_URL, "zope-interface")
+
+
+def test_json_index_lists_valid_names_once() -> None:
+    body = json.dumps(
+        {
+            "meta": {"api-version": "1.0"},
+            "projects": [
+                {"name": "Zope.Interface"},
+                {"name": "zope-interface"},
+                {"name": "../etc"},
+                {"name": 5},
+                "six",
+                {"name": "six"},
+            ],
+        }
+    ).encode()
+    assert parse_index_json(body) == Index(("Zope.Interface", "six"))
+    with pytest.raises(PageParseError):
+        parse_index_json(b'{"meta": {"api-version": "1.0"}, "projects": "six"}')
+
+
+def test_untrusted_json_is_read_or_refused_never_a_crash() -> None:
+    rng = random.Random(691)
+    values: list[Any] = [None, True, 0, -1, 2**70, 1.5, "", "x", [], {}, SHA_A, "1.1", "2.0"]
+    keys = [*GOOD, "size", "upload-time", "yanked", "core-metadata", "requires-python"]
+    for _ in range(2000):
+        entry: dict[str, Any] = dict(GOOD)
+        for key in rng.sample(keys, rng.randint(1, 4)):
+            entry[key] = rng.choice(values)
+        page: Any = {"meta": {"api-version": rng.choice(["1.0", "1.1", 1, None])}, "files": [entry]}
+        if rng.random() < 0.1:
+            page = rng.choice(values)
+        try:
+            project = parse_project_json(json.dumps(page).encode(), PAGE_URL, "zope-interface")
+        except PageParseError:
+            continue
+        # Whatever is read can be stored and rendered.
+        assert project_from_dict(json.loads(json.dumps(project_to_dict(project)))) == project
+        render_project_json(project, upstream_url)
+
+
+@pytest.mark.parametrize(
+    ("content_type", "is_json"),
+    [
+        ("application/vnd.pypi.simple.v1+json", True),
+        ("Application/Vnd.Pypi.Simple.V1+JSON; charset=utf-8", True),
+        ("application/vnd.pypi.simple.latest+json", True),
+        ("application/json", False),
+        ("text/html; charset=utf-8", False),
+        ("", False),
+    ],
+)
+def test_json_pages_are_told_by_content_type(content_type: str, is_json: bool) -> None:
+    assert is_json_page(content_type) is is_json

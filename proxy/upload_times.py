@@ -1,0 +1,324 @@
+"""Upload times and sizes of GitLab-hosted files: from GitLab's REST Packages API, then SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from packaging.version import InvalidVersion, Version
+
+from .credentials import CredentialPolicy
+from .errors import Offline, ProxyError
+from .scope import Scope
+from .simple import Distribution, Project, is_sha256, normalize, version_of
+from .store import Store, UploadTimeRow
+from .upstream import ApiAnswer, Upstream
+
+log = logging.getLogger(__name__)
+
+# REST calls in flight at once, over every page this process is fetching.
+CONCURRENCY = 8
+# The most rows GitLab gives in one page of a list.
+PER_PAGE = "100"
+# Why the times stay unknown, for /-/ready and the log; each ends with what to do.
+_TOKEN_ADVICE = "use a token with read_api as upstream.token"
+# GitLab's fuzzy name search matches a substring only from this many characters on.
+_MIN_PARTIAL_MATCH = 3
+# A file's key in GitLab's answers and in the index: its sha256 and its filename.
+FileKey = tuple[str, str]
+# How long GitLab is left alone after an answer without times: a refusal of the token is
+# asked again after `recheck`, a failure after `retry`, a 404 (one scope hidden) at once.
+_Hold = Literal["recheck", "retry", "none"]
+
+
+class _Unknown(Exception):
+    """GitLab's Packages API did not tell; the message says why, for an operator."""
+
+    def __init__(self, message: str, *, hold: _Hold) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hold = hold
+
+
+@dataclass(frozen=True, slots=True)
+class _Package:
+    """One version's row in the Packages API: where its files are listed."""
+
+    project: Scope
+    id: int
+
+
+class UploadTimes:
+    """Fills `size` and `upload_time` of the files GitLab hosts, from what is known, else from
+    GitLab's Packages API, asking only about the versions with a file not yet known.
+
+    The REST API takes `Private-Token` or Bearer tokens with read_api, never Basic and never a
+    deploy token: with those the fields stay absent (they are never guessed), pages are served as
+    ever, and `problem` says why, logged once.
+    """
+
+    def __init__(
+        self,
+        policy: CredentialPolicy,
+        upstream: Upstream,
+        store: Store,
+        *,
+        recheck: float,
+        retry: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.policy = policy
+        self.upstream = upstream
+        self.store = store
+        self._holds: dict[_Hold, float] = {"recheck": recheck, "retry": retry, "none": 0.0}
+        self._clock = clock
+        self._held_until = 0.0
+        self._slots = asyncio.Semaphore(CONCURRENCY)
+        # Why some upload times are unknown now; None while GitLab answers.
+        self.problem: str | None = None
+
+    async def fill(self, scope: Scope, name: str, project: Project) -> Project:
+        """`project` (a page GitLab served for `name` in `scope`) with every size and upload
+        time known or learnt; files that already carry an upload time are left as they are."""
+        asked = [
+            index
+            for index, dist in enumerate(project.files)
+            if dist.upload_time is None
+            and dist.sha256 is not None
+            and is_sha256(dist.sha256)
+            # The Dependency Firewall's public files are not GitLab's packages.
+            and not self.upstream.may_be_forward_route(dist.url)
+        ]
+        if not asked:
+            return project
+        files = list(project.files)
+        known = await self._known(files[i].sha256 or "" for i in asked)
+        missing = _apply(files, asked, known)
+        if missing and self._may_ask():
+            versions = {v for i in missing if (v := version_of(files[i].filename)) is not None}
+            learnt = await self._learn(scope, normalize(name), versions)
+            if learnt:
+                await self.store.put_upload_times(learnt.values())
+                _apply(files, missing, learnt)
+        if files == list(project.files):
+            return project
+        return project.with_files(tuple(files))
+
+    async def _known(self, sha256s: Iterable[str]) -> dict[FileKey, UploadTimeRow]:
+        return {(r.sha256, r.filename): r for r in await self.store.upload_times(sha256s)}
+
+    def _may_ask(self) -> bool:
+        if self.upstream.offline:
+            return False
+        if (unusable := self.policy.rest_unusable) is not None:
+            self._report(f"upload times unknown: {unusable}; {_TOKEN_ADVICE}")
+            return False
+        return self._clock() >= self._held_until
+
+    async def _learn(
+        self, scope: Scope, name: str, versions: set[Version]
+    ) -> dict[FileKey, UploadTimeRow]:
+        """What GitLab says of the files of these versions; {} when it will not say."""
+        if not versions:
+            return {}
+        learnt: dict[FileKey, UploadTimeRow] = {}
+        try:
+            packages = await self._packages(scope, name, versions)
+            # Every version's files, even when one fails: what the others said is kept.
+            outcomes = await asyncio.gather(
+                *(self._files(package) for package in packages), return_exceptions=True
+            )
+            for outcome in outcomes:
+                if isinstance(outcome, dict):
+                    learnt.update(outcome)
+            if problems := [o for o in outcomes if isinstance(o, BaseException)]:
+                raise problems[0]
+        except _Unknown as e:
+            self._held_until = self._clock() + self._holds[e.hold]
+            self._report(e.message)
+            return learnt
+        if self.problem is not None:
+            log.info("upload times: GitLab's Packages API answers again")
+            self.problem = None
+        return learnt
+
+    async def _packages(self, scope: Scope, name: str, versions: set[Version]) -> list[_Package]:
+        """The rows of `name` at these versions, newest first, stopping once each is found."""
+        query = {
+            "package_type": "pypi",
+            "package_name": _search_term(name),
+            "order_by": "created_at",
+            "sort": "desc",
+            "per_page": PER_PAGE,
+        }
+        remaining = set(versions)
+        found: list[_Package] = []
+        page = "1"
+        while page and remaining:
+            answer = await self._get(scope.packages_path, {**query, "page": page})
+            for row in _rows(answer):
+                version, package_id = _version(row.get("version")), row.get("id")
+                # package_name matches any name containing it: only this one counts.
+                if (
+                    version not in versions
+                    or normalize(str(row.get("name", ""))) != name
+                    or row.get("package_type", "pypi") != "pypi"
+                    or not isinstance(package_id, int)
+                ):
+                    continue
+                # A group's rows name their project, where their files are listed.
+                owner = row.get("project_id") if scope.kind == "groups" else None
+                if scope.kind == "groups" and not isinstance(owner, int):
+                    continue
+                project = scope if owner is None else Scope("projects", str(owner))
+                found.append(_Package(project, package_id))
+                remaining.discard(version)
+            page = answer.next_page
+        return found
+
+    async def _files(self, package: _Package) -> dict[FileKey, UploadTimeRow]:
+        """Every file of one package version, with its size and upload time."""
+        path = f"{package.project.packages_path}/{package.id}/package_files"
+        first = await self._get(path, {"per_page": PER_PAGE, "page": "1"})
+        answers = [first]
+        if first.pages is not None and first.next_page:
+            # Counted (to 10,000 rows): the other pages at once, within the concurrency bound.
+            answers += await asyncio.gather(
+                *(
+                    self._get(path, {"per_page": PER_PAGE, "page": str(page)})
+                    for page in range(2, first.pages + 1)
+                )
+            )
+        else:
+            while answers[-1].next_page:
+                page = answers[-1].next_page
+                answers.append(await self._get(path, {"per_page": PER_PAGE, "page": page}))
+        learnt: dict[FileKey, UploadTimeRow] = {}
+        for answer in answers:
+            for row in _rows(answer):
+                parsed = _file_row(row)
+                if parsed is not None:
+                    learnt[(parsed.sha256, parsed.filename)] = parsed
+        return learnt
+
+    async def _get(self, path: str, query: dict[str, str]) -> ApiAnswer:
+        async with self._slots:
+            try:
+                answer = await self.upstream.get_api(path, query, self.policy.rest_authorization)
+            except Offline:
+                raise _Unknown("upload times unknown: the proxy is offline", hold="none") from None
+            except ProxyError as e:
+                raise _Unknown(
+                    f"upload times unknown for some pages: GitLab's Packages API failed "
+                    f"({e.message})",
+                    hold="retry",
+                ) from None
+        setting = self.policy.token_setting
+        if answer.status in (401, 403):
+            raise _Unknown(
+                f"upload times unknown: GitLab refuses the Packages API for {setting} (HTTP "
+                f"{answer.status}: {answer.message}; a deploy token cannot call the REST API); "
+                f"{_TOKEN_ADVICE}",
+                hold="recheck",
+            )
+        if answer.status == 404:
+            # The REST API hides what a token may not read; other scopes may still answer.
+            raise _Unknown(
+                "upload times unknown for some pages: GitLab's Packages API answered 404 for "
+                f"{setting} (it hides projects and groups a token cannot read); {_TOKEN_ADVICE}",
+                hold="none",
+            )
+        if answer.status != 200:
+            raise _Unknown(
+                f"upload times unknown for some pages: GitLab's Packages API answered "
+                f"{answer.status} ({answer.message})",
+                hold="retry",
+            )
+        return answer
+
+    def _report(self, problem: str) -> None:
+        """Say why once, in the log (no secret is in it) and in `problem` for /-/ready."""
+        if problem != self.problem:
+            log.warning("%s", problem)
+        self.problem = problem
+
+
+def _apply(
+    files: list[Distribution], indices: list[int], known: dict[FileKey, UploadTimeRow]
+) -> list[int]:
+    """Fill the files at `indices` from `known`, in place; the indices still unknown."""
+    missing = []
+    for index in indices:
+        dist = files[index]
+        row = known.get((dist.sha256 or "", dist.filename))
+        if row is None:
+            missing.append(index)
+            continue
+        size = dist.size if dist.size is not None else row.size
+        files[index] = dataclasses.replace(dist, size=size, upload_time=row.upload_time)
+    return missing
+
+
+def _search_term(name: str) -> str:
+    """What to send as `package_name`: GitLab keeps names as uploaded (`Corp.Util`) and matches a
+    substring, so the longest run of the normalized name without separators finds them all."""
+    longest = max(name.split("-"), key=len)
+    return longest if len(longest) >= _MIN_PARTIAL_MATCH else name
+
+
+def _rows(answer: ApiAnswer) -> list[dict[str, object]]:
+    try:
+        data = json.loads(answer.body)
+    except (ValueError, UnicodeDecodeError):
+        raise _Unknown(
+            "upload times unknown for some pages: GitLab's Packages API sent no JSON",
+            hold="retry",
+        ) from None
+    if not isinstance(data, list):
+        return []
+    return [row for row in data if isinstance(row, dict)]
+
+
+def _version(raw: object) -> Version | None:
+    try:
+        return Version(str(raw))
+    except InvalidVersion:
+        return None
+
+
+def _file_row(row: dict[str, object]) -> UploadTimeRow | None:
+    """One package file as GitLab lists it, or None when it lacks what the page needs."""
+    sha256, filename, size = row.get("file_sha256"), row.get("file_name"), row.get("size")
+    upload_time = pep700_time(row.get("created_at"))
+    if (
+        not isinstance(sha256, str)
+        or not is_sha256(sha256)
+        or not isinstance(filename, str)
+        or not isinstance(size, int)
+        or isinstance(size, bool)
+        or size < 0
+        or upload_time is None
+    ):
+        return None
+    return UploadTimeRow(sha256, filename, size, upload_time)
+
+
+def pep700_time(raw: object) -> str | None:
+    """GitLab's `2026-11-30T10:00:00.000Z` (or any ISO 8601 time with a zone) as PEP 700 text,
+    `2026-11-30T10:00:00.000000Z`; None if it is not one."""
+    if not isinstance(raw, str):
+        return None
+    try:
+        moment = datetime.datetime.fromisoformat(raw)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        return None
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

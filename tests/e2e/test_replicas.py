@@ -1,0 +1,160 @@
+"""Issue 18: three replica processes behind the README's consistent-hash nginx, one Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support.cli_process import ServeProcess, free_port, write_config
+from tests.support.fake_gitlab import FakeFile, FakeGitLab
+from tests.support.harness import TOKEN, pip_install, twine
+from tests.support.nginx import (
+    NGINX,
+    SKIP_REASON,
+    nginx_conf,
+    readme_snippet,
+    replaced,
+    start_nginx,
+    stop_nginx,
+)
+from tests.support.redis_server import RedisServer
+from tests.support.wheels import make_wheel
+
+pytestmark = pytest.mark.skipif(NGINX is None, reason=SKIP_REASON)
+
+# The README's example values, replaced by this test's own.
+README_LISTEN = "listen 80;"
+README_REPLICAS = ("server 10.0.0.11:8080", "server 10.0.0.12:8080", "server 10.0.0.13:8080")
+REPLICAS = ("one", "two", "three")
+LIBRARIES = [f"corp-lib{i}" for i in range(6)]
+# corp-app and every library it requires: one wheel each.
+FILES = len(LIBRARIES) + 1
+SIMPLE = "/api/v4/projects/42/packages/pypi/simple/"
+UPLOAD = "/api/v4/projects/42/packages/pypi"
+
+
+@dataclass
+class Cluster:
+    replicas: list[ServeProcess]
+    url: str
+    prefix: Path
+
+    @property
+    def index(self) -> str:
+        return self.url + SIMPLE
+
+
+def configure(port: int, replica_ports: list[int], prefix: Path) -> str:
+    """The README's balancer snippet, on this test's ports."""
+    values = {README_LISTEN: f"listen 127.0.0.1:{port};"}
+    values.update(
+        {
+            example: f"server 127.0.0.1:{p}"
+            for example, p in zip(README_REPLICAS, replica_ports, strict=True)
+        }
+    )
+    return nginx_conf(replaced(readme_snippet("consistent;"), values), prefix)
+
+
+@contextlib.asynccontextmanager
+async def cluster(gitlab: FakeGitLab, redis: RedisServer, tmp_path: Path) -> AsyncIterator[Cluster]:
+    """Three `serve` processes (one worker each, a cache directory each) behind nginx."""
+    replicas: list[ServeProcess] = []
+    nginx = None
+    try:
+        for name in REPLICAS:
+            port = free_port()
+            config = write_config(
+                tmp_path / f"{name}.toml",
+                {
+                    "server": {"host": "127.0.0.1", "port": port, "workers": 1},
+                    "upstream": {"url": gitlab.url, "username": "proxy", "token": TOKEN},
+                    "cache": {"dir": str(tmp_path / f"cache-{name}")},
+                    "cluster": {"redis_url": redis.url},
+                },
+            )
+            replicas.append(await ServeProcess.from_config(config, port))
+        prefix, port = tmp_path / "nginx", free_port()
+        prefix.mkdir()
+        (prefix / "nginx.conf").write_text(configure(port, [r.port for r in replicas], prefix))
+        nginx = await start_nginx(prefix, port)
+        yield Cluster(replicas, f"http://127.0.0.1:{port}", prefix)
+    finally:
+        if nginx is not None:
+            await stop_nginx(nginx)
+        await asyncio.gather(*(replica.close() for replica in replicas))
+
+
+def publish(gitlab: FakeGitLab) -> list[FakeFile]:
+    wheels = [gitlab.add_wheel(42, library, "1.0.0") for library in LIBRARIES]
+    return [*wheels, gitlab.add_wheel(42, "corp-app", "1.0.0", requires=LIBRARIES)]
+
+
+async def install(index: str, target: Path) -> None:
+    (await pip_install(index, target, "corp-app")).check()
+    assert (target / "corp_lib5-1.0.0.dist-info").is_dir()
+
+
+def downloads(gitlab: FakeGitLab) -> Counter[str]:
+    """GitLab's file downloads by sha256 (the HEADs replicas ask about a file are not counted)."""
+    return Counter(
+        r.path.split("/files/")[1].split("/")[0]
+        for r in gitlab.requests
+        if r.kind == "file" and r.method == "GET"
+    )
+
+
+def holds(replica_cache: Path, wheels: list[FakeFile]) -> set[str]:
+    """The sha256s of `wheels` this replica's cache directory holds."""
+    held = {p.name for p in (replica_cache / "blobs").rglob("*") if p.is_file()}
+    return {wheel.sha256 for wheel in wheels} & held
+
+
+async def test_each_file_is_fetched_once_across_replicas_and_losing_one_fails_no_install(
+    gitlab: FakeGitLab, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    wheels = publish(gitlab)
+    async with cluster(gitlab, redis_server, tmp_path) as running:
+        # Three installs at once, then one more: each file downloaded from GitLab once in all.
+        await asyncio.gather(*(install(running.index, tmp_path / f"first{i}") for i in range(3)))
+        await install(running.index, tmp_path / "again")
+        assert downloads(gitlab) == Counter({wheel.sha256: 1 for wheel in wheels})
+        held = [holds(tmp_path / f"cache-{name}", wheels) for name in REPLICAS]
+        assert sorted(map(len, held)) != [0, 0, FILES], f"the ring spreads the files: {held}"
+
+        # A run of installs; the replica holding the most files dies in the middle of it.
+        most = max(range(len(held)), key=lambda i: len(held[i]))
+        for i in range(4):
+            if i == 2:
+                await running.replicas[most].kill()
+            await install(running.index, tmp_path / f"run{i}")
+        # Its files moved to the next replica on the ring, which downloaded each once more.
+        expected = Counter({wheel.sha256: 1 + (wheel.sha256 in held[most]) for wheel in wheels})
+        assert downloads(gitlab) == expected
+        assert "connect() failed" in (running.prefix / "error.log").read_text()
+
+
+async def test_an_upload_through_the_balancer_is_installable_through_every_replica_at_once(
+    gitlab: FakeGitLab, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    gitlab.add_wheel(42, "corp-util", "1.0.0")
+    async with cluster(gitlab, redis_server, tmp_path) as running:
+        # Every replica has the page cached, fresh for index_ttl (300 s).
+        for i, replica in enumerate(running.replicas):
+            (await pip_install(replica.url + SIMPLE, tmp_path / f"old{i}", "corp-util")).check()
+            assert (tmp_path / f"old{i}" / "corp_util-1.0.0.dist-info").is_dir()
+
+        filename, content = make_wheel("corp-util", "1.1.0")
+        wheel = tmp_path / filename
+        wheel.write_bytes(content)
+        (await twine(running.url + UPLOAD, TOKEN, wheel)).check()
+
+        for i, replica in enumerate(running.replicas):
+            (await pip_install(replica.url + SIMPLE, tmp_path / f"new{i}", "corp-util")).check()
+            assert (tmp_path / f"new{i}" / "corp_util-1.1.0.dist-info").is_dir()
