@@ -148,10 +148,13 @@ class SharedTier:
         return time.monotonic() < self._skip_until
 
     async def holds(self, sha256: str, filename: str) -> bool:
-        """Whether the tier holds the verified blob under this name (a HEAD, no body)."""
-        return await self._head_blob(sha256, filename) is not None
+        """Whether the tier holds the verified blob under this name (a HEAD, no body); not
+        counted as a look-up, which the fill that follows is."""
+        return await self._head_blob(sha256, filename, counted=False) is not None
 
-    async def _head_blob(self, sha256: str, filename: str) -> HeadObjectOutputTypeDef | None:
+    async def _head_blob(
+        self, sha256: str, filename: str, *, counted: bool = True
+    ) -> HeadObjectOutputTypeDef | None:
         """The blob's HEAD if the tier holds it under this name; an object whose stored SHA-256
         (S3 verified it on write) is not the name's is removed, never read."""
         if self.skipping:
@@ -162,7 +165,8 @@ class SharedTier:
         except (*_TIER_ERRORS, *_NETWORK_ERRORS) as e:
             if _is_absent(e):
                 self._answered()
-                self.metrics.shared_tier("miss")
+                if counted:
+                    self.metrics.shared_tier("miss")
                 return None
             self.failed("head", e)
             return None
@@ -175,7 +179,8 @@ class SharedTier:
             return None
         if head.get("Metadata", {}).get("filename") != filename:
             # The same bytes under another name: only GitLab can say this name has them.
-            self.metrics.shared_tier("miss")
+            if counted:
+                self.metrics.shared_tier("miss")
             return None
         return head
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -368,3 +369,40 @@ async def test_the_tiers_page_copy_answers_only_whom_a_stored_copy_would(
     second = await replica("b", upstream=upstream)
     status, _, body = await get_authorized(second.url + page, eve)
     assert status != 200 and b"corp_lib" not in body
+
+
+async def test_many_clients_of_one_fill_make_one_upload_that_delays_none_of_them(
+    gitlab: FakeGitLab, replica: ProxyFactory, moto: MotoServer
+) -> None:
+    wheel = gitlab.add_wheel(42, "corp-lib", "1.0.0", payload_size=1024 * 1024)
+    proxy = await replica("a")
+    # The page first, as pip does: the scope lists the file, nothing to ask GitLab about it.
+    await get(f"{proxy.url}{PROJECT_PAGE}corp-lib/")
+    await uploads_done(proxy)
+    gitlab.file_chunk_delay = 0.02  # about 0.3 s of download: the tier hangs before its end
+    downloads = [asyncio.create_task(get(wheel_url(proxy, wheel))) for _ in range(5)]
+    await eventually(lambda: gitlab.counts["file"] == 1, "the download started", interval=0.01)
+    moto.pause()
+    try:
+        answers = await asyncio.gather(*downloads)
+        # The upload waits on the hanging tier for its timeout (1 s), in the background: the
+        # clients had their files while it still waited.
+        started = time.monotonic()
+        await uploads_done(proxy)
+        waited_after = time.monotonic() - started
+    finally:
+        moto.resume()
+    assert all(status == 200 and body == wheel.content for status, _, body in answers)
+    assert waited_after > 0.5, waited_after
+    _, samples = await scrape(proxy)
+    assert value(samples, "gitlab_pypi_proxy_shared_tier_uploads_total", result="failed") == 1
+    assert gitlab.counts["file"] == 1
+    # Once the tier answers again, the next blob goes up as usual: one upload for one fill.
+    other = gitlab.add_wheel(42, "corp-lib", "1.1.0")
+    gitlab.file_chunk_delay = 0.0
+    await get(f"{proxy.url}{PROJECT_PAGE}corp-lib/")
+    await asyncio.gather(*(get(wheel_url(proxy, other)) for _ in range(5)))
+    await uploads_done(proxy)
+    _, samples = await scrape(proxy)
+    assert value(samples, "gitlab_pypi_proxy_shared_tier_uploads_total", result="ok") >= 1
+    assert await keys_under(moto, blob_key(other.sha256)) == [blob_key(other.sha256)]
