@@ -1,4 +1,4 @@
-"""The seven figures of issue 8, each measured side by side in one bench run."""
+"""The figures of issues 8 and 18, each measured side by side in one bench run."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import os
 import statistics
 import sys
 import time
@@ -31,6 +32,10 @@ MEMORY_CLIENTS = 20
 RESOLVE_LATENCY = 0.05
 # Figure 8: a download rate like GitLab's across a 200 Mbit/s link.
 BIG_RESOLVE_RATE = 25e6
+# Figures 9 and 10: replicas behind the README's nginx; cached hits spread over these files.
+REPLICAS = 3
+HIT_FILES = 6
+HIT_CONNECTIONS = 4  # per file
 TIER_BUCKET = "bench-tier"
 
 
@@ -44,7 +49,7 @@ class Options:
     # Bytes/s per upstream download in figure 5, one column each; 0 = unlimited.
     fanout_rates: tuple[float, ...] = (25e6, 100e6)
     threads: int = 1
-    only: frozenset[int] = frozenset(range(1, 10))
+    only: frozenset[int] = frozenset(range(1, 12))
     quick: bool = False
 
 
@@ -113,6 +118,7 @@ class Bench:
         self.proxpi: procs.Server | None = None
         self.nginx: procs.Server | None = None
         self.nginx1: procs.Server | None = None  # one worker, as the proxy runs one process
+        self.nginx_binary: str | None = None
         self.session: aiohttp.ClientSession
         self.proxies_started = 0
 
@@ -169,6 +175,7 @@ class Bench:
 
     async def start(self, data_dir: Path, nginx: str | None, with_proxpi: bool) -> None:
         self.session = aiohttp.ClientSession()
+        self.nginx_binary = nginx
         self.gitlab = await procs.start_upstream(self.processes, data_dir, self.token)
         await self.upstream(delay=self.o.latency, rate=0)
         # The proxy as a user runs it: no settings, so a worker per CPU and the access log on.
@@ -650,7 +657,7 @@ class Bench:
         """One 16 MiB file cold on two replicas sharing a bucket: the first fills from fake
         GitLab (and puts it in the bucket), the second, its disk empty, from the bucket."""
         fig = Figure(
-            9,
+            11,
             f"Shared tier: a cold {data.BIG_SIZE // data.MiB} MiB file on a second replica, "
             f"from moto's S3 against from fake GitLab at {BIG_RESOLVE_RATE / 1e6:g} MB/s",
             ["TTFB", "total", "upstream", "total / from GitLab"],
@@ -844,6 +851,146 @@ class Bench:
         if installed != 23:
             raise RuntimeError(f"{tool} installed {installed} distributions, not 23")
         return took
+
+    async def upstream_counts(self) -> dict[str, int]:
+        async with self.session.get(f"{self.gitlab.url}/-/bench/counts") as resp:
+            counts: dict[str, int] = await resp.json()
+            return counts
+
+    async def _replicas(self, name: str, count: int) -> tuple[list[procs.Server], procs.Server]:
+        """`count` proxies (one process each, a cache each) behind the README's nginx config."""
+        assert self.nginx_binary is not None
+        replicas = [await self.new_proxy(f"{name}-{i}", workers=1) for i in range(count)]
+        balancer = await procs.start_balancer(
+            self.processes, self.nginx_binary, self.run_dir / name, replicas
+        )
+        return replicas, balancer
+
+    async def _stop(self, servers: Sequence[procs.Server]) -> None:
+        for server in servers:
+            await self.processes.stop(server.proc)
+
+    async def figure_cluster_fetches(self) -> Figure:
+        top = data.RESOLVE_TOP
+        fig = Figure(
+            9,
+            f"{REPLICAS} replicas behind nginx (the README's consistent hash): GitLab requests "
+            f"per distinct file, pip installing {len(top)} packages (23 with dependencies)",
+            ["GETs / file", "HEADs / file", "files"],
+        )
+        if self.nginx_binary is None:
+            fig.verdicts.append((f"{REPLICAS} replicas ask GitLab no more than 1 proxy", None))
+            fig.notes.append("nginx is not installed: not measured.")
+            return fig
+
+        async def installs(index: str, name: str) -> dict[str, int]:
+            await asyncio.gather(
+                *(self._install("pip", index, f"{name}-{i}") for i in range(REPLICAS))
+            )
+            await self._install("pip", index, f"{name}-again")
+            return await self.upstream_counts()
+
+        await self.upstream(reset=True)
+        single = await self.new_proxy("one-proxy", workers=1)
+        try:
+            alone = await installs(f"{self.proxy_base(single)}/simple/", "one-proxy")
+        finally:
+            await self._stop([single])
+        await self.upstream(reset=True)
+        replicas, balancer = await self._replicas("replicas", REPLICAS)
+        index = f"{balancer.url}/api/v4/projects/{PRIVATE_PROJECT}/packages/pypi/simple/"
+        try:
+            steady = await installs(index, "replicas")
+            # One replica dies; the next installs find its files on the next one on the ring.
+            await self.processes.kill(replicas[0].proc)
+            for i in range(2):
+                await self._install("pip", index, f"replicas-lost-{i}")
+            lost = await self.upstream_counts()
+        finally:
+            await self._stop([balancer, *replicas[1:]])
+        for label, counts in (
+            (f"1 proxy: {REPLICAS} installs at once, then 1 more", alone),
+            (f"{REPLICAS} replicas: the same", steady),
+            ("then 1 replica killed, 2 more installs (none failed)", lost),
+        ):
+            distinct = max(counts["distinct"], 1)
+            fig.rows.append(
+                Row(
+                    label,
+                    {
+                        "GETs / file": f"{counts['gets'] / distinct:.2f}",
+                        "HEADs / file": f"{counts['probes'] / distinct:.2f}",
+                        "files": str(counts["distinct"]),
+                    },
+                )
+            )
+        fig.verdicts.append(
+            (
+                f"{REPLICAS} replicas ask GitLab no more than 1 proxy",
+                steady["gets"] <= alone["gets"],
+            )
+        )
+        fig.verdicts.append(
+            (
+                f"losing 1 of {REPLICAS} re-fetches at most half of it",
+                lost["gets"] - steady["gets"] <= steady["gets"] / 2,
+            )
+        )
+        fig.notes.append(
+            "Each proxy: `python -m proxy serve`, `server.workers = 1`, its own cache directory, "
+            "no shared tier; nginx with the README's replica config. GETs: whole files and byte "
+            "ranges (PEP 658 metadata of a wheel not yet cached is read by Range, then the wheel "
+            "itself is downloaded: more than one GET per file for a lone proxy too). A HEAD: a "
+            "replica asked for a cached file in a scope whose page it never fetched asks GitLab "
+            "whether that scope lists it. After the kill, the next replica on the ring fetches "
+            "each of the lost replica's files once."
+        )
+        return fig
+
+    async def figure_cluster_hits(self) -> Figure:
+        files = [e for e in self.entries if e.name in data.RESOLVE_TOP][:HIT_FILES]
+        connections = HIT_FILES * HIT_CONNECTIONS
+        fig = Figure(
+            10,
+            f"Cached hits through nginx, 1 and {REPLICAS} replicas: requests/s over {HIT_FILES} "
+            f"small wheels, {connections} connections",
+            ["1 replica", f"{REPLICAS} replicas", f"{REPLICAS} / 1"],
+        )
+        if self.nginx_binary is None:
+            fig.notes.append("nginx is not installed: not measured.")
+            return fig
+        results: dict[int, list[float]] = {}
+        for count in (1, REPLICAS):
+            replicas, balancer = await self._replicas(f"hits-{count}", count)
+            try:
+                base = f"{balancer.url}/api/v4/projects/{PRIVATE_PROJECT}/packages/pypi/files"
+                urls = [f"{base}/{e.sha256}/{e.filename}" for e in files]
+                for url, e in zip(urls, files, strict=True):
+                    await self.fetch_file(url, e)
+                for _ in range(self.o.runs):
+                    loads = await asyncio.gather(
+                        *(self.load.run(url, HIT_CONNECTIONS, self.o.seconds) for url in urls)
+                    )
+                    if any(load.errors for load in loads):
+                        raise RuntimeError(f"errors under load through {balancer.url}")
+                    results.setdefault(count, []).append(sum(x.requests_per_s for x in loads))
+            finally:
+                await self._stop([balancer, *replicas])
+        one, many = median(results[1]), median(results[REPLICAS])
+        fig.rows.append(
+            Row(
+                "req/s",
+                {"1 replica": _rate(one), f"{REPLICAS} replicas": _rate(many)}
+                | {f"{REPLICAS} / 1": _ratio(many / one)},
+            )
+        )
+        fig.notes.append(
+            f"nginx (1 worker, the README's replica config) in front of 1 or {REPLICAS} proxies "
+            f"of one process each, on this machine's {len(os.sched_getaffinity(0))} CPUs with "
+            f"the load generator ({self.load.name}): the replicas share the CPUs, so this shows "
+            "the balancer's cost and spread, not the gain of more machines."
+        )
+        return fig
 
 
 async def _in_tier(moto: MotoServer, key: str) -> None:

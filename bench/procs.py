@@ -21,6 +21,7 @@ from pathlib import Path
 import aiohttp
 
 from tests.support.harness import clean_env
+from tests.support.nginx import balancer_snippet, nginx_conf
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH_VENV = REPO / "bench" / ".venv"
@@ -94,6 +95,15 @@ class Processes:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 await proc.wait()
+        with contextlib.suppress(ValueError):
+            self.running.remove(proc)
+
+    async def kill(self, proc: asyncio.subprocess.Process) -> None:
+        """SIGKILL to its group: gone without a word, as when its machine dies."""
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
         with contextlib.suppress(ValueError):
             self.running.remove(proc)
 
@@ -177,16 +187,16 @@ def missing_requirements(figures: frozenset[int]) -> list[str]:
     for a project installed without its test extras: no uv).
     """
     missing = []
-    if 7 in figures:
-        for tool in ("pip", "uv"):
-            if not (Path(sys.executable).parent / tool).exists():
-                missing.append(
-                    f"{tool} next to {sys.executable} (figure 7 installs with it): "
-                    "pip install -e '.[test]'"
-                )
-    if 9 in figures and importlib.util.find_spec("moto") is None:
-        missing.append("moto (figure 9 runs its S3 server): pip install -e '.[test]'")
-    return missing
+    needed = [("pip", 7), ("uv", 7), ("pip", 9)]
+    for tool, figure in needed:
+        if figure in figures and not (Path(sys.executable).parent / tool).exists():
+            missing.append(
+                f"{tool} next to {sys.executable} (figure {figure} installs with it): "
+                "pip install -e '.[test]'"
+            )
+    if 11 in figures and importlib.util.find_spec("moto") is None:
+        missing.append("moto (figure 11 runs its S3 server): pip install -e '.[test]'")
+    return sorted(set(missing))
 
 
 def optional_tools(wrk: str | None, nginx: str | None) -> list[str]:
@@ -326,4 +336,20 @@ async def start_nginx(
     proc = await procs.spawn(name, [binary, "-p", str(prefix), "-c", str(conf)])
     url = f"http://127.0.0.1:{port}"
     await wait_ready(f"{url}/static/", proc)
+    return Server(name, url, proc)
+
+
+async def start_balancer(
+    procs: Processes, binary: str, prefix: Path, replicas: Sequence[Server]
+) -> Server:
+    """nginx with the README's consistent-hash config in front of `replicas` (no access log)."""
+    port = free_port()
+    prefix.mkdir(parents=True, exist_ok=True)
+    conf = prefix / "nginx.conf"
+    balancer = balancer_snippet(port, [int(r.url.rsplit(":", 1)[1]) for r in replicas])
+    conf.write_text(nginx_conf(balancer, prefix, access_log=False))
+    name = f"balancer-{len(replicas)}"
+    proc = await procs.spawn(name, [binary, "-p", str(prefix), "-c", str(conf)])
+    url = f"http://127.0.0.1:{port}"
+    await wait_ready(f"{url}/-/health", proc)
     return Server(name, url, proc)

@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _options(args: argparse.Namespace) -> Options:
-    only = frozenset(range(1, 10))
+    only = frozenset(range(1, 12))
     if args.only:
         only = frozenset(int(n) for n in args.only.split(","))
     return Options(
@@ -106,7 +106,9 @@ async def _run(options: Options, processes: procs.Processes, out: Path, command:
             (6, bench.figure_memory),
             (7, bench.figure_resolve),
             (8, bench.figure_big_resolve),
-            (9, bench.figure_shared_tier),
+            (9, bench.figure_cluster_fetches),
+            (10, bench.figure_cluster_hits),
+            (11, bench.figure_shared_tier),
         ]
         for number, step in steps:
             if number in options.only:

@@ -4,8 +4,9 @@ Run by bench/run.py as `python -m bench.upstream DATA_DIR TOKEN`; prints its URL
 then serves until SIGTERM (which the kernel also sends if the bench dies). Private project 42
 (token required) is what the proxy reads; public project 43 holds the same files for proxpi, which
 cannot send credentials. `POST /-/bench/set` changes the added latency and a per-download rate
-limit; `GET /-/bench/counts` answers the request counts by kind (`file`, `page`, ...) and the file
-bytes sent (`bytes`).
+limit; `GET /-/bench/counts` answers the request counts by kind (`file`, `page`, ...), the file
+bytes sent (`bytes`), and of the file requests the GETs (`gets`: whole files and byte ranges),
+the distinct files asked for (`distinct`) and the HEADs (`probes`).
 """
 
 from __future__ import annotations
@@ -57,7 +58,16 @@ class BenchGitLab(FakeGitLab):
         return await super()._answer(request, handler)
 
     async def _counts(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response({**self.counts, "bytes": self.file_bytes_sent})
+        files = [r for r in self.requests if r.kind == "file"]
+        return web.json_response(
+            {
+                **self.counts,
+                "bytes": self.file_bytes_sent,
+                "gets": sum(1 for r in files if r.method == "GET"),
+                "distinct": len({r.path.split("?")[0] for r in files}),
+                "probes": sum(1 for r in files if r.method == "HEAD"),
+            }
+        )
 
     async def _set(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()

@@ -26,8 +26,9 @@ UNREACHABLE = "redis unreachable: invalidations from other replicas are not rece
 # these is treated as gone, so an upload's answer is never held up for long.
 CONNECT_TIMEOUT = 1.0
 COMMAND_TIMEOUT = 2.0
-# A silent connection is probed this often, so a dead one is noticed.
-HEALTH_CHECK_SECONDS = 5
+# The subscription is probed with a PING this often: a Redis that stops answering (a network
+# partition, a hung host) leaves the connection open, and only its silence tells.
+PING_SECONDS = 2.0
 RETRY_FIRST = 0.1
 RETRY_MAX = 5.0
 POLL_SECONDS = 1.0
@@ -135,12 +136,23 @@ class Cluster:
 
     async def _listen(self) -> None:
         assert self._pubsub is not None
+        loop = asyncio.get_running_loop()
+        heard = pinged = loop.time()
         while True:
             message = await self._pubsub.get_message(
                 ignore_subscribe_messages=True, timeout=POLL_SECONDS
             )
-            if message is not None and message["type"] == "message":
-                await self._received(message["data"])
+            now = loop.time()
+            if message is not None:
+                heard = now
+                if message["type"] == "message":
+                    await self._received(message["data"])
+            if now - heard > PING_SECONDS + COMMAND_TIMEOUT:
+                # The built-in ConnectionError: an OSError, which every outage path catches.
+                raise ConnectionError(f"no answer to PING for {now - heard:.0f} s")
+            if now - pinged >= PING_SECONDS:
+                await self._pubsub.ping()
+                pinged = now
 
     async def _received(self, data: bytes) -> None:
         try:
@@ -178,7 +190,6 @@ def _connect(url: str) -> redis.Redis:
         url,
         socket_connect_timeout=CONNECT_TIMEOUT,
         socket_timeout=COMMAND_TIMEOUT,
-        health_check_interval=HEALTH_CHECK_SECONDS,
         # Reconnecting is run()'s job, so an outage is seen, logged and counted.
         retry=Retry(NoBackoff(), 0),
     )

@@ -379,6 +379,10 @@ async def status(request: web.Request) -> web.StreamResponse:
         request.headers.get(hdrs.AUTHORIZATION)
     )
     alerts = [refusal] if (refusal := token_refusal(app)) is not None else []
+    if (cluster := app[keys.CLUSTER].problem) is not None:
+        alerts.append(cluster)
+    if (times := app[keys.PAGES].times.problem) is not None:
+        alerts.append(times)
     page = render_status(settings, app[keys.METRICS], alerts=alerts, full=full)
     headers = {hdrs.CACHE_CONTROL: "private, no-store", hdrs.VARY: "Authorization"}
     return web.Response(text=page, content_type="text/html", charset="utf-8", headers=headers)

@@ -7,6 +7,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from typing import Literal
 
 from packaging.version import InvalidVersion, Version
 
+from .cachehealth import Throttled
 from .credentials import CredentialPolicy
 from .errors import Offline, ProxyError
 from .scope import Scope
@@ -33,15 +35,16 @@ _TOKEN_ADVICE = "use a token with read_api as upstream.token"
 _MIN_PARTIAL_MATCH = 3
 # A file's key in GitLab's answers and in the index: its sha256 and its filename.
 FileKey = tuple[str, str]
-# How long GitLab is left alone after an answer without times: a refusal of the token is
-# asked again after `recheck`, a failure after `retry`, a 404 (one scope hidden) at once.
-_Hold = Literal["recheck", "retry", "none"]
+# Whom GitLab's Packages API is left alone for after an answer without times: everything for
+# `recheck` after a refusal of the token, or for `retry` after a failure; the one scope for
+# `recheck` after its 404 (hidden from the token, or an upstream without the REST API).
+_Hold = Literal["recheck", "retry", "scope"]
 
 
 class _Unknown(Exception):
     """GitLab's Packages API did not tell; the message says why, for an operator."""
 
-    def __init__(self, message: str, *, hold: _Hold) -> None:
+    def __init__(self, message: str, *, hold: _Hold | None) -> None:
         super().__init__(message)
         self.message = message
         self.hold = hold
@@ -77,12 +80,15 @@ class UploadTimes:
         self.policy = policy
         self.upstream = upstream
         self.store = store
-        self._holds: dict[_Hold, float] = {"recheck": recheck, "retry": retry, "none": 0.0}
+        self._recheck = recheck
+        self._retry = retry
         self._clock = clock
-        self._held_until = 0.0
+        # Until when not to ask, per scope key; "" holds every scope.
+        self._held_until: dict[str, float] = {}
         self._slots = asyncio.Semaphore(CONCURRENCY)
         # Why some upload times are unknown now; None while GitLab answers.
         self.problem: str | None = None
+        self._db_warn = Throttled(log)
 
     async def fill(self, scope: Scope, name: str, project: Project) -> Project:
         """`project` (a page GitLab served for `name` in `scope`) with every size and upload
@@ -101,31 +107,53 @@ class UploadTimes:
         files = list(project.files)
         known = await self._known(files[i].sha256 or "" for i in asked)
         missing = _apply(files, asked, known)
-        if missing and self._may_ask():
+        if missing and self._may_ask(scope):
             versions = {v for i in missing if (v := version_of(files[i].filename)) is not None}
             learnt = await self._learn(scope, normalize(name), versions)
             if learnt:
-                await self.store.put_upload_times(learnt.values())
                 _apply(files, missing, learnt)
+                await self._keep(learnt.values())
         if files == list(project.files):
             return project
         return project.with_files(tuple(files))
 
     async def _known(self, sha256s: Iterable[str]) -> dict[FileKey, UploadTimeRow]:
-        return {(r.sha256, r.filename): r for r in await self.store.upload_times(sha256s)}
+        try:
+            rows = await self.store.upload_times(sha256s)
+        except sqlite3.Error as e:
+            # The page still comes; GitLab is asked what the index cannot say.
+            self._db_warn.log(logging.WARNING, "could not read upload times: %s", e)
+            return {}
+        return {(r.sha256, r.filename): r for r in rows}
 
-    def _may_ask(self) -> bool:
+    async def _keep(self, rows: Iterable[UploadTimeRow]) -> None:
+        try:
+            await self.store.put_upload_times(rows)
+        except sqlite3.Error as e:
+            # A full disk must not cost the client the page: this fetch's copy has them.
+            self._db_warn.log(logging.WARNING, "could not store upload times: %s", e)
+
+    def _may_ask(self, scope: Scope) -> bool:
         if self.upstream.offline:
             return False
         if (unusable := self.policy.rest_unusable) is not None:
             self._report(f"upload times unknown: {unusable}; {_TOKEN_ADVICE}")
             return False
-        return self._clock() >= self._held_until
+        now = self._clock()
+        return all(now >= self._held_until.get(key, now) for key in ("", scope.key))
+
+    def _hold(self, scope: Scope, hold: _Hold) -> None:
+        now = self._clock()
+        for key in [k for k, until in self._held_until.items() if until <= now]:
+            del self._held_until[key]
+        key = scope.key if hold == "scope" else ""
+        self._held_until[key] = now + (self._retry if hold == "retry" else self._recheck)
 
     async def _learn(
         self, scope: Scope, name: str, versions: set[Version]
     ) -> dict[FileKey, UploadTimeRow]:
-        """What GitLab says of the files of these versions; {} when it will not say."""
+        """What GitLab says of the files of these versions: all of it, or what it said before
+        it refused or failed (then `problem` says why)."""
         if not versions:
             return {}
         learnt: dict[FileKey, UploadTimeRow] = {}
@@ -141,7 +169,8 @@ class UploadTimes:
             if problems := [o for o in outcomes if isinstance(o, BaseException)]:
                 raise problems[0]
         except _Unknown as e:
-            self._held_until = self._clock() + self._holds[e.hold]
+            if e.hold is not None:
+                self._hold(scope, e.hold)
             self._report(e.message)
             return learnt
         if self.problem is not None:
@@ -213,7 +242,7 @@ class UploadTimes:
             try:
                 answer = await self.upstream.get_api(path, query, self.policy.rest_authorization)
             except Offline:
-                raise _Unknown("upload times unknown: the proxy is offline", hold="none") from None
+                raise _Unknown("upload times unknown: the proxy is offline", hold=None) from None
             except ProxyError as e:
                 raise _Unknown(
                     f"upload times unknown for some pages: GitLab's Packages API failed "
@@ -233,7 +262,7 @@ class UploadTimes:
             raise _Unknown(
                 "upload times unknown for some pages: GitLab's Packages API answered 404 for "
                 f"{setting} (it hides projects and groups a token cannot read); {_TOKEN_ADVICE}",
-                hold="none",
+                hold="scope",
             )
         if answer.status != 200:
             raise _Unknown(

@@ -13,6 +13,7 @@ from tests.support.fake_gitlab import FakeGitLab
 from tests.support.harness import ProxyFactory, pip_install
 from tests.support.nginx import (
     NGINX,
+    README_LISTEN,
     SKIP_REASON,
     nginx_conf,
     readme_snippet,
@@ -24,7 +25,6 @@ from tests.support.nginx import (
 pytestmark = pytest.mark.skipif(NGINX is None, reason=SKIP_REASON)
 
 # The README's example values, replaced by this test's own.
-README_LISTEN = "listen 80;"
 README_PROXY = "http://127.0.0.1:8080;"
 README_CACHE = "/var/cache/gitlab-pypi-proxy/"
 

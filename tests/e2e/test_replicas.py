@@ -17,9 +17,8 @@ from tests.support.harness import TOKEN, pip_install, twine
 from tests.support.nginx import (
     NGINX,
     SKIP_REASON,
+    balancer_snippet,
     nginx_conf,
-    readme_snippet,
-    replaced,
     start_nginx,
     stop_nginx,
 )
@@ -28,9 +27,7 @@ from tests.support.wheels import make_wheel
 
 pytestmark = pytest.mark.skipif(NGINX is None, reason=SKIP_REASON)
 
-# The README's example values, replaced by this test's own.
-README_LISTEN = "listen 80;"
-README_REPLICAS = ("server 10.0.0.11:8080", "server 10.0.0.12:8080", "server 10.0.0.13:8080")
+REPLICAS = ("server 10.0.0.11:8080", "server 10.0.0.12:8080", "server 10.0.0.13:8080")
 REPLICAS = ("one", "two", "three")
 LIBRARIES = [f"corp-lib{i}" for i in range(6)]
 # corp-app and every library it requires: one wheel each.
@@ -48,18 +45,6 @@ class Cluster:
     @property
     def index(self) -> str:
         return self.url + SIMPLE
-
-
-def configure(port: int, replica_ports: list[int], prefix: Path) -> str:
-    """The README's balancer snippet, on this test's ports."""
-    values = {README_LISTEN: f"listen 127.0.0.1:{port};"}
-    values.update(
-        {
-            example: f"server 127.0.0.1:{p}"
-            for example, p in zip(README_REPLICAS, replica_ports, strict=True)
-        }
-    )
-    return nginx_conf(replaced(readme_snippet("consistent;"), values), prefix)
 
 
 @contextlib.asynccontextmanager
@@ -82,7 +67,8 @@ async def cluster(gitlab: FakeGitLab, redis: RedisServer, tmp_path: Path) -> Asy
             replicas.append(await ServeProcess.from_config(config, port))
         prefix, port = tmp_path / "nginx", free_port()
         prefix.mkdir()
-        (prefix / "nginx.conf").write_text(configure(port, [r.port for r in replicas], prefix))
+        balancer = balancer_snippet(port, [replica.port for replica in replicas])
+        (prefix / "nginx.conf").write_text(nginx_conf(balancer, prefix))
         nginx = await start_nginx(prefix, port)
         yield Cluster(replicas, f"http://127.0.0.1:{port}", prefix)
     finally:

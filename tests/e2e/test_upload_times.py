@@ -6,15 +6,16 @@ import asyncio
 import json
 import logging
 from datetime import datetime
+from html import escape
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.clients import installed
-from tests.support.fake_gitlab import FakeFile, FakeGitLab
+from tests.support.fake_gitlab import FakeFile, FakeGitLab, FakePublicIndex
 from tests.support.harness import TOKEN, ProxyFactory, RunningProxy, pip_install, uv_pip_install
-from tests.support.http import JSON_V1, PROJECT_PAGE, basic, get
+from tests.support.http import JSON_V1, PROJECT_PAGE, basic, get, host_of, wheel_url
 
 GROUP_PAGE = "/api/v4/groups/7/-/packages/pypi/simple/"
 DEPLOY_TOKEN = "gldt-deploy-token-abcdef123456"
@@ -110,6 +111,8 @@ async def test_deploy_token_leaves_times_absent_says_so_once_and_recovers(
         assert len(degraded) == 1
         assert degraded[0].startswith("upload times unknown: GitLab refuses the Packages API")
         assert "read_api" in degraded[0] and "deploy token" in degraded[0]
+        # The status page shows it too.
+        assert escape(degraded[0]).encode() in (await get(proxy.url + "/-/status"))[2]
         warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
         assert [r.getMessage() for r in warnings] == degraded
         assert DEPLOY_TOKEN not in caplog.text
@@ -177,6 +180,23 @@ async def test_a_failing_packages_api_costs_no_page(
     assert json.loads((await get(proxy.url + "/-/ready"))[2])["degraded"] == []
 
 
+async def test_public_files_are_never_asked_about(
+    gitlab: FakeGitLab, public: FakePublicIndex, make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    public.add_wheel("tiny-json", "1.0.0")
+    # HTML only: its files come without upload times, and still GitLab is not asked about them.
+    public.offers_json = False
+    forwarding = {"forwarding": "cache", "forward_hosts": (host_of(public),)}
+    # Forwarded to the public index, and the Dependency Firewall's rewritten public page.
+    proxy = await make_proxy(tmp_path / "a", upstream=forwarding)
+    assert (await json_page(proxy, PROJECT_PAGE + "tiny-json/"))["files"]
+    gitlab.firewall = True
+    firewalled = await make_proxy(tmp_path / "b", upstream=forwarding)
+    page = await json_page(firewalled, PROJECT_PAGE + "tiny-json/")
+    assert page["files"] and gitlab.counts["firewall"] == 0
+    assert api_calls(gitlab) == 0
+
+
 def add_versions(gitlab: FakeGitLab, count: int, first: int = 0) -> None:
     for minor in range(first, first + count):
         content = f"many {minor}".encode()
@@ -208,17 +228,26 @@ async def test_packages_api_calls_first_fetch_refetch_and_one_new_upload(
     assert api_calls(gitlab) == 303 + 2
 
 
-async def test_a_restarted_proxy_keeps_what_it_learnt(
+async def test_a_restarted_or_offline_proxy_keeps_what_it_learnt(
     gitlab: FakeGitLab, make_proxy: ProxyFactory, tmp_path: Path
 ) -> None:
-    uploaded(gitlab, "1.0", "2026-02-01T00:00:00+00:00")
+    wheel = uploaded(gitlab, "1.0", "2026-02-01T00:00:00+00:00")
     first = await make_proxy(tmp_path / "cache")
     await json_page(first, PROJECT_PAGE + "corp-util/")
+    # Cached, so an offline mirror lists it.
+    assert (await get(wheel_url(first, wheel)))[0] == 200
     calls = api_calls(gitlab)
     await first.stop()
     again = await make_proxy(tmp_path / "cache", cache={"index_ttl": 0})
     page = await json_page(again, PROJECT_PAGE + "corp-util/")
     assert page["files"][0]["upload-time"] == "2026-02-01T00:00:00.000000Z"
+    assert api_calls(gitlab) == calls
+    await again.stop()
+    # Offline, the stored page carries them: they were learnt before it was kept.
+    offline = await make_proxy(tmp_path / "cache", cache={"offline": True})
+    page = await json_page(offline, PROJECT_PAGE + "corp-util/")
+    assert page["files"][0]["upload-time"] == "2026-02-01T00:00:00.000000Z"
+    assert page["files"][0]["size"] > 0
     assert api_calls(gitlab) == calls
 
 

@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 README = Path(__file__).parents[2] / "README.md"
@@ -13,6 +14,9 @@ NGINX = shutil.which("nginx") or next(
     (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
 )
 SKIP_REASON = "needs nginx (apt-get install -y nginx-light)"
+README_LISTEN = "listen 80;"
+# The README's replicas: `server 10.0.0.1N:8080 <parameters>;`, one line each.
+_README_REPLICA = re.compile(r"^( *)server 10\.0\.0\.1\d:8080( [^;\n]*)?;\n", re.MULTILINE)
 
 
 def readme_snippet(marker: str) -> str:
@@ -31,7 +35,21 @@ def replaced(snippet: str, replacements: dict[str, str]) -> str:
     return snippet
 
 
-def nginx_conf(http: str, prefix: Path) -> str:
+def balancer_snippet(port: int, replica_ports: Sequence[int]) -> str:
+    """The README's replicas behind nginx, listening on `port`, one `server` line per replica."""
+    snippet = readme_snippet("consistent;")
+    found = list(_README_REPLICA.finditer(snippet))
+    assert len(found) == 3, "the README's balancer names three replicas, one line each"
+    start, end = found[0].start(), found[-1].end()
+    assert snippet[start:end] == "".join(m.group(0) for m in found), "and lists them together"
+    indent, parameters = found[0].group(1), found[0].group(2) or ""
+    lines = "".join(f"{indent}server 127.0.0.1:{p}{parameters};\n" for p in replica_ports)
+    return replaced(
+        snippet[:start] + lines + snippet[end:], {README_LISTEN: f"listen 127.0.0.1:{port};"}
+    )
+
+
+def nginx_conf(http: str, prefix: Path, *, access_log: bool = True) -> str:
     """A whole nginx.conf running in the foreground from `prefix`, with `http` in its http {}."""
     temp = "\n".join(
         f"    {kind}_temp_path {prefix / kind};"
@@ -39,10 +57,11 @@ def nginx_conf(http: str, prefix: Path) -> str:
     )
     # As root, workers would otherwise drop to `nobody`, which cannot read pytest's tmp dirs.
     user = "user root;\n" if os.geteuid() == 0 else ""
+    access = prefix / "access.log" if access_log else "off"
     return (
         f"{user}daemon off;\nworker_processes 1;\npid {prefix / 'nginx.pid'};\n"
         f"error_log {prefix / 'error.log'} info;\nevents {{ worker_connections 256; }}\n"
-        f"http {{\n    access_log {prefix / 'access.log'};\n{temp}\n{http}\n}}\n"
+        f"http {{\n    access_log {access};\n{temp}\n{http}\n}}\n"
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 from pathlib import Path
 
 REDIS_SERVER = shutil.which("redis-server") or next(
@@ -61,9 +62,20 @@ class RedisServer:
             return
         raise AssertionError("redis-server did not start listening")
 
+    def pause(self) -> None:
+        """SIGSTOP: connections stay open and nothing answers, as across a network partition."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
     async def kill(self) -> None:
         """SIGKILL: Redis gone without a word, as when its node dies."""
         if self.proc is not None and self.proc.returncode is None:
             self.proc.kill()
+            # A stopped process dies of SIGKILL too; SIGCONT lets the kernel reap it at once.
+            self.proc.send_signal(signal.SIGCONT)
             await self.proc.wait()
         self.proc = None

@@ -138,3 +138,20 @@ async def test_a_404_is_remembered_for_negative_ttl(rig: Rig) -> None:
     with pytest.raises(UpstreamStatus):
         await rig.cache.project(SCOPE, "absent", rig.caller)
     assert len(rig.upstream.page_calls) == 2
+
+
+async def test_a_project_page_asks_the_rest_api_about_its_files_with_the_proxys_token(
+    rig: Rig,
+) -> None:
+    result = await rig.cache.project(SCOPE, "demo", rig.caller)
+    # The in-memory upstream's API answers 404: the page comes, without times, saying why.
+    assert result.project.files[0].upload_time is None
+    assert [(path, auth) for path, _, auth in rig.upstream.api_calls] == [
+        ("/api/v4/projects/42/packages", "Private-Token secret")
+    ]
+    assert rig.cache.times.problem is not None and "404" in rig.cache.times.problem
+    # An index page lists no files: nothing to ask.
+    index = b'<html><body><a href="http://gitlab.test/simple/demo">demo</a></body></html>'
+    rig.upstream.serve(rig.upstream.url_for(SCOPE, "simple"), index)
+    await rig.cache.index(SCOPE, rig.caller)
+    assert len(rig.upstream.api_calls) == 1

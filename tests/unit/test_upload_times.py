@@ -188,7 +188,9 @@ async def test_a_refused_token_is_asked_again_only_after_recheck(rig: Rig) -> No
     assert rig.times.problem is None
 
 
-async def test_a_failure_is_retried_sooner_and_a_hidden_scope_at_once(rig: Rig) -> None:
+async def test_a_failure_is_retried_sooner_and_a_hidden_scope_holds_only_itself(
+    rig: Rig,
+) -> None:
     wheel = rig.gitlab.add_wheel(42, "corp-util", "1.0")
     rig.gitlab.api_fail_status = 503
     await rig.fill([wheel])
@@ -204,7 +206,11 @@ async def test_a_failure_is_retried_sooner_and_a_hidden_scope_at_once(rig: Rig) 
         0
     ].upload_time is None
     assert rig.times.problem is not None and "404" in rig.times.problem
+    calls = rig.calls
+    await rig.times.fill(Scope("projects", "999"), "corp-util", listed([other]))
+    assert rig.calls == calls  # that scope is asked again only after recheck
     assert (await rig.fill([other])).files[0].upload_time is not None
+    assert rig.calls == calls + 2
 
 
 async def test_at_most_concurrency_calls_are_in_flight(rig: Rig) -> None:
@@ -242,3 +248,23 @@ async def test_a_schema_2_index_gains_the_table_in_place_or_reads_it_empty(
         await store.close()
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+
+
+async def test_an_index_that_fails_costs_neither_the_page_nor_the_times(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    wheel = rig.gitlab.add_wheel(42, "corp-util", "1.0")
+    # Every read and write of the table now fails, as on a damaged index.
+    await rig.store.db.execute("DROP TABLE upload_times")
+    project = await rig.fill([wheel])
+    assert project.files[0].upload_time is not None
+    # Read and write both failed; said once (at most once a minute).
+    warnings = [r.getMessage() for r in caplog.records if r.name == "proxy.upload_times"]
+    assert len(warnings) == 1 and warnings[0].startswith("could not read upload times")
+
+
+async def test_a_scope_named_by_its_encoded_path_is_asked_as_named(rig: Rig) -> None:
+    wheel = rig.gitlab.add_wheel(42, "corp-util", "1.0")
+    project = await rig.fill([wheel], Scope("projects", "platform%2Ftools"))
+    assert project.files[0].upload_time is not None
+    assert rig.gitlab.api_requests[0].path.startswith("/api/v4/projects/platform%2Ftools/packages?")
