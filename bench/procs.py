@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import importlib.util
 import json
 import os
 import shutil
@@ -153,14 +154,17 @@ async def start_proxy(
     name: str = "proxy",
     access_log: bool | None = None,
     workers: int | None = None,
+    extra_env: Mapping[str, str] | None = None,
 ) -> Server:
-    """`python -m proxy serve` as a user runs it; `access_log`/`workers` override the defaults."""
+    """`python -m proxy serve` as a user runs it; `access_log`/`workers` override the defaults,
+    `extra_env` adds variables (a `[storage]` section and its AWS credentials)."""
     port = free_port()
     env = clean_env(
         GITLAB_PYPI_PROXY_UPSTREAM_URL=upstream,
         GITLAB_PYPI_PROXY_UPSTREAM_USERNAME=USERNAME,
         GITLAB_PYPI_PROXY_UPSTREAM_TOKEN=token,
         GITLAB_PYPI_PROXY_CACHE_DIR=str(cache_dir),
+        **(extra_env or {}),
     )
     if access_log is not None:
         env["GITLAB_PYPI_PROXY_SERVER_ACCESS_LOG"] = str(access_log).lower()
@@ -190,6 +194,8 @@ def missing_requirements(figures: frozenset[int]) -> list[str]:
                 f"{tool} next to {sys.executable} (figure {figure} installs with it): "
                 "pip install -e '.[test]'"
             )
+    if 11 in figures and importlib.util.find_spec("moto") is None:
+        missing.append("moto (figure 11 runs its S3 server): pip install -e '.[test]'")
     return sorted(set(missing))
 
 

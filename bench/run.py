@@ -25,6 +25,20 @@ from bench.report import machine, render
 DATA_DIR = procs.REPO / "bench" / ".data"
 
 
+# Where BENCHMARKS.md's sections from other scripts (bench/s3client.py) start: a run keeps them.
+APART = "\n## Measured apart"
+
+
+def _measured_apart(out: Path) -> str:
+    """The sections of `out` that other scripts measured, kept as they are."""
+    try:
+        text = out.read_text()
+    except FileNotFoundError:
+        return ""
+    at = text.find(APART)
+    return text[at:] if at >= 0 else ""
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bench/run.py", description="The proxy side by side with proxpi and nginx."
@@ -51,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _options(args: argparse.Namespace) -> Options:
-    only = frozenset(range(1, 11))
+    only = frozenset(range(1, 12))
     if args.only:
         only = frozenset(int(n) for n in args.only.split(","))
     return Options(
@@ -94,6 +108,7 @@ async def _run(options: Options, processes: procs.Processes, out: Path, command:
             (8, bench.figure_big_resolve),
             (9, bench.figure_cluster_fetches),
             (10, bench.figure_cluster_hits),
+            (11, bench.figure_shared_tier),
         ]
         for number, step in steps:
             if number in options.only:
@@ -104,6 +119,7 @@ async def _run(options: Options, processes: procs.Processes, out: Path, command:
     finally:
         await bench.close()
     report = render(figures, options, command, machine(wrk, nginx, load_at_start), load.name)
+    report += _measured_apart(out)
     out.write_text(report)
     print(f"wrote {out} in {time.monotonic() - started:.0f} s", flush=True)
     return report

@@ -26,6 +26,7 @@ from .metadata import CoreMetadata
 from .metrics import Metrics, metrics_middleware
 from .pages import PageCache
 from .rendering import PageRenderer
+from .shared_tier import open_shared_tier
 
 # How the index opened, and why not read-write: the file cache and the background tasks need it.
 _OPENED: web.AppKey[tuple[CacheMode, str]] = web.AppKey("opened")
@@ -47,7 +48,7 @@ def create_app(settings: Settings, metrics_dir: Path | None = None) -> web.Appli
     app[keys.METRICS] = metrics
     # One context per resource, in the order they depend on each other: when one fails to
     # start, aiohttp's cleanup closes those before it, in reverse.
-    app.cleanup_ctx.extend([_index, _session, _files, _pages, _cluster, _background])
+    app.cleanup_ctx.extend([_index, _session, _shared, _files, _pages, _cluster, _background])
     handlers.add_routes(app)
     return app
 
@@ -83,6 +84,19 @@ async def _session(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def _shared(app: web.Application) -> AsyncIterator[None]:
+    """The shared tier behind the local disk (storage.url), or None; its uploads end last."""
+    settings = app[keys.SETTINGS]
+    async with open_shared_tier(settings.storage, app[keys.METRICS]) as tier:
+        app[keys.SHARED] = tier
+        app[keys.METRICS].shared_tier_on = tier is not None
+        try:
+            yield
+        finally:
+            if tier is not None:
+                await tier.close(settings.server.shutdown_grace)
+
+
 async def _files(app: web.Application) -> AsyncIterator[None]:
     """The file cache, reconciled with the disk, and the core metadata derived from it."""
     settings = app[keys.SETTINGS]
@@ -97,6 +111,7 @@ async def _files(app: web.Application) -> AsyncIterator[None]:
         app[keys.UPSTREAM],
         metrics,
         events=events,
+        shared=app[keys.SHARED],
     )
     files.health.opened(mode, reason)
     # Until the yield nothing of theirs runs that close() would have to wait for or write.
@@ -119,7 +134,7 @@ async def _pages(app: web.Application) -> AsyncIterator[None]:
     upstream = app[keys.UPSTREAM]
     gate = Gatekeeper(settings.upstream, upstream)
     app[keys.GATE] = gate
-    pages = PageCache(settings, upstream, app[keys.STORE], gate)
+    pages = PageCache(settings, upstream, app[keys.STORE], gate, shared=app[keys.SHARED])
     app[keys.PAGES] = pages
     app[keys.RENDERER] = PageRenderer(app[keys.FILES], app[keys.METADATA], pages.policy)
     yield

@@ -45,6 +45,10 @@ class BlobWriter(Protocol):
     def verified(self) -> bool:
         """Whether the bytes written so far hash to the blob's sha256."""
 
+    def rewind(self) -> None:
+        """Write from byte 0 again, with a new digest: a fill that starts its bytes over. What
+        is there stays until overwritten (readers compare against it); commit cuts the rest."""
+
     async def commit(self) -> Path:
         """Make the written bytes the blob, durably; BlobMismatch unless `verified()`.
 
@@ -285,20 +289,31 @@ class LocalBlobWriter:
         self._fd: int | None = fd
         self._digest = hashlib.sha256()
         self._committed = False
+        # Bytes written since the start (or the last rewind): the file's length at commit.
+        self._length = 0
 
     async def write(self, chunk: bytes) -> None:
         assert self._fd is not None, "written after commit or abort"
         # A slow disk must not stall every other client on the event loop.
         await asyncio.to_thread(write_all, self._fd, chunk)
         self._digest.update(chunk)
+        self._length += len(chunk)
 
     def verified(self) -> bool:
         return self._digest.hexdigest() == self.sha256
+
+    def rewind(self) -> None:
+        assert self._fd is not None, "rewound after commit or abort"
+        os.lseek(self._fd, 0, os.SEEK_SET)
+        self._digest = hashlib.sha256()
+        self._length = 0
 
     async def commit(self) -> Path:
         if not self.verified():
             raise BlobMismatch(f"{self.path.name} does not hash to {self.sha256}")
         assert self._fd is not None, "committed after abort"
+        # After a rewind, what the first attempt wrote past this attempt's end is not the blob.
+        await asyncio.to_thread(os.ftruncate, self._fd, self._length)
         await asyncio.to_thread(os.fsync, self._fd)
         # The rename stays on the event loop: readers there open either name, never neither.
         final = self.blobs.commit(self.path, self.sha256)

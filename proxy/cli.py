@@ -28,6 +28,8 @@ from .blobs import BlobStore, LocalBlobStore
 from .config import ConfigError, Settings, load_settings
 from .connections import ConnectionGuard, capacity_for, raise_open_files_limit
 from .log import ACCESS_LOGGER, MIN_SECRET_LENGTH, announce_start, setup_logging
+from .metrics import Metrics
+from .shared_tier import TierFailed, open_shared_tier
 from .store import DB_NAME, Store
 from .workers import exec_supervisor
 
@@ -96,7 +98,10 @@ def _parser() -> argparse.ArgumentParser:
         help="make a new random token, print it on stderr and its hash line on stdout",
     )
     verify = _command(
-        commands, "verify", "re-hash every cached file; remove and list bad ones (exit 1 if any)"
+        commands,
+        "verify",
+        "re-hash every cached file (and the shared tier's, with storage.url); "
+        "remove and list bad ones (exit 1 if any)",
     )
     verify.add_argument("--quiet", action="store_true", help="no progress bar")
     _command(commands, "gc", "evict least recently used files beyond cache.max_size now")
@@ -302,6 +307,13 @@ async def _verify(settings: Settings, quiet: bool) -> int:
             report = await maintenance.verify(store, blobs, lambda n: progress.advance(task, n))
     finally:
         await store.close()
+    if settings.storage.url:
+        tier_report = await _verify_shared(settings, quiet)
+        if tier_report is None:
+            return 1
+        report.checked += tier_report.checked
+        report.checked_bytes += tier_report.checked_bytes
+        report.bad += tier_report.bad
     for line in report.bad:
         print(f"bad (removed): {line}")
     for line in report.missing:
@@ -311,6 +323,26 @@ async def _verify(settings: Settings, quiet: bool) -> int:
         f"{len(report.bad)} bad, {len(report.missing)} missing, {report.skipped} busy"
     )
     return 0 if report.ok else 1
+
+
+async def _verify_shared(settings: Settings, quiet: bool) -> maintenance.VerifyReport | None:
+    """The shared tier's objects re-hashed, bad ones removed; None when it does not answer."""
+    from rich.progress import DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    async with open_shared_tier(settings.storage, Metrics()) as tier:
+        assert tier is not None
+        with Progress(
+            TextColumn(f"verifying {settings.storage.url}"),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            disable=quiet,
+        ) as progress:
+            task = progress.add_task("verify", total=None)
+            try:
+                return await maintenance.verify_shared(tier, lambda n: progress.advance(task, n))
+            except TierFailed as e:
+                print(f"gitlab-pypi-proxy: {e}", file=sys.stderr)
+                return None
 
 
 async def _gc(settings: Settings) -> int:

@@ -180,6 +180,18 @@ class PolicySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class StorageSettings:
+    # "s3://bucket[/prefix]": a shared tier behind the local disk; empty: the local disk only.
+    url: str = ""
+    # An S3-compatible endpoint (MinIO, Ceph RGW...); empty: AWS. Credentials come from the
+    # standard AWS environment, never from this file.
+    endpoint_url: str = ""
+    region: str = ""
+    # Seconds to connect and between bytes: a slow tier is skipped for GitLab, not waited on.
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
@@ -187,6 +199,7 @@ class Settings:
     access: AccessSettings = field(default_factory=AccessSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
 
 
 _SECTIONS: dict[str, type[Any]] = {
@@ -196,6 +209,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "access": AccessSettings,
     "cluster": ClusterSettings,
     "policy": PolicySettings,
+    "storage": StorageSettings,
 }
 # Kubernetes' service links, after the service's name: `_SERVICE_HOST`, `_PORT_8080_TCP_ADDR`...
 _SERVICE_LINK_RE = re.compile(
@@ -389,6 +403,7 @@ def _validate(settings: Settings) -> None:
         )
     if (conflict := credentials.tokens_file_conflict(settings)) is not None:
         raise ConfigError(conflict)
+    _validate_storage(settings.storage)
     for scope in settings.access.allow:
         if not re.match(r"^(projects|groups)/[^/]+$", scope):
             raise ConfigError(f"access.allow: {scope!r} is not 'projects/ID' or 'groups/ID'")
@@ -428,6 +443,31 @@ def redis_url_problem(text: str) -> str | None:
     if database and not database.isdigit():
         return "its path must be a database number"
     return None
+
+
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+def _validate_storage(storage: StorageSettings) -> None:
+    if storage.url:
+        url = yarl.URL(storage.url)
+        if (
+            url.scheme != "s3"
+            or not _BUCKET_RE.fullmatch(url.raw_host or "")
+            or url.user is not None
+            or url.port is not None
+            or url.query_string
+            or url.fragment
+        ):
+            raise ConfigError(f"storage.url: {storage.url!r} is not s3://bucket[/prefix]")
+    if storage.endpoint_url:
+        endpoint = yarl.URL(storage.endpoint_url)
+        if endpoint.scheme not in ("http", "https") or not endpoint.host or endpoint.user:
+            raise ConfigError(
+                f"storage.endpoint_url: {storage.endpoint_url!r} is not an http(s) URL"
+            )
+    if storage.timeout <= 0:
+        raise ConfigError("storage.timeout: must be more than 0 seconds")
 
 
 def _ci_defaults(env: Mapping[str, str], configured: Mapping[str, Any]) -> dict[str, Any]:

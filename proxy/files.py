@@ -8,6 +8,7 @@ import enum
 import errno
 import hashlib
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Mapping
@@ -41,6 +42,7 @@ from .fill import (
 from .locks import FileLock
 from .memorytier import MemoryTier
 from .metrics import Metrics
+from .shared_tier import SharedTier, TierBlob, TierFailed
 from .store import Store
 from .upstream import Upstream, fingerprint
 
@@ -116,8 +118,11 @@ class FileCache:
         metrics: Metrics,
         *,
         events: FileEvents | None = None,
+        shared: SharedTier | None = None,
     ) -> None:
         self.settings = settings
+        # Asked on a local miss before GitLab; given every blob verified from GitLab.
+        self.shared = shared
         self.blobs = blobs
         self.store = store
         self.upstream = upstream
@@ -353,7 +358,10 @@ class FileCache:
         if admission is None:
             return fill
         await fill.headers_known()
-        if fill.started:
+        if fill.started and fill.from_shared:
+            # Bytes another replica downloaded: GitLab has not answered this client yet.
+            await admission.admit()
+        elif fill.started:
             admission.answered(None)
         elif fill.outcome is Outcome.ADOPTED:
             # Adopted from another worker's download: GitLab never answered this client.
@@ -450,6 +458,7 @@ class FileCache:
         fill.finish(fill.path)
         self.events.fill_started(fill)
         self.grown.set()
+        self._share(sha256, filename, len(body))
 
     async def respond_blob(
         self, request: web.Request, sha256: str, filename: str, *, private: bool
@@ -556,18 +565,9 @@ class FileCache:
             lock = await self.blobs.lock(fill.sha256)
             if await self._adopt(fill):
                 return
-            async with self.upstream.open_file(source, authorization) as resp:
-                size = resp.content_length
-                # Without a Content-Length the reserve is checked as the file grows, chunk by
-                # chunk, instead of once for its whole size.
-                if not self.health.room_for(size or 0):
-                    raise CacheUnwritable(f"no room in the cache for {fill.filename}")
-                fill.mark_started(size)
-                async for chunk in resp.content.iter_chunked(CHUNK):
-                    if size is None and not self.health.room_for(len(chunk)):
-                        raise CacheUnwritable(f"no room left in the cache for {fill.filename}")
-                    await writer.write(chunk)
-                    fill.advance(len(chunk))
+            overwrites = await self._fill_from_shared(fill, writer)
+            if overwrites is not None:
+                await self._fill_from_upstream(fill, writer, source, authorization, overwrites)
             if fill.size is not None and fill.written != fill.size:
                 raise self._bad_file(
                     f"upstream sent {fill.written} of {fill.size} bytes for {fill.filename}"
@@ -584,6 +584,8 @@ class FileCache:
             fill.finish(final)
             self.grown.set()
             self.events.verified(fill.sha256, fill.filename)
+            if not fill.from_shared:
+                self._share(fill.sha256, fill.filename, fill.written)
         except CacheUnwritable as e:
             fill.fail(e)
         except ProxyError as e:
@@ -605,13 +607,96 @@ class FileCache:
             fill.fail(CacheUnwritable(f"could not write {fill.filename} to the cache"))
         finally:
             writer.abort()
-            self.metrics.fetched("file", fill.written)
+            if not fill.from_shared:
+                self.metrics.fetched("file", fill.written)
             if fill.state is FillState.RUNNING:
                 fill.fail(UpstreamError(f"fill of {fill.filename} was interrupted"))
             self._fills.pop(fill.sha256, None)
             self.metrics.fills_changed(len(self._fills))
             if lock is not None:
                 lock.release()
+
+    def _share(self, sha256: str, filename: str, size: int) -> None:
+        """Put a blob verified from GitLab to the shared tier, in the background."""
+        if self.shared is not None:
+            self.shared.upload_blob(sha256, filename, size, lambda: self.blobs.open(sha256))
+
+    async def in_shared_tier(self, sha256: str, filename: str) -> bool:
+        """Whether the shared tier holds this file, so a fill would not ask GitLab for it."""
+        return self.shared is not None and await self.shared.holds(sha256, filename)
+
+    async def _fill_from_shared(self, fill: Fill, writer: BlobWriter) -> int | None:
+        """Fill from the shared tier if it holds the blob under this name.
+
+        Its bytes go through the same writer as GitLab's: hashed as they land, the last one held
+        back from readers until the whole verifies. None once they verified; else how many bytes
+        of a copy that failed (0: no copy) GitLab's bytes must be checked against."""
+        if self.shared is None:
+            return 0
+        found = await self.shared.open_blob(fill.sha256, fill.filename)
+        if found is None:
+            return 0
+        try:
+            if await self._copy_shared(fill, writer, found):
+                return None
+        finally:
+            # However this ends, its connection goes back at once.
+            found.close()
+        writer.rewind()
+        return fill.restart()
+
+    async def _copy_shared(self, fill: Fill, writer: BlobWriter, found: TierBlob) -> bool:
+        """The tier's bytes into the writer; whether they verified (a copy that did not is
+        removed from the bucket)."""
+        assert self.shared is not None
+        if not self.health.room_for(found.size):
+            raise CacheUnwritable(f"no room in the cache for {fill.filename}")
+        fill.from_shared = True
+        fill.mark_started(found.size)
+        try:
+            async for chunk in found.chunks():
+                await writer.write(chunk)
+                fill.advance(len(chunk))
+                if fill.written > found.size:
+                    break
+        except TierFailed as e:
+            log.warning(
+                "fill of %s from the shared tier failed (%s): from GitLab", fill.filename, e
+            )
+            return False
+        if fill.written == found.size and writer.verified():
+            return True
+        log.error("shared tier: %s did not verify; removed from the bucket", fill.filename)
+        self.metrics.shared_tier("bad")
+        await self.shared.discard_blob(fill.sha256)
+        return False
+
+    async def _fill_from_upstream(
+        self,
+        fill: Fill,
+        writer: BlobWriter,
+        source: yarl.URL,
+        authorization: str | None,
+        overwrites: int,
+    ) -> None:
+        """GitLab's bytes into the writer; the first `overwrites` of them, over the shared tier's
+        that failed, are compared with those, so readers sent them only go on if they match."""
+        with contextlib.ExitStack() as stack:
+            earlier = stack.enter_context(writer.path.open("rb")) if overwrites else None
+            async with self.upstream.open_file(source, authorization) as resp:
+                size = resp.content_length
+                # Without a Content-Length the reserve is checked as the file grows, chunk by
+                # chunk, instead of once for its whole size.
+                if not self.health.room_for(size or 0):
+                    raise CacheUnwritable(f"no room in the cache for {fill.filename}")
+                fill.mark_started(size)
+                async for chunk in resp.content.iter_chunked(CHUNK):
+                    if size is None and not self.health.room_for(len(chunk)):
+                        raise CacheUnwritable(f"no room left in the cache for {fill.filename}")
+                    if earlier is not None and fill.written < overwrites:
+                        _compare(fill, earlier, chunk, overwrites)
+                    await writer.write(chunk)
+                    fill.advance(len(chunk))
 
     def _bad_file(self, message: str) -> UpstreamError:
         self.metrics.upstream_failed("file", message)
@@ -762,3 +847,13 @@ class FileCache:
                 if request.method != hdrs.METH_HEAD:
                     await relay_verified(request, response, resp, sha256, filename)
             return response
+
+
+def _compare(fill: Fill, earlier: BinaryIO, chunk: bytes, overwrites: int) -> None:
+    """Tell the fill where `chunk`, about to overwrite bytes a failed first attempt wrote at
+    `fill.written`, first differs from them (readers may have been sent those)."""
+    start = fill.written
+    had = os.pread(earlier.fileno(), min(len(chunk), overwrites - start), start)
+    if chunk[: len(had)] != had:
+        first = next(i for i, (a, b) in enumerate(zip(had, chunk, strict=False)) if a != b)
+        fill.diverged_at(start + first)

@@ -73,6 +73,12 @@ class Fill:
         self.state = FillState.RUNNING
         self.error: ProxyError | None = None
         self.started = False
+        # Read back from the shared tier, not downloaded: GitLab never answered anyone for it.
+        self.from_shared = False
+        # How often the bytes started over (the tier's copy failed, GitLab's follow), and the
+        # first byte where the new ones differ from what readers of the old ones may have had.
+        self.restarts = 0
+        self.cut_past: int | None = None
         self._changed = asyncio.Event()
 
     def _notify(self) -> None:
@@ -80,9 +86,36 @@ class Fill:
         self._changed = asyncio.Event()
 
     def mark_started(self, size: int | None) -> None:
+        if self.restarts and size != self.size:
+            # Readers of the first bytes were told another length: none of them can go on.
+            self.diverged_at(-1)
         self.size = size
         self.started = True
         self._notify()
+
+    def restart(self) -> int:
+        """Start the bytes over, from GitLab, after the shared tier's copy failed; how many
+        bytes of the first attempt readers may have been sent (all but the last)."""
+        had = self.written
+        self.written = 0
+        self.restarts += 1
+        self.from_shared = False
+        # Readers that join now wait for GitLab's headers, its length.
+        self.started = False
+        self._notify()
+        return had
+
+    def diverged_at(self, offset: int) -> None:
+        """The new bytes differ from the first attempt's at `offset`: a reader sent past it has
+        a wrong byte and is cut; one sent no further goes on with the new bytes."""
+        if self.cut_past is None or offset < self.cut_past:
+            self.cut_past = offset
+            self._notify()
+
+    def must_cut(self, restarts: int, offset: int) -> bool:
+        """Whether a reader that started at `restarts` and was sent `offset` bytes has a
+        byte the fill's new bytes contradict."""
+        return restarts != self.restarts and self.cut_past is not None and offset > self.cut_past
 
     def advance(self, nbytes: int) -> None:
         self.written += nbytes
@@ -210,7 +243,11 @@ async def stream_fill(
     transport = request.transport if fill.size is not None else None
     loop = asyncio.get_running_loop()
     offset = 0
+    restarts = fill.restarts
     while True:
+        if fill.must_cut(restarts, offset):
+            cut(request)
+            return None
         limit = fill.readable_limit()
         if offset < limit and transport is not None:
             if transport.is_closing():

@@ -27,6 +27,7 @@ from .pages import PageResult
 from .policy import Verdict, iso
 from .rendering import FORMAT_OF, Rendered
 from .scope import Scope
+from .shared_tier import SharedTier
 from .simple import is_distribution_filename, is_sha256, is_valid_name, normalize
 from .status import render_home, render_status
 from .upstream import message_of
@@ -227,6 +228,12 @@ async def file_download(request: web.Request) -> web.StreamResponse:
         (await files.learn(sha256) and files.hit(sha256, filename) is not None)
         or (fill is not None and fill.source != source)
         or (fill is None and files.filling_elsewhere(sha256))
+        # The shared tier may hold it from another replica, fetched through another scope.
+        or (
+            fill is None
+            and files.hit(sha256, filename) is None
+            and await files.in_shared_tier(sha256, filename)
+        )
         or (wants_metadata and await metadata.knows(sha256))
     )
     if checked:
@@ -312,6 +319,8 @@ async def ready(request: web.Request) -> web.StreamResponse:
         degraded.append(cluster)
     if (times := request.app[keys.PAGES].times.problem) is not None:
         degraded.append(times)
+    if (tier := request.app[keys.SHARED]) is not None and not await _tier_answers(tier):
+        degraded.append(tier.problem or "shared tier failed")
     if (refusal := token_refusal(request.app)) is not None:
         # Cached content still serves; with nothing cached an inject-mode proxy serves nothing.
         nothing_cached = request.app[keys.METRICS].cache_size()[1] == 0
@@ -339,6 +348,14 @@ def token_refusal(app: web.Application) -> str | None:
         return None
     setting = app[keys.GATE].policy.token_setting
     return f"GitLab refuses the proxy's credentials (HTTP {refused}): check {setting}"
+
+
+async def _tier_answers(tier: SharedTier) -> bool:
+    """Whether the shared tier answers: as it did moments ago, else asked now (not while it is
+    left alone after a failure)."""
+    if tier.skipping or time.monotonic() - tier.last_answer < RECENT_OK_SECONDS:
+        return tier.problem is None
+    return await tier.reachable()
 
 
 async def _upstream_reachable(request: web.Request) -> bool:

@@ -14,6 +14,7 @@ from .metadata import CoreMetadata
 from .metrics import Metrics
 from .pages import PageCache
 from .rendering import PageRenderer
+from .shared_tier import SharedTier
 from .store import Store
 from .upstream import Upstream
 
@@ -21,6 +22,8 @@ SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
 BLOBS = web.AppKey("blobs", BlobStore)
 UPSTREAM = web.AppKey[Upstream]("upstream")
+# None without storage.url: the local disk only.
+SHARED = web.AppKey[SharedTier | None]("shared_tier")
 FILES = web.AppKey("files", FileCache)
 PAGES = web.AppKey("pages", PageCache)
 GATE = web.AppKey("gate", Gatekeeper)

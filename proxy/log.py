@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -38,6 +39,8 @@ MIN_SECRET_LENGTH = 8
 MAX_USER_AGENT = 256
 REDACTED = "[REDACTED]"
 ACCESS_LOGGER = "proxy.access"
+# The shared tier's credentials, read by its S3 client from the standard AWS environment.
+_AWS_SECRETS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
@@ -98,7 +101,7 @@ def announce_start(settings: Settings) -> None:
     server = settings.server
     logging.getLogger("proxy").info(
         "gitlab-pypi-proxy %s serving http://%s:%d/ in front of %s; credentials = %s, "
-        "upstream token %s; cache in %s",
+        "upstream token %s; cache in %s%s",
         version("gitlab-pypi-proxy"),
         f"[{server.host}]" if ":" in server.host else server.host,
         server.port,
@@ -106,13 +109,15 @@ def announce_start(settings: Settings) -> None:
         up.credentials,
         "set" if up.token else "not set",
         settings.cache.dir.resolve(),
+        f", shared tier {settings.storage.url}" if settings.storage.url else "",
     )
 
 
 def setup_logging(log_format: str, secrets: Iterable[str], level: int = logging.INFO) -> None:
     """Root logging to stderr in `log_format` ('plain' or 'json'), redacting `secrets`."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(RedactingFilter(secrets))
+    aws = [os.environ[name] for name in _AWS_SECRETS if os.environ.get(name)]
+    handler.addFilter(RedactingFilter([*secrets, *aws]))
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .blobs import BlobStore
 from .eviction import EvictionReport, evict
+from .shared_tier import SharedTier, parse_page
+from .simple import is_sha256
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -97,6 +100,44 @@ async def verify(
             await store.remove_blobs([sha256])
         report.missing.append(f"{sha256} {row.filename}")
     return report
+
+
+async def verify_shared(tier: SharedTier, progress: Progress = lambda n: None) -> VerifyReport:
+    """Re-hash every blob of the shared tier and read every page copy; remove the bad ones.
+
+    `bad` lists "tier KEY"; the tier is never emptied otherwise (its lifecycle rules do that).
+    Raises TierFailed when the tier does not answer.
+    """
+    report = VerifyReport()
+    async for name, size in tier.objects("blobs"):
+        key = f"{tier.prefix}blobs/{name}"
+        actual, _ = await tier.hash_object(key, progress)
+        report.checked += 1
+        report.checked_bytes += size
+        if not is_sha256(name) or actual != name:
+            await tier.remove(key)
+            log.error("shared tier object %s does not match its sha256: removed", key)
+            report.bad.append(f"tier {key}")
+    async for name, size in tier.objects("pages"):
+        key = f"{tier.prefix}pages/{name}"
+        _, body = await tier.hash_object(key, progress)
+        report.checked += 1
+        report.checked_bytes += size
+        page = _page_key_of(body)
+        if page is None or tier.page_key(page) != key or parse_page(body, page) is None:
+            await tier.remove(key)
+            log.error("shared tier page copy %s is unreadable: removed", key)
+            report.bad.append(f"tier {key}")
+    return report
+
+
+def _page_key_of(body: bytes) -> str | None:
+    """The page key a page copy says it holds, or None when it says none."""
+    try:
+        key = json.loads(body).get("key")
+    except (ValueError, AttributeError):
+        return None
+    return key if isinstance(key, str) else None
 
 
 async def gc(store: Store, blobs: BlobStore, max_size: int) -> tuple[int, EvictionReport]:

@@ -306,7 +306,12 @@ class CoreMetadata:
                 return known
         upstream = self.files.upstream
         await self.files.learn(sha256)  # the wheel itself, if another worker cached it
-        if self.files.hit(sha256, filename) is None and not upstream.offline:
+        if (
+            self.files.hit(sha256, filename) is None
+            and not upstream.offline
+            # The shared tier's wheel is read whole: no byte of it from GitLab.
+            and not await self.files.in_shared_tier(sha256, filename)
+        ):
             on_origin = upstream.is_upstream_host(source)
             if offered is not False or not on_origin:
                 # A public index, or a parent proxy of this project, serves the metadata file

@@ -38,6 +38,7 @@ UpstreamKind = Literal["page", "file", "probe", "api"]
 PageState = Literal["HIT", "MISS", "STALE"]
 # Uploads' invalidations: told to the other replicas, not told (Redis down), heard from them.
 InvalidationKind = Literal["sent", "unsent", "received"]
+SharedTierEvent = Literal["hit", "miss", "error", "bad", "uploaded", "upload_failed", "bytes_read"]
 # Seconds: GitLab answers a simple page in tens of milliseconds when well, seconds when not.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 TOP_PACKAGES = 10
@@ -85,6 +86,8 @@ class Totals:
     upstream_errors: dict[str, int] = field(default_factory=dict)
     invalidations: dict[str, int] = field(default_factory=dict)
     redis_outages: int = 0
+    # The shared tier's answers (hit, miss, error, bad), uploads and bytes read back.
+    shared_tier: dict[str, int] = field(default_factory=dict)
     packages: Counter[str] = field(default_factory=Counter)
     recent_errors: list[UpstreamFailure] = field(default_factory=list)
     # Requests refused by the [policy] rules, by rule, and the latest of them.
@@ -158,6 +161,7 @@ class Totals:
             (self.fetched_bytes, other.fetched_bytes),
             (self.upstream_errors, other.upstream_errors),
             (self.invalidations, other.invalidations),
+            (self.shared_tier, other.shared_tier),
             (self.latency_sums, other.latency_sums),
             (self.policy_blocks, other.policy_blocks),
         ):
@@ -214,6 +218,9 @@ class Metrics:
         self.redis_outages = 0
         # None: no cluster.redis_url; else whether this worker hears the other replicas now.
         self.redis_connected: bool | None = None
+        self.shared_tier_counts: dict[str, int] = {}
+        # Set when storage.url names a tier: its counters show from the start, zeros included.
+        self.shared_tier_on = False
         self.packages: Counter[str] = Counter()
         self.recent_errors: deque[UpstreamFailure] = deque(maxlen=RECENT_ERRORS)
         self.policy_blocks: dict[str, int] = {}
@@ -269,6 +276,10 @@ class Metrics:
 
     def fetched(self, kind: Literal["page", "file"], nbytes: int) -> None:
         self.fetched_bytes[kind] += nbytes
+
+    def shared_tier(self, event: SharedTierEvent, amount: int = 1) -> None:
+        """One answer of the shared tier, an upload, or `amount` bytes read back from it."""
+        self.shared_tier_counts[event] = self.shared_tier_counts.get(event, 0) + amount
 
     def evicted(self, nbytes: int) -> None:
         """One blob evicted from the cache to stay under cache.max_size."""
@@ -334,6 +345,7 @@ class Metrics:
             upstream_errors=dict(self.upstream_errors),
             invalidations=dict(self.invalidations),
             redis_outages=self.redis_outages,
+            shared_tier=dict(self.shared_tier_counts),
             packages=Counter(self.packages),
             recent_errors=list(self.recent_errors),
             policy_blocks=dict(self.policy_blocks),
@@ -440,6 +452,28 @@ class _Collector:
         for kind, count in m.upstream_errors.items():
             errors.add_metric([kind], count)
         yield errors
+        if self.metrics.shared_tier_on or m.shared_tier:
+            answers = CounterMetricFamily(
+                f"{PREFIX}_shared_tier_requests",
+                "Shared tier look-ups: hit, miss, error (down, slow, refused), bad (removed)",
+                labels=["result"],
+            )
+            for result in ("hit", "miss", "error", "bad"):
+                answers.add_metric([result], m.shared_tier.get(result, 0))
+            yield answers
+            uploads = CounterMetricFamily(
+                f"{PREFIX}_shared_tier_uploads",
+                "Blobs and page copies put to the shared tier, or that failed to be",
+                labels=["result"],
+            )
+            uploads.add_metric(["ok"], m.shared_tier.get("uploaded", 0))
+            uploads.add_metric(["failed"], m.shared_tier.get("upload_failed", 0))
+            yield uploads
+            yield CounterMetricFamily(
+                f"{PREFIX}_shared_tier_read_bytes",
+                "Bytes of files read back from the shared tier",
+                value=m.shared_tier.get("bytes_read", 0),
+            )
         yield CounterMetricFamily(
             f"{PREFIX}_cache_evictions",
             "Files evicted to stay under cache.max_size",

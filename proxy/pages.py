@@ -34,6 +34,7 @@ from .errors import (
 from .page_key import PageKey
 from .policy import Policy, Verdict
 from .scope import Scope
+from .shared_tier import SharedTier
 from .simple import Distribution, Index, PageParseError, Project, is_sha256, project_of
 from .simple_html import parse_index_page, parse_project_page
 from .simple_json import dumps, is_json_page, parse_index_json, parse_project_json
@@ -96,6 +97,7 @@ class PageCache:
         store: Store,
         gate: Gatekeeper,
         *,
+        shared: SharedTier | None = None,
         wall_clock: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -107,6 +109,8 @@ class PageCache:
         self.upstream = upstream
         self.store = store
         self.gate = gate
+        # Last good copies go there too, for replicas that never saw a page GitLab now fails.
+        self.shared = shared
         self.policy = Policy(settings.policy)
         # A page is fresh for index_ttl from when GitLab gave it, whichever worker fetched it
         # (a copy another worker stored comes in part-way through). Offline, whatever its age.
@@ -405,7 +409,7 @@ class PageCache:
         failing = self._failing.get(failing_key)
         if failing is not None and not self.upstream.offline:
             # GitLab failed this page lately: answer now, and let one request at a time retry.
-            stored = await self._stored(key) if may_use_stored else None
+            stored = await self._last_good(key) if may_use_stored else None
             due = self._clock() >= failing.retry_at
             if stored is not None:
                 if due:
@@ -424,7 +428,7 @@ class PageCache:
             self.fresh[key] = stored
             return PageResult(stored, "HIT", key)
         except _FAILURES as e:
-            stored = await self._stored(key) if may_use_stored else None
+            stored = await self._last_good(key) if may_use_stored else None
             if stored is None:
                 raise
             log.warning("serving %s stale: %s", key, e.message)
@@ -560,6 +564,8 @@ class PageCache:
         except sqlite3.Error as e:
             # A full disk must not cost the client the page it is about to get.
             self._db_warn.log(logging.WARNING, "could not store page %s: %s", key, e)
+        if self.shared is not None:
+            self.shared.upload_page(key, stored, page.fetched_at)
         return page
 
     async def _listed(self, view: str, project: Project) -> None:
@@ -621,12 +627,32 @@ class PageCache:
         row = await self.store.get_page(key)
         if row is None:
             return None
+        return await self._decoded(key, row.model, row.fetched_at)
+
+    async def _decoded(self, key: str, text: str, fetched_at: float) -> CachedPage | None:
         try:
-            model = await _off_the_loop(lambda: decode_page(json.loads(row.model)), len(row.model))
+            model = await _off_the_loop(lambda: decode_page(json.loads(text)), len(text))
         except ValueError:
             log.error("stored page %s is unreadable; ignoring it", key)
             return None
-        return CachedPage(model, row.fetched_at)
+        return CachedPage(model, fetched_at)
+
+    async def _last_good(self, key: str) -> CachedPage | None:
+        """The stored copy of a page GitLab fails, else the shared tier's (kept here too)."""
+        stored = await self._stored(key)
+        if stored is not None or self.shared is None:
+            return stored
+        found = await self.shared.page(key)
+        if found is None:
+            return None
+        text, fetched_at = found
+        page = await self._decoded(key, text, fetched_at)
+        if page is not None:
+            try:
+                await self.store.put_page(key, text, fetched_at)
+            except sqlite3.Error as e:
+                self._db_warn.log(logging.WARNING, "could not store page %s: %s", key, e)
+        return page
 
 
 def _parse_project(answer: PageAnswer, name: str) -> Project:

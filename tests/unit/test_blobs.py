@@ -155,3 +155,17 @@ async def test_named_locks_exclude_each_other(tmp_path: Path) -> None:
     assert blobs.try_lock("evict") is not None
     held.release()
     (await blobs.lock(SHA)).release()
+
+
+async def test_a_rewound_writer_commits_only_what_it_wrote_since(tmp_path: Path) -> None:
+    blobs = local(tmp_path)
+    writer = blobs.writer(SHA)
+    await writer.write(b"x" * (len(DATA) + 500))
+    writer.rewind()
+    # What the first attempt wrote stays readable until overwritten.
+    assert writer.path.read_bytes()[:10] == b"x" * 10
+    await writer.write(DATA)
+    assert writer.verified()
+    await writer.commit()
+    writer.abort()
+    assert blobs.read_verified(SHA) == DATA

@@ -104,6 +104,12 @@ def test_ci_service_gets_the_server_from_ci_and_the_token_from_config() -> None:
         ("[access]\nallow = ['users/1']\n", {}, "access.allow"),
         ("[server]\naccel_redirect = '_blobs'\n", {}, "server.accel_redirect"),
         ("not toml at all = = =", {}, "not valid TOML"),
+        ("[storage]\nurl = 'https://bucket/prefix'\n", {}, "storage.url"),
+        ("[storage]\nurl = 's3://'\n", {}, "storage.url"),
+        ("[storage]\nurl = 's3://Not_A_Bucket/x'\n", {}, "storage.url"),
+        ("", {"GITLAB_PYPI_PROXY_STORAGE_URL": "s3://key:secret@bucket/x"}, "storage.url"),
+        ("[storage]\nendpoint_url = 'minio:9000'\n", {}, "storage.endpoint_url"),
+        ("[storage]\ntimeout = 0\n", {}, "storage.timeout"),
     ],
 )
 def test_bad_config_names_the_key(
@@ -113,6 +119,12 @@ def test_bad_config_names_the_key(
     config.write_text(toml)
     with pytest.raises(ConfigError, match=names.replace(".", r"\.")):
         load_settings(config, env=env)
+
+
+def test_a_shared_tier_url_with_or_without_a_prefix(tmp_path: Path) -> None:
+    for url in ("s3://pypi-cache", "s3://pypi-cache/prod", "s3://pypi.cache/a/b/"):
+        settings = load_settings(None, env={"GITLAB_PYPI_PROXY_STORAGE_URL": url})
+        assert settings.storage.url == url
 
 
 def test_sizes() -> None:

@@ -76,3 +76,27 @@ def test_a_refusal_before_a_byte_is_the_starters_alone() -> None:
     started.mark_started(1)
     started.fail(CredentialsRefused("no"))
     assert not started.refused_only_its_starter("Bearer joiner")
+
+
+def test_a_restart_cuts_only_readers_sent_a_byte_the_new_bytes_contradict() -> None:
+    fill = _fill()
+    fill.mark_started(100)
+    fill.advance(100)
+    assert fill.restart() == 100
+    assert fill.written == 0 and not fill.started
+    fill.mark_started(100)
+    assert not fill.must_cut(0, 99)
+    fill.diverged_at(40)
+    assert fill.must_cut(0, 41)
+    assert not fill.must_cut(0, 40)
+    # A reader that joined after the restart was only ever sent the new bytes.
+    assert not fill.must_cut(1, 99)
+
+
+def test_a_restart_with_another_length_cuts_every_earlier_reader() -> None:
+    fill = _fill()
+    fill.mark_started(100)
+    fill.restart()
+    fill.mark_started(120)
+    assert fill.must_cut(0, 0)
+    assert not fill.must_cut(1, 0)

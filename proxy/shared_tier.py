@@ -1,0 +1,445 @@
+"""The shared tier: verified blobs and last good page copies in an S3 bucket, behind the disk."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import aiohttp
+import botocore.exceptions
+import yarl
+from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession, ClientCreatorContext, get_session
+
+from .config import StorageSettings
+from .metrics import Metrics
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+    from types_aiobotocore_s3.type_defs import GetObjectOutputTypeDef, HeadObjectOutputTypeDef
+
+log = logging.getLogger(__name__)
+
+CHUNK = 256 * 1024
+# At most this many uploads run at once; more wait their turn in the background.
+UPLOADS = 4
+# S3's limit for one PUT: a bigger file is not put (multipart would lose the whole-object SHA-256).
+MAX_PUT = 5 * 1024**3
+# After a failure the tier is left alone this long, so an outage costs each miss nothing.
+BACKOFF_SECONDS = 10.0
+UPLOAD_READ_TIMEOUT = 300.0
+PAGE_VERSION = 1
+
+
+class TierFailed(Exception):
+    """The shared tier did not answer (network, timeout, refusal); the message is client-safe."""
+
+
+def checksum_of(sha256: str) -> str:
+    """S3's ChecksumSHA256 form of a hex digest: base64 of the raw bytes."""
+    return base64.b64encode(bytes.fromhex(sha256)).decode()
+
+
+def _failure(e: BaseException) -> str:
+    """What went wrong, without anything a credential could hide in: a class and an S3 code."""
+    if isinstance(e, botocore.exceptions.ClientError):
+        error = e.response.get("Error", {})
+        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return f"{error.get('Code', 'error')} (HTTP {status})"
+    return type(e).__name__
+
+
+def _is_absent(e: BaseException) -> bool:
+    if not isinstance(e, botocore.exceptions.ClientError):
+        return False
+    code = str(e.response.get("Error", {}).get("Code", ""))
+    return code in ("404", "NoSuchKey", "NotFound")
+
+
+# What a tier call may raise that means "not now", never a bug of ours.
+_TIER_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
+_NETWORK_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
+
+
+@dataclass(slots=True)
+class TierBlob:
+    """A blob being read back from the tier: its size and its body, chunk by chunk."""
+
+    size: int
+    _answer: GetObjectOutputTypeDef
+    _tier: SharedTier
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body; TierFailed when the tier stops sending it."""
+        body = self._answer["Body"]
+        try:
+            while chunk := await body.read(CHUNK):
+                self._tier.metrics.shared_tier("bytes_read", len(chunk))
+                yield chunk
+        except (*_TIER_ERRORS, *_NETWORK_ERRORS) as e:
+            raise self._tier.failed("read", e) from None
+
+    def close(self) -> None:
+        """Let the connection go, read to the end or not."""
+        self._answer["Body"].close()
+
+
+class SharedTier:
+    """Blobs (`blobs/<sha256>`) and pages (`pages/<sha256 of the key>`) under the url's prefix.
+
+    Every call fails soft: an error is counted, shown on /-/ready and answered as a miss, and
+    the tier is skipped for BACKOFF_SECONDS, so an outage never costs a client more than one
+    timeout. Uploads run in the background, bounded and deduplicated.
+    """
+
+    def __init__(
+        self, settings: StorageSettings, client: S3Client, uploader: S3Client, metrics: Metrics
+    ) -> None:
+        url = yarl.URL(settings.url)
+        self.bucket = url.raw_host or ""
+        prefix = url.path.strip("/")
+        self.prefix = f"{prefix}/" if prefix else ""
+        self.client = client
+        # Puts the blobs, with a longer wait for the answer to a big body.
+        self.uploader = uploader
+        self.metrics = metrics
+        self._uploads: dict[str, asyncio.Task[None]] = {}
+        # The newest copy of a page waiting while an older one is being put.
+        self._pending_pages: dict[str, bytes] = {}
+        self._slots = asyncio.Semaphore(UPLOADS)
+        self._skip_until = 0.0
+        # Why the tier failed last, while it has not answered well since.
+        self.problem: str | None = None
+        self.last_answer = 0.0
+
+    def blob_key(self, sha256: str) -> str:
+        return f"{self.prefix}blobs/{sha256}"
+
+    def page_key(self, key: str) -> str:
+        # Page keys hold slashes and names; a digest keeps the object names plain and short.
+        return f"{self.prefix}pages/{hashlib.sha256(key.encode()).hexdigest()}"
+
+    async def _head(self, key: str) -> HeadObjectOutputTypeDef:
+        return await self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+
+    def failed(self, operation: str, e: BaseException) -> TierFailed:
+        reason = _failure(e)
+        self.metrics.shared_tier("error")
+        self.problem = f"shared tier failed ({operation}: {reason})"
+        self._skip_until = time.monotonic() + BACKOFF_SECONDS
+        log.warning("shared tier: %s failed: %s", operation, reason)
+        return TierFailed(self.problem)
+
+    def _answered(self) -> None:
+        self.problem = None
+        self.last_answer = time.monotonic()
+
+    @property
+    def skipping(self) -> bool:
+        """Whether the tier failed moments ago and is left alone for now."""
+        return time.monotonic() < self._skip_until
+
+    async def holds(self, sha256: str, filename: str) -> bool:
+        """Whether the tier holds the verified blob under this name (a HEAD, no body); not
+        counted as a look-up, which the fill that follows is."""
+        return await self._head_blob(sha256, filename, counted=False) is not None
+
+    async def _head_blob(
+        self, sha256: str, filename: str, *, counted: bool = True
+    ) -> HeadObjectOutputTypeDef | None:
+        """The blob's HEAD if the tier holds it under this name; an object whose stored SHA-256
+        (S3 verified it on write) is not the name's is removed, never read."""
+        if self.skipping:
+            return None
+        key = self.blob_key(sha256)
+        try:
+            head = await self._head(key)
+        except (*_TIER_ERRORS, *_NETWORK_ERRORS) as e:
+            if _is_absent(e):
+                self._answered()
+                if counted:
+                    self.metrics.shared_tier("miss")
+                return None
+            self.failed("head", e)
+            return None
+        self._answered()
+        stored = head.get("ChecksumSHA256")
+        if stored is not None and stored != checksum_of(sha256):
+            log.error("shared tier: %s holds other bytes (its SHA-256 differs); removed", key)
+            self.metrics.shared_tier("bad")
+            await self.discard_blob(sha256)
+            return None
+        if head.get("Metadata", {}).get("filename") != filename:
+            # The same bytes under another name: only GitLab can say this name has them.
+            if counted:
+                self.metrics.shared_tier("miss")
+            return None
+        return head
+
+    async def open_blob(self, sha256: str, filename: str) -> TierBlob | None:
+        """The blob's body if the tier holds it under this name, else None; the fill hashes
+        the bytes again as they land."""
+        head = await self._head_blob(sha256, filename)
+        if head is None:
+            return None
+        key = self.blob_key(sha256)
+        try:
+            answer = await self.client.get_object(Bucket=self.bucket, Key=key, IfMatch=head["ETag"])
+        except (*_TIER_ERRORS, *_NETWORK_ERRORS) as e:
+            if _is_absent(e) or (
+                isinstance(e, botocore.exceptions.ClientError)
+                and e.response.get("Error", {}).get("Code") == "PreconditionFailed"
+            ):
+                self.metrics.shared_tier("miss")
+                return None
+            self.failed("get", e)
+            return None
+        self.metrics.shared_tier("hit")
+        return TierBlob(answer["ContentLength"], answer, self)
+
+    async def discard_blob(self, sha256: str) -> None:
+        """Remove an object that does not verify, so no replica reads it again."""
+        with contextlib.suppress(TierFailed):
+            await self._delete(self.blob_key(sha256))
+
+    async def _delete(self, key: str) -> None:
+        try:
+            await self.client.delete_object(Bucket=self.bucket, Key=key)
+        except (*_TIER_ERRORS, *_NETWORK_ERRORS) as e:
+            raise self.failed("delete", e) from None
+
+    def upload_blob(
+        self, sha256: str, filename: str, size: int, opener: Callable[[], BinaryIO]
+    ) -> None:
+        """Put a verified blob in the background, unless it is being put or is there already."""
+        if size > MAX_PUT:
+            log.info("shared tier: %s is over 5 GiB (one S3 PUT); kept local only", filename)
+            return
+        self._background(f"blob:{sha256}", self._put_blob(sha256, filename, size, opener))
+
+    def upload_page(self, key: str, model: str, fetched_at: float) -> None:
+        """Put a last good page copy in the background; the newest one wins."""
+        body = json.dumps(
+            {"v": PAGE_VERSION, "key": key, "fetched_at": fetched_at, "model": model}
+        ).encode()
+        name = f"page:{key}"
+        if name in self._uploads:
+            self._pending_pages[key] = body
+            return
+        self._background(name, self._put_page(key, body))
+
+    def _background(self, name: str, work: Coroutine[Any, Any, None]) -> None:
+        if name in self._uploads:
+            work.close()
+            return
+        task = asyncio.create_task(self._bounded(work))
+        self._uploads[name] = task
+        task.add_done_callback(lambda _: self._uploads.pop(name, None))
+
+    async def _bounded(self, work: Coroutine[Any, Any, None]) -> None:
+        async with self._slots:
+            try:
+                await work
+            except TierFailed:
+                self.metrics.shared_tier("upload_failed")
+
+    async def _put_blob(
+        self, sha256: str, filename: str, size: int, opener: Callable[[], BinaryIO]
+    ) -> None:
+        key = self.blob_key(sha256)
+        try:
+            head = await self._head(key)
+            if head.get("ChecksumSHA256") == checksum_of(sha256):
+                return  # another replica put it first
+        except (*_TIER_ERRORS, *_NETWORK_ERRORS) as e:
+            if not _is_absent(e):
+                raise self.failed("head", e) from None
+        try:
+            body = await asyncio.to_thread(opener)
+        except OSError:
+            return  # evicted meanwhile: nothing to put
+        try:
+            # S3 checks the body against our own SHA-256: a copy that went wrong is refused.
+            await self.uploader.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=body,
+                ContentLength=size,
+                ChecksumAlgorithm="SHA256",
+                ChecksumSHA256=checksum_of(sha256),
+                Metadata={"filename": filename},
+            )
+        except (*_TIER_ERRORS, *_NETWORK_ERRORS) as e:
+            raise self.failed("put", e) from None
+        finally:
+            body.close()
+        self._answered()
+        self.metrics.shared_tier("uploaded")
+
+    async def _put_page(self, key: str, body: bytes) -> None:
+        while True:
+            try:
+                await self.client.put_object(
+                    Bucket=self.bucket,
+                    Key=self.page_key(key),
+                    Body=body,
+                    ChecksumAlgorithm="SHA256",
+                    ChecksumSHA256=checksum_of(hashlib.sha256(body).hexdigest()),
+                    ContentType="application/json",
+                )
+            except (*_TIER_ERRORS, *_NETWORK_ERRORS) as e:
+                raise self.failed("put", e) from None
+            self._answered()
+            self.metrics.shared_tier("uploaded")
+            newer = self._pending_pages.pop(key, None)
+            if newer is None:
+                return
+            body = newer
+
+    async def page(self, key: str) -> tuple[str, float] | None:
+        """A page's last good copy (its stored model text, when GitLab gave it), or None."""
+        if self.skipping:
+            return None
+        try:
+            answer = await self.client.get_object(
+                Bucket=self.bucket, Key=self.page_key(key), ChecksumMode="ENABLED"
+            )
+            async with answer["Body"] as stream:
+                body = await stream.read()
+        except (*_TIER_ERRORS, *_NETWORK_ERRORS) as e:
+            if _is_absent(e):
+                self._answered()
+                self.metrics.shared_tier("miss")
+            else:
+                self.failed("get", e)
+            return None
+        self._answered()
+        found = parse_page(body, key)
+        if found is None:
+            log.error("shared tier: the copy of page %s is unreadable; removed", key)
+            self.metrics.shared_tier("bad")
+            with contextlib.suppress(TierFailed):
+                await self._delete(self.page_key(key))
+            return None
+        self.metrics.shared_tier("hit")
+        return found
+
+    async def reachable(self) -> bool:
+        """Whether the tier answers now (a HEAD of a key that need not exist)."""
+        try:
+            await self.client.head_object(Bucket=self.bucket, Key=f"{self.prefix}blobs/")
+        except (*_TIER_ERRORS, *_NETWORK_ERRORS) as e:
+            if not _is_absent(e):
+                self.failed("probe", e)
+                return False
+        self._answered()
+        return True
+
+    async def objects(self, kind: str) -> AsyncIterator[tuple[str, int]]:
+        """Every object under `kind/` (blobs, pages) as (its name there, size), for `verify`."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        start = f"{self.prefix}{kind}/"
+        try:
+            async for listing in paginator.paginate(Bucket=self.bucket, Prefix=start):
+                for item in listing.get("Contents", []):
+                    yield item["Key"].removeprefix(start), item.get("Size", 0)
+        except (*_TIER_ERRORS, *_NETWORK_ERRORS) as e:
+            raise self.failed("list", e) from None
+
+    async def hash_object(self, key: str, progress: Callable[[int], None]) -> tuple[str, bytes]:
+        """An object's actual SHA-256, and its first bytes up to 64 KiB (a page copy whole)."""
+        try:
+            answer = await self.client.get_object(Bucket=self.bucket, Key=key)
+            digest = hashlib.sha256()
+            head = b""
+            async with answer["Body"] as stream:
+                while chunk := await stream.read(CHUNK):
+                    digest.update(chunk)
+                    if len(head) < 64 * 1024:
+                        head += chunk[: 64 * 1024 - len(head)]
+                    progress(len(chunk))
+        except (*_TIER_ERRORS, *_NETWORK_ERRORS) as e:
+            raise self.failed("get", e) from None
+        return digest.hexdigest(), head
+
+    async def remove(self, key: str) -> None:
+        await self._delete(key)
+
+    async def close(self, grace: float | None) -> None:
+        """Let the uploads under way finish for up to `grace` seconds, then drop the rest."""
+        tasks = list(self._uploads.values())
+        if not tasks:
+            return
+        _, late = await asyncio.wait(tasks, timeout=grace)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+
+    async def idle(self) -> None:
+        """Wait until no upload is under way (tests and the bench)."""
+        while self._uploads:
+            await asyncio.gather(*self._uploads.values(), return_exceptions=True)
+
+
+def parse_page(body: bytes, key: str) -> tuple[str, float] | None:
+    """A page object's (model text, fetched_at), or None when it is not a copy of `key`."""
+    try:
+        document = json.loads(body)
+        if document.get("v") != PAGE_VERSION or document.get("key") != key:
+            return None
+        return str(document["model"]), float(document["fetched_at"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+@contextlib.asynccontextmanager
+async def open_shared_tier(
+    settings: StorageSettings, metrics: Metrics
+) -> AsyncIterator[SharedTier | None]:
+    """The tier of `storage.url`, or None without one; credentials from the AWS environment."""
+    if not settings.url:
+        yield None
+        return
+    session = get_session()
+    async with (
+        _client(session, settings, settings.timeout) as client,
+        # A big body takes the server a while to take in and check before it answers; no
+        # client waits on an upload, so it may take that while.
+        _client(session, settings, max(settings.timeout, UPLOAD_READ_TIMEOUT)) as uploader,
+    ):
+        yield SharedTier(settings, client, uploader, metrics)
+
+
+def _client(
+    session: AioSession, settings: StorageSettings, read_timeout: float
+) -> ClientCreatorContext[S3Client]:
+    config = AioConfig(
+        connect_timeout=settings.timeout,
+        read_timeout=read_timeout,
+        # One try: a failing tier is skipped for GitLab, never retried while a client waits.
+        retries={"total_max_attempts": 1, "mode": "standard"},
+        max_pool_connections=50,
+        # Our own SHA-256 goes with each PUT (S3 checks it), so the body is not hashed again
+        # to sign it, even over plain HTTP; reads are hashed once, by the fill.
+        # S3-compatible servers (MinIO, Ceph RGW) are addressed by path; AWS as it prefers.
+        s3={
+            "payload_signing_enabled": False,
+            "addressing_style": "path" if settings.endpoint_url else "auto",
+        },
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+    return session.create_client(
+        "s3",
+        endpoint_url=settings.endpoint_url or None,
+        region_name=settings.region or None,
+        config=config,
+    )

@@ -1,0 +1,408 @@
+"""The shared tier: a real moto S3 server behind each proxy's disk, replicas on one bucket."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from proxy import keys
+from tests.support.cli_process import serve
+from tests.support.clients import installed, publish_app_with_dependency
+from tests.support.fake_gitlab import FakeGitLab
+from tests.support.harness import TOKEN, ProxyFactory, RunningProxy, clean_env, pip_install, run
+from tests.support.http import FILES, PROJECT_PAGE, get, get_authorized, wheel_url
+from tests.support.metrics import scrape, value
+from tests.support.moto_server import SECRET_KEY, MotoServer
+from tests.support.polling import eventually
+
+BUCKET = "pypi-cache"
+PREFIX = "prod"
+TIER = "gitlab_pypi_proxy_shared_tier_requests"
+
+
+@pytest.fixture
+def moto(monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoServer]:
+    """moto's S3 on loopback with one bucket; its credentials in this process's environment."""
+    with MotoServer() as server:
+        server.create_bucket(BUCKET)
+        for name, secret in server.credentials.items():
+            monkeypatch.setenv(name, secret)
+        yield server
+
+
+@pytest.fixture
+async def replica(
+    make_proxy: ProxyFactory, tmp_path: Path, moto: MotoServer
+) -> AsyncIterator[ProxyFactory]:
+    """Proxies on one bucket, each with its own empty disk (`name` picks the directory)."""
+
+    async def start(name: str = "a", **sections: Any) -> RunningProxy:
+        storage = {
+            "url": f"s3://{BUCKET}/{PREFIX}",
+            "endpoint_url": moto.endpoint,
+            "region": "us-east-1",
+            "timeout": 1.0,
+            **sections.pop("storage", {}),
+        }
+        return await make_proxy(tmp_path / name, storage=storage, **sections)
+
+    yield start
+
+
+async def uploads_done(proxy: RunningProxy) -> None:
+    tier = proxy.app[keys.SHARED]
+    assert tier is not None
+    await tier.idle()
+
+
+async def keys_under(moto: MotoServer, prefix: str) -> list[str]:
+    async with moto.client() as s3:
+        listing = await s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix)
+    return [item["Key"] for item in listing.get("Contents", [])]
+
+
+def blob_key(sha256: str) -> str:
+    return f"{PREFIX}/blobs/{sha256}"
+
+
+async def test_a_verified_fill_goes_to_the_tier_and_fills_another_replica_without_gitlab(
+    gitlab: FakeGitLab, replica: ProxyFactory, moto: MotoServer
+) -> None:
+    wheel = gitlab.add_wheel(42, "corp-lib", "1.0.0", payload_size=300_000)
+    first = await replica("a")
+    status, _, body = await get(wheel_url(first, wheel))
+    assert status == 200 and hashlib.sha256(body).hexdigest() == wheel.sha256
+    await uploads_done(first)
+    async with moto.client() as s3:
+        stored = await s3.get_object(
+            Bucket=BUCKET, Key=blob_key(wheel.sha256), ChecksumMode="ENABLED"
+        )
+        content = await stored["Body"].read()
+    # Put with the proxy's own SHA-256, which S3 checks on write.
+    assert stored["ChecksumSHA256"] == base64.b64encode(bytes.fromhex(wheel.sha256)).decode()
+    assert stored["Metadata"] == {"filename": wheel.filename}
+    assert content == body
+
+    second = await replica("b")
+    status, headers_b, body_b = await get(wheel_url(second, wheel))
+    assert status == 200 and body_b == body
+    assert headers_b["X-Cache"] == "MISS"
+    # The one GET is the first replica's; the second only asked whether this scope lists the
+    # file (a HEAD: it never saw the page), as for bytes another scope cached.
+    assert [r.method for r in gitlab.requests if r.kind == "file"] == ["GET", "HEAD"]
+    # Filled to its own disk: the next request is a local hit.
+    status, headers_b, _ = await get(wheel_url(second, wheel))
+    assert headers_b["X-Cache"] == "HIT"
+    _, samples = await scrape(second)
+    assert value(samples, f"{TIER}_total", result="hit") == 1
+    assert value(samples, "gitlab_pypi_proxy_upstream_fetched_bytes_total", kind="file") == 0
+
+
+async def test_a_second_replica_installs_with_pip_without_fetching_a_file_from_gitlab(
+    gitlab: FakeGitLab, replica: ProxyFactory, tmp_path: Path
+) -> None:
+    publish_app_with_dependency(gitlab)
+    first = await replica("a")
+    (await pip_install(first.index_url("projects/42"), tmp_path / "t1", "corp-app")).check()
+    await uploads_done(first)
+    files_before = gitlab.counts["file"]
+    assert files_before >= 2
+    seen = len(gitlab.requests)
+
+    second = await replica("b")
+    target = tmp_path / "t2"
+    (await pip_install(second.index_url("projects/42"), target, "corp-app")).check()
+    assert installed(target) == {"corp_app-2.0.0.dist-info", "corp_util-1.1.0.dist-info"}
+    # Not even a Range read for core metadata: the tier's wheel is read whole instead.
+    assert [(r.method, r.path) for r in gitlab.requests[seen:] if r.kind == "file"] == []
+    assert gitlab.counts["file"] == files_before, "the second replica fetched a file from GitLab"
+
+
+async def test_a_replica_that_never_saw_a_page_serves_it_stale_from_the_tier_in_an_outage(
+    gitlab: FakeGitLab, replica: ProxyFactory, moto: MotoServer
+) -> None:
+    gitlab.add_wheel(42, "corp-lib", "1.0.0")
+    first = await replica("a")
+    status, _, _ = await get(f"{first.url}{PROJECT_PAGE}corp-lib/")
+    assert status == 200
+    await uploads_done(first)
+    assert await keys_under(moto, f"{PREFIX}/pages/")
+
+    gitlab.down = True
+    second = await replica("b")
+    status, headers, stale = await get(f"{second.url}{PROJECT_PAGE}corp-lib/")
+    assert status == 200
+    assert headers["X-Cache"] == "STALE"
+    assert b"corp_lib-1.0.0-py3-none-any.whl" in stale
+
+
+async def put_copy(moto: MotoServer, sha256: str, filename: str, body: bytes, claims: str) -> None:
+    """An object at the blob's key as a faulty writer might leave it: `body`, claiming the
+    SHA-256 `claims` (moto, unlike S3, stores a claim it does not check)."""
+    async with moto.client() as s3:
+        await s3.put_object(
+            Bucket=BUCKET,
+            Key=blob_key(sha256),
+            Body=body,
+            ChecksumAlgorithm="SHA256",
+            ChecksumSHA256=base64.b64encode(bytes.fromhex(claims)).decode(),
+            Metadata={"filename": filename},
+        )
+
+
+async def test_an_object_holding_other_bytes_is_removed_unread_and_gitlab_serves(
+    gitlab: FakeGitLab, replica: ProxyFactory, moto: MotoServer
+) -> None:
+    wheel = gitlab.add_wheel(42, "corp-lib", "1.0.0")
+    other = b"not the wheel" * 100
+    await put_copy(moto, wheel.sha256, wheel.filename, other, hashlib.sha256(other).hexdigest())
+    proxy = await replica("a")
+    status, _, body = await get(wheel_url(proxy, wheel))
+    assert status == 200 and hashlib.sha256(body).hexdigest() == wheel.sha256
+    # Found bad at the first look, so not in the tier: no scope to check, GitLab's copy.
+    assert [r.method for r in gitlab.requests if r.kind == "file"] == ["GET"]
+    _, samples = await scrape(proxy)
+    assert value(samples, f"{TIER}_total", result="bad") == 1
+    await uploads_done(proxy)
+    # Removed, then put again from GitLab's verified copy.
+    async with moto.client() as s3:
+        stored = await s3.get_object(Bucket=BUCKET, Key=blob_key(wheel.sha256))
+        assert await stored["Body"].read() == body
+
+
+async def test_a_copy_that_does_not_verify_as_it_streams_is_never_served_and_removed(
+    gitlab: FakeGitLab, replica: ProxyFactory, moto: MotoServer
+) -> None:
+    wheel = gitlab.add_wheel(42, "corp-lib", "1.0.0", payload_size=200_000)
+    # The right length and the right claim, a wrong first byte: found only by hashing.
+    forged = bytes([wheel.content[0] ^ 0xFF]) + wheel.content[1:]
+    await put_copy(moto, wheel.sha256, wheel.filename, forged, wheel.sha256)
+    proxy = await replica("a")
+    try:
+        _, _, first = await get(wheel_url(proxy, wheel))
+    except aiohttp.ClientPayloadError:
+        pass  # it had been sent the forged first byte: cut, never completed
+    else:
+        # It had been sent nothing yet when the copy failed: it got GitLab's bytes instead.
+        assert first == wheel.content
+    # The fill went on from GitLab, compared with what readers had, and verified.
+    status, headers, body = await get(wheel_url(proxy, wheel))
+    assert status == 200 and body == wheel.content and headers["X-Cache"] == "HIT"
+    assert [r.method for r in gitlab.requests if r.kind == "file"] == ["HEAD", "GET"]
+    _, samples = await scrape(proxy)
+    assert value(samples, f"{TIER}_total", result="bad") == 1
+    await uploads_done(proxy)
+    async with moto.client() as s3:
+        stored = await s3.get_object(Bucket=BUCKET, Key=blob_key(wheel.sha256))
+        assert await stored["Body"].read() == wheel.content
+
+
+async def test_a_copy_wrong_only_in_its_last_byte_reaches_the_client_as_gitlabs_file(
+    gitlab: FakeGitLab, replica: ProxyFactory, moto: MotoServer
+) -> None:
+    wheel = gitlab.add_wheel(42, "corp-lib", "1.0.0", payload_size=200_000)
+    # The last byte is never sent before the whole verifies: GitLab's takes its place.
+    forged = wheel.content[:-1] + bytes([wheel.content[-1] ^ 0xFF])
+    await put_copy(moto, wheel.sha256, wheel.filename, forged, wheel.sha256)
+    proxy = await replica("a")
+    status, headers, body = await get(wheel_url(proxy, wheel))
+    assert status == 200 and body == wheel.content and headers["X-Cache"] == "MISS"
+    assert gitlab.counts["file"] == 2  # the scope's HEAD and GitLab's copy
+    _, samples = await scrape(proxy)
+    assert value(samples, f"{TIER}_total", result="bad") == 1
+
+
+async def ready(proxy: RunningProxy) -> dict[str, Any]:
+    status, _, body = await get(f"{proxy.url}/-/ready")
+    assert status == 200
+    answer: dict[str, Any] = json.loads(body)
+    return answer
+
+
+async def test_a_tier_that_is_down_costs_nothing_and_ready_says_degraded(
+    gitlab: FakeGitLab, replica: ProxyFactory, moto: MotoServer
+) -> None:
+    proxy = await replica("a")
+    assert (await ready(proxy))["degraded"] == []
+    moto.stop()
+    wheel = gitlab.add_wheel(42, "corp-lib", "1.0.0")
+    status, _, body = await get(f"{proxy.url}{PROJECT_PAGE}corp-lib/")
+    assert status == 200
+    status, _, body = await get(wheel_url(proxy, wheel))
+    assert status == 200 and body == wheel.content
+    answer = await ready(proxy)
+    assert answer["ready"] is True
+    assert any("shared tier" in reason for reason in answer["degraded"]), answer
+    _, samples = await scrape(proxy)
+    assert value(samples, f"{TIER}_total", result="error") >= 1
+    assert value(samples, "gitlab_pypi_proxy_shared_tier_uploads_total", result="failed") >= 1
+
+
+async def test_a_tier_that_hangs_is_given_up_after_its_timeout(
+    gitlab: FakeGitLab, replica: ProxyFactory, moto: MotoServer
+) -> None:
+    proxy = await replica("a")
+    wheel = gitlab.add_wheel(42, "corp-lib", "1.0.0")
+    moto.pause()
+    try:
+        started = time.monotonic()
+        status, _, body = await get(wheel_url(proxy, wheel))
+        took = time.monotonic() - started
+        answer = await ready(proxy)
+    finally:
+        moto.resume()
+    assert status == 200 and body == wheel.content
+    # storage.timeout is 1 s: one wait for the tier (then it is skipped), then GitLab.
+    assert took < 2, took
+    assert any("shared tier" in reason for reason in answer["degraded"]), answer
+    _, samples = await scrape(proxy)
+    assert value(samples, f"{TIER}_total", result="error") >= 1
+    assert value(samples, f"{TIER}_total", result="hit") == 0
+
+
+async def test_the_secret_key_never_reaches_a_log_metrics_or_status_of_a_real_process(
+    gitlab: FakeGitLab, moto: MotoServer, tmp_path: Path
+) -> None:
+    wheel = gitlab.add_wheel(42, "corp-lib", "1.0.0")
+    other = gitlab.add_wheel(42, "corp-lib", "1.1.0")
+    async with await serve(
+        tmp_path,
+        upstream_url=gitlab.url,
+        upstream_token=TOKEN,
+        server_workers="1",
+        storage_url=f"s3://{BUCKET}/{PREFIX}",
+        storage_endpoint_url=moto.endpoint,
+        storage_timeout="1",
+    ) as process:
+        base = f"{process.url}{FILES}"
+        status, _, _ = await get(f"{base}/{wheel.sha256}/{wheel.filename}")
+        assert status == 200
+        await eventually(
+            lambda: moto_has(moto, blob_key(wheel.sha256)), "the upload to the tier", timeout=10
+        )
+        moto.pause()
+        try:
+            status, _, _ = await get(f"{base}/{other.sha256}/{other.filename}")
+            assert status == 200
+            pages = [await get(f"{process.url}{path}") for path in ("/-/status", "/-/ready")]
+            _, _, metrics = await get(f"{process.url}/-/metrics")
+        finally:
+            moto.resume()
+        assert await process.stop() == 0
+    log = process.log()
+    assert "shared tier" in log  # the failure was logged...
+    for text in (log, metrics.decode(), *(body.decode() for _, _, body in pages)):
+        assert SECRET_KEY not in text  # ...and nothing of the secret with it
+
+
+async def moto_has(moto: MotoServer, key: str) -> bool:
+    async with moto.client() as s3:
+        listing = await s3.list_objects_v2(Bucket=BUCKET, Prefix=key)
+    return bool(listing.get("Contents"))
+
+
+async def test_a_storage_url_that_is_not_s3_stops_start_up_naming_the_key(tmp_path: Path) -> None:
+    result = await run(
+        [sys.executable, "-m", "proxy", "serve"],
+        env=clean_env(GITLAB_PYPI_PROXY_STORAGE_URL="https://pypi-cache/prod"),
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "storage.url" in result.stderr and "s3://bucket[/prefix]" in result.stderr
+
+
+async def test_verify_removes_the_tiers_bad_objects_and_keeps_the_good(
+    gitlab: FakeGitLab, replica: ProxyFactory, moto: MotoServer, tmp_path: Path
+) -> None:
+    good = gitlab.add_wheel(42, "corp-lib", "1.0.0")
+    proxy = await replica("a")
+    await get(f"{proxy.url}{PROJECT_PAGE}corp-lib/")
+    await get(wheel_url(proxy, good))
+    await uploads_done(proxy)
+    bad = gitlab.add_wheel(42, "corp-lib", "1.1.0")
+    await put_copy(moto, bad.sha256, bad.filename, b"rotten", bad.sha256)
+    async with moto.client() as s3:
+        await s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/pages/{'0' * 64}", Body=b"{}")
+    result = await run(
+        [sys.executable, "-m", "proxy", "verify", "--quiet"],
+        env=clean_env(
+            GITLAB_PYPI_PROXY_CACHE_DIR=str(tmp_path / "a"),
+            GITLAB_PYPI_PROXY_STORAGE_URL=f"s3://{BUCKET}/{PREFIX}",
+            GITLAB_PYPI_PROXY_STORAGE_ENDPOINT_URL=moto.endpoint,
+        ),
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"bad (removed): tier {blob_key(bad.sha256)}" in result.stdout
+    assert f"bad (removed): tier {PREFIX}/pages/{'0' * 64}" in result.stdout
+    left = await keys_under(moto, PREFIX)
+    assert blob_key(good.sha256) in left
+    assert blob_key(bad.sha256) not in left
+    assert len([key for key in left if "/pages/" in key]) == 1  # the real page's copy
+
+
+async def test_the_tiers_page_copy_answers_only_whom_a_stored_copy_would(
+    gitlab: FakeGitLab, replica: ProxyFactory, moto: MotoServer
+) -> None:
+    """Clients' own credentials (passthrough): a stored copy answers only those GitLab let
+    see the page through this proxy, and the tier's copy no one else either."""
+    alice, eve = "glpat-alice-reads-42", "glpat-eve-reads-nothing"
+    gitlab.tokens[alice] = {42}
+    gitlab.tokens[eve] = set()
+    gitlab.add_wheel(42, "corp-lib", "1.0.0")
+    upstream = {"credentials": "passthrough", "token": ""}
+    first = await replica("a", upstream=upstream)
+    page = f"{PROJECT_PAGE}corp-lib/"
+    assert (await get_authorized(first.url + page, alice))[0] == 200
+    await uploads_done(first)
+    assert await keys_under(moto, f"{PREFIX}/pages/")
+    gitlab.down = True
+    second = await replica("b", upstream=upstream)
+    status, _, body = await get_authorized(second.url + page, eve)
+    assert status != 200 and b"corp_lib" not in body
+
+
+async def test_many_clients_of_one_fill_make_one_upload_that_delays_none_of_them(
+    gitlab: FakeGitLab, replica: ProxyFactory, moto: MotoServer
+) -> None:
+    wheel = gitlab.add_wheel(42, "corp-lib", "1.0.0", payload_size=1024 * 1024)
+    proxy = await replica("a")
+    # The page first, as pip does: the scope lists the file, nothing to ask GitLab about it.
+    await get(f"{proxy.url}{PROJECT_PAGE}corp-lib/")
+    await uploads_done(proxy)
+    gitlab.file_chunk_delay = 0.02  # about 0.3 s of download: the tier hangs before its end
+    downloads = [asyncio.create_task(get(wheel_url(proxy, wheel))) for _ in range(5)]
+    await eventually(lambda: gitlab.counts["file"] == 1, "the download started", interval=0.01)
+    moto.pause()
+    try:
+        answers = await asyncio.gather(*downloads)
+        # The upload waits on the hanging tier for its timeout (1 s), in the background: the
+        # clients had their files while it still waited.
+        started = time.monotonic()
+        await uploads_done(proxy)
+        waited_after = time.monotonic() - started
+    finally:
+        moto.resume()
+    assert all(status == 200 and body == wheel.content for status, _, body in answers)
+    assert waited_after > 0.5, waited_after
+    _, samples = await scrape(proxy)
+    assert value(samples, "gitlab_pypi_proxy_shared_tier_uploads_total", result="failed") == 1
+    assert gitlab.counts["file"] == 1
+    # Once the tier answers again, the next blob goes up as usual: one upload for one fill.
+    other = gitlab.add_wheel(42, "corp-lib", "1.1.0")
+    gitlab.file_chunk_delay = 0.0
+    await get(f"{proxy.url}{PROJECT_PAGE}corp-lib/")
+    await asyncio.gather(*(get(wheel_url(proxy, other)) for _ in range(5)))
+    await uploads_done(proxy)
+    _, samples = await scrape(proxy)
+    assert value(samples, "gitlab_pypi_proxy_shared_tier_uploads_total", result="ok") >= 1
+    assert await keys_under(moto, blob_key(other.sha256)) == [blob_key(other.sha256)]
