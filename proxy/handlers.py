@@ -264,7 +264,9 @@ async def _apply_policy(request: web.Request, scope: Scope, sha256: str, filenam
     pages = request.app[keys.PAGES]
     policy = pages.policy
     verdict = None
-    if policy.protects and await pages.protected_forwarded(scope, sha256, filename):
+    if policy.protects and await pages.protected_forwarded(
+        scope, caller(request), sha256, filename
+    ):
         verdict = Verdict(False, "protected")
     elif policy.ages_files:
         verdict = await pages.file_verdict(scope, caller(request), sha256, filename, time.time())

@@ -203,15 +203,26 @@ class PageCache:
             log.info("no page of %s to judge %s by: %s", name, filename, e.message)
         return self.policy.verdict(name, dist or Distribution(filename, ""), now)
 
-    async def protected_forwarded(self, scope: Scope, sha256: str, filename: str) -> bool:
-        """Whether this is a public-index file, once listed on a forwarded page of `scope`, of a
-        protected name: never served, cached or not."""
+    async def protected_forwarded(
+        self, scope: Scope, caller: Caller, sha256: str, filename: str
+    ) -> bool:
+        """Whether this is a public-index file of a protected name: once listed on a forwarded
+        page of `scope`, or of a name whose page is the public index's. Never served, cached
+        or not."""
         name = project_of(filename)
-        return (
-            name is not None
-            and self.policy.is_protected(name)
-            and await self.store.forwarded_url(scope.key, sha256, filename) is not None
-        )
+        if name is None or not self.policy.is_protected(name):
+            return False
+        if await self.store.forwarded_url(scope.key, sha256, filename) is not None:
+            return True
+        # A parent proxy links its public files on its own origin, where no forwarding shows:
+        # only its page's `public` flags tell, and project() refuses such a page.
+        try:
+            await self.project(scope, name, caller)
+        except Protected:
+            return True
+        except ProxyError as e:
+            log.info("no page of %s to check %s against: %s", name, filename, e.message)
+        return False
 
     def _is_public(self, dist: Distribution) -> bool:
         # Pages stored before the `public` flag existed: their links say where files come from.
