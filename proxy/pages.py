@@ -229,7 +229,25 @@ class PageCache:
         return (
             dist.public
             or self.upstream.may_be_forward_route(dist.url)
-            or self._public_host(yarl.URL(dist.url, encoded=True))
+            or (
+                bool(self.settings.upstream.forward_hosts)
+                and self._public_host(yarl.URL(dist.url, encoded=True))
+            )
+        )
+
+    def _with_origins(self, model: Model) -> Model:
+        """A stored page with `public` set on every file its links say is the public index's:
+        copies stored before the flag existed read as GitLab-hosted, which would give their
+        public files min_age_internal and no `_public-index` for a proxy in front."""
+        if not isinstance(model, Project) or not any(
+            not dist.public and self._is_public(dist) for dist in model.files
+        ):
+            return model
+        return model.with_files(
+            tuple(
+                dataclasses.replace(dist, public=True) if self._is_public(dist) else dist
+                for dist in model.files
+            )
         )
 
     async def forwarded_source(self, scope: Scope, sha256: str, filename: str) -> yarl.URL | None:
@@ -642,7 +660,9 @@ class PageCache:
 
     async def _decoded(self, key: str, text: str, fetched_at: float) -> CachedPage | None:
         try:
-            model = await _off_the_loop(lambda: decode_page(json.loads(text)), len(text))
+            model = await _off_the_loop(
+                lambda: self._with_origins(decode_page(json.loads(text))), len(text)
+            )
         except ValueError:
             log.error("stored page %s is unreadable; ignoring it", key)
             return None
