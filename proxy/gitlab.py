@@ -35,6 +35,7 @@ from .negotiate import UPSTREAM_ACCEPT
 from .scope import Scope
 from .upstream import (
     MAX_REDIRECTS,
+    PROXY_PAGE_HEADER,
     REDIRECTS,
     ApiAnswer,
     PageAnswer,
@@ -238,6 +239,7 @@ class GitLab:
                         retry_after=retry_after_of(resp),
                         challenge=resp.headers.get(hdrs.WWW_AUTHENTICATE),
                         content_type=resp.headers.get(hdrs.CONTENT_TYPE, ""),
+                        from_proxy=PROXY_PAGE_HEADER in resp.headers,
                     )
         except TimeoutError as e:
             raise self._failed("page", UpstreamTimeout(self._timeout_message)) from e

@@ -166,12 +166,12 @@ class PageCache:
 
         async def learn(answer: PageAnswer, model: Model) -> Model:
             # Only GitLab's own pages list its packages; a forwarded one, the public index's.
-            # GitLab's registry answers HTML: a JSON page on the upstream's origin is a parent
-            # proxy's, which gives the times it knows itself and has no REST API.
+            # A parent proxy's page (HTML or JSON) gives the times it knows itself, and it has
+            # no REST API.
             if (
                 isinstance(model, Project)
                 and self.upstream.is_upstream_host(answer.url)
-                and not is_json_page(answer.content_type)
+                and not answer.from_proxy
             ):
                 return await self.times.fill(scope, name, model)
             return model

@@ -70,6 +70,20 @@ async def test_json_page_carries_upload_time_and_size(
     assert len([r for r in rest if "package_files" in r.path]) == 2
 
 
+async def test_gitlabs_own_json_pages_get_times_too(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory
+) -> None:
+    """GitLab 18.10+ answers PEP 691 JSON behind a feature flag: still GitLab's registry, whose
+    Packages API knows the times, not a parent proxy that gave the times it knows."""
+    wheel = uploaded(gitlab, "1.0", "2026-02-01T00:00:00+00:00")
+    gitlab.pep691_json = True
+    proxy = await make_proxy()
+    entry = (await json_page(proxy, PROJECT_PAGE + "corp-util/"))["files"][0]
+    assert entry["filename"] == wheel.filename
+    assert entry["upload-time"] == "2026-02-01T00:00:00.000000Z"
+    assert entry["size"] == len(wheel.content)
+
+
 async def test_html_page_is_unchanged_and_group_pages_get_times_too(
     gitlab: FakeGitLab, make_proxy: ProxyFactory, tmp_path: Path
 ) -> None:

@@ -292,6 +292,26 @@ def _gitlab_page(title: str, anchors: Iterable[str]) -> web.Response:
     return web.Response(text=body, content_type="text/html")
 
 
+def _gitlab_json_page(name: str, files: list[tuple[str, FakeFile, str]]) -> web.Response:
+    """GitLab's PEP 691 page behind its feature flag: api-version 1.0, four keys per file."""
+    page = {
+        "meta": {"api-version": "1.0"},
+        "name": name,
+        "files": [
+            {
+                "filename": file.filename,
+                "url": url,
+                "hashes": {"sha256": file.sha256},
+                "requires-python": requires_python or None,
+            }
+            for url, file, requires_python in files
+        ],
+    }
+    return web.json_response(
+        page, content_type="application/vnd.pypi.simple.v1+json", headers={"Vary": "Accept"}
+    )
+
+
 def _gitlab_anchor(url: str, requires_python: str, text: str) -> str:
     return f'<a href="{url}" data-requires-python="{_erb_escape(requires_python)}">{text}</a>'
 
@@ -581,6 +601,9 @@ class FakeGitLab(_Server):
         # GitLab moved under MOVED_ROOT: the old paths answer a 301 to the new ones.
         self.moved = False
         self.max_upload_size: int | None = None
+        # GitLab 18.10+'s `pypi_pep_691_json` feature flag (off by default): PEP 691 JSON pages
+        # to a client that prefers them, with only filename, url, hashes and requires-python.
+        self.pep691_json = False
         # Names under a package protection rule: uploads of them are 403 for this fake's users.
         self.protected: set[str] = set()
         # Faults. down/delay/fail_status hit GitLab only; the file faults also hit object storage.
@@ -922,6 +945,19 @@ class FakeGitLab(_Server):
                 location = f"{self.public_index_url.rstrip('/')}/simple/{requested}/"
                 return web.Response(status=302, headers={"Location": location})
             raise Reply(404, "404 Package Not Found")
+        if self.pep691_json and _prefers_json(request.headers.get("Accept", "")):
+            return _gitlab_json_page(
+                packages[0].name,
+                [
+                    (
+                        f"{base}/files/{f.sha256}/{f.filename}",
+                        f,
+                        f.requires_python or p.requires_python,
+                    )
+                    for p in packages
+                    for f in p.files
+                ],
+            )
         return _gitlab_page(
             packages[0].name,
             (
