@@ -143,6 +143,8 @@ class PageCache:
             store,
             recheck=settings.cache.index_ttl,
             retry=settings.upstream.retry_interval,
+            # A page is not held up long for its times: a sixth of upstream.timeout (5 s).
+            wait=settings.upstream.timeout / 6,
             clock=clock,
         )
 

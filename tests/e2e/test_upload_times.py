@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from datetime import datetime
 from html import escape
 from pathlib import Path
@@ -191,6 +192,28 @@ async def test_a_failing_packages_api_costs_no_page(
     await asyncio.sleep(TTL)
     page = await json_page(proxy, PROJECT_PAGE + "corp-util/")
     assert page["files"][0]["upload-time"] == "2026-02-01T00:00:00.000000Z"
+    assert json.loads((await get(proxy.url + "/-/ready"))[2])["degraded"] == []
+
+
+async def test_a_slow_packages_api_holds_no_page_and_its_answer_serves_the_next_fetch(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory
+) -> None:
+    uploaded(gitlab, "1.0", "2026-02-01T00:00:00+00:00")
+    # Slower than a page waits for it (a sixth of upstream.timeout), within upstream.timeout.
+    gitlab.api_delay = 1.5
+    proxy = await make_proxy(cache={"index_ttl": TTL}, upstream={"timeout": 3.0})
+    started = time.monotonic()
+    page = await json_page(proxy, PROJECT_PAGE + "corp-util/")
+    assert time.monotonic() - started < 1.0
+    assert "upload-time" not in page["files"][0]
+    degraded = json.loads((await get(proxy.url + "/-/ready"))[2])["degraded"]
+    assert any("slower than 0.5s" in reason for reason in degraded), degraded
+    # GitLab's answer, when it comes, is kept: the page's next fetch has it without a call.
+    await asyncio.sleep(gitlab.api_delay * 2 + TTL)
+    calls = api_calls(gitlab)
+    page = await json_page(proxy, PROJECT_PAGE + "corp-util/")
+    assert page["files"][0]["upload-time"] == "2026-02-01T00:00:00.000000Z"
+    assert api_calls(gitlab) == calls
     assert json.loads((await get(proxy.url + "/-/ready"))[2])["degraded"] == []
 
 

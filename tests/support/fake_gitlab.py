@@ -613,6 +613,8 @@ class FakeGitLab(_Server):
         # The REST API's status for every request while set (its own outage); the registry
         # routes still answer.
         self.api_fail_status: int | None = None
+        # Seconds the REST API takes to answer (a slow one); the registry routes do not wait.
+        self.api_delay = 0.0
         self.retry_after: int | str = 1  # sent as is: tests give odd values too
         # Per-credential faults: token (the Basic password or token header) -> the status GitLab
         # answers its every request with; a 429 is a per-user throttle, as GitLab's are.
@@ -808,6 +810,10 @@ class FakeGitLab(_Server):
             readable = None if allowed is None else frozenset(allowed)
             return _Caller(readable, secret not in self.read_only_tokens)
         raise Reply(401, "401 Unauthorized")
+
+    async def _rest_delay(self) -> None:
+        if self.api_delay:
+            await asyncio.sleep(self.api_delay)
 
     def _rest_fault(self) -> None:
         if self.api_fail_status is not None:
@@ -1084,11 +1090,13 @@ class FakeGitLab(_Server):
         }
 
     async def _project_packages(self, request: web.Request) -> web.StreamResponse:
+        await self._rest_delay()
         project = self._rest_project(request)
         return _paginated(request, self._package_rows(request, {project.id}), self._package_row)
 
     async def _group_packages(self, request: web.Request) -> web.StreamResponse:
         """A group's packages in the projects of its subtree the caller may read."""
+        await self._rest_delay()
         caller = self._rest_caller(request)
         group = _by_id_or_path(self._groups, request.match_info["id"])
         if group is None:
@@ -1103,6 +1111,7 @@ class FakeGitLab(_Server):
         return _paginated(request, self._package_rows(request, readable), self._package_row)
 
     async def _package_files(self, request: web.Request) -> web.StreamResponse:
+        await self._rest_delay()
         project = self._rest_project(request)
         package_id = int(request.match_info["package_id"])
         package = next(
