@@ -112,6 +112,10 @@ class PageCache:
         # Last good copies go there too, for replicas that never saw a page GitLab now fails.
         self.shared = shared
         self.policy = Policy(settings.policy)
+        # The host part of each of upstream.forward_hosts ("host" of "host:port").
+        self._forward_host_names = tuple(
+            {host.split(":")[0] for host in settings.upstream.forward_hosts}
+        )
         # A page is fresh for index_ttl from when GitLab gave it, whichever worker fetched it
         # (a copy another worker stored comes in part-way through). Offline, whatever its age.
         ttl = settings.cache.index_ttl
@@ -232,7 +236,8 @@ class PageCache:
             dist.public
             or self.upstream.may_be_forward_route(dist.url)
             or (
-                bool(self.settings.upstream.forward_hosts)
+                # A substring test first: most links name no public host, and need no parsing.
+                any(name in dist.url for name in self._forward_host_names)
                 and self._public_host(yarl.URL(dist.url, encoded=True))
             )
         )
