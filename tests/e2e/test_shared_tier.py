@@ -243,6 +243,8 @@ async def test_a_tier_that_is_down_costs_nothing_and_ready_says_degraded(
     answer = await ready(proxy)
     assert answer["ready"] is True
     assert any("shared tier" in reason for reason in answer["degraded"]), answer
+    _, _, status_page = await get(f"{proxy.url}/-/status")
+    assert b"shared tier failed" in status_page
     _, samples = await scrape(proxy)
     assert value(samples, f"{TIER}_total", result="error") >= 1
     assert value(samples, "gitlab_pypi_proxy_shared_tier_uploads_total", result="failed") >= 1
@@ -279,7 +281,7 @@ async def test_the_secret_key_never_reaches_a_log_metrics_or_status_of_a_real_pr
         tmp_path,
         upstream_url=gitlab.url,
         upstream_token=TOKEN,
-        server_workers="1",
+        server_workers="2",
         storage_url=f"s3://{BUCKET}/{PREFIX}",
         storage_endpoint_url=moto.endpoint,
         storage_timeout="1",
