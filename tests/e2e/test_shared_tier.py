@@ -408,3 +408,32 @@ async def test_many_clients_of_one_fill_make_one_upload_that_delays_none_of_them
     _, samples = await scrape(proxy)
     assert value(samples, "gitlab_pypi_proxy_shared_tier_uploads_total", result="ok") >= 1
     assert await keys_under(moto, blob_key(other.sha256)) == [blob_key(other.sha256)]
+
+
+async def test_a_tier_that_stops_mid_file_hands_the_same_download_over_to_gitlab(
+    gitlab: FakeGitLab, replica: ProxyFactory, moto: MotoServer
+) -> None:
+    wheel = gitlab.add_wheel(42, "corp-big", "1.0.0", payload_size=64 * 1024 * 1024)
+    await put_copy(moto, wheel.sha256, wheel.filename, wheel.content, wheel.sha256)
+    proxy = await replica("a")
+    await get(f"{proxy.url}{PROJECT_PAGE}corp-big/")
+    files = proxy.app[keys.FILES]
+
+    def tier_sending() -> bool:
+        fill = files.fills.get(wheel.sha256)
+        return fill is not None and fill.from_shared and fill.written > 0
+
+    download = asyncio.create_task(get(wheel_url(proxy, wheel)))
+    await eventually(tier_sending, "the tier sending the file", interval=0.001)
+    moto.pause()
+    try:
+        status, _, body = await download
+    finally:
+        moto.resume()
+    # GitLab's bytes took over where the tier's stopped (compared with those already sent):
+    # the client never noticed.
+    assert status == 200 and body == wheel.content
+    assert [r.method for r in gitlab.requests if r.kind == "file"] == ["GET"]
+    _, samples = await scrape(proxy)
+    assert value(samples, f"{TIER}_total", result="hit") == 1
+    assert value(samples, f"{TIER}_total", result="error") >= 1
