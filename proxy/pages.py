@@ -166,7 +166,13 @@ class PageCache:
 
         async def learn(answer: PageAnswer, model: Model) -> Model:
             # Only GitLab's own pages list its packages; a forwarded one, the public index's.
-            if isinstance(model, Project) and self.upstream.is_upstream_host(answer.url):
+            # GitLab's registry answers HTML: a JSON page on the upstream's origin is a parent
+            # proxy's, which gives the times it knows itself and has no REST API.
+            if (
+                isinstance(model, Project)
+                and self.upstream.is_upstream_host(answer.url)
+                and not is_json_page(answer.content_type)
+            ):
                 return await self.times.fill(scope, name, model)
             return model
 

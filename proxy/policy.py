@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,6 +39,10 @@ class Verdict:
 
 
 SHOWN = Verdict(True)
+
+
+# A page asks of each of its files by the page's name: normalized once, not per file.
+_normalized = functools.lru_cache(maxsize=1024)(normalize)
 
 
 def parse_exempt(text: str) -> tuple[str, Version | None]:
@@ -134,6 +139,8 @@ class Policy:
                 self._yanked_files[what] = reason
             else:
                 self._yanked_releases[what] = reason
+        # Only pages of these names parse their filenames' versions for yanks.
+        self._yanked_names = {name for name, _ in self._yanked_releases}
 
     @property
     def ages_files(self) -> bool:
@@ -172,10 +179,10 @@ class Policy:
     def yanked(self, name: str, dist: Distribution) -> bool | str:
         """The file's PEP 592 yank: a local one (with its reason) first, else upstream's."""
         local = self._yanked_files.get(dist.filename)
-        if local is None and self._yanked_releases:
+        if local is None and _normalized(name) in self._yanked_names:
             version = version_of(dist.filename)
             if version is not None:
-                local = self._yanked_releases.get((normalize(name), version))
+                local = self._yanked_releases.get((_normalized(name), version))
         return dist.yanked if local is None else local
 
     def message(self, filename: str, verdict: Verdict) -> str:
@@ -197,7 +204,7 @@ class Policy:
         )
 
     def _exempt(self, name: str, filename: str) -> bool:
-        normalized = normalize(name)
+        normalized = _normalized(name)
         if normalized in self._exempt_names:
             return True
         if not self._exempt_releases:

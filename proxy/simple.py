@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import functools
 import re
 from dataclasses import dataclass, field
@@ -119,6 +120,26 @@ def is_file_url(url: str) -> bool:
     except ValueError:
         return False
     return parts.scheme in ("http", "https") and bool(parts.netloc) and not parts.fragment
+
+
+def pep700_time(raw: object) -> str | None:
+    """An ISO 8601 time with a zone (GitLab's `2026-11-30T10:00:00.000Z`, PyPI's, an offset) as
+    PEP 700 text in UTC, `2026-11-30T10:00:00.000000Z`, the one form stored and rendered; None
+    if it is not one."""
+    if not isinstance(raw, str):
+        return None
+    try:
+        moment = datetime.datetime.fromisoformat(raw)
+        if moment.tzinfo is None:
+            return None
+        utc = moment.astimezone(datetime.UTC)
+    except (ValueError, OverflowError):
+        return None
+    # Not strftime: its %Y does not pad years before 1000 to four digits.
+    return (
+        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:"
+        f"{utc.second:02d}.{utc.microsecond:06d}Z"
+    )
 
 
 def is_hash(algo: str, value: str) -> bool:

@@ -3,7 +3,6 @@ stored form is codec.py's)."""
 
 from __future__ import annotations
 
-import datetime
 import json
 from collections.abc import Callable, Mapping
 from urllib.parse import urldefrag, urljoin
@@ -18,6 +17,7 @@ from .simple import (
     is_hash,
     is_valid_name,
     normalize,
+    pep700_time,
 )
 
 Json = dict[str, object]
@@ -256,20 +256,7 @@ def _upload_time(value: object) -> str | None:
     """PEP 700's upload time, in UTC, in the one form the proxy stores and renders."""
     if value is None:
         return None
-    if not isinstance(value, str):
-        raise _BadEntry("upload-time must be a string")
-    try:
-        when = datetime.datetime.fromisoformat(value)
-    except ValueError as e:
-        raise _BadEntry(f"upload-time is not ISO 8601: {value!r}") from e
-    if when.tzinfo is None:
-        raise _BadEntry("upload-time must say its time zone (UTC)")
-    try:
-        utc = when.astimezone(datetime.UTC)
-    except OverflowError as e:
-        raise _BadEntry(f"upload-time is out of range: {value!r}") from e
-    # Not strftime: its %Y does not pad years before 1000 to four digits.
-    return (
-        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:"
-        f"{utc.second:02d}.{utc.microsecond:06d}Z"
-    )
+    upload_time = pep700_time(value)
+    if upload_time is None:
+        raise _BadEntry(f"upload-time is not an ISO 8601 time with a zone: {value!r}")
+    return upload_time

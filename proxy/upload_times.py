@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime
 import json
 import logging
 import sqlite3
@@ -19,7 +18,7 @@ from .cachehealth import Throttled
 from .credentials import CredentialPolicy
 from .errors import Offline, ProxyError
 from .scope import Scope
-from .simple import Distribution, Project, is_sha256, normalize, version_of
+from .simple import Distribution, Project, is_sha256, normalize, pep700_time, version_of
 from .store import Store, UploadTimeRow
 from .upstream import ApiAnswer, Upstream
 
@@ -337,17 +336,3 @@ def _file_row(row: dict[str, object]) -> UploadTimeRow | None:
     ):
         return None
     return UploadTimeRow(sha256, filename, size, upload_time)
-
-
-def pep700_time(raw: object) -> str | None:
-    """GitLab's `2026-11-30T10:00:00.000Z` (or any ISO 8601 time with a zone) as PEP 700 text,
-    `2026-11-30T10:00:00.000000Z`; None if it is not one."""
-    if not isinstance(raw, str):
-        return None
-    try:
-        moment = datetime.datetime.fromisoformat(raw)
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        return None
-    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

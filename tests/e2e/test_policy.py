@@ -202,6 +202,9 @@ async def test_offline_the_age_rules_use_the_upload_times_the_cache_holds(
     lines = {line.split()[1]: line for line in out.splitlines() if "corp_util-" in line}
     assert "younger than policy.min_age_internal" in lines[young.filename]
     assert "30d" in lines[old.filename] and "yes" in lines[old.filename]
+    code, out = await _cli(tmp_path, gitlab, cache, "explain", "projects/42", "not-cached")
+    assert code == 1
+    assert "explain not-cached: not in the cache" in out
 
 
 async def _cli(tmp_path: Path, gitlab: FakeGitLab, cache: Path, *args: str) -> tuple[int, str]:
@@ -383,3 +386,72 @@ async def test_a_file_appears_once_old_enough_without_a_refetch(
     assert later.headers["ETag"] != first.headers["ETag"]
     assert public.counts["page"] == 1
     assert (await fetch(url_of(proxy.url, fresh))).status == 200
+
+
+DEPLOY_TOKEN = "gldt-deploy-token-abcdef123456"
+
+
+def _gitlab_wheel(gitlab: FakeGitLab, version: str, age: float) -> FakeFile:
+    """corp-util `version` in project 42, uploaded `age` seconds ago (the Packages API says so)."""
+    wheel = gitlab.add_wheel(42, "corp-util", version)
+    wheel.uploaded_at = time.time() - age
+    return wheel
+
+
+async def test_pip_installs_the_newest_gitlab_version_old_enough_by_the_packages_api(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    _gitlab_wheel(gitlab, "1.0.0", 30 * DAY)
+    young = _gitlab_wheel(gitlab, "2.0.0", 600)
+    proxy = await make_proxy(policy={"min_age_internal": 3600, "min_age": 30 * DAY})
+    index = proxy.index_url("projects/42")
+    result = await pip_install(index, tmp_path / "t", "corp-util")
+    result.check()
+    assert installed(tmp_path / "t") == {"corp_util-1.0.0.dist-info"}
+
+    pinned = await pip_install(index, tmp_path / "p", "corp-util==2.0.0")
+    assert pinned.returncode != 0
+    assert "from versions: 1.0.0" in pinned.stderr
+    direct = await pip_install(index, tmp_path / "d", url_of(proxy.url, young))
+    assert direct.returncode != 0
+    assert (
+        f"403 Client Error: {young.filename} is younger than policy.min_age_internal (1h)"
+        in direct.stderr
+    )
+    refused = (await fetch(url_of(proxy.url, young))).json()
+    assert refused["rule"] == "min_age_internal"
+    assert refused["available_at"] == iso(young.uploaded_at + 3600)
+    assert not any(young.filename in r.path for r in gitlab.requests if r.kind == "file")
+
+
+async def test_unknown_age_deny_hides_files_a_deploy_token_cannot_date(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """A deploy token cannot read the Packages API: no upload times, so under a minimum age
+    `unknown_age` decides; the proxy's personal token dates the same file and shows it."""
+    wheel = _gitlab_wheel(gitlab, "1.0.0", 30 * DAY)
+    gitlab.deploy_tokens.add(DEPLOY_TOKEN)
+    rules = {"min_age_internal": DAY, "unknown_age": "deny"}
+    deploy = await make_proxy(tmp_path / "a", upstream={"token": DEPLOY_TOKEN}, policy=rules)
+    assert (await page(deploy, "corp-util")).json()["files"] == []
+    refused = await fetch(url_of(deploy.url, wheel))
+    assert refused.status == 403
+    assert refused.json() == {
+        "error": f"{wheel.filename} has no known upload time, and policy.unknown_age = 'deny' "
+        "refuses such files under a minimum age",
+        "rule": "unknown_age",
+        "available_at": None,
+    }
+    failed = await pip_install(deploy.index_url("projects/42"), tmp_path / "f", "corp-util")
+    assert failed.returncode != 0
+
+    allowed = await make_proxy(
+        tmp_path / "b",
+        upstream={"token": DEPLOY_TOKEN},
+        policy={"min_age_internal": DAY, "unknown_age": "allow"},
+    )
+    assert len((await page(allowed, "corp-util")).json()["files"]) == 1
+    dated = await make_proxy(tmp_path / "c", policy=rules)
+    result = await pip_install(dated.index_url("projects/42"), tmp_path / "t", "corp-util")
+    result.check()
+    assert installed(tmp_path / "t") == {"corp_util-1.0.0.dist-info"}

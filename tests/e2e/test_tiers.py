@@ -9,6 +9,7 @@ import binascii
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ from tests.support.pep691 import check_project_page
 from tests.support.polling import eventually
 from tests.support.wheels import make_wheel, wheel_metadata
 
+# An office's own GitLab token, when the regional passes it on.
+OFFICE_GITLAB = "glpat-office-token-5566778899"
 # A client's own GitLab token, for the modes that pass clients' credentials on.
 CLIENT = "glpat-client-token-0987654321"
 # The office's token when the regional guards itself with `[access] tokens_file`: a regional
@@ -56,8 +59,9 @@ TiersFactory = Callable[..., Awaitable[Tiers]]
 
 @pytest.fixture
 async def tiers(tmp_path: Path, gitlab: FakeGitLab) -> AsyncIterator[TiersFactory]:
-    """Start a regional proxy in front of `gitlab` and an office proxy in front of it; keyword
-    `regional` and `office` hold each one's setting sections, `office_token` its token."""
+    """Start a regional proxy in front of `gitlab` and an office proxy in front of it, as README's
+    recipe has them; keyword `regional` and `office` hold each one's setting sections on top,
+    `office_token` the office's token."""
     started: list[RunningProxy] = []
 
     async def factory(
@@ -123,7 +127,7 @@ async def test_pip_and_uv_install_through_the_office_and_gitlab_sends_each_file_
     result.check()
     assert installed(tmp_path / "uv") == installed(tmp_path / "pip")
     # Each file once from GitLab (small wheels come whole with the tail the regional reads for
-    # their metadata), and not a byte more.
+    # their metadata), however many clients and tiers asked.
     for filename in ("corp_app-2.0.0-py3-none-any.whl", "corp_util-1.1.0-py3-none-any.whl"):
         asked = [r for r in gitlab.requests if r.kind == "file" and r.path.endswith("/" + filename)]
         assert len(asked) == 1, filename
@@ -259,19 +263,22 @@ class Mode:
     never_sent: tuple[str, ...]
 
 
+# As README's table has them: each regional in passthrough holds a read_api token of its own,
+# for the Packages API only.
+PASSING_ON = {"upstream": {"credentials": "passthrough"}}
 MODES = {
-    # The office injects a GitLab token; the regional passes it on as a client's.
+    # The office injects its GitLab token; the regional passes it on as a client's.
     "office-injects": Mode(
-        regional={"upstream": {"credentials": "passthrough", "token": ""}},
+        regional=PASSING_ON,
         office={},
-        office_token=TOKEN,
+        office_token=OFFICE_GITLAB,
         client=None,
-        gitlab_sees=TOKEN,
-        never_sent=(),
+        gitlab_sees=OFFICE_GITLAB,
+        never_sent=(TOKEN,),
     ),
     # Each client's own GitLab token goes through both proxies to GitLab.
     "clients-through": Mode(
-        regional={"upstream": {"credentials": "passthrough", "token": ""}},
+        regional=PASSING_ON,
         office={"upstream": {"credentials": "passthrough"}},
         office_token="",
         client=CLIENT,
@@ -315,6 +322,7 @@ async def test_each_credentials_mode_sends_gitlab_the_right_token_and_no_other(
     gitlab.add_wheel(42, "corp-app", "1.0.0", requires=["tiny-json>=1"])
     public.add_wheel("tiny-json", "1.0.0")
     gitlab.tokens[CLIENT] = {42}
+    gitlab.tokens[OFFICE_GITLAB] = {42}
     forwarding = {"forwarding": "cache", "forward_hosts": (host_of(public),)}
     regional = {**mode.regional, "upstream": {**mode.regional.get("upstream", {}), **forwarding}}
     if mode.office_token == OFFICE_ACCESS:
@@ -332,6 +340,9 @@ async def test_each_credentials_mode_sends_gitlab_the_right_token_and_no_other(
     assert not any(secrets_in(r) for r in public.requests)
     for secret in mode.never_sent:
         assert not any(carries(r, secret) for r in gitlab.requests + public.requests), secret
+    # The Packages API, asked by the regional only, with its own token only.
+    assert gitlab.api_requests
+    assert all(secrets_in(r) == {TOKEN} for r in gitlab.api_requests)
     if mode.client is not None:
         # Without credentials, GitLab's challenge comes back through both tiers.
         answer = await page(chain.office, "corp-app")
@@ -383,3 +394,82 @@ async def test_the_office_policy_knows_the_regionals_public_files_from_its_own(
     assert "protected" in protected.json()["message"]
     (await pip_install(chain.index(), tmp_path / "pip", "tiny-json", "corp-util")).check()
     assert installed(tmp_path / "pip") == {"tiny_json-1.0.0.dist-info", "corp_util-1.0.0.dist-info"}
+
+
+async def test_the_office_never_asks_the_regional_for_gitlabs_packages_api(
+    gitlab: FakeGitLab, tiers: TiersFactory
+) -> None:
+    """A regional holding a deploy token knows no upload times; the office, whose upstream
+    answers JSON (so is not GitLab's registry), must not ask it for GitLab's REST API."""
+    gitlab.deploy_tokens.add("gldt-regional-deploy-token")
+    gitlab.add_wheel(42, "corp-util", "1.0.0")
+    chain = await tiers(
+        regional={"upstream": {"token": "gldt-regional-deploy-token", "username": "deploy"}}
+    )
+    entry = (await page(chain.office, "corp-util")).json()["files"][0]
+    assert "upload-time" not in entry
+    assert chain.regional.app[keys.PAGES].times.problem is not None  # the regional says why
+    assert chain.office.app[keys.METRICS].latency_counts.get("api") is None
+    assert chain.office.app[keys.PAGES].times.problem is None
+
+
+def uploaded(gitlab: FakeGitLab, version: str, when: str) -> tuple[str, int]:
+    wheel = gitlab.add_wheel(42, "corp-util", version)
+    wheel.uploaded_at = datetime.fromisoformat(when).timestamp()
+    return wheel.filename, len(wheel.content)
+
+
+@pytest.mark.parametrize("regional_token_only_for_times", [False, True])
+async def test_gitlab_upload_times_reach_the_office_from_the_regionals_pages(
+    gitlab: FakeGitLab, tiers: TiersFactory, tmp_path: Path, regional_token_only_for_times: bool
+) -> None:
+    old = uploaded(gitlab, "1.0.0", "2026-01-15T08:30:00.125+00:00")
+    new = uploaded(gitlab, "2.0.0", "2026-11-30T10:00:00+00:00")
+    regional: dict[str, dict[str, Any]] = {}
+    office_token = TOKEN
+    if regional_token_only_for_times:
+        # The regional passes the office's GitLab token on, and holds a read_api token of its
+        # own for the Packages API only.
+        gitlab.tokens[OFFICE_GITLAB] = None
+        regional = {"upstream": {"credentials": "passthrough"}}
+        office_token = OFFICE_GITLAB
+    chain = await tiers(regional=regional, office_token=office_token)
+
+    listing = (await page(chain.office, "corp-util")).json()
+    check_project_page(listing)
+    assert listing["meta"]["api-version"] == "1.1"
+    got = {f["filename"]: (f["upload-time"], f["size"]) for f in listing["files"]}
+    assert got == {
+        old[0]: ("2026-01-15T08:30:00.125000Z", old[1]),
+        new[0]: ("2026-11-30T10:00:00.000000Z", new[1]),
+    }
+    result = await uv_pip_install(
+        chain.index(),
+        tmp_path / "uv",
+        "corp-util",
+        cache_dir=tmp_path / "c",
+        extra=("--exclude-newer", "2026-06-01T00:00:00Z"),
+    )
+    result.check()
+    assert installed(tmp_path / "uv") == {"corp_util-1.0.0.dist-info"}
+    # The regional asked GitLab's Packages API with its own token as Private-Token; GitLab's
+    # registry routes saw the office's; the office asked nothing it lacks.
+    assert gitlab.api_requests
+    assert all(r.headers.get("Private-Token") == TOKEN for r in gitlab.api_requests)
+    assert all(secrets_in(r) == {office_token} for r in gitlab.requests)
+    assert chain.office.app[keys.PAGES].times.problem is None
+    assert chain.regional.app[keys.PAGES].times.problem is None
+
+
+async def test_an_office_leaves_upload_times_to_the_regional_which_says_why_it_has_none(
+    gitlab: FakeGitLab, tiers: TiersFactory
+) -> None:
+    uploaded(gitlab, "1.0.0", "2026-01-15T08:30:00+00:00")
+    # A regional without a token of its own cannot ask the Packages API.
+    chain = await tiers(regional={"upstream": {"credentials": "passthrough", "token": ""}})
+    listing = (await page(chain.office, "corp-util")).json()
+    assert "upload-time" not in listing["files"][0]
+    assert not gitlab.api_requests
+    assert chain.office.app[keys.PAGES].times.problem is None
+    problem = chain.regional.app[keys.PAGES].times.problem
+    assert problem is not None and "upstream.token is not set" in problem

@@ -237,6 +237,11 @@ def _created_at(epoch: float) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
+def _upload_time(epoch: float) -> str:
+    """A PEP 700 upload time as PyPI renders one: UTC, microseconds, `Z`."""
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def _paginated(
     request: web.Request, items: Sequence[_Item], row: Callable[[_Item], dict[str, object]]
 ) -> web.Response:
@@ -1205,8 +1210,6 @@ class FakePublicIndex(_Server):
         self.offers_metadata = True
         # PEP 691 JSON to a client that prefers it, as PyPI does; False: HTML only.
         self.offers_json = True
-        # PEP 700 upload time of each file by filename, as PyPI's JSON says it; tests set them.
-        self.upload_times: dict[str, str] = {}
         # Fault: sent, as a JSON page, instead of the real one.
         self.json_body: bytes | None = None
 
@@ -1221,8 +1224,6 @@ class FakePublicIndex(_Server):
         sha256 = hashlib.sha256(content).hexdigest()
         file = FakeFile(filename, content, sha256, requires_python, name, version)
         self._files.append(file)
-        # Uploaded now, unless a test says when.
-        self.upload_times[filename] = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
         return file
 
     def add_wheel(
@@ -1238,7 +1239,7 @@ class FakePublicIndex(_Server):
             name, version, filename, content, requires_python=_requires_python(options)
         )
         if upload_time is not None:
-            self.upload_times[filename] = upload_time
+            file.uploaded_at = datetime.fromisoformat(upload_time).timestamp()
         return file
 
     def file_url(self, file: FakeFile) -> str:
@@ -1289,7 +1290,7 @@ class FakePublicIndex(_Server):
                 "requires-python": f.requires_python or None,
                 "yanked": False,
                 "size": len(f.content),
-                "upload-time": self.upload_times[f.filename],
+                "upload-time": _upload_time(f.uploaded_at),
             }
             metadata = self._core_metadata(f)
             if metadata:

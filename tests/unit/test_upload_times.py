@@ -16,9 +16,9 @@ from proxy.credentials import CredentialPolicy
 from proxy.gitlab import GitLab
 from proxy.metrics import Metrics
 from proxy.scope import Scope
-from proxy.simple import Distribution, Project
+from proxy.simple import Distribution, Project, pep700_time
 from proxy.store import SCHEMA_VERSION, Store, UploadTimeRow
-from proxy.upload_times import CONCURRENCY, UploadTimes, pep700_time
+from proxy.upload_times import CONCURRENCY, UploadTimes
 from tests.support.fake_gitlab import FakeFile, FakeGitLab
 from tests.support.memory_upstream import FakeClock
 
