@@ -243,18 +243,28 @@ class SharedTier:
             {"v": PAGE_VERSION, "key": key, "fetched_at": fetched_at, "model": model}
         ).encode()
         name = f"page:{key}"
-        if name in self._uploads:
+        if self._under_way(name):
             self._pending_pages[key] = body
             return
         self._background(name, self._put_page(key, body))
 
+    def _under_way(self, name: str) -> bool:
+        # A task that just ended is still listed until its done callback runs.
+        task = self._uploads.get(name)
+        return task is not None and not task.done()
+
     def _background(self, name: str, work: Coroutine[Any, Any, None]) -> None:
-        if name in self._uploads:
+        if self._under_way(name):
             work.close()
             return
         task = asyncio.create_task(self._bounded(work))
         self._uploads[name] = task
-        task.add_done_callback(lambda _: self._uploads.pop(name, None))
+
+        def done(ended: asyncio.Task[None]) -> None:
+            if self._uploads.get(name) is ended:
+                del self._uploads[name]
+
+        task.add_done_callback(done)
 
     async def _bounded(self, work: Coroutine[Any, Any, None]) -> None:
         async with self._slots:
