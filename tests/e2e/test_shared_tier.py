@@ -437,3 +437,26 @@ async def test_a_tier_that_stops_mid_file_hands_the_same_download_over_to_gitlab
     _, samples = await scrape(proxy)
     assert value(samples, f"{TIER}_total", result="hit") == 1
     assert value(samples, f"{TIER}_total", result="error") >= 1
+
+
+async def test_with_clients_credentials_the_tiers_bytes_reach_only_whom_gitlab_lets_have_them(
+    gitlab: FakeGitLab, replica: ProxyFactory, moto: MotoServer
+) -> None:
+    alice, eve = "glpat-alice-reads-42", "glpat-eve-reads-nothing"
+    gitlab.tokens[alice] = {42}
+    gitlab.tokens[eve] = set()
+    wheel = gitlab.add_wheel(42, "corp-lib", "1.0.0")
+    upstream = {"credentials": "passthrough", "token": ""}
+    first = await replica("a", upstream=upstream)
+    status, _, _ = await get_authorized(wheel_url(first, wheel), alice)
+    assert status == 200
+    await uploads_done(first)
+    assert await moto_has(moto, blob_key(wheel.sha256))
+
+    second = await replica("b", upstream=upstream)
+    status, _, body = await get_authorized(wheel_url(second, wheel), eve)
+    assert status in (403, 404) and wheel.content not in body
+    status, _, body = await get_authorized(wheel_url(second, wheel), alice)
+    assert status == 200 and body == wheel.content
+    # Each client asked about with its own credentials; the bytes came from the tier.
+    assert [r.method for r in gitlab.requests if r.kind == "file"].count("GET") == 1
