@@ -852,15 +852,20 @@ class Bench:
             raise RuntimeError(f"{tool} installed {installed} distributions, not 23")
         return took
 
-    async def upstream_counts(self) -> dict[str, int]:
+    async def upstream_counts(self) -> dict[str, Any]:
         async with self.session.get(f"{self.gitlab.url}/-/bench/counts") as resp:
-            counts: dict[str, int] = await resp.json()
+            counts: dict[str, Any] = await resp.json()
             return counts
 
-    async def _replicas(self, name: str, count: int) -> tuple[list[procs.Server], procs.Server]:
+    async def _replicas(
+        self, name: str, count: int, extra_env: Mapping[str, str] | None = None
+    ) -> tuple[list[procs.Server], procs.Server]:
         """`count` proxies (one process each, a cache each) behind the README's nginx config."""
         assert self.nginx_binary is not None
-        replicas = [await self.new_proxy(f"{name}-{i}", workers=1) for i in range(count)]
+        replicas = [
+            await self.new_proxy(f"{name}-{i}", workers=1, extra_env=extra_env)
+            for i in range(count)
+        ]
         balancer = await procs.start_balancer(
             self.processes, self.nginx_binary, self.run_dir / name, replicas
         )
@@ -883,7 +888,7 @@ class Bench:
             fig.notes.append("nginx is not installed: not measured.")
             return fig
 
-        async def installs(index: str, name: str) -> dict[str, int]:
+        async def installs(index: str, name: str) -> dict[str, Any]:
             await asyncio.gather(
                 *(self._install("pip", index, f"{name}-{i}") for i in range(REPLICAS))
             )
@@ -896,22 +901,48 @@ class Bench:
             alone = await installs(f"{self.proxy_base(single)}/simple/", "one-proxy")
         finally:
             await self._stop([single])
-        await self.upstream(reset=True)
-        replicas, balancer = await self._replicas("replicas", REPLICAS)
-        index = f"{balancer.url}/api/v4/projects/{PRIVATE_PROJECT}/packages/pypi/simple/"
+
+        async def replicas_losing_one(
+            name: str, moto: MotoServer | None = None
+        ) -> tuple[dict[str, Any], dict[str, Any]]:
+            tier = None
+            if moto is not None:
+                tier = {
+                    "GITLAB_PYPI_PROXY_STORAGE_URL": f"s3://{TIER_BUCKET}/{name}",
+                    "GITLAB_PYPI_PROXY_STORAGE_ENDPOINT_URL": moto.endpoint,
+                    "GITLAB_PYPI_PROXY_STORAGE_REGION": "us-east-1",
+                    **moto.credentials,
+                }
+            await self.upstream(reset=True)
+            replicas, balancer = await self._replicas(name, REPLICAS, tier)
+            index = f"{balancer.url}/api/v4/projects/{PRIVATE_PROJECT}/packages/pypi/simple/"
+            try:
+                steady = await installs(index, name)
+                if moto is not None:
+                    for sha256 in steady["sha256s"]:
+                        await _in_tier(moto, f"{name}/blobs/{sha256}")
+                # One replica dies; its files are then asked of the next one on the ring.
+                await self.processes.kill(replicas[0].proc)
+                for i in range(2):
+                    await self._install("pip", index, f"{name}-lost-{i}")
+                return steady, await self.upstream_counts()
+            finally:
+                await self._stop([balancer, *replicas[1:]])
+
+        steady, lost = await replicas_losing_one("replicas")
+        moto = MotoServer()
+        await asyncio.to_thread(moto.start)
         try:
-            steady = await installs(index, "replicas")
-            # One replica dies; the next installs find its files on the next one on the ring.
-            await self.processes.kill(replicas[0].proc)
-            for i in range(2):
-                await self._install("pip", index, f"replicas-lost-{i}")
-            lost = await self.upstream_counts()
+            moto.create_bucket(TIER_BUCKET)
+            tiered, tiered_lost = await replicas_losing_one("tiered", moto)
         finally:
-            await self._stop([balancer, *replicas[1:]])
+            await asyncio.to_thread(moto.stop)
         for label, counts in (
             (f"1 proxy: {REPLICAS} installs at once, then 1 more", alone),
             (f"{REPLICAS} replicas: the same", steady),
             ("then 1 replica killed, 2 more installs (none failed)", lost),
+            (f"{REPLICAS} replicas on one shared tier: the same", tiered),
+            ("then 1 replica killed, 2 more installs", tiered_lost),
         ):
             distinct = max(counts["distinct"], 1)
             fig.rows.append(
@@ -936,14 +967,22 @@ class Bench:
                 lost["gets"] - steady["gets"] <= steady["gets"] / 2,
             )
         )
+        fig.verdicts.append(
+            (
+                f"on a shared tier, losing 1 of {REPLICAS} re-fetches nothing from GitLab",
+                tiered_lost["gets"] == tiered["gets"],
+            )
+        )
         fig.notes.append(
-            "Each proxy: `python -m proxy serve`, `server.workers = 1`, its own cache directory, "
-            "no shared tier; nginx with the README's replica config. GETs: whole files and byte "
+            "Each proxy: `python -m proxy serve`, `server.workers = 1`, its own cache directory "
+            "(and in the last two rows one bucket on moto's S3 server for all); nginx with the "
+            "README's replica config. GETs: whole files and byte "
             "ranges (PEP 658 metadata of a wheel not yet cached is read by Range, then the wheel "
             "itself is downloaded: more than one GET per file for a lone proxy too). A HEAD: a "
             "replica asked for a cached file in a scope whose page it never fetched asks GitLab "
             "whether that scope lists it. After the kill, the next replica on the ring fetches "
-            "each of the lost replica's files once."
+            "each of the lost replica's files once: from GitLab, or from the tier when there is "
+            "one (the kill comes once every file is in it)."
         )
         return fig
 

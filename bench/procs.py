@@ -194,8 +194,9 @@ def missing_requirements(figures: frozenset[int]) -> list[str]:
                 f"{tool} next to {sys.executable} (figure {figure} installs with it): "
                 "pip install -e '.[test]'"
             )
-    if 11 in figures and importlib.util.find_spec("moto") is None:
-        missing.append("moto (figure 11 runs its S3 server): pip install -e '.[test]'")
+    for figure in (9, 11):
+        if figure in figures and importlib.util.find_spec("moto") is None:
+            missing.append(f"moto (figure {figure} runs its S3 server): pip install -e '.[test]'")
     return sorted(set(missing))
 
 

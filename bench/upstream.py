@@ -6,7 +6,7 @@ then serves until SIGTERM (which the kernel also sends if the bench dies). Priva
 cannot send credentials. `POST /-/bench/set` changes the added latency and a per-download rate
 limit; `GET /-/bench/counts` answers the request counts by kind (`file`, `page`, ...), the file
 bytes sent (`bytes`), and of the file requests the GETs (`gets`: whole files and byte ranges),
-the distinct files asked for (`distinct`) and the HEADs (`probes`).
+the distinct files asked for (`distinct`, and their `sha256s`) and the HEADs (`probes`).
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ class BenchGitLab(FakeGitLab):
                 "bytes": self.file_bytes_sent,
                 "gets": sum(1 for r in files if r.method == "GET"),
                 "distinct": len({r.path.split("?")[0] for r in files}),
+                "sha256s": sorted({r.path.split("/files/")[1].split("/")[0] for r in files}),
                 "probes": sum(1 for r in files if r.method == "HEAD"),
             }
         )

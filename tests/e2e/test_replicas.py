@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +14,7 @@ import pytest
 from tests.support.cli_process import ServeProcess, free_port, write_config
 from tests.support.fake_gitlab import FakeFile, FakeGitLab
 from tests.support.harness import TOKEN, pip_install, twine
+from tests.support.moto_server import MotoServer
 from tests.support.nginx import (
     NGINX,
     SKIP_REASON,
@@ -22,6 +23,7 @@ from tests.support.nginx import (
     start_nginx,
     stop_nginx,
 )
+from tests.support.polling import eventually
 from tests.support.redis_server import RedisServer
 from tests.support.wheels import make_wheel
 
@@ -30,10 +32,10 @@ pytestmark = pytest.mark.skipif(NGINX is None, reason=SKIP_REASON)
 REPLICAS = ("server 10.0.0.11:8080", "server 10.0.0.12:8080", "server 10.0.0.13:8080")
 REPLICAS = ("one", "two", "three")
 LIBRARIES = [f"corp-lib{i}" for i in range(6)]
-# corp-app and every library it requires: one wheel each.
-FILES = len(LIBRARIES) + 1
 SIMPLE = "/api/v4/projects/42/packages/pypi/simple/"
 UPLOAD = "/api/v4/projects/42/packages/pypi"
+BUCKET = "pypi-cache"
+PREFIX = "replicas"
 
 
 @dataclass
@@ -48,8 +50,14 @@ class Cluster:
 
 
 @contextlib.asynccontextmanager
-async def cluster(gitlab: FakeGitLab, redis: RedisServer, tmp_path: Path) -> AsyncIterator[Cluster]:
-    """Three `serve` processes (one worker each, a cache directory each) behind nginx."""
+async def cluster(
+    gitlab: FakeGitLab,
+    redis: RedisServer,
+    tmp_path: Path,
+    storage: dict[str, str | float] | None = None,
+) -> AsyncIterator[Cluster]:
+    """Three `serve` processes (one worker each, a cache directory each) behind nginx;
+    with `storage`, on one shared tier."""
     replicas: list[ServeProcess] = []
     nginx = None
     try:
@@ -62,6 +70,7 @@ async def cluster(gitlab: FakeGitLab, redis: RedisServer, tmp_path: Path) -> Asy
                     "upstream": {"url": gitlab.url, "username": "proxy", "token": TOKEN},
                     "cache": {"dir": str(tmp_path / f"cache-{name}")},
                     "cluster": {"redis_url": redis.url},
+                    **({"storage": storage} if storage else {}),
                 },
             )
             replicas.append(await ServeProcess.from_config(config, port))
@@ -112,7 +121,8 @@ async def test_each_file_is_fetched_once_across_replicas_and_losing_one_fails_no
         await install(running.index, tmp_path / "again")
         assert downloads(gitlab) == Counter({wheel.sha256: 1 for wheel in wheels})
         held = [holds(tmp_path / f"cache-{name}", wheels) for name in REPLICAS]
-        assert sorted(map(len, held)) != [0, 0, FILES], f"the ring spreads the files: {held}"
+        # Which replica holds what depends on the ring, hence on the ports; each file on one.
+        assert sorted(sha for each in held for sha in each) == sorted(w.sha256 for w in wheels)
 
         # A run of installs; the replica holding the most files dies in the middle of it.
         most = max(range(len(held)), key=lambda i: len(held[i]))
@@ -124,6 +134,55 @@ async def test_each_file_is_fetched_once_across_replicas_and_losing_one_fails_no
         expected = Counter({wheel.sha256: 1 + (wheel.sha256 in held[most]) for wheel in wheels})
         assert downloads(gitlab) == expected
         assert "connect() failed" in (running.prefix / "error.log").read_text()
+
+
+@pytest.fixture
+def moto(monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoServer]:
+    """moto's S3 on loopback with the bucket; its credentials in the replicas' environment."""
+    with MotoServer() as server:
+        server.create_bucket(BUCKET)
+        for name, secret in server.credentials.items():
+            monkeypatch.setenv(name, secret)
+        yield server
+
+
+async def test_with_a_shared_tier_losing_a_replica_fetches_no_file_from_gitlab_again(
+    gitlab: FakeGitLab, redis_server: RedisServer, moto: MotoServer, tmp_path: Path
+) -> None:
+    wheels = publish(gitlab)
+    storage: dict[str, str | float] = {
+        "url": f"s3://{BUCKET}/{PREFIX}",
+        "endpoint_url": moto.endpoint,
+        "region": "us-east-1",
+    }
+    async with cluster(gitlab, redis_server, tmp_path, storage) as running:
+        await asyncio.gather(*(install(running.index, tmp_path / f"first{i}") for i in range(3)))
+        assert downloads(gitlab) == Counter({wheel.sha256: 1 for wheel in wheels})
+        # Each replica puts its verified files to the tier in the background.
+        await eventually(_in_tier(moto, wheels), "every wheel is in the shared tier", timeout=20)
+        held = [holds(tmp_path / f"cache-{name}", wheels) for name in REPLICAS]
+        most = max(range(len(held)), key=lambda i: len(held[i]))
+        assert held[most], held
+
+        for i in range(4):
+            if i == 2:
+                await running.replicas[most].kill()
+            await install(running.index, tmp_path / f"run{i}")
+        # The next replica on the ring took the lost one's files from the tier, not from GitLab.
+        assert downloads(gitlab) == Counter({wheel.sha256: 1 for wheel in wheels})
+        survivors = [name for name in REPLICAS if name != REPLICAS[most]]
+        now_held = set().union(*(holds(tmp_path / f"cache-{name}", wheels) for name in survivors))
+        assert held[most] <= now_held, "the survivors hold the lost replica's files now"
+
+
+def _in_tier(moto: MotoServer, wheels: list[FakeFile]) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        async with moto.client() as s3:
+            listing = await s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/blobs/")
+        stored = {item["Key"].rsplit("/", 1)[1] for item in listing.get("Contents", [])}
+        return {wheel.sha256 for wheel in wheels} <= stored
+
+    return check
 
 
 async def test_an_upload_through_the_balancer_is_installable_through_every_replica_at_once(
