@@ -74,9 +74,14 @@ class _StaleAnswer(UpstreamError):
     fails): a failure to get the page fresh, asked again after retry_interval, whose copy is
     served stale when it is newer than the stored one. Never reaches a client: it has a page."""
 
-    def __init__(self, page: CachedPage) -> None:
+    def __init__(self, page: CachedPage, *, dated: bool) -> None:
         super().__init__("the upstream answered with a stale copy of the page")
         self.page = page
+        # The upstream said how old its copy is (Age). Undated, it is newer than none we hold.
+        self.dated = dated
+
+    def newer_than(self, stored_at: float) -> bool:
+        return self.dated and self.page.fetched_at > stored_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -571,9 +576,10 @@ class PageCache:
         if isinstance(model, Project):
             await self._listed(caller.view(scope), model)
         if answer.stale:
+            stale = _StaleAnswer(page, dated=answer.age is not None)
             if shared:
-                await self._keep_stale(key, page, len(answer.body))
-            raise _StaleAnswer(page)
+                await self._keep_stale(key, stale, len(answer.body))
+            raise stale
         if not shared:
             # A client's own group view is kept in memory only: no per-user copies on disk.
             self.private[key] = page
@@ -590,12 +596,13 @@ class PageCache:
             self.shared.upload_page(key, stored, page.fetched_at)
         return page
 
-    async def _keep_stale(self, key: str, page: CachedPage, size: int) -> None:
+    async def _keep_stale(self, key: str, stale: _StaleAnswer, size: int) -> None:
         """Store an upstream's stale copy as the last good one, unless the stored copy is as new
         or the same. Dated index_ttl ago at the latest: no worker may take it for fresh."""
         row = await self.store.get_page(key)
-        if row is not None and row.fetched_at >= page.fetched_at:
+        if row is not None and not stale.newer_than(row.fetched_at):
             return
+        page = stale.page
         model = page.model
         entries = len(model.files) if isinstance(model, Project) else len(model.projects)
         text = await _off_the_loop(lambda: dumps(encode_page(model), entries), size)
@@ -698,7 +705,7 @@ def _newest(stored: CachedPage | None, error: ProxyError) -> CachedPage | None:
     """The page to serve stale: the stored copy, or the upstream's stale one if newer."""
     if not isinstance(error, _StaleAnswer):
         return stored
-    if stored is None or error.page.fetched_at > stored.fetched_at:
+    if stored is None or error.newer_than(stored.fetched_at):
         return error.page
     return stored
 
