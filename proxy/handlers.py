@@ -386,6 +386,8 @@ async def status(request: web.Request) -> web.StreamResponse:
         alerts.append(cluster)
     if (times := app[keys.PAGES].times.problem) is not None:
         alerts.append(times)
+    if (tier := app[keys.SHARED]) is not None and tier.problem is not None:
+        alerts.append(tier.problem)
     page = render_status(settings, app[keys.METRICS], alerts=alerts, full=full)
     headers = {hdrs.CACHE_CONTROL: "private, no-store", hdrs.VARY: "Authorization"}
     return web.Response(text=page, content_type="text/html", charset="utf-8", headers=headers)
