@@ -25,7 +25,7 @@ from .access import hash_token
 from .accesslog import AccessLog, access_logger_class, root_stream
 from .app import create_app
 from .blobs import BlobStore, LocalBlobStore
-from .config import ConfigError, Settings, load_settings
+from .config import ConfigError, Settings, inert_settings, load_settings
 from .connections import ConnectionGuard, capacity_for, raise_open_files_limit
 from .log import ACCESS_LOGGER, MIN_SECRET_LENGTH, announce_start, setup_logging
 from .metrics import Metrics
@@ -152,6 +152,8 @@ def serve(settings: Settings) -> int:
         capacity_for(open_files),
     )
     _warn_short_token(settings)
+    for line in inert_settings(settings):
+        log.warning("%s", line)
     if settings.server.workers > 1:
         try:
             exec_supervisor(settings)

@@ -426,6 +426,24 @@ def _validate_policy(settings: PolicySettings) -> None:
                 raise ConfigError(f"policy.{key}: {e}") from None
 
 
+def inert_settings(settings: Settings) -> list[str]:
+    """Legal combinations that do less than they seem, one line each, for `serve` to warn of."""
+    found = []
+    rules, up = settings.policy, settings.upstream
+    if rules.min_age and up.forwarding == "redirect":
+        found.append(
+            "policy.min_age is set, but upstream.forwarding = 'redirect' sends the clients of a "
+            "name the upstream forwards to the public index itself, where no minimum age can "
+            "apply; upstream.forwarding = 'cache' keeps them here"
+        )
+    if rules.unknown_age == "deny" and not rules.min_age and not rules.min_age_internal:
+        found.append(
+            "policy.unknown_age = 'deny' does nothing: it applies only under a minimum age, "
+            "and policy.min_age and policy.min_age_internal are both 0"
+        )
+    return found
+
+
 def redis_url_problem(text: str) -> str | None:
     """Why `text` is not a Redis URL the cluster can use, or None."""
     try:

@@ -44,8 +44,10 @@ from .upstream import (
     content_range,
     describe,
     is_listed_host,
+    is_stale,
     location_of,
     message_in,
+    parse_age,
     read_kept,
     read_limited,
     retry_after_of,
@@ -240,6 +242,8 @@ class GitLab:
                         challenge=resp.headers.get(hdrs.WWW_AUTHENTICATE),
                         content_type=resp.headers.get(hdrs.CONTENT_TYPE, ""),
                         from_proxy=PROXY_PAGE_HEADER in resp.headers,
+                        stale=is_stale(resp.headers),
+                        age=parse_age(resp.headers.get(hdrs.AGE)),
                     )
         except TimeoutError as e:
             raise self._failed("page", UpstreamTimeout(self._timeout_message)) from e

@@ -94,7 +94,8 @@ def _page_response(
     # A page GitLab showed one client's credentials is not for a shared HTTP cache.
     private = "private, " if who.is_client else ""
     request.app[keys.METRICS].page_result(result.state)
-    max_age = pages.freshness_left(result.page)
+    # A stale copy is fresh for no one: a proxy in front sees that, and asks again soon.
+    max_age = 0 if result.state == "STALE" else pages.freshness_left(result.page)
     if rendered.until != math.inf:
         # A hidden file shows from then on: no cache may keep the page past that.
         max_age = min(max_age, max(0, math.ceil(rendered.until - time.time())))
@@ -106,7 +107,9 @@ def _page_response(
         hdrs.ETAG: etag,
     }
     if result.state == "STALE":
-        headers["Warning"] = '110 - "Response is Stale"'
+        headers[hdrs.WARNING] = '110 - "Response is Stale"'
+        # Rounded up: a proxy in front must never think it newer than a copy it holds.
+        headers[hdrs.AGE] = str(max(0, math.ceil(time.time() - result.page.fetched_at)))
     if none_match(request.headers.get(hdrs.IF_NONE_MATCH), etag):
         return web.Response(status=304, headers=headers)
     # JSON is UTF-8 by definition (RFC 8259); HTML says so in the header.
@@ -386,6 +389,8 @@ async def status(request: web.Request) -> web.StreamResponse:
         alerts.append(cluster)
     if (times := app[keys.PAGES].times.problem) is not None:
         alerts.append(times)
+    if (tier := app[keys.SHARED]) is not None and tier.problem is not None:
+        alerts.append(tier.problem)
     page = render_status(settings, app[keys.METRICS], alerts=alerts, full=full)
     headers = {hdrs.CACHE_CONTROL: "private, no-store", hdrs.VARY: "Authorization"}
     return web.Response(text=page, content_type="text/html", charset="utf-8", headers=headers)

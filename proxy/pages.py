@@ -69,6 +69,21 @@ class CachedPage:
     fetched_at: float
 
 
+class _StaleAnswer(UpstreamError):
+    """The upstream answered with a copy it marks stale (a parent proxy whose own upstream
+    fails): a failure to get the page fresh, asked again after retry_interval, whose copy is
+    served stale when it is newer than the stored one. Never reaches a client: it has a page."""
+
+    def __init__(self, page: CachedPage, *, dated: bool) -> None:
+        super().__init__("the upstream answered with a stale copy of the page")
+        self.page = page
+        # The upstream said how old its copy is (Age). Undated, it is newer than none we hold.
+        self.dated = dated
+
+    def newer_than(self, stored_at: float) -> bool:
+        return self.dated and self.page.fetched_at > stored_at
+
+
 @dataclass(frozen=True, slots=True)
 class PageResult:
     page: CachedPage
@@ -445,7 +460,7 @@ class PageCache:
         failing = self._failing.get(failing_key)
         if failing is not None and not self.upstream.offline:
             # GitLab failed this page lately: answer now, and let one request at a time retry.
-            stored = await self._last_good(key) if may_use_stored else None
+            stored = _newest(await self._last_good(key) if may_use_stored else None, failing.error)
             due = self._clock() >= failing.retry_at
             if stored is not None:
                 if due:
@@ -464,7 +479,7 @@ class PageCache:
             self.fresh[key] = stored
             return PageResult(stored, "HIT", key)
         except _FAILURES as e:
-            stored = await self._last_good(key) if may_use_stored else None
+            stored = _newest(await self._last_good(key) if may_use_stored else None, e)
             if stored is None:
                 raise
             log.warning("serving %s stale: %s", key, e.message)
@@ -585,9 +600,22 @@ class PageCache:
         if learn is not None:
             # Before the copy is kept: stored pages, offline serving and bundles carry them.
             model = await learn(answer, model)
-        page = CachedPage(model, self._wall_clock())
+        now = self._wall_clock()
+        if answer.stale:
+            # As old as the upstream's Age says; without one, at least index_ttl (the oldest a
+            # fresh copy is here). Its Cache-Control max-age is not read: GitLab sends 0 on
+            # every page, and a fresh parent proxy's is what remains of its own index_ttl.
+            age = answer.age if answer.age is not None else self.settings.cache.index_ttl
+            page = CachedPage(model, now - age)
+        else:
+            page = CachedPage(model, now)
         if isinstance(model, Project):
             await self._listed(caller.view(scope), model)
+        if answer.stale:
+            stale = _StaleAnswer(page, dated=answer.age is not None)
+            if shared:
+                await self._keep_stale(key, stale, len(answer.body))
+            raise stale
         if not shared:
             # A client's own group view is kept in memory only: no per-user copies on disk.
             self.private[key] = page
@@ -603,6 +631,24 @@ class PageCache:
         if self.shared is not None:
             self.shared.upload_page(key, stored, page.fetched_at)
         return page
+
+    async def _keep_stale(self, key: str, stale: _StaleAnswer, size: int) -> None:
+        """Store an upstream's stale copy as the last good one, unless the stored copy is as new
+        or the same. Dated index_ttl ago at the latest: no worker may take it for fresh."""
+        row = await self.store.get_page(key)
+        if row is not None and not stale.newer_than(row.fetched_at):
+            return
+        page = stale.page
+        model = page.model
+        entries = len(model.files) if isinstance(model, Project) else len(model.projects)
+        text = await _off_the_loop(lambda: dumps(encode_page(model), entries), size)
+        if row is not None and row.model == text:
+            return
+        fetched_at = min(page.fetched_at, self._wall_clock() - self.settings.cache.index_ttl)
+        try:
+            await self.store.put_page(key, text, fetched_at)
+        except sqlite3.Error as e:
+            self._db_warn.log(logging.WARNING, "could not store page %s: %s", key, e)
 
     async def _listed(self, view: str, project: Project) -> None:
         """Tell the gate which files GitLab listed, in batches: 100,000 take 0.3 s of the loop."""
@@ -691,6 +737,15 @@ class PageCache:
             except sqlite3.Error as e:
                 self._db_warn.log(logging.WARNING, "could not store page %s: %s", key, e)
         return page
+
+
+def _newest(stored: CachedPage | None, error: ProxyError) -> CachedPage | None:
+    """The page to serve stale: the stored copy, or the upstream's stale one if newer."""
+    if not isinstance(error, _StaleAnswer):
+        return stored
+    if stored is None or error.newer_than(stored.fetched_at):
+        return error.page
+    return stored
 
 
 def _parse_project(answer: PageAnswer, name: str) -> Project:

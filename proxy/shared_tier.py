@@ -14,15 +14,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import aiohttp
-import botocore.exceptions
 import yarl
-from aiobotocore.config import AioConfig
-from aiobotocore.session import AioSession, ClientCreatorContext, get_session
 
 from .config import StorageSettings
 from .metrics import Metrics
 
 if TYPE_CHECKING:
+    from aiobotocore.session import AioSession, ClientCreatorContext
     from types_aiobotocore_s3 import S3Client
     from types_aiobotocore_s3.type_defs import GetObjectOutputTypeDef, HeadObjectOutputTypeDef
 
@@ -48,25 +46,41 @@ def checksum_of(sha256: str) -> str:
     return base64.b64encode(bytes.fromhex(sha256)).decode()
 
 
+def _tier_errors() -> tuple[type[BaseException], ...]:
+    """What a tier call may raise that means "not now", never a bug of ours. botocore is
+    imported here, with a tier only: it costs every other proxy 0.1 s of start-up."""
+    import botocore.exceptions
+
+    return (
+        botocore.exceptions.BotoCoreError,
+        botocore.exceptions.ClientError,
+        aiohttp.ClientError,
+        TimeoutError,
+        OSError,
+    )
+
+
+def _error_code(e: BaseException) -> str | None:
+    """S3's error code (NoSuchKey, 404, AccessDenied...), or None for another failure."""
+    import botocore.exceptions
+
+    if not isinstance(e, botocore.exceptions.ClientError):
+        return None
+    return str(e.response.get("Error", {}).get("Code", "error"))
+
+
 def _failure(e: BaseException) -> str:
     """What went wrong, without anything a credential could hide in: a class and an S3 code."""
+    import botocore.exceptions
+
     if isinstance(e, botocore.exceptions.ClientError):
-        error = e.response.get("Error", {})
         status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        return f"{error.get('Code', 'error')} (HTTP {status})"
+        return f"{_error_code(e)} (HTTP {status})"
     return type(e).__name__
 
 
 def _is_absent(e: BaseException) -> bool:
-    if not isinstance(e, botocore.exceptions.ClientError):
-        return False
-    code = str(e.response.get("Error", {}).get("Code", ""))
-    return code in ("404", "NoSuchKey", "NotFound")
-
-
-# What a tier call may raise that means "not now", never a bug of ours.
-_TIER_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
-_NETWORK_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
+    return _error_code(e) in ("404", "NoSuchKey", "NotFound")
 
 
 @dataclass(slots=True)
@@ -84,7 +98,7 @@ class TierBlob:
             while chunk := await body.read(CHUNK):
                 self._tier.metrics.shared_tier("bytes_read", len(chunk))
                 yield chunk
-        except (*_TIER_ERRORS, *_NETWORK_ERRORS) as e:
+        except self._tier.errors as e:
             raise self._tier.failed("read", e) from None
 
     def close(self) -> None:
@@ -108,6 +122,7 @@ class SharedTier:
         prefix = url.path.strip("/")
         self.prefix = f"{prefix}/" if prefix else ""
         self.client = client
+        self.errors = _tier_errors()
         # Puts the blobs, with a longer wait for the answer to a big body.
         self.uploader = uploader
         self.metrics = metrics
@@ -162,7 +177,7 @@ class SharedTier:
         key = self.blob_key(sha256)
         try:
             head = await self._head(key)
-        except (*_TIER_ERRORS, *_NETWORK_ERRORS) as e:
+        except self.errors as e:
             if _is_absent(e):
                 self._answered()
                 if counted:
@@ -193,11 +208,8 @@ class SharedTier:
         key = self.blob_key(sha256)
         try:
             answer = await self.client.get_object(Bucket=self.bucket, Key=key, IfMatch=head["ETag"])
-        except (*_TIER_ERRORS, *_NETWORK_ERRORS) as e:
-            if _is_absent(e) or (
-                isinstance(e, botocore.exceptions.ClientError)
-                and e.response.get("Error", {}).get("Code") == "PreconditionFailed"
-            ):
+        except self.errors as e:
+            if _is_absent(e) or _error_code(e) == "PreconditionFailed":
                 self.metrics.shared_tier("miss")
                 return None
             self.failed("get", e)
@@ -213,7 +225,7 @@ class SharedTier:
     async def _delete(self, key: str) -> None:
         try:
             await self.client.delete_object(Bucket=self.bucket, Key=key)
-        except (*_TIER_ERRORS, *_NETWORK_ERRORS) as e:
+        except self.errors as e:
             raise self.failed("delete", e) from None
 
     def upload_blob(
@@ -231,18 +243,28 @@ class SharedTier:
             {"v": PAGE_VERSION, "key": key, "fetched_at": fetched_at, "model": model}
         ).encode()
         name = f"page:{key}"
-        if name in self._uploads:
+        if self._under_way(name):
             self._pending_pages[key] = body
             return
         self._background(name, self._put_page(key, body))
 
+    def _under_way(self, name: str) -> bool:
+        # A task that just ended is still listed until its done callback runs.
+        task = self._uploads.get(name)
+        return task is not None and not task.done()
+
     def _background(self, name: str, work: Coroutine[Any, Any, None]) -> None:
-        if name in self._uploads:
+        if self._under_way(name):
             work.close()
             return
         task = asyncio.create_task(self._bounded(work))
         self._uploads[name] = task
-        task.add_done_callback(lambda _: self._uploads.pop(name, None))
+
+        def done(ended: asyncio.Task[None]) -> None:
+            if self._uploads.get(name) is ended:
+                del self._uploads[name]
+
+        task.add_done_callback(done)
 
     async def _bounded(self, work: Coroutine[Any, Any, None]) -> None:
         async with self._slots:
@@ -259,7 +281,7 @@ class SharedTier:
             head = await self._head(key)
             if head.get("ChecksumSHA256") == checksum_of(sha256):
                 return  # another replica put it first
-        except (*_TIER_ERRORS, *_NETWORK_ERRORS) as e:
+        except self.errors as e:
             if not _is_absent(e):
                 raise self.failed("head", e) from None
         try:
@@ -277,7 +299,7 @@ class SharedTier:
                 ChecksumSHA256=checksum_of(sha256),
                 Metadata={"filename": filename},
             )
-        except (*_TIER_ERRORS, *_NETWORK_ERRORS) as e:
+        except self.errors as e:
             raise self.failed("put", e) from None
         finally:
             body.close()
@@ -295,7 +317,7 @@ class SharedTier:
                     ChecksumSHA256=checksum_of(hashlib.sha256(body).hexdigest()),
                     ContentType="application/json",
                 )
-            except (*_TIER_ERRORS, *_NETWORK_ERRORS) as e:
+            except self.errors as e:
                 raise self.failed("put", e) from None
             self._answered()
             self.metrics.shared_tier("uploaded")
@@ -314,7 +336,7 @@ class SharedTier:
             )
             async with answer["Body"] as stream:
                 body = await stream.read()
-        except (*_TIER_ERRORS, *_NETWORK_ERRORS) as e:
+        except self.errors as e:
             if _is_absent(e):
                 self._answered()
                 self.metrics.shared_tier("miss")
@@ -336,7 +358,7 @@ class SharedTier:
         """Whether the tier answers now (a HEAD of a key that need not exist)."""
         try:
             await self.client.head_object(Bucket=self.bucket, Key=f"{self.prefix}blobs/")
-        except (*_TIER_ERRORS, *_NETWORK_ERRORS) as e:
+        except self.errors as e:
             if not _is_absent(e):
                 self.failed("probe", e)
                 return False
@@ -351,7 +373,7 @@ class SharedTier:
             async for listing in paginator.paginate(Bucket=self.bucket, Prefix=start):
                 for item in listing.get("Contents", []):
                     yield item["Key"].removeprefix(start), item.get("Size", 0)
-        except (*_TIER_ERRORS, *_NETWORK_ERRORS) as e:
+        except self.errors as e:
             raise self.failed("list", e) from None
 
     async def hash_object(self, key: str, progress: Callable[[int], None]) -> tuple[str, bytes]:
@@ -366,7 +388,7 @@ class SharedTier:
                     if len(head) < 64 * 1024:
                         head += chunk[: 64 * 1024 - len(head)]
                     progress(len(chunk))
-        except (*_TIER_ERRORS, *_NETWORK_ERRORS) as e:
+        except self.errors as e:
             raise self.failed("get", e) from None
         return digest.hexdigest(), head
 
@@ -408,6 +430,8 @@ async def open_shared_tier(
     if not settings.url:
         yield None
         return
+    from aiobotocore.session import get_session
+
     session = get_session()
     async with (
         _client(session, settings, settings.timeout) as client,
@@ -421,6 +445,8 @@ async def open_shared_tier(
 def _client(
     session: AioSession, settings: StorageSettings, read_timeout: float
 ) -> ClientCreatorContext[S3Client]:
+    from aiobotocore.config import AioConfig
+
     config = AioConfig(
         connect_timeout=settings.timeout,
         read_timeout=read_timeout,

@@ -7,6 +7,7 @@ import datetime
 import email.utils
 import hashlib
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
@@ -16,6 +17,7 @@ from typing import Protocol
 import aiohttp
 import yarl
 from aiohttp import hdrs
+from multidict import CIMultiDictProxy
 
 from .errors import ProxyError, UpstreamError
 from .scope import Scope
@@ -24,6 +26,12 @@ MAX_REDIRECTS = 5
 REDIRECTS = (301, 302, 303, 307, 308)
 # The longest a Retry-After may hold a host: past that, asking again costs less than waiting.
 MAX_RETRY_AFTER = 3600.0
+# A warn-code saying an answer is past its freshness (RFC 7234 5.5): 110 Response is Stale,
+# 111 Revalidation Failed, 112 Disconnected Operation. RFC 9111 dropped Warning; caches,
+# this proxy among them, still send 110.
+_STALE_WARNING = re.compile(r"(?:^|,)\s*11[012]\s")
+# The largest Age a cache must pass on (RFC 9111 1.2.2: 2^31 seconds).
+MAX_AGE_SECONDS = 2**31
 
 
 class RangeIgnored(Exception):
@@ -52,6 +60,10 @@ class PageAnswer:
     content_type: str = ""
     # Whether a proxy of this project served it (PROXY_PAGE_HEADER): a parent tier's page.
     from_proxy: bool = False
+    # A cache on the way (a parent proxy of this project whose own upstream fails) said its
+    # copy is stale, and how old it is (Age) if it said.
+    stale: bool = False
+    age: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +249,23 @@ def parse_retry_after(raw: str | None, now: float | None = None) -> float | None
         when = when.replace(tzinfo=datetime.UTC)  # "-0000": still UTC (RFC 5322 3.3)
     wait = when.timestamp() - (time.time() if now is None else now)
     return min(max(0.0, wait), MAX_RETRY_AFTER)
+
+
+def is_stale(headers: CIMultiDictProxy[str]) -> bool:
+    """Whether an answer says it is a stale copy: `X-Cache: STALE` (this project's proxies, and
+    other caches) or a Warning 110, 111 or 112."""
+    if headers.get("X-Cache", "").strip().upper() == "STALE":
+        return True
+    return any(_STALE_WARNING.search(value) for value in headers.getall(hdrs.WARNING, []))
+
+
+def parse_age(raw: str | None) -> float | None:
+    """The seconds an Age header gives (RFC 9111 5.1: digits only); None if absent or malformed."""
+    value = (raw or "").strip()
+    if not (value.isascii() and value.isdigit()):
+        return None
+    # Compared as text first: int() of thousands of digits is slow.
+    return float(MAX_AGE_SECONDS if len(value) > 10 else min(int(value), MAX_AGE_SECONDS))
 
 
 def retry_after_of(resp: aiohttp.ClientResponse) -> float | None:

@@ -29,6 +29,32 @@ async def test_serve_starts_with_no_config_at_all(tmp_path: Path) -> None:
     async with await serve(tmp_path) as proxy:
         assert (tmp_path / "cache" / "index.sqlite3").exists()
         assert await proxy.stop() == 0
+    assert "policy." not in proxy.log()
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"policy_min_age": "7d"}, ("policy.min_age", "upstream.forwarding")),
+        (
+            {"policy_unknown_age": "deny"},
+            ("policy.unknown_age", "policy.min_age", "policy.min_age_internal"),
+        ),
+    ],
+    ids=["min_age-under-redirect", "unknown_age-without-min_age"],
+)
+async def test_serve_warns_once_of_a_setting_that_does_less_than_it_seems(
+    gitlab: FakeGitLab, tmp_path: Path, settings: dict[str, str], named: tuple[str, ...]
+) -> None:
+    # Two workers: the supervisor says it once, not each worker.
+    async with await serve(
+        tmp_path, upstream_url=gitlab.url, upstream_token=TOKEN, server_workers="2", **settings
+    ) as proxy:
+        assert await proxy.stop() == 0
+    lines = [line for line in proxy.log().splitlines() if named[0] in line]
+    assert len(lines) == 1, proxy.log()
+    assert " WARNING proxy: " in lines[0]
+    assert all(key in lines[0] for key in named)
 
 
 async def cli(config: Path, *args: str) -> tuple[int, str]:

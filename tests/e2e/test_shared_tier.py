@@ -243,6 +243,8 @@ async def test_a_tier_that_is_down_costs_nothing_and_ready_says_degraded(
     answer = await ready(proxy)
     assert answer["ready"] is True
     assert any("shared tier" in reason for reason in answer["degraded"]), answer
+    _, _, status_page = await get(f"{proxy.url}/-/status")
+    assert b"shared tier failed" in status_page
     _, samples = await scrape(proxy)
     assert value(samples, f"{TIER}_total", result="error") >= 1
     assert value(samples, "gitlab_pypi_proxy_shared_tier_uploads_total", result="failed") >= 1
@@ -279,7 +281,7 @@ async def test_the_secret_key_never_reaches_a_log_metrics_or_status_of_a_real_pr
         tmp_path,
         upstream_url=gitlab.url,
         upstream_token=TOKEN,
-        server_workers="1",
+        server_workers="2",
         storage_url=f"s3://{BUCKET}/{PREFIX}",
         storage_endpoint_url=moto.endpoint,
         storage_timeout="1",
@@ -406,3 +408,55 @@ async def test_many_clients_of_one_fill_make_one_upload_that_delays_none_of_them
     _, samples = await scrape(proxy)
     assert value(samples, "gitlab_pypi_proxy_shared_tier_uploads_total", result="ok") >= 1
     assert await keys_under(moto, blob_key(other.sha256)) == [blob_key(other.sha256)]
+
+
+async def test_a_tier_that_stops_mid_file_hands_the_same_download_over_to_gitlab(
+    gitlab: FakeGitLab, replica: ProxyFactory, moto: MotoServer
+) -> None:
+    wheel = gitlab.add_wheel(42, "corp-big", "1.0.0", payload_size=64 * 1024 * 1024)
+    await put_copy(moto, wheel.sha256, wheel.filename, wheel.content, wheel.sha256)
+    proxy = await replica("a")
+    await get(f"{proxy.url}{PROJECT_PAGE}corp-big/")
+    files = proxy.app[keys.FILES]
+
+    def tier_sending() -> bool:
+        fill = files.fills.get(wheel.sha256)
+        return fill is not None and fill.from_shared and fill.written > 0
+
+    download = asyncio.create_task(get(wheel_url(proxy, wheel)))
+    await eventually(tier_sending, "the tier sending the file", interval=0.001)
+    moto.pause()
+    try:
+        status, _, body = await download
+    finally:
+        moto.resume()
+    # GitLab's bytes took over where the tier's stopped (compared with those already sent):
+    # the client never noticed.
+    assert status == 200 and body == wheel.content
+    assert [r.method for r in gitlab.requests if r.kind == "file"] == ["GET"]
+    _, samples = await scrape(proxy)
+    assert value(samples, f"{TIER}_total", result="hit") == 1
+    assert value(samples, f"{TIER}_total", result="error") >= 1
+
+
+async def test_with_clients_credentials_the_tiers_bytes_reach_only_whom_gitlab_lets_have_them(
+    gitlab: FakeGitLab, replica: ProxyFactory, moto: MotoServer
+) -> None:
+    alice, eve = "glpat-alice-reads-42", "glpat-eve-reads-nothing"
+    gitlab.tokens[alice] = {42}
+    gitlab.tokens[eve] = set()
+    wheel = gitlab.add_wheel(42, "corp-lib", "1.0.0")
+    upstream = {"credentials": "passthrough", "token": ""}
+    first = await replica("a", upstream=upstream)
+    status, _, _ = await get_authorized(wheel_url(first, wheel), alice)
+    assert status == 200
+    await uploads_done(first)
+    assert await moto_has(moto, blob_key(wheel.sha256))
+
+    second = await replica("b", upstream=upstream)
+    status, _, body = await get_authorized(wheel_url(second, wheel), eve)
+    assert status in (403, 404) and wheel.content not in body
+    status, _, body = await get_authorized(wheel_url(second, wheel), alice)
+    assert status == 200 and body == wheel.content
+    # Each client asked about with its own credentials; the bytes came from the tier.
+    assert [r.method for r in gitlab.requests if r.kind == "file"].count("GET") == 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yarl
 
 from proxy import keys
 from proxy.access import hash_token
@@ -28,7 +30,7 @@ from tests.support.harness import (
     twine,
     uv_pip_install,
 )
-from tests.support.http import fetch, host_of, page, project_file_url
+from tests.support.http import Answer, fetch, host_of, page, project_file_url
 from tests.support.pep691 import check_project_page
 from tests.support.polling import eventually
 from tests.support.wheels import make_wheel, wheel_metadata
@@ -410,6 +412,84 @@ async def test_the_office_refuses_a_protected_names_public_file_asked_for_by_its
     refused = await fetch(project_file_url(chain.office, squatter.sha256, squatter.filename))
     assert refused.status == 403, refused.body
     assert refused.json()["rule"] == "protected"
+
+
+def filenames(answer: Answer) -> set[str]:
+    return {f["filename"] for f in answer.json()["files"]}
+
+
+async def test_a_regionals_stale_page_is_stale_at_the_office_which_asks_again_soon(
+    gitlab: FakeGitLab, tiers: TiersFactory
+) -> None:
+    retry = 1.0
+    old = gitlab.add_wheel(42, "corp-util", "1.0.0")
+    chain = await tiers(
+        regional={"cache": {"index_ttl": 0.0}, "upstream": {"retry_interval": 0.0}},
+        office={"cache": {"index_ttl": 3600.0}, "upstream": {"retry_interval": retry}},
+    )
+    # The regional holds a last good copy; the office has none yet.
+    assert (await page(chain.regional, "corp-util")).headers["X-Cache"] == "MISS"
+
+    gitlab.down = True
+    regional = await page(chain.regional, "corp-util")
+    assert regional.headers["X-Cache"] == "STALE"
+    assert regional.headers["Warning"].startswith("110 ")
+    assert int(regional.headers["Age"]) >= 0
+    # The office says so too, every time: the copy is not fresh for its index_ttl.
+    for _ in range(2):
+        answer = await page(chain.office, "corp-util")
+        assert answer.status == 200
+        assert answer.headers["X-Cache"] == "STALE"
+        assert answer.headers["Warning"].startswith("110 ")
+        assert "max-age=0" in answer.headers["Cache-Control"]
+        assert filenames(answer) == {old.filename}
+
+    # GitLab back with a new upload: the office shows it after retry_interval, not index_ttl.
+    gitlab.down = False
+    new = gitlab.add_wheel(42, "corp-util", "1.1.0")
+    back = time.monotonic()
+
+    async def office_shows_the_upload() -> bool:
+        return new.filename in filenames(await page(chain.office, "corp-util"))
+
+    await eventually(office_shows_the_upload, "the office shows the new upload", timeout=10)
+    assert time.monotonic() - back < 3 * retry + 2
+    assert (await page(chain.office, "corp-util")).headers["X-Cache"] == "HIT"
+
+
+async def test_the_office_keeps_its_newer_copy_over_an_older_stale_one_from_upstream(
+    gitlab: FakeGitLab, tiers: TiersFactory, tmp_path: Path
+) -> None:
+    old = gitlab.add_wheel(42, "corp-util", "1.0.0")
+    always = {"cache": {"index_ttl": 0.0}, "upstream": {"retry_interval": 0.0}}
+    chain = await tiers(regional=always, office=always)
+    # A regional cache as it was before the next upload: a backup, or a replica behind.
+    backup = make_settings(gitlab.url, tmp_path / "backup", TOKEN, **always)
+    before = await start_proxy(backup)
+    assert (await page(before, "corp-util")).headers["X-Cache"] == "MISS"
+    await before.stop()
+    new = gitlab.add_wheel(42, "corp-util", "1.1.0")
+    assert filenames(await page(chain.office, "corp-util")) == {old.filename, new.filename}
+
+    # The regional is replaced, in place, by one on the older cache; then GitLab goes down.
+    port = yarl.URL(chain.regional.url).port
+    assert port is not None
+    await chain.regional.stop()
+    restored = await start_proxy(backup, port=port)
+    try:
+        gitlab.down = True
+        stale = await page(restored, "corp-util")
+        assert (stale.headers["X-Cache"], filenames(stale)) == ("STALE", {old.filename})
+        for _ in range(2):
+            answer = await page(chain.office, "corp-util")
+            assert answer.headers["X-Cache"] == "STALE"
+            assert filenames(answer) == {old.filename, new.filename}
+    finally:
+        await restored.stop()
+    # What the office stored is still its own newer copy: the regional gone, it serves that.
+    answer = await page(chain.office, "corp-util")
+    assert answer.headers["X-Cache"] == "STALE"
+    assert filenames(answer) == {old.filename, new.filename}
 
 
 async def test_the_office_never_asks_the_regional_for_gitlabs_packages_api(

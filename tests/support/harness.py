@@ -61,10 +61,11 @@ def make_settings(
     return settings
 
 
-async def start_proxy(settings: Settings) -> RunningProxy:
+async def start_proxy(settings: Settings, port: int = 0) -> RunningProxy:
+    """The proxy on `port` (0: a free one); a given port lets a test restart a proxy in place."""
     runner = web.AppRunner(create_app(settings), handler_cancellation=False)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
     port = runner.addresses[0][1]
     return RunningProxy(runner, f"http://127.0.0.1:{port}", settings)

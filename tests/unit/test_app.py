@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,3 +52,14 @@ def _gitlab(app: web.Application) -> GitLab:
     upstream = app[keys.UPSTREAM]
     assert isinstance(upstream, GitLab)
     return upstream
+
+
+def test_a_proxy_without_a_shared_tier_never_imports_its_s3_client() -> None:
+    # In a fresh interpreter: this one's test modules may have imported it already.
+    code = (
+        "import sys, proxy.app, proxy.cli; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('botocore', 'aiobotocore')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import ConfigError, Settings, load_settings
+from proxy.config import ConfigError, Settings, inert_settings, load_settings
 
 
 def _load(tmp_path: Path, toml: str, **env: str) -> Settings:
@@ -131,3 +131,46 @@ def test_a_redis_url_is_taken_from_the_environment_and_never_repr_d(tmp_path: Pa
     assert settings.cluster.redis_url == url
     assert "s3cret" not in repr(settings)
     assert _load(tmp_path, "").cluster.redis_url == ""
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "keys"),
+    [
+        # The defaults, and every combination that does what it says: nothing to say.
+        ("", {}, []),
+        (
+            '[policy]\nmin_age = "7d"\n[upstream]\nforwarding = "cache"\n'
+            'forward_hosts = ["pypi.org"]',
+            {},
+            [],
+        ),
+        ('[policy]\nmin_age = "7d"\n[upstream]\nforwarding = "deny"', {}, []),
+        ('[policy]\nunknown_age = "deny"\nmin_age_internal = "1h"', {}, []),
+        # A minimum age the public index's redirect escapes (the default forwarding).
+        ('[policy]\nmin_age = "7d"', {}, [("policy.min_age", "upstream.forwarding")]),
+        # unknown_age without any minimum age, from the file or the environment.
+        (
+            '[policy]\nunknown_age = "deny"',
+            {},
+            [("policy.unknown_age", "policy.min_age", "policy.min_age_internal")],
+        ),
+        (
+            "",
+            {"GITLAB_PYPI_PROXY_POLICY_UNKNOWN_AGE": "deny"},
+            [("policy.unknown_age", "policy.min_age", "policy.min_age_internal")],
+        ),
+        (
+            '[policy]\nunknown_age = "deny"\nmin_age = "7d"',
+            {},
+            [("policy.min_age", "upstream.forwarding")],
+        ),
+    ],
+)
+def test_legal_settings_that_do_less_than_they_seem_are_named_at_start_up(
+    tmp_path: Path, toml: str, env: dict[str, str], keys: list[tuple[str, ...]]
+) -> None:
+    found = inert_settings(_load(tmp_path, toml, **env))
+    assert len(found) == len(keys)
+    for line, named in zip(found, keys, strict=True):
+        assert "\n" not in line
+        assert all(key in line for key in named), line

@@ -111,6 +111,29 @@ async def test_a_redirect_not_to_be_followed_is_returned(rig: Rig) -> None:
     assert rig.other.seen == []
 
 
+@pytest.mark.parametrize(
+    ("headers", "stale", "age"),
+    [
+        ({}, False, None),
+        # This project's own stale answer.
+        ({"X-Cache": "STALE", "Warning": '110 - "Response is Stale"', "Age": "42"}, True, 42),
+        ({"X-Cache": "HIT", "Cache-Control": "max-age=0"}, False, None),
+        # Another cache's: Revalidation Failed, second in a list; Disconnected Operation.
+        ({"Warning": '199 - "misc, note", 111 cache "Revalidation Failed"'}, True, None),
+        ({"Warning": '112 - "Disconnected Operation"', "Age": "99999999999999"}, True, 2**31),
+        # Not a stale warn-code, nor an Age at all.
+        ({"Warning": '214 - "Transformation Applied"', "Age": "-5"}, False, None),
+        ({"Warning": "1100 - nonsense", "Age": "1.5"}, False, None),
+    ],
+)
+async def test_a_page_marked_stale_by_a_cache_on_the_way_is_known_and_its_age_read(
+    rig: Rig, headers: dict[str, str], stale: bool, age: float | None
+) -> None:
+    rig.origin.answer = lambda: web.Response(text="<html></html>", headers=headers)
+    answer = await rig.gitlab.get_page(rig.origin.url("/api/v4/simple/demo/"), "Basic c")
+    assert (answer.status, answer.stale, answer.age) == (200, stale, age)
+
+
 async def test_retry_after_on_429_holds_the_next_request(rig: Rig) -> None:
     rig.origin.answer = lambda: web.Response(status=429, headers={"Retry-After": "30"})
     url = rig.origin.url("/api/v4/simple/demo/")

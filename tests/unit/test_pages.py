@@ -15,6 +15,7 @@ from proxy.errors import UpstreamStatus, UpstreamUnavailable
 from proxy.pages import PageCache
 from proxy.scope import Scope
 from proxy.store import Store
+from proxy.upstream import PageAnswer
 from tests.support.memory_upstream import FakeClock, MemoryUpstream
 from tests.support.polling import eventually
 
@@ -104,6 +105,59 @@ async def test_the_last_good_copy_is_served_while_upstream_fails(rig: Rig) -> No
         return await rig.demo() == ("HIT", ["demo-2.0.tar.gz"])
 
     await eventually(refreshed, "the background refresh kept the new page")
+
+
+def serve_stale(rig: Rig, version: str, age: float | None) -> None:
+    """The upstream answers as a parent proxy whose own upstream fails: its copy, marked stale."""
+    url = rig.upstream.url_for(SCOPE, "simple/demo")
+    rig.upstream.pages[url] = PageAnswer(200, page(version), url, stale=True, age=age)
+
+
+async def test_an_upstreams_stale_copy_is_served_stale_kept_and_never_fresh(rig: Rig) -> None:
+    serve_stale(rig, "1.0", age=5.0)
+    assert await rig.demo() == ("STALE", ["demo-1.0.tar.gz"])
+    # A failure to get the page fresh: asked again after retry_interval, not index_ttl.
+    rig.clock.advance(RETRY_INTERVAL - 1)
+    assert await rig.demo() == ("STALE", ["demo-1.0.tar.gz"])
+    assert len(rig.upstream.page_calls) == 1
+    # Kept as the last good copy, yet another worker on the same store does not take it for
+    # fresh (5 s old upstream, so it is dated index_ttl ago): it asks upstream itself.
+    other = PageCache(
+        rig.cache.settings,
+        rig.upstream,
+        rig.cache.store,
+        rig.cache.gate,
+        wall_clock=rig.clock,
+        clock=rig.clock,
+    )
+    row = await rig.cache.store.get_page("projects/42:demo")
+    assert row is not None and row.fetched_at <= rig.clock() - INDEX_TTL
+    result = await other.project(SCOPE, "demo", rig.caller)
+    assert result.state == "STALE"
+    assert len(rig.upstream.page_calls) == 2
+    # Fresh again upstream: fresh here at the next retry.
+    rig.upstream.serve(rig.upstream.url_for(SCOPE, "simple/demo"), page("2.0"))
+    rig.clock.advance(2)
+    await rig.demo()
+
+    async def refreshed() -> bool:
+        return await rig.demo() == ("HIT", ["demo-2.0.tar.gz"])
+
+    await eventually(refreshed, "the retry kept the fresh page")
+
+
+@pytest.mark.parametrize("age", [INDEX_TTL + 100, None])
+async def test_an_older_stale_copy_never_replaces_a_newer_stored_one(
+    rig: Rig, age: float | None
+) -> None:
+    assert await rig.demo() == ("MISS", ["demo-1.0.tar.gz"])
+    rig.clock.advance(INDEX_TTL + 1)
+    # Older than the stored copy by its Age; without one, of no known age: never newer.
+    serve_stale(rig, "0.9", age=age)
+    for _ in range(2):
+        assert await rig.demo() == ("STALE", ["demo-1.0.tar.gz"])
+    row = await rig.cache.store.get_page("projects/42:demo")
+    assert row is not None and "demo-1.0" in row.model
 
 
 async def test_a_failure_with_nothing_stored_reaches_the_client(rig: Rig) -> None:
