@@ -65,7 +65,7 @@ _FORWARD_PATH = re.compile(
     r"/api/v4/projects/[^/]+/packages/pypi/forward/[^/]+/(?P<host>[^/]+)/(?P<path>.+)$"
 )
 # A page is asked for as PEP 691 JSON first: a public index or a parent proxy of this project
-# answers with it; GitLab answers HTML.
+# answers with it; GitLab answers HTML (JSON only behind a feature flag of 18.10+).
 PAGE_HEADERS = {str(hdrs.ACCEPT): UPSTREAM_ACCEPT}
 # Of GitLab's answer to an upload, no more than this is kept and passed on.
 MAX_UPLOAD_ANSWER = 64 * 1024
