@@ -464,28 +464,61 @@ def redis_url_problem(text: str) -> str | None:
 
 
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+# A URL's user and password, and the "@" after them: to the last "@", as AWS secret keys
+# may hold a "/".
+_USERINFO_RE = re.compile(r"://.*@")
 
 
 def _validate_storage(storage: StorageSettings) -> None:
-    if storage.url:
-        url = yarl.URL(storage.url)
-        if (
-            url.scheme != "s3"
-            or not _BUCKET_RE.fullmatch(url.raw_host or "")
-            or url.user is not None
-            or url.port is not None
-            or url.query_string
-            or url.fragment
-        ):
-            raise ConfigError(f"storage.url: {storage.url!r} is not s3://bucket[/prefix]")
-    if storage.endpoint_url:
-        endpoint = yarl.URL(storage.endpoint_url)
-        if endpoint.scheme not in ("http", "https") or not endpoint.host or endpoint.user:
-            raise ConfigError(
-                f"storage.endpoint_url: {storage.endpoint_url!r} is not an http(s) URL"
-            )
+    # Credentials come from the AWS environment: a URL carrying some is refused, never quoted.
+    if storage.url and not _is_bucket_url(storage.url):
+        raise ConfigError(
+            f"storage.url: {_without_userinfo(storage.url)!r} is not s3://bucket[/prefix] "
+            "(no user, password, port or query)"
+        )
+    if storage.endpoint_url and not _is_endpoint_url(storage.endpoint_url):
+        raise ConfigError(
+            f"storage.endpoint_url: {_without_userinfo(storage.endpoint_url)!r} is not an "
+            "http(s) URL without a user or password"
+        )
     if storage.timeout <= 0:
         raise ConfigError("storage.timeout: must be more than 0 seconds")
+
+
+def _is_bucket_url(text: str) -> bool:
+    try:
+        url = yarl.URL(text)
+        port = url.port
+    except ValueError:
+        return False
+    return (
+        url.scheme == "s3"
+        and _BUCKET_RE.fullmatch(url.raw_host or "") is not None
+        and url.user is None
+        and url.password is None
+        and port is None
+        and not url.query_string
+        and not url.fragment
+    )
+
+
+def _is_endpoint_url(text: str) -> bool:
+    try:
+        url = yarl.URL(text)
+        _ = url.port
+    except ValueError:
+        return False
+    return (
+        url.scheme in ("http", "https")
+        and bool(url.host)
+        and url.user is None
+        and url.password is None
+    )
+
+
+def _without_userinfo(text: str) -> str:
+    """A URL as an error may quote it: what lies between "://" and the last "@" left out."""
+    return _USERINFO_RE.sub("://", text)
 
 
 def _ci_defaults(env: Mapping[str, str], configured: Mapping[str, Any]) -> dict[str, Any]:

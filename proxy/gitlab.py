@@ -35,6 +35,7 @@ from .negotiate import UPSTREAM_ACCEPT
 from .scope import Scope
 from .upstream import (
     MAX_REDIRECTS,
+    PROXY_PAGE_HEADER,
     REDIRECTS,
     ApiAnswer,
     PageAnswer,
@@ -64,7 +65,7 @@ _FORWARD_PATH = re.compile(
     r"/api/v4/projects/[^/]+/packages/pypi/forward/[^/]+/(?P<host>[^/]+)/(?P<path>.+)$"
 )
 # A page is asked for as PEP 691 JSON first: a public index or a parent proxy of this project
-# answers with it; GitLab answers HTML.
+# answers with it; GitLab answers HTML (JSON only behind a feature flag of 18.10+).
 PAGE_HEADERS = {str(hdrs.ACCEPT): UPSTREAM_ACCEPT}
 # Of GitLab's answer to an upload, no more than this is kept and passed on.
 MAX_UPLOAD_ANSWER = 64 * 1024
@@ -240,6 +241,7 @@ class GitLab:
                         retry_after=retry_after_of(resp),
                         challenge=resp.headers.get(hdrs.WWW_AUTHENTICATE),
                         content_type=resp.headers.get(hdrs.CONTENT_TYPE, ""),
+                        from_proxy=PROXY_PAGE_HEADER in resp.headers,
                         stale=is_stale(resp.headers),
                         age=parse_age(resp.headers.get(hdrs.AGE)),
                     )

@@ -30,7 +30,7 @@ from .scope import Scope
 from .shared_tier import SharedTier
 from .simple import is_distribution_filename, is_sha256, is_valid_name, normalize
 from .status import render_home, render_status
-from .upstream import message_of
+from .upstream import PROXY_PAGE_HEADER, message_of
 
 MAX_FILENAME_LENGTH = 255
 
@@ -100,6 +100,7 @@ def _page_response(
         # A hidden file shows from then on: no cache may keep the page past that.
         max_age = min(max_age, max(0, math.ceil(rendered.until - time.time())))
     headers = {
+        PROXY_PAGE_HEADER: "1",
         "X-Cache": result.state,
         hdrs.CACHE_CONTROL: f"{private}max-age={max_age}",
         hdrs.VARY: VARY,
@@ -267,7 +268,9 @@ async def _apply_policy(request: web.Request, scope: Scope, sha256: str, filenam
     pages = request.app[keys.PAGES]
     policy = pages.policy
     verdict = None
-    if policy.protects and await pages.protected_forwarded(scope, sha256, filename):
+    if policy.protects and await pages.protected_forwarded(
+        scope, caller(request), sha256, filename
+    ):
         verdict = Verdict(False, "protected")
     elif policy.ages_files:
         verdict = await pages.file_verdict(scope, caller(request), sha256, filename, time.time())

@@ -127,6 +127,10 @@ class PageCache:
         # Last good copies go there too, for replicas that never saw a page GitLab now fails.
         self.shared = shared
         self.policy = Policy(settings.policy)
+        # The host part of each of upstream.forward_hosts ("host" of "host:port").
+        self._forward_host_names = tuple(
+            {host.split(":")[0] for host in settings.upstream.forward_hosts}
+        )
         # A page is fresh for index_ttl from when GitLab gave it, whichever worker fetched it
         # (a copy another worker stored comes in part-way through). Offline, whatever its age.
         ttl = settings.cache.index_ttl
@@ -158,6 +162,8 @@ class PageCache:
             store,
             recheck=settings.cache.index_ttl,
             retry=settings.upstream.retry_interval,
+            # A page is not held up long for its times: a sixth of upstream.timeout (5 s).
+            wait=settings.upstream.timeout / 6,
             clock=clock,
         )
 
@@ -181,12 +187,12 @@ class PageCache:
 
         async def learn(answer: PageAnswer, model: Model) -> Model:
             # Only GitLab's own pages list its packages; a forwarded one, the public index's.
-            # GitLab's registry answers HTML: a JSON page on the upstream's origin is a parent
-            # proxy's, which gives the times it knows itself and has no REST API.
+            # A parent proxy's page (HTML or JSON) gives the times it knows itself, and it has
+            # no REST API.
             if (
                 isinstance(model, Project)
                 and self.upstream.is_upstream_host(answer.url)
-                and not is_json_page(answer.content_type)
+                and not answer.from_proxy
             ):
                 return await self.times.fill(scope, name, model)
             return model
@@ -218,22 +224,52 @@ class PageCache:
             log.info("no page of %s to judge %s by: %s", name, filename, e.message)
         return self.policy.verdict(name, dist or Distribution(filename, ""), now)
 
-    async def protected_forwarded(self, scope: Scope, sha256: str, filename: str) -> bool:
-        """Whether this is a public-index file, once listed on a forwarded page of `scope`, of a
-        protected name: never served, cached or not."""
+    async def protected_forwarded(
+        self, scope: Scope, caller: Caller, sha256: str, filename: str
+    ) -> bool:
+        """Whether this is a public-index file of a protected name: once listed on a forwarded
+        page of `scope`, or of a name whose page is the public index's. Never served, cached
+        or not."""
         name = project_of(filename)
-        return (
-            name is not None
-            and self.policy.is_protected(name)
-            and await self.store.forwarded_url(scope.key, sha256, filename) is not None
-        )
+        if name is None or not self.policy.is_protected(name):
+            return False
+        if await self.store.forwarded_url(scope.key, sha256, filename) is not None:
+            return True
+        # A parent proxy links its public files on its own origin, where no forwarding shows:
+        # only its page's `public` flags tell, and project() refuses such a page.
+        try:
+            await self.project(scope, name, caller)
+        except Protected:
+            return True
+        except ProxyError as e:
+            log.info("no page of %s to check %s against: %s", name, filename, e.message)
+        return False
 
     def _is_public(self, dist: Distribution) -> bool:
         # Pages stored before the `public` flag existed: their links say where files come from.
         return (
             dist.public
             or self.upstream.may_be_forward_route(dist.url)
-            or self._public_host(yarl.URL(dist.url, encoded=True))
+            or (
+                # A substring test first: most links name no public host, and need no parsing.
+                any(name in dist.url for name in self._forward_host_names)
+                and self._public_host(yarl.URL(dist.url, encoded=True))
+            )
+        )
+
+    def _with_origins(self, model: Model) -> Model:
+        """A stored page with `public` set on every file its links say is the public index's:
+        copies stored before the flag existed read as GitLab-hosted, which would give their
+        public files min_age_internal and no `_public-index` for a proxy in front."""
+        if not isinstance(model, Project) or not any(
+            not dist.public and self._is_public(dist) for dist in model.files
+        ):
+            return model
+        return model.with_files(
+            tuple(
+                dataclasses.replace(dist, public=True) if self._is_public(dist) else dist
+                for dist in model.files
+            )
         )
 
     async def forwarded_source(self, scope: Scope, sha256: str, filename: str) -> yarl.URL | None:
@@ -677,7 +713,9 @@ class PageCache:
 
     async def _decoded(self, key: str, text: str, fetched_at: float) -> CachedPage | None:
         try:
-            model = await _off_the_loop(lambda: decode_page(json.loads(text)), len(text))
+            model = await _off_the_loop(
+                lambda: self._with_origins(decode_page(json.loads(text))), len(text)
+            )
         except ValueError:
             log.error("stored page %s is unreadable; ignoring it", key)
             return None

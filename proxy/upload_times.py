@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import math
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
@@ -74,6 +75,7 @@ class UploadTimes:
         *,
         recheck: float,
         retry: float,
+        wait: float = math.inf,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.policy = policy
@@ -81,10 +83,14 @@ class UploadTimes:
         self.store = store
         self._recheck = recheck
         self._retry = retry
+        # Seconds a page waits for GitLab's answer; a slower one is kept for its next fetch.
+        self._wait = wait
         self._clock = clock
         # Until when not to ask, per scope key; "" holds every scope.
         self._held_until: dict[str, float] = {}
         self._slots = asyncio.Semaphore(CONCURRENCY)
+        # What is being learnt of each (scope key, name), also once its page has gone without.
+        self._learning: dict[tuple[str, str], asyncio.Future[dict[FileKey, UploadTimeRow]]] = {}
         # Why some upload times are unknown now; None while GitLab answers.
         self.problem: str | None = None
         self._db_warn = Throttled(log)
@@ -108,13 +114,48 @@ class UploadTimes:
         missing = _apply(files, asked, known)
         if missing and self._may_ask(scope):
             versions = {v for i in missing if (v := version_of(files[i].filename)) is not None}
-            learnt = await self._learn(scope, normalize(name), versions)
+            learnt = await self._learn_within(scope, normalize(name), versions)
             if learnt:
                 _apply(files, missing, learnt)
-                await self._keep(learnt.values())
         if files == list(project.files):
             return project
         return project.with_files(tuple(files))
+
+    async def _learn_within(
+        self, scope: Scope, name: str, versions: set[Version]
+    ) -> dict[FileKey, UploadTimeRow]:
+        """What GitLab says within `wait` seconds. A slower answer still comes and is kept, so
+        the page's next fetch has it from the index; this one goes without."""
+        key = (scope.key, name)
+        learning = self._learning.get(key)
+        if learning is None:
+            learning = asyncio.ensure_future(self._learn_and_keep(scope, name, versions))
+            self._learning[key] = learning
+
+            def finished(future: asyncio.Future[dict[FileKey, UploadTimeRow]]) -> None:
+                self._learning.pop(key, None)
+                # Retrieved even when no page waits for it any more, so asyncio does not log it.
+                if not future.cancelled():
+                    future.exception()
+
+            learning.add_done_callback(finished)
+        done, _ = await asyncio.wait({learning}, timeout=self._wait)
+        if not done:
+            self._report(
+                f"upload times unknown for some pages: GitLab's Packages API answers slower "
+                f"than {self._wait:g}s (a sixth of upstream.timeout); its answers are kept for "
+                "the pages' next fetch"
+            )
+            return {}
+        return learning.result()
+
+    async def _learn_and_keep(
+        self, scope: Scope, name: str, versions: set[Version]
+    ) -> dict[FileKey, UploadTimeRow]:
+        learnt = await self._learn(scope, name, versions)
+        if learnt:
+            await self._keep(learnt.values())
+        return learnt
 
     async def _known(self, sha256s: Iterable[str]) -> dict[FileKey, UploadTimeRow]:
         try:

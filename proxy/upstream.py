@@ -38,6 +38,12 @@ class RangeIgnored(Exception):
     """The upstream does not answer Range requests as asked; the message says how."""
 
 
+# Sent with every simple page this proxy serves, so a proxy in front tells a parent tier's pages
+# (which carry the upload times it knows) from GitLab's own, JSON or not (GitLab 18.10+ has PEP
+# 691 JSON behind a feature flag).
+PROXY_PAGE_HEADER = "X-Gitlab-Pypi-Proxy"
+
+
 @dataclass(frozen=True, slots=True)
 class PageAnswer:
     """What the upstream said to a simple-page request."""
@@ -52,6 +58,8 @@ class PageAnswer:
     challenge: str | None = None
     # Content-Type: whether the page is HTML or PEP 691 JSON.
     content_type: str = ""
+    # Whether a proxy of this project served it (PROXY_PAGE_HEADER): a parent tier's page.
+    from_proxy: bool = False
     # A cache on the way (a parent proxy of this project whose own upstream fails) said its
     # copy is stale, and how old it is (Age) if it said.
     stale: bool = False

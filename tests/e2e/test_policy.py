@@ -329,6 +329,47 @@ async def test_pip_installs_the_newest_public_version_old_enough(
     assert value(samples, "gitlab_pypi_proxy_policy_blocks_total", rule="min_age") == 2
 
 
+async def _as_stored_before_origins(cache: Path, key: str) -> None:
+    """Rewrite a stored page as releases before `Distribution.public` wrote it: no "public"."""
+    store = await Store.open(cache / DB_NAME)
+    try:
+        row = await store.get_page(key)
+        assert row is not None
+        model = json.loads(row.model)
+        origins = [entry.pop("public", False) for entry in model["model"]["files"]]
+        assert origins == [True, True]
+        await store.put_page(key, json.dumps(model), row.fetched_at)
+    finally:
+        await store.close()
+
+
+async def test_a_forwarded_page_stored_before_files_had_an_origin_keeps_min_age(
+    gitlab: FakeGitLab, aged: Aged, make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """Its links say its files are the public index's: min_age, not min_age_internal, holds
+    them, and the JSON a proxy in front reads marks them so."""
+    cache = tmp_path / "cache"
+    before = await make_proxy(cache, upstream=forwarding(aged.public, "cache"))
+    assert (await page(before, "tiny-json")).status == 200
+    for wheel in (aged.old, aged.young):
+        assert (await fetch(url_of(before.url, wheel))).status == 200
+    await before.stop()
+    await _as_stored_before_origins(cache, PageKey("projects/42", "tiny-json").encode())
+
+    proxy = await make_proxy(
+        cache,
+        cache={"offline": True},
+        upstream=forwarding(aged.public, "cache"),
+        policy={"min_age": 7 * DAY},
+    )
+    files = (await page(proxy, "tiny-json")).json()["files"]
+    assert [f["filename"] for f in files] == [aged.old.filename]
+    assert files[0]["_public-index"] is True
+    refused = await fetch(url_of(proxy.url, aged.young))
+    assert refused.status == 403, refused.body
+    assert refused.json()["rule"] == "min_age"
+
+
 async def test_exemptions_lift_the_minimum_age(
     gitlab: FakeGitLab, aged: Aged, make_proxy: ProxyFactory, tmp_path: Path
 ) -> None:

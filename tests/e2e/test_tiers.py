@@ -398,6 +398,22 @@ async def test_the_office_policy_knows_the_regionals_public_files_from_its_own(
     assert installed(tmp_path / "pip") == {"tiny_json-1.0.0.dist-info", "corp_util-1.0.0.dist-info"}
 
 
+async def test_the_office_refuses_a_protected_names_public_file_asked_for_by_its_hash(
+    gitlab: FakeGitLab, public: FakePublicIndex, tiers: TiersFactory
+) -> None:
+    """A lock file made without the office knows the public file's URL: the office must refuse
+    it as its page, though the regional's link to it is on the regional's own origin."""
+    squatter = public.add_wheel("acme-lib", "1.0.0", upload_time="2024-01-01T00:00:00.000000Z")
+    forwarding = {"forwarding": "cache", "forward_hosts": (host_of(public),)}
+    chain = await tiers(
+        regional={"upstream": forwarding}, office={"policy": {"protected": ("acme-*",)}}
+    )
+    assert (await page(chain.office, "acme-lib")).status == 404
+    refused = await fetch(project_file_url(chain.office, squatter.sha256, squatter.filename))
+    assert refused.status == 403, refused.body
+    assert refused.json()["rule"] == "protected"
+
+
 def filenames(answer: Answer) -> set[str]:
     return {f["filename"] for f in answer.json()["files"]}
 

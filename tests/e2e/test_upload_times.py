@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from datetime import datetime
 from html import escape
 from pathlib import Path
@@ -68,6 +69,20 @@ async def test_json_page_carries_upload_time_and_size(
     # GitLab's substring search finds `corp-util-extra` too; its files are not asked for.
     assert all("package_name=corp&" in r.path for r in rest if "package_files" not in r.path)
     assert len([r for r in rest if "package_files" in r.path]) == 2
+
+
+async def test_gitlabs_own_json_pages_get_times_too(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory
+) -> None:
+    """GitLab 18.10+ answers PEP 691 JSON behind a feature flag: still GitLab's registry, whose
+    Packages API knows the times, not a parent proxy that gave the times it knows."""
+    wheel = uploaded(gitlab, "1.0", "2026-02-01T00:00:00+00:00")
+    gitlab.pep691_json = True
+    proxy = await make_proxy()
+    entry = (await json_page(proxy, PROJECT_PAGE + "corp-util/"))["files"][0]
+    assert entry["filename"] == wheel.filename
+    assert entry["upload-time"] == "2026-02-01T00:00:00.000000Z"
+    assert entry["size"] == len(wheel.content)
 
 
 async def test_html_page_is_unchanged_and_group_pages_get_times_too(
@@ -177,6 +192,28 @@ async def test_a_failing_packages_api_costs_no_page(
     await asyncio.sleep(TTL)
     page = await json_page(proxy, PROJECT_PAGE + "corp-util/")
     assert page["files"][0]["upload-time"] == "2026-02-01T00:00:00.000000Z"
+    assert json.loads((await get(proxy.url + "/-/ready"))[2])["degraded"] == []
+
+
+async def test_a_slow_packages_api_holds_no_page_and_its_answer_serves_the_next_fetch(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory
+) -> None:
+    uploaded(gitlab, "1.0", "2026-02-01T00:00:00+00:00")
+    # Slower than a page waits for it (a sixth of upstream.timeout), within upstream.timeout.
+    gitlab.api_delay = 1.5
+    proxy = await make_proxy(cache={"index_ttl": TTL}, upstream={"timeout": 3.0})
+    started = time.monotonic()
+    page = await json_page(proxy, PROJECT_PAGE + "corp-util/")
+    assert time.monotonic() - started < 1.0
+    assert "upload-time" not in page["files"][0]
+    degraded = json.loads((await get(proxy.url + "/-/ready"))[2])["degraded"]
+    assert any("slower than 0.5s" in reason for reason in degraded), degraded
+    # GitLab's answer, when it comes, is kept: the page's next fetch has it without a call.
+    await asyncio.sleep(gitlab.api_delay * 2 + TTL)
+    calls = api_calls(gitlab)
+    page = await json_page(proxy, PROJECT_PAGE + "corp-util/")
+    assert page["files"][0]["upload-time"] == "2026-02-01T00:00:00.000000Z"
+    assert api_calls(gitlab) == calls
     assert json.loads((await get(proxy.url + "/-/ready"))[2])["degraded"] == []
 
 

@@ -292,6 +292,26 @@ def _gitlab_page(title: str, anchors: Iterable[str]) -> web.Response:
     return web.Response(text=body, content_type="text/html")
 
 
+def _gitlab_json_page(name: str, files: list[tuple[str, FakeFile, str]]) -> web.Response:
+    """GitLab's PEP 691 page behind its feature flag: api-version 1.0, four keys per file."""
+    page = {
+        "meta": {"api-version": "1.0"},
+        "name": name,
+        "files": [
+            {
+                "filename": file.filename,
+                "url": url,
+                "hashes": {"sha256": file.sha256},
+                "requires-python": requires_python or None,
+            }
+            for url, file, requires_python in files
+        ],
+    }
+    return web.json_response(
+        page, content_type="application/vnd.pypi.simple.v1+json", headers={"Vary": "Accept"}
+    )
+
+
 def _gitlab_anchor(url: str, requires_python: str, text: str) -> str:
     return f'<a href="{url}" data-requires-python="{_erb_escape(requires_python)}">{text}</a>'
 
@@ -581,6 +601,9 @@ class FakeGitLab(_Server):
         # GitLab moved under MOVED_ROOT: the old paths answer a 301 to the new ones.
         self.moved = False
         self.max_upload_size: int | None = None
+        # GitLab 18.10+'s `pypi_pep_691_json` feature flag (off by default): PEP 691 JSON pages
+        # to a client that prefers them, with only filename, url, hashes and requires-python.
+        self.pep691_json = False
         # Names under a package protection rule: uploads of them are 403 for this fake's users.
         self.protected: set[str] = set()
         # Faults. down/delay/fail_status hit GitLab only; the file faults also hit object storage.
@@ -590,6 +613,8 @@ class FakeGitLab(_Server):
         # The REST API's status for every request while set (its own outage); the registry
         # routes still answer.
         self.api_fail_status: int | None = None
+        # Seconds the REST API takes to answer (a slow one); the registry routes do not wait.
+        self.api_delay = 0.0
         self.retry_after: int | str = 1  # sent as is: tests give odd values too
         # Per-credential faults: token (the Basic password or token header) -> the status GitLab
         # answers its every request with; a 429 is a per-user throttle, as GitLab's are.
@@ -786,6 +811,10 @@ class FakeGitLab(_Server):
             return _Caller(readable, secret not in self.read_only_tokens)
         raise Reply(401, "401 Unauthorized")
 
+    async def _rest_delay(self) -> None:
+        if self.api_delay:
+            await asyncio.sleep(self.api_delay)
+
     def _rest_fault(self) -> None:
         if self.api_fail_status is not None:
             status = self.api_fail_status
@@ -922,6 +951,19 @@ class FakeGitLab(_Server):
                 location = f"{self.public_index_url.rstrip('/')}/simple/{requested}/"
                 return web.Response(status=302, headers={"Location": location})
             raise Reply(404, "404 Package Not Found")
+        if self.pep691_json and _prefers_json(request.headers.get("Accept", "")):
+            return _gitlab_json_page(
+                packages[0].name,
+                [
+                    (
+                        f"{base}/files/{f.sha256}/{f.filename}",
+                        f,
+                        f.requires_python or p.requires_python,
+                    )
+                    for p in packages
+                    for f in p.files
+                ],
+            )
         return _gitlab_page(
             packages[0].name,
             (
@@ -1048,11 +1090,13 @@ class FakeGitLab(_Server):
         }
 
     async def _project_packages(self, request: web.Request) -> web.StreamResponse:
+        await self._rest_delay()
         project = self._rest_project(request)
         return _paginated(request, self._package_rows(request, {project.id}), self._package_row)
 
     async def _group_packages(self, request: web.Request) -> web.StreamResponse:
         """A group's packages in the projects of its subtree the caller may read."""
+        await self._rest_delay()
         caller = self._rest_caller(request)
         group = _by_id_or_path(self._groups, request.match_info["id"])
         if group is None:
@@ -1067,6 +1111,7 @@ class FakeGitLab(_Server):
         return _paginated(request, self._package_rows(request, readable), self._package_row)
 
     async def _package_files(self, request: web.Request) -> web.StreamResponse:
+        await self._rest_delay()
         project = self._rest_project(request)
         package_id = int(request.match_info["package_id"])
         package = next(

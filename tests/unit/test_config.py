@@ -103,6 +103,28 @@ def test_a_bad_redis_url_stops_start_up_without_showing_its_password(
     assert "s3cret" not in message
 
 
+@pytest.mark.parametrize(
+    ("key", "url"),
+    [
+        ("url", "s3://AKIAEXAMPLE:s3cret-key@pypi-cache/prod"),
+        ("url", "s3://:s3cret-key@pypi-cache/prod"),
+        ("url", "s3://AKIAEXAMPLE:s3cret/key@pypi-cache/prod"),
+        ("url", "s3://AKIAEXAMPLE:s3cret-key@pypi-cache:99999/prod"),
+        ("endpoint_url", "https://minio:s3cret-key@minio.internal:9000"),
+        ("endpoint_url", "https://:s3cret-key@minio.internal:9000"),
+        ("endpoint_url", "https://minio:s3cret-key@[::1"),
+    ],
+)
+def test_a_storage_url_with_credentials_stops_start_up_without_showing_them(
+    tmp_path: Path, key: str, url: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        _load(tmp_path, f'[storage]\n{key} = "{url}"')
+    message = str(raised.value)
+    assert message.startswith(f"storage.{key}: ")
+    assert "s3cret" not in message
+
+
 def test_a_redis_url_is_taken_from_the_environment_and_never_repr_d(tmp_path: Path) -> None:
     url = "rediss://proxy:s3cret-pass@redis.internal:6380/2"
     settings = _load(tmp_path, "", GITLAB_PYPI_PROXY_CLUSTER_REDIS_URL=url)
