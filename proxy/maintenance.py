@@ -111,7 +111,7 @@ async def verify_shared(tier: SharedTier, progress: Progress = lambda n: None) -
     report = VerifyReport()
     async for name, size in tier.objects("blobs"):
         key = f"{tier.prefix}blobs/{name}"
-        actual, _ = await tier.hash_object(key, progress)
+        actual = await tier.hash_object(key, progress)
         report.checked += 1
         report.checked_bytes += size
         if not is_sha256(name) or actual != name:
@@ -120,7 +120,7 @@ async def verify_shared(tier: SharedTier, progress: Progress = lambda n: None) -
             report.bad.append(f"tier {key}")
     async for name, size in tier.objects("pages"):
         key = f"{tier.prefix}pages/{name}"
-        _, body = await tier.hash_object(key, progress)
+        body = await tier.read_object(key, progress)
         report.checked += 1
         report.checked_bytes += size
         page = _page_key_of(body)

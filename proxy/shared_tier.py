@@ -376,21 +376,29 @@ class SharedTier:
         except self.errors as e:
             raise self.failed("list", e) from None
 
-    async def hash_object(self, key: str, progress: Callable[[int], None]) -> tuple[str, bytes]:
-        """An object's actual SHA-256, and its first bytes up to 64 KiB (a page copy whole)."""
+    async def hash_object(self, key: str, progress: Callable[[int], None]) -> str:
+        """An object's actual SHA-256, read as it streams."""
+        digest = hashlib.sha256()
+        await self._read_object(key, progress, digest.update)
+        return digest.hexdigest()
+
+    async def read_object(self, key: str, progress: Callable[[int], None]) -> bytes:
+        """An object whole: a page copy, which `verify` parses (never a blob: those stream)."""
+        chunks: list[bytes] = []
+        await self._read_object(key, progress, chunks.append)
+        return b"".join(chunks)
+
+    async def _read_object(
+        self, key: str, progress: Callable[[int], None], take: Callable[[bytes], object]
+    ) -> None:
         try:
             answer = await self.client.get_object(Bucket=self.bucket, Key=key)
-            digest = hashlib.sha256()
-            head = b""
             async with answer["Body"] as stream:
                 while chunk := await stream.read(CHUNK):
-                    digest.update(chunk)
-                    if len(head) < 64 * 1024:
-                        head += chunk[: 64 * 1024 - len(head)]
+                    take(chunk)
                     progress(len(chunk))
         except self.errors as e:
             raise self.failed("get", e) from None
-        return digest.hexdigest(), head
 
     async def remove(self, key: str) -> None:
         await self._delete(key)

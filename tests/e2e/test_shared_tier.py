@@ -352,6 +352,30 @@ async def test_verify_removes_the_tiers_bad_objects_and_keeps_the_good(
     assert len([key for key in left if "/pages/" in key]) == 1  # the real page's copy
 
 
+async def test_verify_keeps_a_good_page_copy_bigger_than_64_kib(
+    gitlab: FakeGitLab, replica: ProxyFactory, moto: MotoServer, tmp_path: Path
+) -> None:
+    """A page of a few hundred files is a copy of well over 64 KiB: verify reads it whole."""
+    gitlab.add_many_files(42, "corp-big", "1.0.0", 400)
+    proxy = await replica("a")
+    assert (await get(f"{proxy.url}{PROJECT_PAGE}corp-big/"))[0] == 200
+    await uploads_done(proxy)
+    async with moto.client() as s3:
+        listing = await s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/pages/")
+    (copy,) = listing["Contents"]
+    assert copy["Size"] > 64 * 1024
+    result = await run(
+        [sys.executable, "-m", "proxy", "verify", "--quiet"],
+        env=clean_env(
+            GITLAB_PYPI_PROXY_CACHE_DIR=str(tmp_path / "a"),
+            GITLAB_PYPI_PROXY_STORAGE_URL=f"s3://{BUCKET}/{PREFIX}",
+            GITLAB_PYPI_PROXY_STORAGE_ENDPOINT_URL=moto.endpoint,
+        ),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert copy["Key"] in await keys_under(moto, f"{PREFIX}/pages/")
+
+
 async def test_the_tiers_page_copy_answers_only_whom_a_stored_copy_would(
     gitlab: FakeGitLab, replica: ProxyFactory, moto: MotoServer
 ) -> None:
