@@ -61,6 +61,7 @@ async def cluster(
     replicas: list[ServeProcess] = []
     nginx = None
     try:
+        configs = []
         for name in REPLICAS:
             port = free_port()
             config = write_config(
@@ -73,7 +74,16 @@ async def cluster(
                     **({"storage": storage} if storage else {}),
                 },
             )
-            replicas.append(await ServeProcess.from_config(config, port))
+            configs.append((config, port))
+        # Started at once, as a deployment would; those that did start are closed below.
+        started = await asyncio.gather(
+            *(ServeProcess.from_config(config, port) for config, port in configs),
+            return_exceptions=True,
+        )
+        replicas += [replica for replica in started if isinstance(replica, ServeProcess)]
+        for failure in started:
+            if isinstance(failure, BaseException):
+                raise failure
         prefix, port = tmp_path / "nginx", free_port()
         prefix.mkdir()
         balancer = balancer_snippet(port, [replica.port for replica in replicas])
