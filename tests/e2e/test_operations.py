@@ -284,7 +284,8 @@ async def test_logs_blank_credentials_where_they_occur_and_leave_words_alone(
 ) -> None:
     gitlab.tokens["pypi"] = None
     gitlab.add_wheel(42, "corp-util", "1.0.0")
-    proxy = await serve(upstream_token="pypi", upstream_username="pypi-user")
+    # One process: a worker sets up the same redacting log as a lone process does.
+    proxy = await serve(upstream_token="pypi", upstream_username="pypi-user", server_workers="1")
     assert (await fetch(f"{proxy.url}{PROJECT}/simple/corp-util/"))[0] == 200
     oversized = "glpat-oversized-" + "S" * 9000
     raw = (f"GET /-/health HTTP/1.1\r\nHost: x\r\nPrivate-Token: {oversized}\r\n\r\n").encode()
