@@ -37,6 +37,8 @@ async def serve(gitlab: FakeGitLab, tmp_path: Path) -> AsyncIterator[Serve]:
                 GITLAB_PYPI_PROXY_UPSTREAM_URL=gitlab.url,
                 GITLAB_PYPI_PROXY_UPSTREAM_TOKEN=TOKEN,
                 GITLAB_PYPI_PROXY_CACHE_DIR=str(tmp_path / "cache"),
+                # One process: parsing and the page limit are each worker's own.
+                GITLAB_PYPI_PROXY_SERVER_WORKERS="1",
                 **{f"GITLAB_PYPI_PROXY_{key.upper()}": value for key, value in settings.items()},
             )
             process = await ServeProcess.start(

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import redis.asyncio as redis
 
+from proxy import cluster
 from proxy.cluster import CHANNEL, UNREACHABLE
 from tests.support.cli_process import ServeProcess, free_port, write_config
 from tests.support.fake_gitlab import FakeGitLab
@@ -170,8 +171,12 @@ async def test_replicas_keep_serving_without_redis_and_hear_each_other_once_it_i
     redis_server: RedisServer,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     caplog.set_level(logging.INFO)
+    # The in-process replicas' backoff, capped lower: else by the time Redis is back the next
+    # attempt is seconds away; the same backoff loop finds it all the same.
+    monkeypatch.setattr(cluster, "RETRY_MAX", 0.4)
     gitlab.add_wheel(42, "corp-util", "1.0.0")
     a, b = await replicas(make_proxy, tmp_path, redis_server.url)
     await installs(b, tmp_path / "one", "1.0.0")
@@ -213,8 +218,18 @@ async def test_replicas_keep_serving_without_redis_and_hear_each_other_once_it_i
 
 
 async def test_a_redis_that_stops_answering_is_noticed_though_its_connections_stay_open(
-    gitlab: FakeGitLab, make_proxy: ProxyFactory, redis_server: RedisServer, tmp_path: Path
+    gitlab: FakeGitLab,
+    make_proxy: ProxyFactory,
+    redis_server: RedisServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # The in-process replicas' clocks of silence, scaled down a quarter (the client takes the
+    # command timeout when it is made): the same PING, silence and give-up path, in 1 s not 5.
+    monkeypatch.setattr(cluster, "PING_SECONDS", 0.5)
+    monkeypatch.setattr(cluster, "COMMAND_TIMEOUT", 0.5)
+    monkeypatch.setattr(cluster, "POLL_SECONDS", 0.25)
+    monkeypatch.setattr(cluster, "RETRY_MAX", 0.4)
     gitlab.add_wheel(42, "corp-util", "1.0.0")
     a, b = await replicas(make_proxy, tmp_path, redis_server.url)
     redis_server.pause()

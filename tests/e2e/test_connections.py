@@ -142,8 +142,8 @@ async def test_when_every_connection_is_busy_a_newcomer_gets_a_503_at_once(
     gitlab.add_wheel(42, "corp-util", "1.0.0")
     proxy = await serve((256, 256))
     room = capacity_for(256)
-    # GitLab slow to answer: each of these requests keeps its connection busy meanwhile.
-    gitlab.delay = 5.0
+    # GitLab holds its answers: each of these requests keeps its connection busy meanwhile.
+    gitlab.hold = release = asyncio.Event()
     busy = []
     for n in range(room):
         reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
@@ -156,6 +156,7 @@ async def test_when_every_connection_is_busy_a_newcomer_gets_a_503_at_once(
     answer = await asyncio.wait_for(reader.read(), PATIENCE)
     assert answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
     assert b"Retry-After: 1\r\n" in answer and b"too many connections" in answer
+    release.set()
     # The busy ones were left alone: each gets GitLab's answer (forwarding, for these names).
     for busy_reader, _ in busy:
         status_line = await asyncio.wait_for(busy_reader.readline(), PATIENCE)

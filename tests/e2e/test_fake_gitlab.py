@@ -22,6 +22,7 @@ from multidict import CIMultiDictProxy
 
 from tests.support.fake_gitlab import CHALLENGE, FakeGitLab, FakePublicIndex
 from tests.support.harness import clean_env, run
+from tests.support.polling import eventually
 from tests.support.wheels import make_sdist, make_wheel, wheel_metadata
 
 TOKEN = "glpat-fake-test-token"
@@ -689,6 +690,16 @@ async def test_down_slow_and_paced(gl: FakeGitLab) -> None:
     status, _, body = await fetch(gl.url + f"{API}/files/{wheel.sha256}/{wheel.filename}", AUTH)
     assert status == 200 and body == wheel.content
     assert time.monotonic() - started >= 0.3 + 0.4  # five chunks, four pauses between them
+
+
+async def test_held_requests_wait_until_released(gl: FakeGitLab) -> None:
+    gl.hold = release = asyncio.Event()
+    held = asyncio.create_task(fetch(gl.url + API + "/simple/", AUTH))
+    await eventually(lambda: gl.requests, "the request reached GitLab", interval=0.01)
+    await asyncio.sleep(0.1)
+    assert not held.done() and gl.requests[-1].status == 0
+    release.set()
+    assert (await held)[0] == 200
 
 
 async def test_head_is_headers_only_and_counts_as_a_file_request(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import sys
@@ -168,7 +169,8 @@ SERVICE_LINKS = {
 async def test_kubernetes_service_variables_do_not_stop_start_up(
     gitlab: FakeGitLab, serve: Serve
 ) -> None:
-    proxy = await serve(**SERVICE_LINKS)
+    # One worker: the variables are read once, before any worker starts.
+    proxy = await serve(**SERVICE_LINKS, server_workers="1")
     assert (await fetch(f"{proxy.url}/-/ready"))[0] == 200
     assert await proxy.stop() == 0
 
@@ -282,7 +284,8 @@ async def test_logs_blank_credentials_where_they_occur_and_leave_words_alone(
 ) -> None:
     gitlab.tokens["pypi"] = None
     gitlab.add_wheel(42, "corp-util", "1.0.0")
-    proxy = await serve(upstream_token="pypi", upstream_username="pypi-user")
+    # One process: a worker sets up the same redacting log as a lone process does.
+    proxy = await serve(upstream_token="pypi", upstream_username="pypi-user", server_workers="1")
     assert (await fetch(f"{proxy.url}{PROJECT}/simple/corp-util/"))[0] == 200
     oversized = "glpat-oversized-" + "S" * 9000
     raw = (f"GET /-/health HTTP/1.1\r\nHost: x\r\nPrivate-Token: {oversized}\r\n\r\n").encode()
@@ -313,8 +316,10 @@ async def test_version_and_every_subcommands_help_say_what_it_does(tmp_path: Pat
     result = await cli(env, "--version")
     assert result.returncode == 0
     assert re.fullmatch(r"gitlab-pypi-proxy \d+\.\d+\S*\n", result.stdout)
-    for command in ("serve", "warm", "export", "import", "hash-token", "verify", "gc"):
-        result = await cli(env, command, "--help")
+    commands = ("serve", "warm", "export", "import", "hash-token", "verify", "gc")
+    # At once: each is an interpreter start-up, and they are independent.
+    helps = await asyncio.gather(*(cli(env, command, "--help") for command in commands))
+    for result in helps:
         assert result.returncode == 0
         assert not re.search(r"\b[A-Z]+_[A-Z_]+\b(?<!GITLAB_PYPI_PROXY_CONFIG)", result.stdout), (
             result.stdout
@@ -327,7 +332,8 @@ async def test_gc_export_and_import_speak_in_sizes_and_show_progress(
     gitlab: FakeGitLab, serve: Serve, tmp_path: Path
 ) -> None:
     wheel = gitlab.add_wheel(42, "corp-util", "1.0.0")
-    proxy = await serve()
+    # The server only fills the cache the commands below work on: one worker is enough.
+    proxy = await serve(server_workers="1")
     assert (await fetch(f"{proxy.url}{PROJECT}/simple/corp-util/"))[0] == 200
     assert (await fetch(f"{proxy.url}{PROJECT}/files/{wheel.sha256}/{wheel.filename}"))[0] == 200
     assert await proxy.stop() == 0

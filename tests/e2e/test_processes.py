@@ -18,7 +18,14 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.support.cli_process import ServeProcess, free_port, workers_of, write_config
+from proxy.workers import MIN_UPTIME_SECONDS
+from tests.support.cli_process import (
+    ServeProcess,
+    free_port,
+    uptime_of,
+    workers_of,
+    write_config,
+)
 from tests.support.fake_gitlab import FakeFile, FakeGitLab
 from tests.support.harness import TOKEN, ProxyFactory, run
 from tests.support.http import get, url_of
@@ -199,7 +206,10 @@ async def test_workers_share_one_port_one_cache_and_stop_on_sigterm(
 async def test_a_dead_worker_is_replaced(gitlab: FakeGitLab, spawn: Spawn) -> None:
     proxy = await spawn(server={"workers": 2})
     [first, second] = workers_of(proxy.pid)
-    await asyncio.sleep(2.2)  # past the start-up window in which a death means "broken"
+    # Past the start-up window in which a death means "broken", counted from the fork (which
+    # the supervisor's clock starts after), less the time the workers took to serve.
+    window = MIN_UPTIME_SECONDS + 0.2
+    await asyncio.sleep(max(0.0, window - min(uptime_of(pid) for pid in (first, second))))
     os.kill(first, signal.SIGKILL)
     for _ in range(100):
         current = workers_of(proxy.pid)

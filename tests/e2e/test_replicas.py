@@ -61,6 +61,7 @@ async def cluster(
     replicas: list[ServeProcess] = []
     nginx = None
     try:
+        configs = []
         for name in REPLICAS:
             port = free_port()
             config = write_config(
@@ -73,7 +74,16 @@ async def cluster(
                     **({"storage": storage} if storage else {}),
                 },
             )
-            replicas.append(await ServeProcess.from_config(config, port))
+            configs.append((config, port))
+        # Started at once, as a deployment would; those that did start are closed below.
+        started = await asyncio.gather(
+            *(ServeProcess.from_config(config, port) for config, port in configs),
+            return_exceptions=True,
+        )
+        replicas += [replica for replica in started if isinstance(replica, ServeProcess)]
+        for failure in started:
+            if isinstance(failure, BaseException):
+                raise failure
         prefix, port = tmp_path / "nginx", free_port()
         prefix.mkdir()
         balancer = balancer_snippet(port, [replica.port for replica in replicas])
@@ -191,15 +201,22 @@ async def test_an_upload_through_the_balancer_is_installable_through_every_repli
     gitlab.add_wheel(42, "corp-util", "1.0.0")
     async with cluster(gitlab, redis_server, tmp_path) as running:
         # Every replica has the page cached, fresh for index_ttl (300 s).
-        for i, replica in enumerate(running.replicas):
-            (await pip_install(replica.url + SIMPLE, tmp_path / f"old{i}", "corp-util")).check()
-            assert (tmp_path / f"old{i}" / "corp_util-1.0.0.dist-info").is_dir()
+        await asyncio.gather(
+            *(installs(replica, tmp_path / "old", "1.0.0") for replica in running.replicas)
+        )
 
         filename, content = make_wheel("corp-util", "1.1.0")
         wheel = tmp_path / filename
         wheel.write_bytes(content)
         (await twine(running.url + UPLOAD, TOKEN, wheel)).check()
 
-        for i, replica in enumerate(running.replicas):
-            (await pip_install(replica.url + SIMPLE, tmp_path / f"new{i}", "corp-util")).check()
-            assert (tmp_path / f"new{i}" / "corp_util-1.1.0.dist-info").is_dir()
+        await asyncio.gather(
+            *(installs(replica, tmp_path / "new", "1.1.0") for replica in running.replicas)
+        )
+
+
+async def installs(replica: ServeProcess, targets: Path, version: str) -> None:
+    """pip through this one replica (each in a target of its own) installs corp-util `version`."""
+    target = targets / str(replica.port)
+    (await pip_install(replica.url + SIMPLE, target, "corp-util")).check()
+    assert (target / f"corp_util-{version}.dist-info").is_dir()

@@ -421,7 +421,7 @@ def filenames(answer: Answer) -> set[str]:
 async def test_a_regionals_stale_page_is_stale_at_the_office_which_asks_again_soon(
     gitlab: FakeGitLab, tiers: TiersFactory
 ) -> None:
-    retry = 1.0
+    retry = 0.3
     old = gitlab.add_wheel(42, "corp-util", "1.0.0")
     chain = await tiers(
         regional={"cache": {"index_ttl": 0.0}, "upstream": {"retry_interval": 0.0}},

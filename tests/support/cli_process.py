@@ -181,6 +181,13 @@ async def serve(workdir: Path, **settings: str) -> ServeProcess:
     )
 
 
+def uptime_of(pid: int) -> float:
+    """Seconds since `pid` started, from /proc (its start time is in clock ticks after boot)."""
+    started = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19])
+    booted_for = float(Path("/proc/uptime").read_text().split()[0])
+    return booted_for - started / os.sysconf("SC_CLK_TCK")
+
+
 def workers_of(supervisor: int) -> list[int]:
     """The serving processes: the supervisor's `python -m proxy.worker` children."""
     found = []

@@ -609,6 +609,9 @@ class FakeGitLab(_Server):
         # Faults. down/delay/fail_status hit GitLab only; the file faults also hit object storage.
         self.down = False
         self.delay = 0.0
+        # While set, every request waits for this event: GitLab slow for exactly as long as a
+        # test needs, not for a delay guessed long enough.
+        self.hold: asyncio.Event | None = None
         self.fail_status: int | None = None
         # The REST API's status for every request while set (its own outage); the registry
         # routes still answer.
@@ -871,6 +874,8 @@ class FakeGitLab(_Server):
     async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse | None:
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.hold is not None:
+            await self.hold.wait()
         if self.down:
             if request.transport is not None:
                 request.transport.abort()
