@@ -9,7 +9,7 @@ import os
 import re
 import tomllib
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -250,31 +250,9 @@ def _convert(key: str, hint: Any, raw: Any, *, from_env: bool) -> Any:
     if key == "server.workers" and raw == "auto":
         return usable_cpus()
     if hint == ByteSize:
-        if isinstance(raw, int) and not isinstance(raw, bool):
-            value = raw
-        elif isinstance(raw, str):
-            try:
-                value = parse_size(raw)
-            except ValueError as e:
-                raise ConfigError(f"{key}: {e}") from None
-        else:
-            raise ConfigError(f"{key}: expected a size like '20GiB', got {raw!r}")
-        if value < 0:
-            raise ConfigError(f"{key}: must not be negative")
-        return value
+        return int(_measure(key, raw, parse_size, "a size like '20GiB'", integral=True))
     if hint == Duration:
-        if isinstance(raw, int | float) and not isinstance(raw, bool):
-            seconds = float(raw)
-        elif isinstance(raw, str):
-            try:
-                seconds = parse_duration(raw)
-            except ValueError as e:
-                raise ConfigError(f"{key}: {e}") from None
-        else:
-            raise ConfigError(f"{key}: expected a duration like '7d', got {raw!r}")
-        if seconds < 0:
-            raise ConfigError(f"{key}: must not be negative")
-        return seconds
+        return float(_measure(key, raw, parse_duration, "a duration like '7d'", integral=False))
     if origin is Literal:
         choices = typing.get_args(hint)
         if raw not in choices:
@@ -442,6 +420,26 @@ def inert_settings(settings: Settings) -> list[str]:
             "and policy.min_age and policy.min_age_internal are both 0"
         )
     return found
+
+
+def _measure(
+    key: str, raw: Any, parse: Callable[[str], float], example: str, *, integral: bool
+) -> float:
+    """A size or a duration: a plain number (an int only when `integral`), or text with a unit
+    that `parse` reads; never negative."""
+    numbers = (int,) if integral else (int, float)
+    if isinstance(raw, numbers) and not isinstance(raw, bool):
+        value = raw if integral else float(raw)
+    elif isinstance(raw, str):
+        try:
+            value = parse(raw)
+        except ValueError as e:
+            raise ConfigError(f"{key}: {e}") from None
+    else:
+        raise ConfigError(f"{key}: expected {example}, got {raw!r}")
+    if value < 0:
+        raise ConfigError(f"{key}: must not be negative")
+    return value
 
 
 def redis_url_problem(text: str) -> str | None:
