@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 CONCURRENCY = 8
 # The most rows GitLab gives in one page of a list.
 PER_PAGE = "100"
+# GitLab counts a list's pages (X-Total-Pages) only up to 10,000 rows: a count above this is
+# not GitLab's, and is never trusted with that many requests at once.
+COUNTED_PAGES = 10_000 // int(PER_PAGE)
 # Why the times stay unknown, for /-/ready and the log; each ends with what to do.
 _TOKEN_ADVICE = "use a token with read_api as upstream.token"
 # GitLab's fuzzy name search matches a substring only from this many characters on.
@@ -257,18 +260,18 @@ class UploadTimes:
         path = f"{package.project.packages_path}/{package.id}/package_files"
         first = await self._get(path, {"per_page": PER_PAGE, "page": "1"})
         answers = [first]
-        if first.pages is not None and first.next_page:
-            # Counted (to 10,000 rows): the other pages at once, within the concurrency bound.
+        if first.next_page and first.pages is not None and first.pages <= COUNTED_PAGES:
+            # Counted: the other pages at once, within the concurrency bound.
             answers += await asyncio.gather(
                 *(
                     self._get(path, {"per_page": PER_PAGE, "page": str(page)})
                     for page in range(2, first.pages + 1)
                 )
             )
-        else:
-            while answers[-1].next_page:
-                page = answers[-1].next_page
-                answers.append(await self._get(path, {"per_page": PER_PAGE, "page": page}))
+        # Uncounted, or a count that was wrong: GitLab's next-page links, one after another.
+        while answers[-1].next_page:
+            page = answers[-1].next_page
+            answers.append(await self._get(path, {"per_page": PER_PAGE, "page": page}))
         learnt: dict[FileKey, UploadTimeRow] = {}
         for answer in answers:
             for row in _rows(answer):

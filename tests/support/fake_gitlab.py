@@ -243,9 +243,13 @@ def _upload_time(epoch: float) -> str:
 
 
 def _paginated(
-    request: web.Request, items: Sequence[_Item], row: Callable[[_Item], dict[str, object]]
+    request: web.Request,
+    items: Sequence[_Item],
+    row: Callable[[_Item], dict[str, object]],
+    claimed_pages: int | None = None,
 ) -> web.Response:
-    """One page of a REST list, each item made a `row`, and GitLab's pagination headers."""
+    """One page of a REST list, each item made a `row`, and GitLab's pagination headers
+    (X-Total-Pages says `claimed_pages` instead of the truth when that is given)."""
     try:
         page = max(1, int(request.query.get("page", "1")))
         per_page = int(request.query.get("per_page", str(DEFAULT_PER_PAGE)))
@@ -261,6 +265,8 @@ def _paginated(
     }
     if len(items) <= COUNTED_ROWS:
         headers.update({"X-Total": str(len(items)), "X-Total-Pages": str(pages)})
+    if claimed_pages is not None:
+        headers["X-Total-Pages"] = str(claimed_pages)
     rows = [row(item) for item in items[(page - 1) * per_page : page * per_page]]
     return web.json_response(rows, headers=headers)
 
@@ -618,6 +624,8 @@ class FakeGitLab(_Server):
         self.api_fail_status: int | None = None
         # Seconds the REST API takes to answer (a slow one); the registry routes do not wait.
         self.api_delay = 0.0
+        # The X-Total-Pages every REST list claims while set: an answer that lies about its size.
+        self.api_claimed_pages: int | None = None
         self.retry_after: int | str = 1  # sent as is: tests give odd values too
         # Per-credential faults: token (the Basic password or token header) -> the status GitLab
         # answers its every request with; a 429 is a per-user throttle, as GitLab's are.
@@ -1097,7 +1105,12 @@ class FakeGitLab(_Server):
     async def _project_packages(self, request: web.Request) -> web.StreamResponse:
         await self._rest_delay()
         project = self._rest_project(request)
-        return _paginated(request, self._package_rows(request, {project.id}), self._package_row)
+        return _paginated(
+            request,
+            self._package_rows(request, {project.id}),
+            self._package_row,
+            self.api_claimed_pages,
+        )
 
     async def _group_packages(self, request: web.Request) -> web.StreamResponse:
         """A group's packages in the projects of its subtree the caller may read."""
@@ -1113,7 +1126,12 @@ class FakeGitLab(_Server):
         }
         if not readable and not (caller is not None and caller.projects is None):
             raise Reply(404, "404 Group Not Found")
-        return _paginated(request, self._package_rows(request, readable), self._package_row)
+        return _paginated(
+            request,
+            self._package_rows(request, readable),
+            self._package_row,
+            self.api_claimed_pages,
+        )
 
     async def _package_files(self, request: web.Request) -> web.StreamResponse:
         await self._rest_delay()
@@ -1139,7 +1157,9 @@ class FakeGitLab(_Server):
                 "pipelines": [],
             }
 
-        return _paginated(request, sorted(package.files, key=lambda f: f.id), row)
+        return _paginated(
+            request, sorted(package.files, key=lambda f: f.id), row, self.api_claimed_pages
+        )
 
     async def _upload(self, request: web.Request) -> web.StreamResponse:
         project, caller = self._project(request)
