@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -99,19 +100,32 @@ class Completed:
 async def run(
     args: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 180
 ) -> Completed:
-    """Run a command without blocking the event loop the in-process servers live on."""
+    """Run a command without blocking the event loop the in-process servers live on.
+
+    One that outlasts `timeout` fails the test with every thread's stack in the message: a
+    Python child is sent SIGABRT, which PYTHONFAULTHANDLER makes it print before it dies.
+    """
     proc = await asyncio.create_subprocess_exec(
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env=dict(env) if env is not None else clean_env(),
+        env={**(env if env is not None else clean_env()), "PYTHONFAULTHANDLER": "1"},
     )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
+    # Not cancelled on a timeout, so what the child said until then (and its stacks) is kept.
+    communicating = asyncio.ensure_future(proc.communicate())
+    done, _ = await asyncio.wait({communicating}, timeout=timeout)
+    if not done:
+        proc.send_signal(signal.SIGABRT)
+        try:
+            out, err = await asyncio.wait_for(asyncio.shield(communicating), 10)
+        except TimeoutError:
+            proc.kill()
+            out, err = await communicating
+        raise AssertionError(
+            f"{' '.join(args)} still ran after {timeout} s; its output and stacks:\n"
+            f"{out.decode(errors='replace')}\n{err.decode(errors='replace')}"
+        )
+    out, err = communicating.result()
     assert proc.returncode is not None
     return Completed(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
 
