@@ -265,15 +265,19 @@ async def test_packages_api_calls_first_fetch_refetch_and_one_new_upload(
     assert api_calls(gitlab) == 303 + 2
 
 
-async def test_a_lying_page_count_costs_neither_requests_nor_files(
-    gitlab: FakeGitLab, proxy: RunningProxy
-) -> None:
-    # One release of 150 files: two pages of its package_files list.
+def add_wide_release(gitlab: FakeGitLab) -> None:
+    """One release of 150 files: two pages of its package_files list."""
     for build in range(150):
         file = gitlab.add_file(
             42, "wide", "1.0", f"wide-1.0-{build}-py3-none-any.whl", f"wide {build}".encode()
         )
         file.uploaded_at = epoch("2026-03-01T00:00:00+00:00")
+
+
+async def test_a_lying_page_count_costs_neither_requests_nor_files(
+    gitlab: FakeGitLab, proxy: RunningProxy
+) -> None:
+    add_wide_release(gitlab)
     # GitLab counts pages only up to 10,000 rows (100 pages of 100): a claim of more is a lie,
     # and must not become that many requests.
     gitlab.api_claimed_pages = 5000
@@ -286,11 +290,7 @@ async def test_a_lying_page_count_costs_neither_requests_nor_files(
 async def test_a_page_count_short_of_the_truth_loses_no_file(
     gitlab: FakeGitLab, proxy: RunningProxy
 ) -> None:
-    for build in range(150):
-        file = gitlab.add_file(
-            42, "wide", "1.0", f"wide-1.0-{build}-py3-none-any.whl", f"wide {build}".encode()
-        )
-        file.uploaded_at = epoch("2026-03-01T00:00:00+00:00")
+    add_wide_release(gitlab)
     # One page claimed, but X-Next-Page names a second: the links are followed.
     gitlab.api_claimed_pages = 1
     page = await json_page(proxy, PROJECT_PAGE + "wide/")
