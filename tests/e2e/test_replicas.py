@@ -13,7 +13,7 @@ import pytest
 
 from tests.support.cli_process import ServeProcess, free_port, write_config
 from tests.support.fake_gitlab import FakeFile, FakeGitLab
-from tests.support.harness import TOKEN, pip_install, twine
+from tests.support.harness import TOKEN, pip_install, twine, uv_pip_install
 from tests.support.moto_server import MotoServer
 from tests.support.nginx import (
     NGINX,
@@ -29,7 +29,6 @@ from tests.support.wheels import make_wheel
 
 pytestmark = pytest.mark.skipif(NGINX is None, reason=SKIP_REASON)
 
-REPLICAS = ("server 10.0.0.11:8080", "server 10.0.0.12:8080", "server 10.0.0.13:8080")
 REPLICAS = ("one", "two", "three")
 LIBRARIES = [f"corp-lib{i}" for i in range(6)]
 SIMPLE = "/api/v4/projects/42/packages/pypi/simple/"
@@ -220,3 +219,48 @@ async def installs(replica: ServeProcess, targets: Path, version: str) -> None:
     target = targets / str(replica.port)
     (await pip_install(replica.url + SIMPLE, target, "corp-util")).check()
     assert (target / f"corp_util-{version}.dist-info").is_dir()
+
+
+@pytest.mark.parametrize("client", ["pip", "uv"])
+async def test_a_replica_killed_in_the_middle_of_a_download_fails_no_install(
+    gitlab: FakeGitLab, redis_server: RedisServer, tmp_path: Path, client: str
+) -> None:
+    big = gitlab.add_wheel(42, "corp-big", "1.0.0", payload_size=2 * 1024 * 1024)
+    # GitLab streams it slowly, so the kill lands while the replica streams it on to the client.
+    gitlab.file_chunk_delay = 0.05
+    async with cluster(gitlab, redis_server, tmp_path) as running:
+        target = tmp_path / "target"
+        if client == "pip":
+            installing = pip_install(running.index, target, "corp-big")
+        else:
+            installing = uv_pip_install(
+                running.index, target, "corp-big", cache_dir=tmp_path / "uv-cache"
+            )
+        client_run = asyncio.ensure_future(installing)
+
+        def streaming() -> int | None:
+            """The replica whose fill of the wheel is past its first 256 KiB, if any."""
+            for index, name in enumerate(REPLICAS):
+                for part in (tmp_path / f"cache-{name}" / "tmp").glob(f"{big.sha256}*.part"):
+                    with contextlib.suppress(FileNotFoundError):
+                        if part.stat().st_size >= 256 * 1024:
+                            return index
+            return None
+
+        await eventually(lambda: streaming() is not None, "a replica streams the wheel")
+        holder = streaming()
+        assert holder is not None
+        await running.replicas[holder].kill()
+        gitlab.file_chunk_delay = 0.0
+
+        # pip resumes with a Range request, uv asks again; nginx sends either to the next
+        # replica on the ring, which fetches the whole file, verifies it and answers (a 206
+        # of the rest for pip).
+        done = (await client_run).check()
+        if client == "pip":
+            assert "Attempting to resume incomplete download" in done.stderr, done.stderr
+        assert (target / "corp_big-1.0.0.dist-info").is_dir()
+        # The whole file twice from GitLab: cut with the killed replica, then the next one's
+        # (a replica's read of the wheel's METADATA is a range of its tail).
+        whole = [r for r in gitlab.requests if r.kind == "file" and "Range" not in r.headers]
+        assert len(whole) == 2
