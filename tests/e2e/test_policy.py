@@ -21,7 +21,7 @@ from tests.support.cli_process import write_config
 from tests.support.clients import installed
 from tests.support.fake_gitlab import FakeFile, FakeGitLab, FakePublicIndex
 from tests.support.harness import TOKEN, ProxyFactory, clean_env, pip_install, run, uv_pip_install
-from tests.support.http import PROJECT_PAGE, fetch, get, host_of, page, url_of
+from tests.support.http import JSON_V1, PROJECT_PAGE, fetch, get, host_of, page, url_of
 from tests.support.metrics import scrape, value
 from tests.support.polling import eventually
 
@@ -496,3 +496,38 @@ async def test_unknown_age_deny_hides_files_a_deploy_token_cannot_date(
     result = await pip_install(dated.index_url("projects/42"), tmp_path / "t", "corp-util")
     result.check()
     assert installed(tmp_path / "t") == {"corp_util-1.0.0.dist-info"}
+
+
+async def test_a_young_file_of_a_release_another_project_also_holds_is_hidden(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """A group lists corp-util 1.0 of two projects: GitLab's Packages API has a row for each,
+    a page of other names apart. A wheel pushed today to the older row's release is dated too,
+    so pip is not given it."""
+    gitlab.add_project(44, "platform/lib", group_id=7)
+    # `package_name` matches substrings: 100 names with "corp" in them, of 20 days ago.
+    for n in range(100):
+        filename = f"corp_tool{n}-1.0-py3-none-any.whl"
+        gitlab.add_file(42, f"corp-tool{n}", "1.0", filename, b"%d" % n).uploaded_at = (
+            time.time() - 20 * DAY
+        )
+    old = gitlab.add_wheel(44, "corp-util", "1.0")
+    old.uploaded_at = time.time() - 30 * DAY
+    # The interpreter's own tag: pip prefers it to py3-none-any, so it takes it if listed.
+    tag = f"py{sys.version_info.major}{sys.version_info.minor}-none-any"
+    young = gitlab.add_wheel(44, "corp-util", "1.0", tag=tag)
+    young.uploaded_at = time.time() - 600
+    other = gitlab.add_wheel(42, "corp-util", "1.0", tag="py2.py3-none-any")
+    other.uploaded_at = time.time() - 10 * DAY
+    proxy = await make_proxy(policy={"min_age_internal": DAY})
+    group = f"{proxy.url}/api/v4/groups/7/-/packages/pypi"
+    answer = await fetch(f"{group}/simple/corp-util/", Accept=JSON_V1, Accept_Encoding="identity")
+    files = answer.json()["files"]
+    assert sorted(f["filename"] for f in files) == sorted([old.filename, other.filename])
+    assert all("upload-time" in f for f in files)
+    result = await pip_install(proxy.index_url("groups/7"), tmp_path / "t", "corp-util")
+    result.check()
+    assert installed(tmp_path / "t") == {"corp_util-1.0.dist-info"}
+    assert not any(young.filename in r.path for r in gitlab.requests if r.kind == "file")
+    refused = await fetch(f"{group}/files/{young.sha256}/{young.filename}")
+    assert refused.status == 403 and refused.json()["rule"] == "min_age_internal"
