@@ -87,7 +87,7 @@ class UploadTimes:
         self._recheck = recheck
         self._retry = retry
         # Seconds a page waits for GitLab's answer; a slower one is kept for its next fetch.
-        self._wait = wait
+        self.wait = wait
         self._clock = clock
         # Until when not to ask, per scope key; "" holds every scope.
         self._held_until: dict[str, float] = {}
@@ -128,6 +128,11 @@ class UploadTimes:
             return project
         return project.with_files(tuple(files))
 
+    def pending(self, scope: Scope, name: str) -> bool:
+        """Whether GitLab's answer about `name` in `scope` is still to come: a page that went
+        without it may show files the age rules would hide by it."""
+        return (scope.key, normalize(name)) in self._learning
+
     async def _learn_within(
         self, scope: Scope, name: str, wanted: dict[FileKey, Version]
     ) -> dict[FileKey, UploadTimeRow]:
@@ -146,11 +151,11 @@ class UploadTimes:
                     future.exception()
 
             learning.add_done_callback(finished)
-        done, _ = await asyncio.wait({learning}, timeout=self._wait)
+        done, _ = await asyncio.wait({learning}, timeout=self.wait)
         if not done:
             self._report(
                 f"upload times unknown for some pages: GitLab's Packages API answers slower "
-                f"than {self._wait:g}s (a sixth of upstream.timeout); its answers are kept for "
+                f"than {self.wait:g}s (a sixth of upstream.timeout); its answers are kept for "
                 "the pages' next fetch"
             )
             return {}

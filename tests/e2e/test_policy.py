@@ -531,3 +531,29 @@ async def test_a_young_file_of_a_release_another_project_also_holds_is_hidden(
     assert not any(young.filename in r.path for r in gitlab.requests if r.kind == "file")
     refused = await fetch(f"{group}/files/{young.sha256}/{young.filename}")
     assert refused.status == 403 and refused.json()["rule"] == "min_age_internal"
+
+
+async def test_a_page_served_before_a_slow_packages_api_answered_is_not_kept_undated(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory
+) -> None:
+    """Under a minimum age, a page that went without upload times because GitLab's Packages
+    API was slow is fresh only until its answer may be in, not for index_ttl: the young file
+    it showed undated is hidden and refused as soon as the answer is kept."""
+    _gitlab_wheel(gitlab, "1.0.0", 30 * DAY)
+    young = _gitlab_wheel(gitlab, "2.0.0", 600)
+    # Slower than a page waits (a sixth of upstream.timeout), within upstream.timeout.
+    gitlab.api_delay = 1.0
+    proxy = await make_proxy(upstream={"timeout": 3.0}, policy={"min_age_internal": DAY})
+    first = (await page(proxy, "corp-util")).json()["files"]
+    assert len(first) == 2 and not any("upload-time" in f for f in first)
+
+    async def answered() -> bool:
+        # The three calls of the learn (the versions, then each one's files) answered.
+        return [r.status for r in gitlab.api_requests] == [200, 200, 200]
+
+    await eventually(answered, "GitLab's Packages API answered")
+    later = await page(proxy, "corp-util")
+    assert [f["filename"] for f in later.json()["files"]] == ["corp_util-1.0.0-py3-none-any.whl"]
+    assert later.headers["X-Cache"] == "MISS"
+    refused = await fetch(url_of(proxy.url, young))
+    assert refused.status == 403 and refused.json()["rule"] == "min_age_internal"
