@@ -557,3 +557,35 @@ async def test_a_page_served_before_a_slow_packages_api_answered_is_not_kept_und
     assert later.headers["X-Cache"] == "MISS"
     refused = await fetch(url_of(proxy.url, young))
     assert refused.status == 403 and refused.json()["rule"] == "min_age_internal"
+
+
+@pytest.mark.parametrize(
+    ("scope", "name", "said"),
+    [
+        # GitLab forwards a name it lacks: where to, and that the proxy passes clients on.
+        ("projects/42", "not-here", "GitLab forwards it to https://pypi.org/simple/not-here/"),
+        # A project the token cannot read is one GitLab says does not exist.
+        ("projects/999", "corp-util", "404 Project Not Found"),
+    ],
+)
+async def test_explain_of_what_gitlab_does_not_list_is_one_line_naming_it(
+    gitlab: FakeGitLab, tmp_path: Path, scope: str, name: str, said: str
+) -> None:
+    gitlab.add_wheel(42, "corp-util", "1.0.0")
+    config = write_config(
+        tmp_path / "c.toml",
+        {
+            "upstream": {"url": gitlab.url, "token": TOKEN},
+            "cache": {"dir": str(tmp_path / "cache")},
+            "policy": {"min_age_internal": "1d"},
+        },
+    )
+    result = await run(
+        [sys.executable, "-m", "proxy", "--config", str(config), "explain", scope, name],
+        env=clean_env(),
+    )
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"gitlab-pypi-proxy: explain {scope} {name}: ")
+    assert said in result.stderr
