@@ -204,7 +204,7 @@ async def test_offline_the_age_rules_use_the_upload_times_the_cache_holds(
     assert "30d" in lines[old.filename] and "yes" in lines[old.filename]
     code, out = await _cli(tmp_path, gitlab, cache, "explain", "projects/42", "not-cached")
     assert code == 1
-    assert "explain not-cached: not in the cache" in out
+    assert "explain projects/42 not-cached: not in the cache" in out
 
 
 async def _cli(tmp_path: Path, gitlab: FakeGitLab, cache: Path, *args: str) -> tuple[int, str]:
