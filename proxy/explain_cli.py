@@ -16,7 +16,7 @@ from . import keys
 from .app import create_app
 from .config import Settings
 from .credentials import for_warming
-from .errors import ProxyError
+from .errors import ProxyError, Redirect
 from .policy import Policy, iso, parse_upload_time
 from .rendering import view_of
 from .scope import Scope
@@ -151,7 +151,16 @@ def main(settings: Settings, args: argparse.Namespace) -> int:
     try:
         found = asyncio.run(explain(settings, args.scope, args.name))
     except ProxyError as e:
-        print(f"gitlab-pypi-proxy: explain {args.name}: {e.message}", file=sys.stderr)
+        message = e.message
+        if isinstance(e, Redirect):
+            # A client of the proxy is sent there too, out of the [policy] rules' reach.
+            message = (
+                f"not in GitLab: GitLab forwards it to {e.headers['Location']} "
+                "(upstream.forwarding = 'redirect': clients go there, the proxy lists nothing)"
+            )
+        print(
+            f"gitlab-pypi-proxy: explain {args.scope.key} {args.name}: {message}", file=sys.stderr
+        )
         return 1
     from rich.console import Console
 

@@ -607,6 +607,15 @@ class PageCache:
             # every page, and a fresh parent proxy's is what remains of its own index_ttl.
             age = answer.age if answer.age is not None else self.settings.cache.index_ttl
             page = CachedPage(model, now - age)
+        elif (
+            learn is not None
+            and self.policy.ages_files
+            and self.times.pending(scope, PageKey.decode(key).name)
+        ):
+            # Its upload times are still to come, and the age rules hide files by them: fresh
+            # only until they may be in (the next fetch has them), not for index_ttl.
+            ttl = self.settings.cache.index_ttl
+            page = CachedPage(model, now - max(0.0, ttl - self.times.wait))
         else:
             page = CachedPage(model, now)
         if isinstance(model, Project):

@@ -87,7 +87,7 @@ class UploadTimes:
         self._recheck = recheck
         self._retry = retry
         # Seconds a page waits for GitLab's answer; a slower one is kept for its next fetch.
-        self._wait = wait
+        self.wait = wait
         self._clock = clock
         # Until when not to ask, per scope key; "" holds every scope.
         self._held_until: dict[str, float] = {}
@@ -116,23 +116,32 @@ class UploadTimes:
         known = await self._known(files[i].sha256 or "" for i in asked)
         missing = _apply(files, asked, known)
         if missing and self._may_ask(scope):
-            versions = {v for i in missing if (v := version_of(files[i].filename)) is not None}
-            learnt = await self._learn_within(scope, normalize(name), versions)
+            wanted = {
+                (files[i].sha256 or "", files[i].filename): v
+                for i in missing
+                if (v := version_of(files[i].filename)) is not None
+            }
+            learnt = await self._learn_within(scope, normalize(name), wanted)
             if learnt:
                 _apply(files, missing, learnt)
         if files == list(project.files):
             return project
         return project.with_files(tuple(files))
 
+    def pending(self, scope: Scope, name: str) -> bool:
+        """Whether GitLab's answer about `name` in `scope` is still to come: a page that went
+        without it may show files the age rules would hide by it."""
+        return (scope.key, normalize(name)) in self._learning
+
     async def _learn_within(
-        self, scope: Scope, name: str, versions: set[Version]
+        self, scope: Scope, name: str, wanted: dict[FileKey, Version]
     ) -> dict[FileKey, UploadTimeRow]:
         """What GitLab says within `wait` seconds. A slower answer still comes and is kept, so
         the page's next fetch has it from the index; this one goes without."""
         key = (scope.key, name)
         learning = self._learning.get(key)
         if learning is None:
-            learning = asyncio.ensure_future(self._learn_and_keep(scope, name, versions))
+            learning = asyncio.ensure_future(self._learn_and_keep(scope, name, wanted))
             self._learning[key] = learning
 
             def finished(future: asyncio.Future[dict[FileKey, UploadTimeRow]]) -> None:
@@ -142,20 +151,20 @@ class UploadTimes:
                     future.exception()
 
             learning.add_done_callback(finished)
-        done, _ = await asyncio.wait({learning}, timeout=self._wait)
+        done, _ = await asyncio.wait({learning}, timeout=self.wait)
         if not done:
             self._report(
                 f"upload times unknown for some pages: GitLab's Packages API answers slower "
-                f"than {self._wait:g}s (a sixth of upstream.timeout); its answers are kept for "
+                f"than {self.wait:g}s (a sixth of upstream.timeout); its answers are kept for "
                 "the pages' next fetch"
             )
             return {}
         return learning.result()
 
     async def _learn_and_keep(
-        self, scope: Scope, name: str, versions: set[Version]
+        self, scope: Scope, name: str, wanted: dict[FileKey, Version]
     ) -> dict[FileKey, UploadTimeRow]:
-        learnt = await self._learn(scope, name, versions)
+        learnt = await self._learn(scope, name, wanted)
         if learnt:
             await self._keep(learnt.values())
         return learnt
@@ -193,24 +202,41 @@ class UploadTimes:
         self._held_until[key] = now + (self._retry if hold == "retry" else self._recheck)
 
     async def _learn(
-        self, scope: Scope, name: str, versions: set[Version]
+        self, scope: Scope, name: str, wanted: dict[FileKey, Version]
     ) -> dict[FileKey, UploadTimeRow]:
-        """What GitLab says of the files of these versions: all of it, or what it said before
-        it refused or failed (then `problem` says why)."""
-        if not versions:
-            return {}
+        """What GitLab says of the `wanted` files (each with its version): all of it, or what
+        it said before it refused or failed (then `problem` says why)."""
         learnt: dict[FileKey, UploadTimeRow] = {}
+        query = {
+            "package_type": "pypi",
+            "package_name": _search_term(name),
+            "order_by": "created_at",
+            "sort": "desc",
+            "per_page": PER_PAGE,
+        }
+        page = "1" if wanted else None
         try:
-            packages = await self._packages(scope, name, versions)
-            # Every version's files, even when one fails: what the others said is kept.
-            outcomes = await asyncio.gather(
-                *(self._files(package) for package in packages), return_exceptions=True
-            )
-            for outcome in outcomes:
-                if isinstance(outcome, dict):
-                    learnt.update(outcome)
-            if problems := [o for o in outcomes if isinstance(o, BaseException)]:
-                raise problems[0]
+            # The rows of `name`, newest first, until every wanted file is found: one version
+            # may have several rows (one per project of a group, or per spelling of the name,
+            # `My_Pkg` and `my-pkg`), any number of pages apart.
+            while page:
+                answer = await self._get(scope.packages_path, {**query, "page": page})
+                needed = {v for key, v in wanted.items() if key not in learnt}
+                packages = [
+                    package
+                    for row in _rows(answer)
+                    if (package := _package(scope, name, row, needed)) is not None
+                ]
+                # Every version's files, even when one fails: what the others said is kept.
+                outcomes = await asyncio.gather(
+                    *(self._files(package) for package in packages), return_exceptions=True
+                )
+                for outcome in outcomes:
+                    if isinstance(outcome, dict):
+                        learnt.update(outcome)
+                if problems := [o for o in outcomes if isinstance(o, BaseException)]:
+                    raise problems[0]
+                page = answer.next_page if not wanted.keys() <= learnt.keys() else None
         except _Unknown as e:
             if e.hold is not None:
                 self._hold(scope, e.hold)
@@ -220,40 +246,6 @@ class UploadTimes:
             log.info("upload times: GitLab's Packages API answers again")
             self.problem = None
         return learnt
-
-    async def _packages(self, scope: Scope, name: str, versions: set[Version]) -> list[_Package]:
-        """The rows of `name` at these versions, newest first, stopping once each is found."""
-        query = {
-            "package_type": "pypi",
-            "package_name": _search_term(name),
-            "order_by": "created_at",
-            "sort": "desc",
-            "per_page": PER_PAGE,
-        }
-        remaining = set(versions)
-        found: list[_Package] = []
-        page = "1"
-        while page and remaining:
-            answer = await self._get(scope.packages_path, {**query, "page": page})
-            for row in _rows(answer):
-                version, package_id = _version(row.get("version")), row.get("id")
-                # package_name matches any name containing it: only this one counts.
-                if (
-                    version not in versions
-                    or normalize(str(row.get("name", ""))) != name
-                    or row.get("package_type", "pypi") != "pypi"
-                    or not isinstance(package_id, int)
-                ):
-                    continue
-                # A group's rows name their project, where their files are listed.
-                owner = row.get("project_id") if scope.kind == "groups" else None
-                if scope.kind == "groups" and not isinstance(owner, int):
-                    continue
-                project = scope if owner is None else Scope("projects", str(owner))
-                found.append(_Package(project, package_id))
-                remaining.discard(version)
-            page = answer.next_page
-        return found
 
     async def _files(self, package: _Package) -> dict[FileKey, UploadTimeRow]:
         """Every file of one package version, with its size and upload time."""
@@ -336,6 +328,26 @@ def _apply(
         size = dist.size if dist.size is not None else row.size
         files[index] = dataclasses.replace(dist, size=size, upload_time=row.upload_time)
     return missing
+
+
+def _package(
+    scope: Scope, name: str, row: dict[str, object], versions: set[Version]
+) -> _Package | None:
+    """Where the files of a Packages API row are listed, if it is `name` at one of `versions`."""
+    package_id = row.get("id")
+    # package_name matches any name containing it: only this one counts.
+    if (
+        _version(row.get("version")) not in versions
+        or normalize(str(row.get("name", ""))) != name
+        or row.get("package_type", "pypi") != "pypi"
+        or not isinstance(package_id, int)
+    ):
+        return None
+    if scope.kind != "groups":
+        return _Package(scope, package_id)
+    # A group's rows name their project, where their files are listed.
+    owner = row.get("project_id")
+    return _Package(Scope("projects", str(owner)), package_id) if isinstance(owner, int) else None
 
 
 def _search_term(name: str) -> str:

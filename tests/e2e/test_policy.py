@@ -21,7 +21,7 @@ from tests.support.cli_process import write_config
 from tests.support.clients import installed
 from tests.support.fake_gitlab import FakeFile, FakeGitLab, FakePublicIndex
 from tests.support.harness import TOKEN, ProxyFactory, clean_env, pip_install, run, uv_pip_install
-from tests.support.http import PROJECT_PAGE, fetch, get, host_of, page, url_of
+from tests.support.http import JSON_V1, PROJECT_PAGE, fetch, get, host_of, page, url_of
 from tests.support.metrics import scrape, value
 from tests.support.polling import eventually
 
@@ -204,7 +204,7 @@ async def test_offline_the_age_rules_use_the_upload_times_the_cache_holds(
     assert "30d" in lines[old.filename] and "yes" in lines[old.filename]
     code, out = await _cli(tmp_path, gitlab, cache, "explain", "projects/42", "not-cached")
     assert code == 1
-    assert "explain not-cached: not in the cache" in out
+    assert "explain projects/42 not-cached: not in the cache" in out
 
 
 async def _cli(tmp_path: Path, gitlab: FakeGitLab, cache: Path, *args: str) -> tuple[int, str]:
@@ -496,3 +496,96 @@ async def test_unknown_age_deny_hides_files_a_deploy_token_cannot_date(
     result = await pip_install(dated.index_url("projects/42"), tmp_path / "t", "corp-util")
     result.check()
     assert installed(tmp_path / "t") == {"corp_util-1.0.0.dist-info"}
+
+
+async def test_a_young_file_of_a_release_another_project_also_holds_is_hidden(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """A group lists corp-util 1.0 of two projects: GitLab's Packages API has a row for each,
+    a page of other names apart. A wheel pushed today to the older row's release is dated too,
+    so pip is not given it."""
+    gitlab.add_project(44, "platform/lib", group_id=7)
+    # `package_name` matches substrings: 100 names with "corp" in them, of 20 days ago.
+    for n in range(100):
+        filename = f"corp_tool{n}-1.0-py3-none-any.whl"
+        gitlab.add_file(42, f"corp-tool{n}", "1.0", filename, b"%d" % n).uploaded_at = (
+            time.time() - 20 * DAY
+        )
+    old = gitlab.add_wheel(44, "corp-util", "1.0")
+    old.uploaded_at = time.time() - 30 * DAY
+    # The interpreter's own tag: pip prefers it to py3-none-any, so it takes it if listed.
+    tag = f"py{sys.version_info.major}{sys.version_info.minor}-none-any"
+    young = gitlab.add_wheel(44, "corp-util", "1.0", tag=tag)
+    young.uploaded_at = time.time() - 600
+    other = gitlab.add_wheel(42, "corp-util", "1.0", tag="py2.py3-none-any")
+    other.uploaded_at = time.time() - 10 * DAY
+    proxy = await make_proxy(policy={"min_age_internal": DAY})
+    group = f"{proxy.url}/api/v4/groups/7/-/packages/pypi"
+    answer = await fetch(f"{group}/simple/corp-util/", Accept=JSON_V1, Accept_Encoding="identity")
+    files = answer.json()["files"]
+    assert sorted(f["filename"] for f in files) == sorted([old.filename, other.filename])
+    assert all("upload-time" in f for f in files)
+    result = await pip_install(proxy.index_url("groups/7"), tmp_path / "t", "corp-util")
+    result.check()
+    assert installed(tmp_path / "t") == {"corp_util-1.0.dist-info"}
+    assert not any(young.filename in r.path for r in gitlab.requests if r.kind == "file")
+    refused = await fetch(f"{group}/files/{young.sha256}/{young.filename}")
+    assert refused.status == 403 and refused.json()["rule"] == "min_age_internal"
+
+
+async def test_a_page_served_before_a_slow_packages_api_answered_is_not_kept_undated(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory
+) -> None:
+    """Under a minimum age, a page that went without upload times because GitLab's Packages
+    API was slow is fresh only until its answer may be in, not for index_ttl: the young file
+    it showed undated is hidden and refused as soon as the answer is kept."""
+    _gitlab_wheel(gitlab, "1.0.0", 30 * DAY)
+    young = _gitlab_wheel(gitlab, "2.0.0", 600)
+    # Slower than a page waits (a sixth of upstream.timeout), within upstream.timeout.
+    gitlab.api_delay = 1.0
+    proxy = await make_proxy(upstream={"timeout": 3.0}, policy={"min_age_internal": DAY})
+    first = (await page(proxy, "corp-util")).json()["files"]
+    assert len(first) == 2 and not any("upload-time" in f for f in first)
+
+    async def answered() -> bool:
+        # The three calls of the learn (the versions, then each one's files) answered.
+        return [r.status for r in gitlab.api_requests] == [200, 200, 200]
+
+    await eventually(answered, "GitLab's Packages API answered")
+    later = await page(proxy, "corp-util")
+    assert [f["filename"] for f in later.json()["files"]] == ["corp_util-1.0.0-py3-none-any.whl"]
+    assert later.headers["X-Cache"] == "MISS"
+    refused = await fetch(url_of(proxy.url, young))
+    assert refused.status == 403 and refused.json()["rule"] == "min_age_internal"
+
+
+@pytest.mark.parametrize(
+    ("scope", "name", "said"),
+    [
+        # GitLab forwards a name it lacks: where to, and that the proxy passes clients on.
+        ("projects/42", "not-here", "GitLab forwards it to https://pypi.org/simple/not-here/"),
+        # A project the token cannot read is one GitLab says does not exist.
+        ("projects/999", "corp-util", "404 Project Not Found"),
+    ],
+)
+async def test_explain_of_what_gitlab_does_not_list_is_one_line_naming_it(
+    gitlab: FakeGitLab, tmp_path: Path, scope: str, name: str, said: str
+) -> None:
+    gitlab.add_wheel(42, "corp-util", "1.0.0")
+    config = write_config(
+        tmp_path / "c.toml",
+        {
+            "upstream": {"url": gitlab.url, "token": TOKEN},
+            "cache": {"dir": str(tmp_path / "cache")},
+            "policy": {"min_age_internal": "1d"},
+        },
+    )
+    result = await run(
+        [sys.executable, "-m", "proxy", "--config", str(config), "explain", scope, name],
+        env=clean_env(),
+    )
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"gitlab-pypi-proxy: explain {scope} {name}: ")
+    assert said in result.stderr
