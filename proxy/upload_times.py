@@ -32,6 +32,9 @@ PER_PAGE = "100"
 # GitLab counts a list's pages (X-Total-Pages) only up to 10,000 rows: a count above this is
 # not GitLab's, and is never trusted with that many requests at once.
 COUNTED_PAGES = 10_000 // int(PER_PAGE)
+# The most pages of one list followed by its next-page links: a group's rows of every name that
+# contains the search term may run past GitLab's count, but a list without end is not GitLab's.
+MAX_PAGES = 1_000
 # Why the times stay unknown, for /-/ready and the log; each ends with what to do.
 _TOKEN_ADVICE = "use a token with read_api as upstream.token"
 # GitLab's fuzzy name search matches a substring only from this many characters on.
@@ -219,7 +222,11 @@ class UploadTimes:
             # The rows of `name`, newest first, until every wanted file is found: one version
             # may have several rows (one per project of a group, or per spelling of the name,
             # `My_Pkg` and `my-pkg`), any number of pages apart.
+            asked = 0
             while page:
+                if asked == MAX_PAGES:
+                    raise _Unknown(_endless(scope.packages_path, MAX_PAGES), hold=None)
+                asked += 1
                 answer = await self._get(scope.packages_path, {**query, "page": page})
                 needed = {v for key, v in wanted.items() if key not in learnt}
                 packages = [
@@ -261,8 +268,10 @@ class UploadTimes:
                 )
             )
         # Uncounted, or a count that was wrong: GitLab's next-page links, one after another.
-        while answers[-1].next_page:
-            page = answers[-1].next_page
+        while page := answers[-1].next_page:
+            # Past GitLab's count a version of 10,000 files is no release: a list without end.
+            if len(answers) >= COUNTED_PAGES:
+                raise _Unknown(_endless(path, COUNTED_PAGES), hold=None)
             answers.append(await self._get(path, {"per_page": PER_PAGE, "page": page}))
         learnt: dict[FileKey, UploadTimeRow] = {}
         for answer in answers:
@@ -348,6 +357,13 @@ def _package(
     # A group's rows name their project, where their files are listed.
     owner = row.get("project_id")
     return _Package(Scope("projects", str(owner)), package_id) if isinstance(owner, int) else None
+
+
+def _endless(path: str, pages: int) -> str:
+    return (
+        f"upload times unknown for some pages: GitLab's Packages API listed more than "
+        f"{pages} pages at {path}"
+    )
 
 
 def _search_term(name: str) -> str:

@@ -297,6 +297,20 @@ async def test_a_page_count_short_of_the_truth_loses_no_file(
     assert all("upload-time" in f for f in page["files"]) and len(page["files"]) == 150
 
 
+async def test_a_list_without_end_is_followed_only_so_far_and_said(
+    gitlab: FakeGitLab, proxy: RunningProxy
+) -> None:
+    uploaded(gitlab, "1.0", "2026-02-01T00:00:00+00:00")
+    # Every page names a next one: a proxy that trusted it would never answer.
+    gitlab.api_endless_files = True
+    page = await json_page(proxy, PROJECT_PAGE + "corp-util/")
+    assert "upload-time" not in page["files"][0]
+    # 10,000 files is GitLab's count limit; no release has more: 100 pages of 100, no more.
+    assert len([r for r in gitlab.api_requests if "package_files" in r.path]) == 100
+    degraded = json.loads((await get(proxy.url + "/-/ready"))[2])["degraded"]
+    assert len(degraded) == 1 and "listed more than 100 pages" in degraded[0], degraded
+
+
 async def test_a_restarted_or_offline_proxy_keeps_what_it_learnt(
     gitlab: FakeGitLab, make_proxy: ProxyFactory, tmp_path: Path
 ) -> None:

@@ -247,9 +247,11 @@ def _paginated(
     items: Sequence[_Item],
     row: Callable[[_Item], dict[str, object]],
     claimed_pages: int | None = None,
+    endless: bool = False,
 ) -> web.Response:
     """One page of a REST list, each item made a `row`, and GitLab's pagination headers
-    (X-Total-Pages says `claimed_pages` instead of the truth when that is given)."""
+    (X-Total-Pages says `claimed_pages` instead of the truth when that is given, and
+    X-Next-Page always names a next page when `endless`)."""
     try:
         page = max(1, int(request.query.get("page", "1")))
         per_page = int(request.query.get("per_page", str(DEFAULT_PER_PAGE)))
@@ -260,7 +262,7 @@ def _paginated(
     headers = {
         "X-Page": str(page),
         "X-Per-Page": str(per_page),
-        "X-Next-Page": str(page + 1) if page < pages else "",
+        "X-Next-Page": str(page + 1) if page < pages or endless else "",
         "X-Prev-Page": str(page - 1) if page > 1 else "",
     }
     if len(items) <= COUNTED_ROWS:
@@ -626,6 +628,8 @@ class FakeGitLab(_Server):
         self.api_delay = 0.0
         # The X-Total-Pages every REST list claims while set: an answer that lies about its size.
         self.api_claimed_pages: int | None = None
+        # While set, a version's list of files never ends (X-Next-Page on every page).
+        self.api_endless_files = False
         self.retry_after: int | str = 1  # sent as is: tests give odd values too
         # Per-credential faults: token (the Basic password or token header) -> the status GitLab
         # answers its every request with; a 429 is a per-user throttle, as GitLab's are.
@@ -1158,7 +1162,11 @@ class FakeGitLab(_Server):
             }
 
         return _paginated(
-            request, sorted(package.files, key=lambda f: f.id), row, self.api_claimed_pages
+            request,
+            sorted(package.files, key=lambda f: f.id),
+            row,
+            self.api_claimed_pages,
+            endless=self.api_endless_files,
         )
 
     async def _upload(self, request: web.Request) -> web.StreamResponse:
