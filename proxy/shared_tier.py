@@ -345,6 +345,11 @@ class SharedTier:
             return None
         self._answered()
         found = parse_page(body, key)
+        if found is None and written_later(body):
+            # A replica already upgraded keeps its last good copies here: not ours to remove.
+            log.info("shared tier: the copy of page %s is a later release's; not read", key)
+            self.metrics.shared_tier("miss")
+            return None
         if found is None:
             log.error("shared tier: the copy of page %s is unreadable; removed", key)
             self.metrics.shared_tier("bad")
@@ -423,11 +428,24 @@ def parse_page(body: bytes, key: str) -> tuple[str, float] | None:
     """A page object's (model text, fetched_at), or None when it is not a copy of `key`."""
     try:
         document = json.loads(body)
-        if document.get("v") != PAGE_VERSION or document.get("key") != key:
+        version = document.get("v")
+        if type(version) is not int or not 1 <= version <= PAGE_VERSION:
+            return None
+        if document.get("key") != key:
             return None
         return str(document["model"]), float(document["fetched_at"])
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def written_later(body: bytes) -> bool:
+    """Whether a page object is in a format only a later release reads (replicas upgrade one
+    at a time): kept for it, never removed as bad."""
+    try:
+        version = json.loads(body).get("v")
+    except (ValueError, AttributeError):
+        return False
+    return type(version) is int and version > PAGE_VERSION
 
 
 @contextlib.asynccontextmanager

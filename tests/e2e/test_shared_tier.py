@@ -376,6 +376,38 @@ async def test_verify_keeps_a_good_page_copy_bigger_than_64_kib(
     assert copy["Key"] in await keys_under(moto, f"{PREFIX}/pages/")
 
 
+async def test_a_page_copy_a_later_release_wrote_is_left_to_it_by_serving_and_verify(
+    gitlab: FakeGitLab, replica: ProxyFactory, moto: MotoServer, tmp_path: Path
+) -> None:
+    """Replicas upgrade one by one: a copy in a format this release cannot read is another
+    release's last good page, not a bad object."""
+    gitlab.add_wheel(42, "corp-lib", "1.0.0")
+    first = await replica("a")
+    page = f"{PROJECT_PAGE}corp-lib/"
+    assert (await get(first.url + page))[0] == 200
+    await uploads_done(first)
+    (key,) = await keys_under(moto, f"{PREFIX}/pages/")
+    async with moto.client() as s3:
+        document = json.loads(await (await s3.get_object(Bucket=BUCKET, Key=key))["Body"].read())
+        document["v"] += 1
+        await s3.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(document).encode())
+    gitlab.down = True
+    second = await replica("b")
+    status, _, _ = await get(second.url + page)
+    assert status != 200  # not readable here: no copy to serve
+    assert await keys_under(moto, f"{PREFIX}/pages/") == [key]
+    result = await run(
+        [sys.executable, "-m", "proxy", "verify", "--quiet"],
+        env=clean_env(
+            GITLAB_PYPI_PROXY_CACHE_DIR=str(tmp_path / "a"),
+            GITLAB_PYPI_PROXY_STORAGE_URL=f"s3://{BUCKET}/{PREFIX}",
+            GITLAB_PYPI_PROXY_STORAGE_ENDPOINT_URL=moto.endpoint,
+        ),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert await keys_under(moto, f"{PREFIX}/pages/") == [key]
+
+
 async def test_the_tiers_page_copy_answers_only_whom_a_stored_copy_would(
     gitlab: FakeGitLab, replica: ProxyFactory, moto: MotoServer
 ) -> None:
