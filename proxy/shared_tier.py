@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import aiohttp
 import yarl
 
-from .config import StorageSettings
+from .config import ConfigError, StorageSettings
 from .metrics import Metrics
 
 if TYPE_CHECKING:
@@ -448,6 +449,31 @@ def written_later(body: bytes) -> bool:
     return type(version) is int and version > PAGE_VERSION
 
 
+def check_client(settings: StorageSettings) -> None:
+    """ConfigError unless the tier's S3 client can be made of `settings` and the AWS environment
+    (a region botocore takes, a profile that exists, no access key without its secret): checked
+    before any worker starts, so a mistake is one line, not a traceback in each worker."""
+    import botocore.exceptions
+    import botocore.session
+    from botocore.utils import validate_region_name
+
+    try:
+        if settings.region:
+            validate_region_name(settings.region)
+    except botocore.exceptions.BotoCoreError as e:
+        raise ConfigError(f"storage.region: {e}") from None
+    if os.environ.get("AWS_ACCESS_KEY_ID") and not os.environ.get("AWS_SECRET_ACCESS_KEY"):
+        raise ConfigError("storage: AWS_ACCESS_KEY_ID is set without AWS_SECRET_ACCESS_KEY")
+    try:
+        session = botocore.session.get_session()
+        session.get_scoped_config()
+        if not settings.region and (region := session.get_config_variable("region")):
+            validate_region_name(region)
+    except botocore.exceptions.BotoCoreError as e:
+        # botocore's messages here name variables, files and profiles, never a secret.
+        raise ConfigError(f"storage: no S3 client from the AWS environment: {e}") from None
+
+
 @contextlib.asynccontextmanager
 async def open_shared_tier(
     settings: StorageSettings, metrics: Metrics
@@ -456,6 +482,7 @@ async def open_shared_tier(
     if not settings.url:
         yield None
         return
+    check_client(settings)
     from aiobotocore.session import get_session
 
     session = get_session()

@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from proxy import keys
+from proxy.store import DB_NAME, Store
 from tests.support.cli_process import serve
 from tests.support.clients import installed, publish_app_with_dependency
 from tests.support.fake_gitlab import FakeGitLab
@@ -321,6 +322,44 @@ async def test_a_storage_url_that_is_not_s3_stops_start_up_naming_the_key(tmp_pa
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "storage.url" in result.stderr and "s3://bucket[/prefix]" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "names"),
+    [
+        ({"GITLAB_PYPI_PROXY_STORAGE_REGION": "eu west 1"}, "storage.region"),
+        ({"AWS_PROFILE": "no-such-profile"}, "no-such-profile"),
+        ({"AWS_ACCESS_KEY_ID": "AKIATESTSHAREDTIER01"}, "AWS_SECRET_ACCESS_KEY"),
+    ],
+    ids=["region", "profile", "partial-credentials"],
+)
+@pytest.mark.parametrize("command", ["serve", "verify"])
+async def test_an_s3_client_that_cannot_be_made_stops_the_command_in_one_line(
+    tmp_path: Path, command: str, setting: dict[str, str], names: str
+) -> None:
+    """Made from the settings and the AWS environment: a mistake in either is named once,
+    before any worker starts, not met as a traceback in each."""
+    env = {name: value for name, value in clean_env().items() if not name.startswith("AWS_")}
+    env.update(
+        GITLAB_PYPI_PROXY_UPSTREAM_URL="http://127.0.0.1:9",
+        GITLAB_PYPI_PROXY_CACHE_DIR=str(tmp_path / "cache"),
+        GITLAB_PYPI_PROXY_SERVER_WORKERS="2",
+        GITLAB_PYPI_PROXY_STORAGE_URL=f"s3://{BUCKET}/{PREFIX}",
+        GITLAB_PYPI_PROXY_STORAGE_ENDPOINT_URL="http://127.0.0.1:9",
+        AWS_CONFIG_FILE=str(tmp_path / "aws-config"),
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "aws-credentials"),
+        **setting,
+    )
+    args = [sys.executable, "-m", "proxy", command]
+    if command == "verify":
+        args.append("--quiet")
+        (tmp_path / "cache").mkdir()
+        await (await Store.open(tmp_path / "cache" / DB_NAME)).close()
+    result = await run(args, env=env, timeout=60)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "config error: storage" in line and names in line, line
+    assert "Traceback" not in result.stderr
 
 
 async def test_verify_removes_the_tiers_bad_objects_and_keeps_the_good(
