@@ -32,13 +32,15 @@ TIER = "gitlab_pypi_proxy_shared_tier_requests"
 
 
 @pytest.fixture
-def moto(monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoServer]:
+def moto(moto_process: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoServer]:
     """moto's S3 on loopback with one bucket; its credentials in this process's environment."""
-    with MotoServer() as server:
-        server.create_bucket(BUCKET)
-        for name, secret in server.credentials.items():
-            monkeypatch.setenv(name, secret)
-        yield server
+    moto_process.fresh(BUCKET)
+    for name, secret in moto_process.credentials.items():
+        monkeypatch.setenv(name, secret)
+    try:
+        yield moto_process
+    finally:
+        moto_process.resume()  # a test that froze it and failed before resuming it
 
 
 @pytest.fixture
