@@ -26,18 +26,21 @@ from .metadata import CoreMetadata
 from .metrics import Metrics, metrics_middleware
 from .pages import PageCache
 from .rendering import PageRenderer
-from .shared_tier import open_shared_tier
+from .shared_tier import check_client, open_shared_tier
 
 # How the index opened, and why not read-write: the file cache and the background tasks need it.
 _OPENED: web.AppKey[tuple[CacheMode, str]] = web.AppKey("opened")
 
 
 def create_app(settings: Settings, metrics_dir: Path | None = None) -> web.Application:
-    """The application; raises ConfigError when the access tokens file is unusable.
+    """The application; raises ConfigError when the access tokens file is unusable, or no
+    S3 client can be made for storage.url.
 
     `metrics_dir`: where the workers of one supervisor share their counters.
     """
     guard = AccessGuard(settings.access)
+    if settings.storage.url:
+        check_client(settings.storage)
     metrics = Metrics(metrics_dir)
     # Metrics outermost, so it counts the statuses clients really get, errors mapped.
     app = web.Application(

@@ -53,6 +53,9 @@ class Cluster:
 
             self._lost = (RedisError, OSError)
         self._pubsub: PubSub | None = None
+        # Names this process could not publish: sent once Redis answers again, since the
+        # others may never have lost it, and would serve their pages of them for index_ttl.
+        self._unsent: set[str] = set()
         self._error: BaseException | None = None
         self.subscribed = False
         if self._redis is not None:
@@ -72,19 +75,32 @@ class Cluster:
         await self.pages.invalidate(name)
         if self._redis is None:
             return
-        message = json.dumps({"v": VERSION, "origin": self.origin, "name": name})
         try:
-            await self._redis.publish(CHANNEL, message)
+            await self._publish(name)
         except self._lost as e:
+            self._unsent.add(name)
             self.metrics.invalidation("unsent")
             log.warning(
-                "could not tell the other replicas about the upload of %s (%s): they serve "
-                "their cached pages of it until cache.index_ttl runs out",
+                "could not tell the other replicas about the upload of %s (%s): told once "
+                "redis answers again",
                 name,
                 _describe(e),
             )
-        else:
-            self.metrics.invalidation("sent")
+
+    async def _publish(self, name: str) -> None:
+        assert self._redis is not None
+        message = json.dumps({"v": VERSION, "origin": self.origin, "name": name})
+        await self._redis.publish(CHANNEL, message)
+        self.metrics.invalidation("sent")
+
+    async def _send_unsent(self) -> None:
+        """Publish what could not be published before; what fails again waits once more."""
+        for name in sorted(self._unsent):
+            try:
+                await self._publish(name)
+            except self._lost:
+                return
+            self._unsent.discard(name)
 
     async def start(self) -> None:
         """Subscribe once before serving, so an upload elsewhere is heard from the first request."""
@@ -111,6 +127,7 @@ class Cluster:
                 # Whatever was published meanwhile is lost: every page here may be stale.
                 await self.pages.expire_all()
                 log.warning("redis reachable again: invalidations from other replicas are received")
+                await self._send_unsent()
 
     async def _subscribe(self) -> bool:
         assert self._redis is not None
@@ -139,6 +156,9 @@ class Cluster:
         loop = asyncio.get_running_loop()
         heard = pinged = loop.time()
         while True:
+            if self._unsent:
+                # Its publish failed while this subscription stayed up (a timeout, a blip).
+                await self._send_unsent()
             message = await self._pubsub.get_message(
                 ignore_subscribe_messages=True, timeout=POLL_SECONDS
             )

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from .blobs import BlobStore
 from .eviction import EvictionReport, evict
-from .shared_tier import SharedTier, parse_page
+from .shared_tier import SharedTier, parse_page, written_later
 from .simple import is_sha256
 from .store import Store
 
@@ -123,6 +123,8 @@ async def verify_shared(tier: SharedTier, progress: Progress = lambda n: None) -
         body = await tier.read_object(key, progress)
         report.checked += 1
         report.checked_bytes += size
+        if written_later(body):
+            continue
         page = _page_key_of(body)
         if page is None or tier.page_key(page) != key or parse_page(body, page) is None:
             await tier.remove(key)

@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import aiohttp
 import yarl
 
-from .config import StorageSettings
+from .config import ConfigError, StorageSettings
 from .metrics import Metrics
 
 if TYPE_CHECKING:
@@ -345,6 +346,11 @@ class SharedTier:
             return None
         self._answered()
         found = parse_page(body, key)
+        if found is None and written_later(body):
+            # A replica already upgraded keeps its last good copies here: not ours to remove.
+            log.info("shared tier: the copy of page %s is a later release's; not read", key)
+            self.metrics.shared_tier("miss")
+            return None
         if found is None:
             log.error("shared tier: the copy of page %s is unreadable; removed", key)
             self.metrics.shared_tier("bad")
@@ -423,11 +429,49 @@ def parse_page(body: bytes, key: str) -> tuple[str, float] | None:
     """A page object's (model text, fetched_at), or None when it is not a copy of `key`."""
     try:
         document = json.loads(body)
-        if document.get("v") != PAGE_VERSION or document.get("key") != key:
+        version = document.get("v")
+        if type(version) is not int or not 1 <= version <= PAGE_VERSION:
+            return None
+        if document.get("key") != key:
             return None
         return str(document["model"]), float(document["fetched_at"])
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def written_later(body: bytes) -> bool:
+    """Whether a page object is in a format only a later release reads (replicas upgrade one
+    at a time): kept for it, never removed as bad."""
+    try:
+        version = json.loads(body).get("v")
+    except (ValueError, AttributeError):
+        return False
+    return type(version) is int and version > PAGE_VERSION
+
+
+def check_client(settings: StorageSettings) -> None:
+    """ConfigError unless the tier's S3 client can be made of `settings` and the AWS environment
+    (a region botocore takes, a profile that exists, no access key without its secret): checked
+    before any worker starts, so a mistake is one line, not a traceback in each worker."""
+    import botocore.exceptions
+    import botocore.session
+    from botocore.utils import validate_region_name
+
+    try:
+        if settings.region:
+            validate_region_name(settings.region)
+    except botocore.exceptions.BotoCoreError as e:
+        raise ConfigError(f"storage.region: {e}") from None
+    if os.environ.get("AWS_ACCESS_KEY_ID") and not os.environ.get("AWS_SECRET_ACCESS_KEY"):
+        raise ConfigError("storage: AWS_ACCESS_KEY_ID is set without AWS_SECRET_ACCESS_KEY")
+    try:
+        session = botocore.session.get_session()
+        session.get_scoped_config()
+        if not settings.region and (region := session.get_config_variable("region")):
+            validate_region_name(region)
+    except botocore.exceptions.BotoCoreError as e:
+        # botocore's messages here name variables, files and profiles, never a secret.
+        raise ConfigError(f"storage: no S3 client from the AWS environment: {e}") from None
 
 
 @contextlib.asynccontextmanager
@@ -438,6 +482,7 @@ async def open_shared_tier(
     if not settings.url:
         yield None
         return
+    check_client(settings)
     from aiobotocore.session import get_session
 
     session = get_session()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,7 @@ import pytest
 from tests.support.cli_process import free_port
 from tests.support.fake_gitlab import FakeGitLab, FakePublicIndex
 from tests.support.harness import TOKEN, ProxyFactory, RunningProxy, make_settings, start_proxy
+from tests.support.moto_server import MotoServer
 from tests.support.redis_server import REDIS_SERVER, SKIP_REASON, RedisServer
 
 
@@ -56,6 +57,14 @@ async def make_proxy(tmp_path: Path, gitlab: FakeGitLab) -> AsyncIterator[ProxyF
 @pytest.fixture
 async def proxy(make_proxy: ProxyFactory) -> RunningProxy:
     return await make_proxy()
+
+
+@pytest.fixture(scope="session")
+def moto_process() -> Iterator[MotoServer]:
+    """One moto S3 server per test process (a second to start); tests take it through their
+    module's `moto` fixture, which empties it first."""
+    with MotoServer() as server:
+        yield server
 
 
 @pytest.fixture

@@ -248,6 +248,46 @@ async def test_a_redis_that_stops_answering_is_noticed_though_its_connections_st
     await installs(b, tmp_path / "three", "1.2.0")
 
 
+async def test_an_upload_made_while_only_its_replica_lost_redis_reaches_the_others_once_back(
+    gitlab: FakeGitLab,
+    make_proxy: ProxyFactory,
+    redis_server: RedisServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A's own link to Redis fails (its Redis user refused here), B's does not: B never sees
+    an outage, so only A, once back, can tell it of the upload it could not publish."""
+    monkeypatch.setattr(cluster, "RETRY_MAX", 0.4)
+    gitlab.add_wheel(42, "corp-util", "1.0.0")
+    user = "replica-a"
+    async with redis.Redis.from_url(redis_server.url) as admin:
+        await admin.acl_setuser(
+            user,
+            enabled=True,
+            passwords=[f"+{PASSWORD}"],
+            keys=["*"],
+            channels=["*"],
+            commands=["+@all"],
+        )
+        a_url = f"redis://{user}:{PASSWORD}@127.0.0.1:{redis_server.port}/0"
+        a = await make_proxy(cache_dir=tmp_path / "a", cluster={"redis_url": a_url})
+        b = await make_proxy(cache_dir=tmp_path / "b", cluster={"redis_url": redis_server.url})
+        await installs(b, tmp_path / "one", "1.0.0")  # B's page, fresh for index_ttl
+
+        await admin.acl_setuser(user, enabled=False)
+        await admin.client_kill_filter(user=user)
+        await eventually(_degraded(a), "A has lost Redis")
+        await upload(a, tmp_path, "1.1.0")
+        _, samples_a = await scrape(a)
+        assert value(samples_a, f"{METRIC}_invalidations_total", kind="unsent") == 1
+        assert not (await ready(b))["degraded"]
+
+        await admin.acl_setuser(user, enabled=True)
+        await eventually(_heard(a), "A hears Redis again", timeout=15)
+    await eventually(_received(b, 1), "B hears of the upload A made meanwhile")
+    await installs(b, tmp_path / "two", "1.1.0")
+
+
 def _degraded(proxy: RunningProxy) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         return UNREACHABLE in (await ready(proxy))["degraded"]

@@ -146,13 +146,15 @@ async def test_each_file_is_fetched_once_across_replicas_and_losing_one_fails_no
 
 
 @pytest.fixture
-def moto(monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoServer]:
+def moto(moto_process: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoServer]:
     """moto's S3 on loopback with the bucket; its credentials in the replicas' environment."""
-    with MotoServer() as server:
-        server.create_bucket(BUCKET)
-        for name, secret in server.credentials.items():
-            monkeypatch.setenv(name, secret)
-        yield server
+    moto_process.fresh(BUCKET)
+    for name, secret in moto_process.credentials.items():
+        monkeypatch.setenv(name, secret)
+    try:
+        yield moto_process
+    finally:
+        moto_process.resume()  # a test that froze it and failed before resuming it
 
 
 async def test_with_a_shared_tier_losing_a_replica_fetches_no_file_from_gitlab_again(

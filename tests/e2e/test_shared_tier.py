@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from proxy import keys
+from proxy.store import DB_NAME, Store
 from tests.support.cli_process import serve
 from tests.support.clients import installed, publish_app_with_dependency
 from tests.support.fake_gitlab import FakeGitLab
@@ -31,13 +32,15 @@ TIER = "gitlab_pypi_proxy_shared_tier_requests"
 
 
 @pytest.fixture
-def moto(monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoServer]:
+def moto(moto_process: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoServer]:
     """moto's S3 on loopback with one bucket; its credentials in this process's environment."""
-    with MotoServer() as server:
-        server.create_bucket(BUCKET)
-        for name, secret in server.credentials.items():
-            monkeypatch.setenv(name, secret)
-        yield server
+    moto_process.fresh(BUCKET)
+    for name, secret in moto_process.credentials.items():
+        monkeypatch.setenv(name, secret)
+    try:
+        yield moto_process
+    finally:
+        moto_process.resume()  # a test that froze it and failed before resuming it
 
 
 @pytest.fixture
@@ -323,6 +326,44 @@ async def test_a_storage_url_that_is_not_s3_stops_start_up_naming_the_key(tmp_pa
     assert "storage.url" in result.stderr and "s3://bucket[/prefix]" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("setting", "names"),
+    [
+        ({"GITLAB_PYPI_PROXY_STORAGE_REGION": "eu west 1"}, "storage.region"),
+        ({"AWS_PROFILE": "no-such-profile"}, "no-such-profile"),
+        ({"AWS_ACCESS_KEY_ID": "AKIATESTSHAREDTIER01"}, "AWS_SECRET_ACCESS_KEY"),
+    ],
+    ids=["region", "profile", "partial-credentials"],
+)
+@pytest.mark.parametrize("command", ["serve", "verify"])
+async def test_an_s3_client_that_cannot_be_made_stops_the_command_in_one_line(
+    tmp_path: Path, command: str, setting: dict[str, str], names: str
+) -> None:
+    """Made from the settings and the AWS environment: a mistake in either is named once,
+    before any worker starts, not met as a traceback in each."""
+    env = {name: value for name, value in clean_env().items() if not name.startswith("AWS_")}
+    env.update(
+        GITLAB_PYPI_PROXY_UPSTREAM_URL="http://127.0.0.1:9",
+        GITLAB_PYPI_PROXY_CACHE_DIR=str(tmp_path / "cache"),
+        GITLAB_PYPI_PROXY_SERVER_WORKERS="2",
+        GITLAB_PYPI_PROXY_STORAGE_URL=f"s3://{BUCKET}/{PREFIX}",
+        GITLAB_PYPI_PROXY_STORAGE_ENDPOINT_URL="http://127.0.0.1:9",
+        AWS_CONFIG_FILE=str(tmp_path / "aws-config"),
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "aws-credentials"),
+        **setting,
+    )
+    args = [sys.executable, "-m", "proxy", command]
+    if command == "verify":
+        args.append("--quiet")
+        (tmp_path / "cache").mkdir()
+        await (await Store.open(tmp_path / "cache" / DB_NAME)).close()
+    result = await run(args, env=env, timeout=60)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "config error: storage" in line and names in line, line
+    assert "Traceback" not in result.stderr
+
+
 async def test_verify_removes_the_tiers_bad_objects_and_keeps_the_good(
     gitlab: FakeGitLab, replica: ProxyFactory, moto: MotoServer, tmp_path: Path
 ) -> None:
@@ -374,6 +415,38 @@ async def test_verify_keeps_a_good_page_copy_bigger_than_64_kib(
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert copy["Key"] in await keys_under(moto, f"{PREFIX}/pages/")
+
+
+async def test_a_page_copy_a_later_release_wrote_is_left_to_it_by_serving_and_verify(
+    gitlab: FakeGitLab, replica: ProxyFactory, moto: MotoServer, tmp_path: Path
+) -> None:
+    """Replicas upgrade one by one: a copy in a format this release cannot read is another
+    release's last good page, not a bad object."""
+    gitlab.add_wheel(42, "corp-lib", "1.0.0")
+    first = await replica("a")
+    page = f"{PROJECT_PAGE}corp-lib/"
+    assert (await get(first.url + page))[0] == 200
+    await uploads_done(first)
+    (key,) = await keys_under(moto, f"{PREFIX}/pages/")
+    async with moto.client() as s3:
+        document = json.loads(await (await s3.get_object(Bucket=BUCKET, Key=key))["Body"].read())
+        document["v"] += 1
+        await s3.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(document).encode())
+    gitlab.down = True
+    second = await replica("b")
+    status, _, _ = await get(second.url + page)
+    assert status != 200  # not readable here: no copy to serve
+    assert await keys_under(moto, f"{PREFIX}/pages/") == [key]
+    result = await run(
+        [sys.executable, "-m", "proxy", "verify", "--quiet"],
+        env=clean_env(
+            GITLAB_PYPI_PROXY_CACHE_DIR=str(tmp_path / "a"),
+            GITLAB_PYPI_PROXY_STORAGE_URL=f"s3://{BUCKET}/{PREFIX}",
+            GITLAB_PYPI_PROXY_STORAGE_ENDPOINT_URL=moto.endpoint,
+        ),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert await keys_under(moto, f"{PREFIX}/pages/") == [key]
 
 
 async def test_the_tiers_page_copy_answers_only_whom_a_stored_copy_would(

@@ -27,12 +27,19 @@ SECRET_KEY = "tier-secret-key-never-in-a-log-0123456789"
 
 
 class MotoServer:
-    """`python -m moto.server` on loopback; `pause`/`resume` freeze it (a tier that hangs)."""
+    """`python -m moto.server` on loopback; `pause`/`resume` freeze it (a tier that hangs).
+
+    One serves a whole test session: `fresh` empties it (and starts it again, on a new port,
+    after a test stopped it) for the next test.
+    """
 
     def __init__(self) -> None:
         self.port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
         self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     @property
     def credentials(self) -> dict[str, str]:
@@ -42,6 +49,17 @@ class MotoServer:
             "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
             "AWS_DEFAULT_REGION": "us-east-1",
         }
+
+    def fresh(self, bucket: str) -> None:
+        """Running, answering, and holding nothing but an empty `bucket`."""
+        if self._proc is None or self._proc.poll() is not None:
+            if self._proc is not None:
+                # Its old port may be anyone's by now.
+                self.port = free_port()
+            self.start()
+        self.resume()
+        assert self._request("POST", "/moto-api/reset") == 200
+        self.create_bucket(bucket)
 
     def start(self) -> None:
         self._proc = subprocess.Popen(
