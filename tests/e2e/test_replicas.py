@@ -1,33 +1,40 @@
-"""Issue 18: three replica processes behind the README's consistent-hash nginx, one Redis."""
+"""Issue 18: replicas (and one Redis) behind the README's consistent-hash nginx or HAProxy."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from yarl import URL
 
 from tests.support.cli_process import ServeProcess, free_port, write_config
 from tests.support.fake_gitlab import FakeFile, FakeGitLab
-from tests.support.harness import TOKEN, pip_install, twine, uv_pip_install
+from tests.support.haproxy import HAPROXY, haproxy_cfg, start_haproxy, stop_haproxy
+from tests.support.haproxy import SKIP_REASON as NO_HAPROXY
+from tests.support.harness import TOKEN, ProxyFactory, pip_install, twine, uv_pip_install
+from tests.support.http import basic, fetch, post_as_is
 from tests.support.moto_server import MotoServer
+from tests.support.multipart import GOOD, GOOD_TYPE
 from tests.support.nginx import (
     NGINX,
-    SKIP_REASON,
     balancer_snippet,
     nginx_conf,
     start_nginx,
     stop_nginx,
 )
+from tests.support.nginx import SKIP_REASON as NO_NGINX
 from tests.support.polling import eventually
 from tests.support.redis_server import RedisServer
 from tests.support.wheels import make_wheel
 
-pytestmark = pytest.mark.skipif(NGINX is None, reason=SKIP_REASON)
+needs_nginx = pytest.mark.skipif(NGINX is None, reason=NO_NGINX)
+needs_haproxy = pytest.mark.skipif(HAPROXY is None, reason=NO_HAPROXY)
 
 REPLICAS = ("one", "two", "three")
 LIBRARIES = [f"corp-lib{i}" for i in range(6)]
@@ -41,11 +48,38 @@ PREFIX = "replicas"
 class Cluster:
     replicas: list[ServeProcess]
     url: str
-    prefix: Path
+    # The balancer's log: nginx's error.log, HAProxy's stderr.
+    log: Path
 
     @property
     def index(self) -> str:
         return self.url + SIMPLE
+
+
+# The README's balancer in front of these replica ports, in this directory: its URL and log.
+Balancer = Callable[[list[int], Path], contextlib.AbstractAsyncContextManager[tuple[str, Path]]]
+
+
+@contextlib.asynccontextmanager
+async def nginx(replica_ports: list[int], prefix: Path) -> AsyncIterator[tuple[str, Path]]:
+    port = free_port()
+    (prefix / "nginx.conf").write_text(nginx_conf(balancer_snippet(port, replica_ports), prefix))
+    proc = await start_nginx(prefix, port)
+    try:
+        yield f"http://127.0.0.1:{port}", prefix / "error.log"
+    finally:
+        await stop_nginx(proc)
+
+
+@contextlib.asynccontextmanager
+async def haproxy(replica_ports: list[int], prefix: Path) -> AsyncIterator[tuple[str, Path]]:
+    port = free_port()
+    (prefix / "haproxy.cfg").write_text(haproxy_cfg(port, replica_ports))
+    proc = await start_haproxy(prefix / "haproxy.cfg", port, prefix / "haproxy.log")
+    try:
+        yield f"http://127.0.0.1:{port}", prefix / "haproxy.log"
+    finally:
+        await stop_haproxy(proc)
 
 
 @contextlib.asynccontextmanager
@@ -54,11 +88,11 @@ async def cluster(
     redis: RedisServer,
     tmp_path: Path,
     storage: dict[str, str | float] | None = None,
+    balancer: Balancer = nginx,
 ) -> AsyncIterator[Cluster]:
-    """Three `serve` processes (one worker each, a cache directory each) behind nginx;
+    """Three `serve` processes (one worker each, a cache directory each) behind the balancer;
     with `storage`, on one shared tier."""
     replicas: list[ServeProcess] = []
-    nginx = None
     try:
         configs = []
         for name in REPLICAS:
@@ -83,15 +117,11 @@ async def cluster(
         for failure in started:
             if isinstance(failure, BaseException):
                 raise failure
-        prefix, port = tmp_path / "nginx", free_port()
+        prefix = tmp_path / "balancer"
         prefix.mkdir()
-        balancer = balancer_snippet(port, [replica.port for replica in replicas])
-        (prefix / "nginx.conf").write_text(nginx_conf(balancer, prefix))
-        nginx = await start_nginx(prefix, port)
-        yield Cluster(replicas, f"http://127.0.0.1:{port}", prefix)
+        async with balancer([replica.port for replica in replicas], prefix) as (url, log):
+            yield Cluster(replicas, url, log)
     finally:
-        if nginx is not None:
-            await stop_nginx(nginx)
         await asyncio.gather(*(replica.close() for replica in replicas))
 
 
@@ -120,6 +150,7 @@ def holds(replica_cache: Path, wheels: list[FakeFile]) -> set[str]:
     return {wheel.sha256 for wheel in wheels} & held
 
 
+@needs_nginx
 async def test_each_file_is_fetched_once_across_replicas_and_losing_one_fails_no_install(
     gitlab: FakeGitLab, redis_server: RedisServer, tmp_path: Path
 ) -> None:
@@ -142,7 +173,58 @@ async def test_each_file_is_fetched_once_across_replicas_and_losing_one_fails_no
         # Its files moved to the next replica on the ring, which downloaded each once more.
         expected = Counter({wheel.sha256: 1 + (wheel.sha256 in held[most]) for wheel in wheels})
         assert downloads(gitlab) == expected
-        assert "connect() failed" in (running.prefix / "error.log").read_text()
+        assert "connect() failed" in running.log.read_text()
+
+
+@needs_haproxy
+async def test_haproxy_fetches_each_wheel_and_its_metadata_once_and_losing_a_replica_fails_none(
+    gitlab: FakeGitLab, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    wheels = publish(gitlab)
+    async with cluster(gitlab, redis_server, tmp_path, balancer=haproxy) as running:
+        # pip reads each wheel's .metadata (PEP 658) before the wheel: hashed as the wheel, it
+        # is read from the wheel on the replica that fetched it, not by Range from GitLab.
+        await install(running.index, tmp_path / "first")
+        await install(running.index, tmp_path / "again")
+        assert downloads(gitlab) == Counter({wheel.sha256: 1 for wheel in wheels})
+        held = [holds(tmp_path / f"cache-{name}", wheels) for name in REPLICAS]
+        assert sorted(sha for each in held for sha in each) == sorted(w.sha256 for w in wheels)
+
+        most = max(range(len(held)), key=lambda i: len(held[i]))
+        await running.replicas[most].kill()
+        await install(running.index, tmp_path / "after")
+        expected = Counter({wheel.sha256: 1 + (wheel.sha256 in held[most]) for wheel in wheels})
+        assert downloads(gitlab) == expected
+        # HAProxy retried the lost replica's requests on the next one (`+1` retries in its log),
+        # unless its health checks had marked it down first (the README's servers: replica1-3).
+        log = running.log.read_text()
+        assert re.search(rf"/\+1 |replica{most + 1} is DOWN", log), log
+
+
+@pytest.mark.parametrize(
+    "balancer",
+    [
+        pytest.param(nginx, marks=needs_nginx, id="nginx"),
+        pytest.param(haproxy, marks=needs_haproxy, id="haproxy"),
+    ],
+)
+async def test_the_balancer_sends_an_upload_that_gitlab_answers_503_to_gitlab_once(
+    gitlab: FakeGitLab, make_proxy: ProxyFactory, tmp_path: Path, balancer: Balancer
+) -> None:
+    # Replicas in this process: the balancer's retries are the subject, not the replicas' own.
+    replicas = [await make_proxy(cache_dir=tmp_path / f"cache-{name}") for name in REPLICAS]
+    prefix = tmp_path / "balancer"
+    prefix.mkdir()
+    async with balancer([URL(replica.url).port or 0 for replica in replicas], prefix) as (url, _):
+        # GitLab may have stored an upload it answers 503 to (as a GitLab behind its own
+        # balancer may): resent to the next replica, it would reach GitLab again. (One POST
+        # here, not twine, which sends its upload again by itself on a 503.)
+        gitlab.fail_status = 503
+        status, _, _ = await post_as_is(url + UPLOAD, GOOD, GOOD_TYPE, basic(TOKEN))
+        assert (status, gitlab.counts["upload"]) == (503, 1)
+        # While a GET is tried on the next replica (and the next): the 503 is retried.
+        assert (await fetch(url + SIMPLE + "corp-util/")).status == 503
+        assert gitlab.counts["page"] >= 2
 
 
 @pytest.fixture
@@ -157,6 +239,7 @@ def moto(moto_process: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[
         moto_process.resume()  # a test that froze it and failed before resuming it
 
 
+@needs_nginx
 async def test_with_a_shared_tier_losing_a_replica_fetches_no_file_from_gitlab_again(
     gitlab: FakeGitLab, redis_server: RedisServer, moto: MotoServer, tmp_path: Path
 ) -> None:
@@ -196,6 +279,7 @@ def _in_tier(moto: MotoServer, wheels: list[FakeFile]) -> Callable[[], Awaitable
     return check
 
 
+@needs_nginx
 async def test_an_upload_through_the_balancer_is_installable_through_every_replica_at_once(
     gitlab: FakeGitLab, redis_server: RedisServer, tmp_path: Path
 ) -> None:
@@ -223,6 +307,7 @@ async def installs(replica: ServeProcess, targets: Path, version: str) -> None:
     assert (target / f"corp_util-{version}.dist-info").is_dir()
 
 
+@needs_nginx
 @pytest.mark.parametrize("client", ["pip", "uv"])
 async def test_a_replica_killed_in_the_middle_of_a_download_fails_no_install(
     gitlab: FakeGitLab, redis_server: RedisServer, tmp_path: Path, client: str
