@@ -11,7 +11,7 @@ import pytest
 from tests.support.cli_process import free_port
 from tests.support.fake_gitlab import FakeGitLab, FakePublicIndex
 from tests.support.harness import TOKEN, ProxyFactory, RunningProxy, make_settings, start_proxy
-from tests.support.moto_server import MotoServer
+from tests.support.moto_server import BUCKET, MotoServer
 from tests.support.redis_server import REDIS_SERVER, SKIP_REASON, RedisServer
 
 
@@ -61,10 +61,23 @@ async def proxy(make_proxy: ProxyFactory) -> RunningProxy:
 
 @pytest.fixture(scope="session")
 def moto_process() -> Iterator[MotoServer]:
-    """One moto S3 server per test process (a second to start); tests take it through their
-    module's `moto` fixture, which empties it first."""
+    """One moto S3 server per test process (a second to start); tests take it through `moto`,
+    which empties it first."""
     with MotoServer() as server:
         yield server
+
+
+@pytest.fixture
+def moto(moto_process: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoServer]:
+    """moto's S3 on loopback with one empty BUCKET; its credentials in this process's
+    environment, which the replicas a test starts inherit."""
+    moto_process.fresh(BUCKET)
+    for name, secret in moto_process.credentials.items():
+        monkeypatch.setenv(name, secret)
+    try:
+        yield moto_process
+    finally:
+        moto_process.resume()  # a test that froze it and failed before resuming it
 
 
 @pytest.fixture

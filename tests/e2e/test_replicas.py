@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import re
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from tests.support.haproxy import HAPROXY, haproxy_cfg, start_haproxy, stop_hapr
 from tests.support.haproxy import SKIP_REASON as NO_HAPROXY
 from tests.support.harness import TOKEN, ProxyFactory, pip_install, twine, uv_pip_install
 from tests.support.http import basic, fetch, post_as_is
-from tests.support.moto_server import MotoServer
+from tests.support.moto_server import BUCKET, MotoServer
 from tests.support.multipart import GOOD, GOOD_TYPE
 from tests.support.nginx import (
     NGINX,
@@ -40,7 +40,6 @@ REPLICAS = ("one", "two", "three")
 LIBRARIES = [f"corp-lib{i}" for i in range(6)]
 SIMPLE = "/api/v4/projects/42/packages/pypi/simple/"
 UPLOAD = "/api/v4/projects/42/packages/pypi"
-BUCKET = "pypi-cache"
 PREFIX = "replicas"
 
 
@@ -225,18 +224,6 @@ async def test_the_balancer_sends_an_upload_that_gitlab_answers_503_to_gitlab_on
         # While a GET is tried on the next replica (and the next): the 503 is retried.
         assert (await fetch(url + SIMPLE + "corp-util/")).status == 503
         assert gitlab.counts["page"] >= 2
-
-
-@pytest.fixture
-def moto(moto_process: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoServer]:
-    """moto's S3 on loopback with the bucket; its credentials in the replicas' environment."""
-    moto_process.fresh(BUCKET)
-    for name, secret in moto_process.credentials.items():
-        monkeypatch.setenv(name, secret)
-    try:
-        yield moto_process
-    finally:
-        moto_process.resume()  # a test that froze it and failed before resuming it
 
 
 @needs_nginx

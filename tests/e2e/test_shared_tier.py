@@ -8,7 +8,7 @@ import hashlib
 import json
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,24 +23,11 @@ from tests.support.fake_gitlab import FakeGitLab
 from tests.support.harness import TOKEN, ProxyFactory, RunningProxy, clean_env, pip_install, run
 from tests.support.http import FILES, PROJECT_PAGE, get, get_authorized, wheel_url
 from tests.support.metrics import scrape, value
-from tests.support.moto_server import SECRET_KEY, MotoServer
+from tests.support.moto_server import BUCKET, SECRET_KEY, MotoServer
 from tests.support.polling import eventually
 
-BUCKET = "pypi-cache"
 PREFIX = "prod"
 TIER = "gitlab_pypi_proxy_shared_tier_requests"
-
-
-@pytest.fixture
-def moto(moto_process: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoServer]:
-    """moto's S3 on loopback with one bucket; its credentials in this process's environment."""
-    moto_process.fresh(BUCKET)
-    for name, secret in moto_process.credentials.items():
-        monkeypatch.setenv(name, secret)
-    try:
-        yield moto_process
-    finally:
-        moto_process.resume()  # a test that froze it and failed before resuming it
 
 
 @pytest.fixture

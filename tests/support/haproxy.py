@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tests.support.nginx import README, replaced
+from tests.support.polling import listening
 
 HAPROXY = shutil.which("haproxy") or next(
     (p for p in ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy") if os.access(p, os.X_OK)), None
@@ -68,16 +69,7 @@ async def start_haproxy(cfg: Path, port: int, log: Path) -> asyncio.subprocess.P
         proc = await asyncio.create_subprocess_exec(
             HAPROXY, "-f", str(cfg), "-db", stdout=sink, stderr=asyncio.subprocess.STDOUT
         )
-    for _ in range(200):
-        if proc.returncode is not None:
-            break
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            await asyncio.sleep(0.025)
-            continue
-        writer.close()
-        await writer.wait_closed()
+    if await listening(proc, port):
         return proc
     if proc.returncode is None:
         proc.kill()

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 # moto checks no signature; these only have to look like AWS credentials to the client.
 ACCESS_KEY = "AKIATESTSHAREDTIER01"
 SECRET_KEY = "tier-secret-key-never-in-a-log-0123456789"
+# The one bucket the `moto` fixture leaves in the server before each test.
+BUCKET = "pypi-cache"
 
 
 class MotoServer:

@@ -9,6 +9,8 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from tests.support.polling import listening
+
 README = Path(__file__).parents[2] / "README.md"
 NGINX = shutil.which("nginx") or next(
     (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
@@ -79,16 +81,7 @@ async def start_nginx(prefix: Path, port: int) -> asyncio.subprocess.Process:
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
-    for _ in range(200):
-        if proc.returncode is not None:
-            break
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            await asyncio.sleep(0.025)
-            continue
-        writer.close()
-        await writer.wait_closed()
+    if await listening(proc, port):
         return proc
     log = (prefix / "error.log").read_text() if (prefix / "error.log").exists() else ""
     raise AssertionError(f"nginx did not start:\n{log}")
