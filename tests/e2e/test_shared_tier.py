@@ -20,7 +20,15 @@ from proxy.store import DB_NAME, Store
 from tests.support.cli_process import serve
 from tests.support.clients import installed, publish_app_with_dependency
 from tests.support.fake_gitlab import FakeGitLab
-from tests.support.harness import TOKEN, ProxyFactory, RunningProxy, clean_env, pip_install, run
+from tests.support.harness import (
+    TOKEN,
+    Completed,
+    ProxyFactory,
+    RunningProxy,
+    clean_env,
+    pip_install,
+    run,
+)
 from tests.support.http import FILES, PROJECT_PAGE, get, get_authorized, wheel_url
 from tests.support.metrics import scrape, value
 from tests.support.moto_server import BUCKET, SECRET_KEY, MotoServer
@@ -351,6 +359,18 @@ async def test_an_s3_client_that_cannot_be_made_stops_the_command_in_one_line(
     assert "Traceback" not in result.stderr
 
 
+async def verify(moto: MotoServer, cache: Path) -> Completed:
+    """`gitlab-pypi-proxy verify` of `cache` and the bucket, configured by environment alone."""
+    return await run(
+        [sys.executable, "-m", "proxy", "verify", "--quiet"],
+        env=clean_env(
+            GITLAB_PYPI_PROXY_CACHE_DIR=str(cache),
+            GITLAB_PYPI_PROXY_STORAGE_URL=f"s3://{BUCKET}/{PREFIX}",
+            GITLAB_PYPI_PROXY_STORAGE_ENDPOINT_URL=moto.endpoint,
+        ),
+    )
+
+
 async def test_verify_removes_the_tiers_bad_objects_and_keeps_the_good(
     gitlab: FakeGitLab, replica: ProxyFactory, moto: MotoServer, tmp_path: Path
 ) -> None:
@@ -363,14 +383,7 @@ async def test_verify_removes_the_tiers_bad_objects_and_keeps_the_good(
     await put_copy(moto, bad.sha256, bad.filename, b"rotten", bad.sha256)
     async with moto.client() as s3:
         await s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/pages/{'0' * 64}", Body=b"{}")
-    result = await run(
-        [sys.executable, "-m", "proxy", "verify", "--quiet"],
-        env=clean_env(
-            GITLAB_PYPI_PROXY_CACHE_DIR=str(tmp_path / "a"),
-            GITLAB_PYPI_PROXY_STORAGE_URL=f"s3://{BUCKET}/{PREFIX}",
-            GITLAB_PYPI_PROXY_STORAGE_ENDPOINT_URL=moto.endpoint,
-        ),
-    )
+    result = await verify(moto, tmp_path / "a")
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"bad (removed): tier {blob_key(bad.sha256)}" in result.stdout
     assert f"bad (removed): tier {PREFIX}/pages/{'0' * 64}" in result.stdout
@@ -392,14 +405,7 @@ async def test_verify_keeps_a_good_page_copy_bigger_than_64_kib(
         listing = await s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/pages/")
     (copy,) = listing["Contents"]
     assert copy["Size"] > 64 * 1024
-    result = await run(
-        [sys.executable, "-m", "proxy", "verify", "--quiet"],
-        env=clean_env(
-            GITLAB_PYPI_PROXY_CACHE_DIR=str(tmp_path / "a"),
-            GITLAB_PYPI_PROXY_STORAGE_URL=f"s3://{BUCKET}/{PREFIX}",
-            GITLAB_PYPI_PROXY_STORAGE_ENDPOINT_URL=moto.endpoint,
-        ),
-    )
+    result = await verify(moto, tmp_path / "a")
     assert result.returncode == 0, result.stdout + result.stderr
     assert copy["Key"] in await keys_under(moto, f"{PREFIX}/pages/")
 
@@ -424,14 +430,7 @@ async def test_a_page_copy_a_later_release_wrote_is_left_to_it_by_serving_and_ve
     status, _, _ = await get(second.url + page)
     assert status != 200  # not readable here: no copy to serve
     assert await keys_under(moto, f"{PREFIX}/pages/") == [key]
-    result = await run(
-        [sys.executable, "-m", "proxy", "verify", "--quiet"],
-        env=clean_env(
-            GITLAB_PYPI_PROXY_CACHE_DIR=str(tmp_path / "a"),
-            GITLAB_PYPI_PROXY_STORAGE_URL=f"s3://{BUCKET}/{PREFIX}",
-            GITLAB_PYPI_PROXY_STORAGE_ENDPOINT_URL=moto.endpoint,
-        ),
-    )
+    result = await verify(moto, tmp_path / "a")
     assert result.returncode == 0, result.stdout + result.stderr
     assert await keys_under(moto, f"{PREFIX}/pages/") == [key]
 
